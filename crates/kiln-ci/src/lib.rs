@@ -1,0 +1,1 @@
+//! kiln-ci (being built).

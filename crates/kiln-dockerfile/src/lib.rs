@@ -1,0 +1,1 @@
+//! kiln-dockerfile (being built).

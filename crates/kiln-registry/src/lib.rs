@@ -1,0 +1,1 @@
+//! kiln-registry (being built).

@@ -1,0 +1,13 @@
+//! One module per subcommand: flags in, a library call, output out.
+
+pub mod ci_report;
+pub mod copy;
+pub mod dockerfile;
+pub mod images;
+pub mod import;
+pub mod inspect;
+pub mod login;
+pub mod prune;
+pub mod pull;
+pub mod push;
+pub mod rmi;

@@ -1,0 +1,10 @@
+//! `kiln rmi`.
+
+use crate::Global;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn run(_a: Args, _g: &Global) -> anyhow::Result<()> {
+    anyhow::bail!("`kiln rmi` is being built")
+}

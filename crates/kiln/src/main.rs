@@ -1,0 +1,113 @@
+//! The `kiln` binary: command line, progress display and wiring. Every piece of real work lives in a
+//! library crate; each subcommand is a module under `cmd/` that parses its flags and calls into one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// kiln: a daemonless container image builder whose build cache lives in any OCI registry.
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand shares.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Global {
+    /// Where kiln keeps its store, cache and state (default: $XDG_DATA_HOME/kiln).
+    #[arg(long, global = true, env = "KILN_ROOT")]
+    pub root: Option<PathBuf>,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Global {
+    /// The root directory, defaulting to the XDG data dir as DESIGN.md says.
+    pub fn root(&self) -> PathBuf {
+        if let Some(r) = &self.root {
+            return r.clone();
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(x).join("kiln");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        PathBuf::from(home).join(".local/share/kiln")
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Dockerfile tools (parse and dump).
+    #[command(subcommand)]
+    Dockerfile(cmd::dockerfile::Command),
+    /// Read a CI workflow's run history and tell real failures from cancellation noise.
+    CiReport(cmd::ci_report::Args),
+    /// Log in to a registry (credentials go to $DOCKER_CONFIG/config.json).
+    Login(cmd::login::Args),
+    /// Make an image from a root file system tarball.
+    Import(cmd::import::Args),
+    /// Pull an image from a registry into the local store.
+    Pull(cmd::pull::Args),
+    /// Push an image from the local store to a registry.
+    Push(cmd::push::Args),
+    /// Copy an image between registries, the store and oci:PATH layouts.
+    Copy(cmd::copy::Args),
+    /// Show an image's manifest and config as JSON.
+    Inspect(cmd::inspect::Args),
+    /// List the images in the local store.
+    Images(cmd::images::Args),
+    /// Remove images from the local store.
+    Rmi(cmd::rmi::Args),
+    /// Delete blobs no image in the local store refers to.
+    Prune(cmd::prune::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose);
+    let result = match cli.command {
+        Command::Dockerfile(c) => cmd::dockerfile::run(c, &cli.global),
+        Command::CiReport(a) => cmd::ci_report::run(a, &cli.global),
+        Command::Login(a) => cmd::login::run(a, &cli.global),
+        Command::Import(a) => cmd::import::run(a, &cli.global),
+        Command::Pull(a) => cmd::pull::run(a, &cli.global),
+        Command::Push(a) => cmd::push::run(a, &cli.global),
+        Command::Copy(a) => cmd::copy::run(a, &cli.global),
+        Command::Inspect(a) => cmd::inspect::run(a, &cli.global),
+        Command::Images(a) => cmd::images::run(a, &cli.global),
+        Command::Rmi(a) => cmd::rmi::run(a, &cli.global),
+        Command::Prune(a) => cmd::prune::run(a, &cli.global),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
