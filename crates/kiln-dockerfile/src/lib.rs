@@ -1,1 +1,5 @@
-//! kiln-dockerfile (being built).
+//! kiln-dockerfile (being built): the Dockerfile frontend.
+
+pub mod dockerignore;
+pub mod instructions;
+pub mod shell;
