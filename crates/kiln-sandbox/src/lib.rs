@@ -1,1 +1,62 @@
-//! kiln-sandbox (being built).
+//! kiln-sandbox: run one process in a root file system, as root, the way a `RUN` step runs.
+//!
+//! # Model
+//!
+//! A [`Spec`] says what to run (argv, env, user, working dir), where (a root directory, usually
+//! an overlay of the parent layers), with which extra [`Mount`]s and which [`Network`].
+//! [`Sandbox::run`] re-executes kiln's own binary in a hidden init mode (selected by an argv
+//! marker *and* an environment variable that no user types), hands it the spec as JSON on an
+//! inherited pipe, streams the command's stdout and stderr back line by line, and returns an
+//! [`Outcome`] with the exit status.
+//!
+//! Inside, the init process unshares a PID namespace and forks; the child, PID 1 of that
+//! namespace, unshares mount, UTS and IPC namespaces (and a network namespace with only `lo`
+//! for [`Network::None`]), makes every mount private, mounts a fresh `/proc`, a minimal `/dev`
+//! (tmpfs with the usual nodes, `pts`, `shm`), a read-only `/sys`, the host's `/etc/hosts` and
+//! `/etc/resolv.conf` read-only, then the step's mounts, pivots into the root, switches to the
+//! user resolved from the *image's* `/etc/passwd` and `/etc/group`, creates the working dir and
+//! execs the command, which thus runs as PID 1, as under Docker. No capability is dropped (like
+//! BuildKit's default for build steps). When the command exits, the kernel kills whatever it left
+//! running in the namespace, so the call returns as soon as the command is done.
+//!
+//! Mount targets that did not exist are created for the run and removed afterwards (only if
+//! still empty, never following symlinks, with the parent's times restored), so they do not end
+//! up in the step's layer; [`Outcome::mount_points`] lists them. Secrets are copied into a
+//! private tmpfs and bind-mounted read-only: their content never touches the root.
+//!
+//! # Why re-exec rather than crun or runc
+//!
+//! Debian ships `crun` (installed alongside buildah) and `runc`. Either would need an OCI bundle
+//! written per step (config.json with every mount, user lookup done by us anyway, since the
+//! image's passwd must be read), a state directory, and output plumbing through their console
+//! handling; every `RUN` would pay their start-up and JSON round trip, and kiln would gain a
+//! runtime dependency that CI machines must install. What a build step needs is small and
+//! fixed: a handful of namespaces and mounts, no cgroups, no seccomp profile, no capability
+//! juggling. Doing it in kiln's own binary keeps the install to one file, gives exact control of
+//! mount-point creation and cleanup (which layers depend on), and reports setup errors as
+//! structured data instead of a runtime's stderr text. The price is this crate's small, audited
+//! `unsafe` surface, all of it in the private `sys` module.
+//!
+//! # Using it
+//!
+//! The binary that re-executes itself must call [`init::maybe_run`] first thing in `main`.
+//! [`arch`] tells whether binaries of a foreign architecture can run (via QEMU and
+//! `binfmt_misc`), for multi-platform builds.
+
+mod cleanup;
+mod error;
+mod output;
+mod protocol;
+mod run;
+mod spec;
+mod sys;
+
+pub mod arch;
+pub mod init;
+pub mod user;
+
+pub use cleanup::MountPoint;
+pub use error::Error;
+pub use output::{LineSplitter, Stream};
+pub use run::{ExitStatus, Outcome, Sandbox, TAIL_LINES};
+pub use spec::{Mount, Network, Spec};

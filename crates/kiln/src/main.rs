@@ -71,6 +71,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // kiln re-executes itself as the sandbox's init process; that mode must win over everything.
+    if let Some(code) = kiln_sandbox::init::maybe_run() {
+        return code;
+    }
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
     let result = match cli.command {

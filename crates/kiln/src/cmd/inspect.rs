@@ -1,10 +1,102 @@
-//! `kiln inspect`.
+//! `kiln inspect REF`: an image's manifest and config as JSON, from the local store, or from the
+//! registry with `--remote`.
 
+use std::io::Write;
+
+use anyhow::Context;
+use kiln_oci::{Manifest, Store};
+use kiln_registry::{ImageSource, LocalImages, RegistrySource};
+
+use super::copy::{parse_ref, repo_of, NetArgs};
 use crate::Global;
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+/// Configs are small JSON documents; a bigger one is refused rather than read into memory.
+const MAX_CONFIG: u64 = 32 << 20;
 
-pub fn run(_a: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("`kiln inspect` is being built")
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The image, e.g. 127.0.0.1:5000/app:1.
+    pub reference: String,
+    /// Print the manifest exactly as stored (the bytes its digest is computed over).
+    #[arg(long)]
+    pub raw: bool,
+    /// Ask the registry instead of the local store.
+    #[arg(long)]
+    pub remote: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
 }
+
+pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+    let r = parse_ref(&a.reference)?;
+    let client = a.net.client();
+    let source: Box<dyn ImageSource + '_>;
+    let name: String;
+    if a.remote {
+        source = Box::new(RegistrySource {
+            client: &client,
+            repo: repo_of(&r),
+        });
+        name = match (r.digest(), r.tag()) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.to_string(),
+            (None, None) => "latest".into(),
+        };
+    } else {
+        let root = g.root();
+        let store = Store::open(&root).with_context(|| format!("opening the store under {}", root.display()))?;
+        let local = LocalImages::new(store, "store", false)?;
+        name = match (r.digest(), r.tag()) {
+            (Some(d), None) => d.to_string(),
+            _ => r.to_string(),
+        };
+        if local.find(&name)?.is_none() {
+            anyhow::bail!("{r} is not in the local store; pull it first (kiln pull {r}) or ask the registry with --remote");
+        }
+        source = Box::new(local);
+    }
+    let m = source.manifest(&name)?;
+    let mut out = std::io::stdout().lock();
+    if a.raw {
+        out.write_all(&m.bytes)?;
+        out.flush()?;
+        return Ok(());
+    }
+    let manifest_json: serde_json::Value =
+        serde_json::from_slice(&m.bytes).with_context(|| format!("{r}: the manifest is not JSON"))?;
+    let mut doc = serde_json::json!({
+        "name": r.to_string(),
+        "digest": m.digest.to_string(),
+        "mediaType": m.media_type,
+        "size": m.bytes.len(),
+        "manifest": manifest_json,
+    });
+    let parsed = Manifest::parse(&m.bytes, Some(&m.media_type)).with_context(|| format!("{r}: unusable manifest"))?;
+    if let Manifest::Image(img) = parsed {
+        if img.config.size > MAX_CONFIG {
+            anyhow::bail!("{r}: config blob is {} bytes, more than kiln reads ({MAX_CONFIG})", img.config.size);
+        }
+        let mut bytes = Vec::new();
+        let mut rd = source.open_blob(&img.config, 0)?;
+        std::io::Read::read_to_end(&mut (&mut rd).take_limit(MAX_CONFIG + 1), &mut bytes)
+            .with_context(|| format!("{r}: reading the config {}", img.config.digest))?;
+        let actual = kiln_oci::Digest::sha256_of(&bytes);
+        if actual != img.config.digest {
+            anyhow::bail!("{r}: config digest mismatch: expected {}, got {actual}", img.config.digest);
+        }
+        let config: serde_json::Value =
+            serde_json::from_slice(&bytes).with_context(|| format!("{r}: the config is not JSON"))?;
+        doc["config"] = config;
+    }
+    serde_json::to_writer_pretty(&mut out, &doc)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `Read::take` on a `&mut Box<dyn Read>` without moving it.
+trait TakeLimit: std::io::Read + Sized {
+    fn take_limit(self, n: u64) -> std::io::Take<Self> {
+        self.take(n)
+    }
+}
+impl<R: std::io::Read> TakeLimit for R {}

@@ -1,0 +1,1 @@
+//! kiln-build (being built): planning, cache keys, solving, snapshots, image assembly.

@@ -1,0 +1,278 @@
+//! Snapshots: root file systems for build steps, stacked with overlayfs.
+//!
+//! A snapshot is named by the *chain id* of the layers below it (OCI's ChainID: the chain of one layer
+//! is its diff id; of several, `sha256(parent_chain + " " + diff_id)`), so the same stack of layers is
+//! extracted once and shared by every step and every build that uses it. A snapshot directory holds
+//! `fs/` and a `kind` file:
+//! * `diff`: `fs` is an overlay upper dir (whiteouts as 0/0 char devices, opaque dirs as the
+//!   `trusted.overlay.opaque` xattr) that sits on the snapshot of its parent chain. Every step kiln
+//!   runs leaves one of these behind for free: its upper dir *is* the next step's lower dir.
+//! * `flat`: `fs` is the whole root file system of the chain, every layer applied in order. Used for
+//!   base images and for layers that came from a cache, where no upper dir exists.
+//!
+//! A snapshot appears by rename from a temp dir, so a half-extracted one is never used.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kiln_oci::layer::{apply_layer, ApplyOptions};
+use kiln_oci::{Digest, Store};
+
+use crate::error::BuildError;
+use crate::state::LayerRef;
+
+/// Overlay's mount data must fit in one page; past this depth a flat snapshot is made instead.
+const MAX_LOWERS: usize = 32;
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// The snapshot directory of a kiln root.
+#[derive(Debug, Clone)]
+pub struct Snapshotter {
+    dir: PathBuf,
+}
+
+/// The chain id of `diff_ids[..]`, one per prefix.
+pub fn chain_ids(diff_ids: &[&Digest]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => (*d).clone(),
+            Some(parent) => Digest::sha256_of(format!("{parent} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BuildError {
+    let path = path.to_path_buf();
+    move |source| BuildError::Io { action, path, source }
+}
+
+impl Snapshotter {
+    pub fn open(root: &Path) -> Snapshotter {
+        Snapshotter { dir: root.join("snapshots") }
+    }
+
+    fn snap_dir(&self, chain: &Digest) -> PathBuf {
+        // Short names keep the overlay mount data (one page) able to hold many lower dirs.
+        self.dir.join(&chain.hex()[..20])
+    }
+
+    fn kind(&self, chain: &Digest) -> Option<String> {
+        fs::read_to_string(self.snap_dir(chain).join("kind")).ok().map(|s| s.trim().to_string())
+    }
+
+    /// A fresh private working directory under the snapshot dir (same file system, so renames work).
+    pub fn temp_dir(&self, what: &str) -> Result<PathBuf, BuildError> {
+        let tmp = self.dir.join("tmp");
+        fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
+        let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+        let d = tmp.join(format!("{what}-{}-{n}", std::process::id()));
+        if d.exists() {
+            remove_tree(&d);
+        }
+        fs::create_dir(&d).map_err(io_err("create", &d))?;
+        Ok(d)
+    }
+
+    /// The lower dirs (topmost first) that present `layers` as one root file system, extracting
+    /// what is missing from the store.
+    pub fn lowers(&self, store: &Store, layers: &[LayerRef]) -> Result<Vec<PathBuf>, BuildError> {
+        if layers.is_empty() {
+            let empty = self.dir.join("empty");
+            if !empty.is_dir() {
+                fs::create_dir_all(&empty).map_err(io_err("create", &empty))?;
+            }
+            return Ok(vec![empty]);
+        }
+        let diff_ids: Vec<&Digest> = layers.iter().map(|l| &l.diff_id).collect();
+        let chains = chain_ids(&diff_ids);
+        let mut out = Vec::new();
+        let mut i = chains.len();
+        while i > 0 {
+            let chain = &chains[i - 1];
+            match self.kind(chain).as_deref() {
+                Some("flat") => {
+                    out.push(self.snap_dir(chain).join("fs"));
+                    return Ok(out);
+                }
+                Some("diff") if out.len() < MAX_LOWERS => {
+                    out.push(self.snap_dir(chain).join("fs"));
+                    i -= 1;
+                }
+                _ => {
+                    self.make_flat(store, &layers[..i], chain)?;
+                    out.push(self.snap_dir(chain).join("fs"));
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn make_flat(&self, store: &Store, layers: &[LayerRef], chain: &Digest) -> Result<(), BuildError> {
+        let tmp = self.temp_dir("flat")?;
+        let fs_dir = tmp.join("fs");
+        fs::create_dir(&fs_dir).map_err(io_err("create", &fs_dir))?;
+        for layer in layers {
+            let blob = store.open_blob(&layer.descriptor.digest)?;
+            let opts = ApplyOptions { expected_diff_id: Some(layer.diff_id.clone()), ..ApplyOptions::default() };
+            if let Err(e) = apply_layer(io::BufReader::with_capacity(1 << 20, blob), &fs_dir, &opts) {
+                remove_tree(&tmp);
+                return Err(BuildError::Layer { digest: layer.descriptor.digest.to_string(), source: e });
+            }
+        }
+        fs::write(tmp.join("kind"), "flat\n").map_err(io_err("write", &tmp))?;
+        self.publish(tmp, chain)
+    }
+
+    /// Keeps `upper` (an overlay upper dir, whose lower is the chain's parent) as the diff snapshot
+    /// of `chain`. Consumes the directory.
+    pub fn commit_upper(&self, upper: &Path, chain: &Digest) -> Result<(), BuildError> {
+        if self.kind(chain).is_some() {
+            remove_tree(upper);
+            return Ok(());
+        }
+        let tmp = self.temp_dir("diff")?;
+        fs::rename(upper, tmp.join("fs")).map_err(io_err("move", upper))?;
+        fs::write(tmp.join("kind"), "diff\n").map_err(io_err("write", &tmp))?;
+        self.publish(tmp, chain)
+    }
+
+    fn publish(&self, tmp: PathBuf, chain: &Digest) -> Result<(), BuildError> {
+        let dest = self.snap_dir(chain);
+        match fs::rename(&tmp, &dest) {
+            Ok(()) => Ok(()),
+            // Another build published the same chain first: theirs is as good as ours.
+            Err(_) if dest.join("kind").exists() => {
+                remove_tree(&tmp);
+                Ok(())
+            }
+            Err(e) => {
+                remove_tree(&tmp);
+                Err(BuildError::Io { action: "publish snapshot", path: dest, source: e })
+            }
+        }
+    }
+
+    /// Mounts an overlay of `lowers` with a fresh upper dir; read-only when `writable` is false.
+    pub fn mount(&self, lowers: &[PathBuf], writable: bool) -> Result<Mounted, BuildError> {
+        let base = self.temp_dir("mnt")?;
+        let merged = base.join("merged");
+        let upper = base.join("upper");
+        let work = base.join("work");
+        for d in [&merged, &upper, &work] {
+            fs::create_dir(d).map_err(io_err("create", d))?;
+        }
+        let mut m = Mounted { base, merged, upper, mounted: false };
+        let mut data = String::from("lowerdir=");
+        for (i, l) in lowers.iter().enumerate() {
+            let s = l.to_string_lossy();
+            if s.contains(':') || s.contains(',') {
+                return Err(BuildError::Snapshot(format!(
+                    "the path {s} contains ':' or ',', which overlayfs cannot take; choose a --root without them"
+                )));
+            }
+            if i > 0 {
+                data.push(':');
+            }
+            data.push_str(&s);
+        }
+        let lower_only = lowers.len() == 1 && !writable;
+        if writable {
+            data.push_str(&format!(",upperdir={},workdir={}", m.upper.display(), m.work_dir().display()));
+        } else if lower_only {
+            // overlay needs two lower dirs when there is no upper dir.
+            data.push(':');
+            data.push_str(&self.lowers_empty()?.to_string_lossy());
+        }
+        let flags = if writable { 0 } else { libc::MS_RDONLY };
+        sys_mount_overlay(&m.merged, &data, flags).map_err(|e| {
+            BuildError::Snapshot(format!(
+                "cannot mount overlayfs at {} ({e}); kiln needs root and a kernel with overlayfs",
+                m.merged.display()
+            ))
+        })?;
+        m.mounted = true;
+        Ok(m)
+    }
+
+    fn lowers_empty(&self) -> Result<PathBuf, BuildError> {
+        let empty = self.dir.join("empty");
+        fs::create_dir_all(&empty).map_err(io_err("create", &empty))?;
+        Ok(empty)
+    }
+}
+
+/// An overlay mount; unmounted and removed on drop (the upper dir can be taken first).
+#[derive(Debug)]
+pub struct Mounted {
+    base: PathBuf,
+    pub merged: PathBuf,
+    pub upper: PathBuf,
+    mounted: bool,
+}
+
+impl Mounted {
+    fn work_dir(&self) -> PathBuf {
+        self.base.join("work")
+    }
+
+    /// Unmounts, leaving the upper dir for the caller to read or move.
+    pub fn unmount(&mut self) -> Result<(), BuildError> {
+        if self.mounted {
+            sys_umount(&self.merged).map_err(io_err("unmount", &self.merged))?;
+            self.mounted = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = sys_umount(&self.merged);
+        }
+        remove_tree(&self.base);
+    }
+}
+
+/// Removes a tree that may hold read-only dirs or immutable-looking modes; best effort.
+pub fn remove_tree(p: &Path) {
+    if fs::remove_dir_all(p).is_err() && p.exists() {
+        tracing::warn!(path = %p.display(), "could not remove a temp dir");
+    }
+}
+
+fn cstr(p: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+fn sys_mount_overlay(target: &Path, data: &str, flags: libc::c_ulong) -> io::Result<()> {
+    let t = cstr(target)?;
+    let d = std::ffi::CString::new(data).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in data"))?;
+    let src = c"overlay";
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe { libc::mount(src.as_ptr(), t.as_ptr(), src.as_ptr(), flags, d.as_ptr().cast()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn sys_umount(target: &Path) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: `t` is a valid NUL-terminated path.
+    let rc = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,186 @@
+//! The local cache directory.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kiln_oci::{Descriptor, Digest};
+use serde::{Deserialize, Serialize};
+
+/// Local cache failures. Each names the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache: cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cache: cannot encode record {key}: {source}")]
+    Encode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The layer a step added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// The compressed blob, as it appears in a manifest.
+    pub descriptor: Descriptor,
+    /// Digest of the uncompressed tar (the image config's `rootfs.diff_ids` entry).
+    pub diff_id: Digest,
+}
+
+/// What one step produced, under its cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub key: Digest,
+    /// The key of the step this one builds on (`None` for a base image).
+    pub parent: Option<Digest>,
+    /// The instruction as expanded, e.g. `RUN make`.
+    pub instruction: String,
+    /// Named inputs that went into the key (`arg:NAME`, `env:NAME`, `file:PATH`, `platform`, …) with
+    /// the value or digest used; `kiln cache explain` diffs these against the closest record.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// The layer the step added; `None` when it only changed the config.
+    pub layer: Option<LayerRecord>,
+    /// Unix seconds when the record was written (for pruning by age).
+    pub created: u64,
+}
+
+impl Record {
+    /// A record stamped with the current time.
+    pub fn new(
+        key: Digest,
+        parent: Option<Digest>,
+        instruction: String,
+        inputs: BTreeMap<String, String>,
+        layer: Option<LayerRecord>,
+    ) -> Record {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Record { key, parent, instruction, inputs, layer, created }
+    }
+}
+
+/// Records on disk under `<root>/cache/records`.
+#[derive(Debug, Clone)]
+pub struct LocalCache {
+    dir: PathBuf,
+}
+
+impl LocalCache {
+    /// The local cache of the kiln root `root` (created lazily on first write).
+    pub fn open(root: &Path) -> LocalCache {
+        LocalCache { dir: root.join("cache").join("records") }
+    }
+
+    fn path(&self, key: &Digest) -> PathBuf {
+        self.dir.join(format!("{}.json", key.hex()))
+    }
+
+    /// The record for `key`, if one was written completely. A record that cannot be read or parsed
+    /// is treated as a miss (and logged): the cache never fails a build.
+    pub fn get(&self, key: &Digest) -> Option<Record> {
+        let path = self.path(key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable cache record; treated as a miss");
+                return None;
+            }
+        };
+        match serde_json::from_slice::<Record>(&bytes) {
+            Ok(r) if &r.key == key => Some(r),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "corrupt cache record; treated as a miss");
+                None
+            }
+        }
+    }
+
+    /// Writes `record` atomically: a reader sees the old record, the new one, or none.
+    pub fn put(&self, record: &Record) -> Result<(), CacheError> {
+        let io_err = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CacheError::Io { action, path, source }
+        };
+        fs::create_dir_all(&self.dir).map_err(io_err("create", &self.dir))?;
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|source| CacheError::Encode { key: record.key.to_string(), source })?;
+        let path = self.path(&record.key);
+        let tmp = self.dir.join(format!(".tmp-{}-{}", std::process::id(), record.key.hex()));
+        let mut f = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+        f.write_all(&bytes).map_err(io_err("write", &tmp))?;
+        f.sync_all().map_err(io_err("sync", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(io_err("rename into", &path))?;
+        Ok(())
+    }
+
+    /// Every complete record (unreadable ones are skipped), for `cache ls`, explain and pruning.
+    pub fn records(&self) -> Vec<Record> {
+        let Ok(rd) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut out: Vec<Record> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .filter_map(|e| fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect();
+        out.sort_by(|a: &Record, b: &Record| a.key.to_string().cmp(&b.key.to_string()));
+        out
+    }
+
+    /// The layer digests the records refer to: roots the store's garbage collector must keep.
+    pub fn layer_digests(&self) -> Vec<Digest> {
+        self.records().into_iter().filter_map(|r| r.layer.map(|l| l.descriptor.digest)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> Digest {
+        Digest::sha256_of(s.as_bytes())
+    }
+
+    #[test]
+    fn put_then_get_round_trips_and_misses_are_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LocalCache::open(dir.path());
+        assert!(cache.get(&key("a")).is_none());
+        let mut inputs = BTreeMap::new();
+        inputs.insert("arg:X".to_string(), "1".to_string());
+        let layer = LayerRecord {
+            descriptor: Descriptor::new(kiln_oci::media::OCI_LAYER_GZIP, key("blob"), 42),
+            diff_id: key("tar"),
+        };
+        let rec = Record::new(key("a"), Some(key("p")), "RUN true".into(), inputs, Some(layer));
+        cache.put(&rec).unwrap();
+        assert_eq!(cache.get(&key("a")), Some(rec.clone()));
+        assert_eq!(cache.records(), vec![rec]);
+        assert_eq!(cache.layer_digests(), vec![key("blob")]);
+    }
+
+    #[test]
+    fn a_torn_record_is_a_miss_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LocalCache::open(dir.path());
+        let path = cache.path(&key("b"));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, b"{\"key\": \"sha256:").unwrap();
+        assert!(cache.get(&key("b")).is_none());
+        assert!(cache.records().is_empty());
+    }
+}

@@ -1,0 +1,305 @@
+//! The caller's side: start the init process, feed it the spec, stream output, collect the
+//! outcome and clean the mount points.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+use crate::cleanup::{remove_created, MountPoint};
+use crate::error::Error;
+use crate::output::{LineSplitter, Stream, Tail};
+use crate::protocol::{Report, INIT_ARG, INIT_ENV, PROTOCOL_VERSION, REPORT_FD, SPEC_FD};
+use crate::spec::{Mount, Spec};
+use crate::sys;
+
+/// How many trailing output lines a failure carries.
+pub const TAIL_LINES: usize = 20;
+
+/// How the command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// The result of a run that got as far as executing the command.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    /// The last [`TAIL_LINES`] lines of stdout and stderr, interleaved as received.
+    pub tail: Vec<String>,
+    /// Mount points the sandbox created in the root, and whether each was removed again.
+    /// Entries with `removed == false` are the caller's to drop from the layer.
+    pub mount_points: Vec<MountPoint>,
+    /// The command line, for messages.
+    pub command: String,
+}
+
+impl Outcome {
+    pub fn success(&self) -> bool {
+        self.status == ExitStatus::Code(0)
+    }
+
+    /// `Ok` on exit code 0, else [`Error::Failed`] naming the command, its status and the last
+    /// lines of its output.
+    pub fn check(self) -> Result<Outcome, Error> {
+        if self.success() {
+            Ok(self)
+        } else {
+            Err(Error::Failed {
+                command: self.command,
+                status: self.status,
+                tail: self.tail,
+            })
+        }
+    }
+}
+
+/// Runs processes in sandboxes by re-executing a binary that calls
+/// [`crate::init::maybe_run`] first thing in `main`.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    init_binary: PathBuf,
+}
+
+impl Sandbox {
+    /// Re-executes the current program (`std::env::current_exe()`), i.e. kiln itself.
+    pub fn new() -> Result<Sandbox, Error> {
+        let exe = std::env::current_exe().map_err(|source| Error::Spawn {
+            binary: PathBuf::from("/proc/self/exe"),
+            source,
+        })?;
+        Ok(Sandbox { init_binary: exe })
+    }
+
+    /// Re-executes `binary` instead (tests use the built `kiln` binary).
+    pub fn with_init_binary(binary: impl Into<PathBuf>) -> Sandbox {
+        Sandbox {
+            init_binary: binary.into(),
+        }
+    }
+
+    pub fn init_binary(&self) -> &Path {
+        &self.init_binary
+    }
+
+    /// Runs `spec` to completion. Each line of output goes to `sink` as it arrives. Returns the
+    /// outcome whatever the exit status (see [`Outcome::check`]); errors mean the command could
+    /// not be run at all. Mount points the sandbox created are removed before returning.
+    pub fn run(
+        &self,
+        spec: &Spec,
+        sink: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<Outcome, Error> {
+        let mut spec = spec.clone();
+        validate(&mut spec)?;
+        let command = spec.command_line();
+        let io_err = |source| Error::Io {
+            command: command.clone(),
+            source,
+        };
+        let json = serde_json::to_vec(&spec)
+            .map_err(|e| Error::InvalidSpec(format!("cannot encode the spec: {e}")))?;
+
+        let (spec_r, spec_w) = sys::pipe().map_err(io_err)?;
+        let (report_r, report_w) = sys::pipe().map_err(io_err)?;
+        let mut cmd = Command::new(&self.init_binary);
+        cmd.arg(INIT_ARG)
+            .env_clear()
+            .env(INIT_ENV, PROTOCOL_VERSION)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        sys::pass_fds(
+            &mut cmd,
+            [
+                (spec_r.as_raw_fd(), SPEC_FD),
+                (report_w.as_raw_fd(), REPORT_FD),
+            ],
+        );
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+            binary: self.init_binary.clone(),
+            source,
+        })?;
+        // Our copies must go, or EOF never comes.
+        drop(spec_r);
+        drop(report_w);
+        tracing::debug!(command = %command, root = %spec.root.display(), "sandbox started");
+
+        // The init reads the whole spec before doing anything else, so this cannot deadlock;
+        // if it died early, the reports below say why.
+        let write_result = File::from(spec_w).write_all(&json);
+
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let mut tail = Tail::new(TAIL_LINES);
+        let reports = std::thread::scope(|s| {
+            let (tx, rx) = mpsc::sync_channel::<(Stream, Vec<u8>)>(256);
+            for (stream, pipe) in [
+                (Stream::Stdout, stdout.map(|p| Box::new(p) as Box<dyn Read + Send>)),
+                (Stream::Stderr, stderr.map(|p| Box::new(p) as Box<dyn Read + Send>)),
+            ] {
+                let Some(mut pipe) = pipe else { continue };
+                let tx = tx.clone();
+                s.spawn(move || {
+                    let mut splitter = LineSplitter::default();
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut send = |l: &[u8]| {
+                        let _ = tx.send((stream, l.to_vec()));
+                    };
+                    loop {
+                        match pipe.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => splitter.push(&buf[..n], &mut send),
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(_) => break,
+                        }
+                    }
+                    splitter.finish(&mut send);
+                });
+            }
+            drop(tx);
+            let reports = s.spawn(move || {
+                let mut out = Vec::new();
+                for line in BufReader::new(File::from(report_r)).lines() {
+                    let Ok(line) = line else { break };
+                    match serde_json::from_str::<Report>(&line) {
+                        Ok(r) => out.push(r),
+                        Err(e) => tracing::warn!(error = %e, "unreadable sandbox report"),
+                    }
+                }
+                out
+            });
+            for (stream, line) in rx {
+                tail.push(&line);
+                sink(stream, &line);
+            }
+            reports.join().unwrap_or_default()
+        });
+        let waited = child.wait().map_err(io_err)?;
+
+        let mut created = Vec::new();
+        let mut setup_failure = None;
+        let mut status = None;
+        for r in reports {
+            match r {
+                Report::Created(c) => created.extend(c),
+                Report::SetupFailed { stage, message } => {
+                    setup_failure.get_or_insert((stage, message));
+                }
+                Report::Exit { code, signal } => {
+                    status = match (code, signal) {
+                        (Some(c), _) => Some(ExitStatus::Code(c)),
+                        (None, Some(s)) => Some(ExitStatus::Signal(s)),
+                        (None, None) => None,
+                    }
+                }
+            }
+        }
+        let mount_points = remove_created(&spec.root, &created);
+        if let Some((stage, message)) = setup_failure {
+            return Err(Error::Setup {
+                command,
+                stage,
+                message,
+            });
+        }
+        if let Err(source) = write_result {
+            return Err(Error::Io { command, source });
+        }
+        let Some(status) = status else {
+            return Err(Error::InitDied {
+                binary: self.init_binary.clone(),
+                command,
+                status: waited.to_string(),
+            });
+        };
+        tracing::debug!(command = %command, %status, "sandbox finished");
+        Ok(Outcome {
+            status,
+            tail: tail.into_vec(),
+            mount_points,
+            command,
+        })
+    }
+}
+
+/// Checks what can be checked before starting anything, canonicalises the root, and creates
+/// cache directories.
+fn validate(spec: &mut Spec) -> Result<(), Error> {
+    let uid = sys::geteuid();
+    if uid != 0 {
+        return Err(Error::NeedRoot { uid });
+    }
+    if spec.argv.is_empty() {
+        return Err(Error::InvalidSpec("the command (argv) is empty".into()));
+    }
+    let root = std::fs::canonicalize(&spec.root).map_err(|e| {
+        Error::InvalidSpec(format!("root file system {}: {e}", spec.root.display()))
+    })?;
+    if !root.is_dir() || root == Path::new("/") {
+        return Err(Error::InvalidSpec(format!(
+            "root file system {} must be a directory other than /",
+            root.display()
+        )));
+    }
+    spec.root = root;
+    if spec.hostname.len() > 64 {
+        return Err(Error::InvalidSpec(format!(
+            "host name {:?} is longer than 64 bytes",
+            spec.hostname
+        )));
+    }
+    if !spec.workdir.is_absolute() {
+        return Err(Error::InvalidSpec(format!(
+            "working directory {} must be absolute",
+            spec.workdir.display()
+        )));
+    }
+    for m in &spec.mounts {
+        let target = m.target();
+        if !target.is_absolute() {
+            return Err(Error::InvalidSpec(format!(
+                "mount target {} must be an absolute path",
+                target.display()
+            )));
+        }
+        match m {
+            Mount::Bind { source, .. } | Mount::Secret { source, .. } => {
+                std::fs::metadata(source).map_err(|e| {
+                    Error::InvalidSpec(format!(
+                        "mount source {} for {}: {e}",
+                        source.display(),
+                        target.display()
+                    ))
+                })?;
+            }
+            Mount::Cache { source, .. } => std::fs::create_dir_all(source).map_err(|e| {
+                Error::InvalidSpec(format!("cache directory {}: {e}", source.display()))
+            })?,
+            Mount::Tmpfs { .. } => {}
+        }
+        if let Mount::Secret { source, .. } = m {
+            if !source.is_file() {
+                return Err(Error::InvalidSpec(format!(
+                    "secret source {} is not a regular file",
+                    source.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
