@@ -5,6 +5,15 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    check(data);
+    // Most mutations break UTF-8, which the parser rejects up front; the lossy copy keeps the
+    // fuzzer exploring the text paths too.
+    if std::str::from_utf8(data).is_err() {
+        check(String::from_utf8_lossy(data).as_bytes());
+    }
+});
+
+fn check(data: &[u8]) {
     if let Ok(ast) = kiln_dockerfile::parse(data) {
         let dump = ast.dump();
         assert_eq!(dump.lines().count(), ast.children.len());
@@ -16,4 +25,4 @@ fuzz_target!(|data: &[u8]| {
             prev_end = child.end_line;
         }
     }
-});
+}

@@ -8,8 +8,42 @@
 //!
 //! Run: `cargo run --release --manifest-path bench/parse/Cargo.toml [-- --write FILE]`
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// Counts heap allocations, to report allocations per parse next to the throughput.
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call unchanged to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs_per_parse(f: impl FnOnce()) -> u64 {
+    let before = ALLOCS.load(Ordering::Relaxed);
+    f();
+    ALLOCS.load(Ordering::Relaxed) - before
+}
 
 const TARGET_LINES: usize = 5_000;
 
@@ -94,7 +128,18 @@ fn main() {
         std::process::exit(1);
     }
 
+    let ka = allocs_per_parse(|| drop(black_box(kiln_dockerfile::parse(text.as_bytes()))));
+    let pa = allocs_per_parse(|| drop(black_box(parse_dockerfile::parse(&text))));
+    println!("allocations per parse: kiln-dockerfile {ka}, parse-dockerfile {pa}");
     let min = Duration::from_secs(3);
+    if std::env::var_os("KILN_BENCH_ONLY_KILN").is_some() {
+        // For profiling kiln alone.
+        let (kiln, ki) = throughput(text.len(), min, || {
+            black_box(kiln_dockerfile::parse(black_box(text.as_bytes())).ok());
+        });
+        println!("kiln-dockerfile        {kiln:8.1} MB/s  ({ki} parses)");
+        return;
+    }
     let (kiln, ki) = throughput(text.len(), min, || {
         black_box(kiln_dockerfile::parse(black_box(text.as_bytes())).ok());
     });

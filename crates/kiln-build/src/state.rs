@@ -25,6 +25,8 @@ pub struct ImageState {
     pub created: u64,
     /// `SHELL` in force (Docker's default `/bin/sh -c`).
     pub shell: Vec<String>,
+    /// A CMD was set in the current stage (then ENTRYPOINT keeps it; else it resets an inherited one).
+    pub cmd_set: bool,
 }
 
 impl ImageState {
@@ -43,6 +45,7 @@ impl ImageState {
             key: Digest::sha256_of(format!("scratch {platform}").as_bytes()),
             created: 0,
             shell: default_shell(),
+            cmd_set: false,
         }
     }
 

@@ -10,7 +10,47 @@
 //! JSON file per key, written atomically (temp file, fsync, rename) so that an interrupted build never
 //! leaves a record a later build would trust. The layers themselves live in the local store, addressed
 //! by digest; a record is only a hit if its layer blob is still there.
+//!
+//! # The registry cache
+//!
+//! To start warm on a fresh CI runner, records travel through a *cache ref*: a tag in any OCI
+//! registry whose manifest is an ordinary OCI image manifest. Its config blob
+//! ([`CACHE_CONFIG_MEDIA_TYPE`]) is the key graph, every record with its parent, inputs, platform
+//! and times; its layers are the cached layers themselves, plain layer blobs that the registry can
+//! mount into the image's repository ([`mod@format`]).
+//!
+//! * Import is lazy: [`RegistryCache::open`] reads the manifest and config only; a build asks
+//!   [`RegistryCache::lookup`] per step and [`RegistryCache::fetch_layer`] only for the layers it
+//!   really needs. A missing ref is a miss with one warning ([`ImportOutcome`]).
+//! * Export is read-merge-write ([`export`]): the ref's records are merged with this build's
+//!   ([`merge()`]; same key: the last used wins; other branches and platforms are kept), aged out
+//!   (`ttl`) and trimmed to a size budget (`max-size`) without ever keeping a record whose ancestor
+//!   went, then the missing layers, the config and the manifest are pushed. A ref that changed in
+//!   between is read and merged again, so concurrent builds of different branches do not wipe each
+//!   other's cache. Failures are warnings ([`ExportOutcome`]) unless `ignore-error=false`.
+//! * [`select`] picks what `mode=min|max` exports; [`CacheFrom`] and [`CacheTo`] parse the flags.
+//! * `type=local` directories ([`dir`]) hold the same manifest, config and layers in an OCI layout.
+//! * A miss is explained ([`explain_miss`]) by diffing the step against the closest record built on
+//!   the same parent: the instruction text, an arg, a context file.
+//! * Who may write at all is the [`policy`]: `--cache-policy auto` reads the CI event, so pull
+//!   requests (and forks above all) read the cache and never write it.
 
+pub mod dir;
+pub mod explain;
+pub mod format;
 mod local;
+pub mod merge;
+pub mod policy;
+pub mod registry;
+pub mod spec;
 
+pub use dir::{export_dir, DirCache, DirImport, DIR_TAG};
+pub use explain::{explain_miss, Change, Explanation};
+pub use format::{select, Entry, FormatError, CACHE_CONFIG_MEDIA_TYPE};
 pub use local::{CacheError, LayerRecord, LocalCache, Record};
+pub use merge::{merge, Merged, PruneRules};
+pub use policy::{resolve as resolve_policy, resolve_from_process, CachePolicy, PolicyChoice, ResolvedPolicy};
+pub use registry::{
+    export, export_at, ExportOutcome, ExportSummary, ImportOutcome, LayerSources, RegistryCache, RegistryCacheError,
+};
+pub use spec::{parse_go_duration, parse_size, CacheFrom, CacheMode, CacheTo, RegistryExport, SpecError, DEFAULT_TTL};

@@ -277,8 +277,8 @@ pub fn analyze(history: &History, opts: &Options) -> Report {
     let mut runs: Vec<&Run> = history
         .runs
         .iter()
-        .filter(|r| opts.since.map_or(true, |s| r.created_at >= s))
-        .filter(|r| opts.workflow.as_deref().map_or(true, |w| matches_workflow(r, w)))
+        .filter(|r| opts.since.is_none_or(|s| r.created_at >= s))
+        .filter(|r| opts.workflow.as_deref().is_none_or(|w| matches_workflow(r, w)))
         .collect();
     runs.sort_by_key(|r| (r.created_at, r.id));
     if let Some(limit) = opts.limit {
@@ -539,6 +539,7 @@ fn analyze_workflow(
     }
 
     let mut jobs: Vec<JobStats> = per_job.into_values().collect();
+    jobs.sort_by(|a, b| a.label.cmp(&b.label).then_with(|| a.name.cmp(&b.name)));
     for j in &mut jobs {
         j.cancel_rate = if j.runs == 0 { 0.0 } else { j.cancelled.total as f64 / j.runs as f64 };
         j.duration = stats(durations.remove(&j.name).unwrap_or_default());

@@ -7,8 +7,8 @@ use thiserror::Error;
 /// Reading recorded API responses from disk.
 #[derive(Debug, Error)]
 pub enum ReadError {
-    #[error("{}: cannot read: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: cannot read: {err}; check the path", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
 
     #[error("{}: the file is empty; re-run the `gh api` command that wrote it", path.display())]
     Empty { path: PathBuf },
@@ -35,7 +35,7 @@ pub enum ReadError {
     )]
     Syntax { path: PathBuf, field: String, line: usize, column: usize, message: String },
 
-    #[error("{}: no *.json files found; point --dir at the folder where `gh api` output was saved", dir.display())]
+    #[error("{}: no *.json files found; give the folder where `gh api` output was saved", dir.display())]
     NoFiles { dir: PathBuf },
 }
 
@@ -79,11 +79,11 @@ pub enum LiveError {
     #[error("{url}: {message}; check --api-url and the network")]
     Transport { url: String, message: String },
 
-    #[error("{url}: {source}")]
-    Body { url: String, source: ReadError },
+    #[error("{url}: {err}")]
+    Body { url: String, err: ReadError },
 
-    #[error("{}: cannot use the ETag cache: {source}; remove the directory or pass another --root", path.display())]
-    Cache { path: PathBuf, source: std::io::Error },
+    #[error("{}: cannot write: {err}; check the directory or pass another --root / --save", path.display())]
+    Cache { path: PathBuf, err: std::io::Error },
 
     #[error("--repo `{0}` is not OWNER/NAME")]
     BadRepo(String),

@@ -178,10 +178,10 @@ impl Fetcher {
         let (body, link) = self.get(url)?;
         self.stats.pages += 1;
         if let Some(dir) = &self.cfg.save_dir {
-            write_atomic(&dir.join(save_as), &body).map_err(|source| LiveError::Cache { path: dir.clone(), source })?;
+            write_atomic(&dir.join(save_as), &body).map_err(|err| LiveError::Cache { path: dir.clone(), err })?;
         }
         // The URL stands in for a file name so that errors (and annotation ids) refer to it.
-        let docs = read_bytes(Path::new(url), &body).map_err(|source| LiveError::Body { url: url.to_string(), source })?;
+        let docs = read_bytes(Path::new(url), &body).map_err(|err| LiveError::Body { url: url.to_string(), err })?;
         Ok((docs, link))
     }
 
@@ -244,7 +244,7 @@ impl Fetcher {
                         let now = Timestamp::now();
                         let wait = match (retry_after, reset) {
                             (Some(s), _) => s,
-                            (None, Some(r)) => (r - now.0).max(0) as u64 + 1,
+                            (None, Some(r)) => r.saturating_sub(now.0).max(0) as u64 + 1,
                             // A secondary limit without a hint: GitHub asks for at least a minute.
                             (None, None) => 60,
                         };
@@ -257,7 +257,7 @@ impl Fetcher {
                         return Err(LiveError::RateLimited {
                             url: url.into(),
                             status,
-                            reset: Timestamp(now.0 + wait as i64).to_string(),
+                            reset: Timestamp(now.0.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX))).to_string(),
                             wait_secs: wait,
                             max_wait_secs: self.cfg.max_wait.as_secs(),
                         });

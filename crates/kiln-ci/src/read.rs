@@ -61,7 +61,7 @@ enum Kind {
 /// [`ReadError::NotCiData`]; a file of the right kind with a bad or missing field is
 /// [`ReadError::Field`] or [`ReadError::Syntax`].
 pub fn read_file(path: &Path) -> Result<Vec<Document>, ReadError> {
-    let bytes = std::fs::read(path).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|err| ReadError::Io { path: path.to_path_buf(), err })?;
     read_bytes(path, &bytes)
 }
 
@@ -204,10 +204,10 @@ fn json_type(v: &Value) -> &'static str {
 fn typed<T: DeserializeOwned>(path: &Path, whole: &[u8], start: usize, segment: &[u8]) -> Result<T, ReadError> {
     let mut de = serde_json::Deserializer::from_slice(segment);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = e.path().to_string();
+        let field = clean_path(e.path().to_string());
         let inner = e.into_inner();
         let (line, column) = shift_position(whole, start, inner.line(), inner.column());
-        ReadError::Field { path: path.to_path_buf(), field, line, column, message: inner.to_string() }
+        ReadError::Field { path: path.to_path_buf(), field, line, column, message: without_position(&inner) }
     })
 }
 
@@ -244,14 +244,34 @@ fn syntax_error(path: &Path, whole: &[u8], start: usize, e: serde_json::Error) -
         field_at_failure::<Run>(segment)
     };
     let (line, column) = (e.line(), e.column());
-    ReadError::Syntax { path: path.to_path_buf(), field, line, column, message: e.to_string() }
+    ReadError::Syntax { path: path.to_path_buf(), field, line, column, message: without_position(&e) }
 }
 
 fn field_at_failure<T: DeserializeOwned>(segment: &[u8]) -> String {
     let mut de = serde_json::Deserializer::from_slice(segment);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
-        Err(e) => e.path().to_string(),
+        Err(e) => clean_path(e.path().to_string()),
         Ok(_) => ".".into(),
+    }
+}
+
+/// serde_path_to_error writes `?` for a key it had not finished reading; the path up to it is
+/// what helps.
+fn clean_path(p: String) -> String {
+    let trimmed = p.trim_end_matches(".?").trim_end_matches('?');
+    if trimmed.is_empty() {
+        ".".into()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// serde_json appends "at line L column C"; the error already leads with file:line:column.
+fn without_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
     }
 }
 
@@ -313,10 +333,10 @@ pub fn add_documents(history: &mut History, source: &str, docs: Vec<Document>) {
 }
 
 fn collect_json(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ReadError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| ReadError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|err| ReadError::Io { path: dir.to_path_buf(), err })?;
     let mut paths = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| ReadError::Io { path: dir.to_path_buf(), source })?;
+        let entry = entry.map_err(|err| ReadError::Io { path: dir.to_path_buf(), err })?;
         paths.push(entry.path());
     }
     paths.sort();
@@ -353,6 +373,24 @@ mod tests {
 {"total_count":2,"jobs":[{"id":2,"run_id":9,"name":"b","status":"completed"}]}"#;
         let docs = read_bytes(Path::new("jobs.json"), text).unwrap();
         assert_eq!(docs.len(), 2);
+    }
+
+    #[test]
+    fn slurp_output_is_read_page_by_page_and_errors_name_the_page() {
+        let text = br#"[{"workflow_runs":[{"id":1,"created_at":"2024-01-01T00:00:00Z"}]},
+                        {"workflow_runs":[{"id":2,"created_at":"2024-01-02T00:00:00Z"}]}]"#;
+        let docs = read_bytes(Path::new("runs.json"), text).unwrap();
+        let ids: Vec<u64> = docs
+            .iter()
+            .flat_map(|d| match d {
+                Document::Runs(r) => r.iter().map(|r| r.id).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(ids, vec![1, 2]);
+        let bad = br#"[{"workflow_runs":[]},{"workflow_runs":[{"id":2}]}]"#;
+        let msg = read_bytes(Path::new("runs.json"), bad).unwrap_err().to_string();
+        assert!(msg.contains("[1].workflow_runs[0]") && msg.contains("created_at"), "{msg}");
     }
 
     #[test]

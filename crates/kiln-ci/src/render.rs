@@ -67,7 +67,7 @@ fn cancel_detail(j: &JobStats) -> String {
 }
 
 const HEAD: [&str; 13] = [
-    "job", "runs", "ok", "fail", "t/o", "skip", "cancelled", "cancel%", "median", "p90", "max", "queue p50", "cxl|sib ok",
+    "job", "runs", "ok", "fail", "t/o", "skip", "cancelled", "cancel%", "median", "p90", "max", "queue p50", "cxl, sib ok",
 ];
 
 fn row(j: &JobStats) -> Vec<String> {
@@ -135,13 +135,17 @@ pub fn table(report: &Report) -> String {
         out.push_str("no runs in the input (after --since / --limit / --workflow)\n");
     }
     tail_notes(report, &mut out, "");
-    out.push_str("legend: sup = superseded by a newer run, man = cancelled by hand, pre = before it started, ff = fail-fast, ? = unknown; cxl|sib ok = cancelled while a sibling job succeeded\n");
+    let _ = writeln!(out, "legend: {LEGEND}");
     out
 }
 
+const LEGEND: &str = "sup = superseded by a newer run, man = cancelled by hand, pre = cancelled before it started, \
+ff = fail-fast after a sibling failed, ? = unknown cause; durations are of successful runs; \
+cxl, sib ok = runs where the job was cancelled while a sibling job succeeded";
+
 fn tail_notes(report: &Report, out: &mut String, bullet: &str) {
     if !report.orphan_jobs.is_empty() {
-        let list: Vec<String> = report.orphan_jobs.iter().map(|o| format!("run {} ({} jobs)", o.run_id, o.jobs)).collect();
+        let list: Vec<String> = report.orphan_jobs.iter().map(|o| format!("run {} ({})", o.run_id, crate::verdict::plural(o.jobs, "job", "jobs"))).collect();
         let _ = writeln!(out, "{bullet}jobs whose run is not in the input (not counted): {}", list.join(", "));
     }
     if !report.notes.is_empty() {
@@ -167,7 +171,7 @@ pub fn markdown(report: &Report) -> String {
                 let cells: Vec<String> = row(j).iter().map(|c| md_escape(c)).collect();
                 let _ = writeln!(out, "| {} |", cells.join(" | "));
             }
-            out.push('\n');
+            let _ = writeln!(out, "\n<sub>{}</sub>\n", md_escape(LEGEND));
         }
         for v in &w.verdict {
             let _ = writeln!(out, "- {}", md_escape(v));
@@ -217,7 +221,7 @@ svg{background:#fafafa;border:1px solid #ddd;margin:.5em 0}.legend span{margin-r
                 }
                 out.push_str("</tr>\n");
             }
-            out.push_str("</table>\n");
+            let _ = writeln!(out, "</table>\n<p><small>{}</small></p>", esc(LEGEND));
         }
         out.push_str("<ul>\n");
         for v in &w.verdict {

@@ -279,13 +279,13 @@ fn pop(v: &mut Vec<i64>) -> i64 {
 /// it), the rest spread over `spread`, with `max` as the single largest when given. Shuffled.
 fn durations(rng: &mut Rng, n: usize, median: i64, spread: (i64, i64), max: Option<i64>) -> Vec<i64> {
     let mut v = Vec::with_capacity(n);
-    let middle = if n % 2 == 0 { 2 } else { 1 };
+    let middle = if n.is_multiple_of(2) { 2 } else { 1 };
     let below = (n - middle) / 2;
     let mut above = n - middle - below;
     for _ in 0..below {
         v.push(rng.range(spread.0, median - 1));
     }
-    v.extend(std::iter::repeat(median).take(middle));
+    v.extend(std::iter::repeat_n(median, middle));
     if let Some(m) = max {
         v.push(m);
         above -= 1;

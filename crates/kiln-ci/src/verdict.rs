@@ -40,7 +40,23 @@ pub(crate) fn verdict(w: &WorkflowReport) -> Vec<String> {
         return out;
     };
     let red = worst.red_marks();
-    if red == 0 {
+    let tied: Vec<&JobStats> = ran.iter().copied().filter(|j| red > 0 && j.red_marks() == red).collect();
+    if tied.len() > 2 {
+        // No job stands out: naming one would mislead.
+        let fails: usize = tied.iter().map(|j| j.failure + j.timed_out).sum();
+        let cancels: usize = tied.iter().map(|j| j.cancelled.total).sum();
+        let names: Vec<&str> = tied.iter().take(5).map(|j| j.label.as_str()).collect();
+        let more = tied.len().saturating_sub(names.len());
+        out.push(format!(
+            "No single job stands out: {} jobs have {} each ({}{}); together {} and {}.",
+            tied.len(),
+            plural(red, "red mark", "red marks"),
+            names.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() },
+            plural(fails, "failure", "failures"),
+            plural(cancels, "cancellation", "cancellations"),
+        ));
+    } else if red == 0 {
         out.push(format!(
             "No red marks: every job of the {} succeeded or was skipped.",
             plural(w.runs_with_jobs, "run", "runs")

@@ -149,9 +149,9 @@ impl Node {
     }
 
     fn dump_into(&self, out: &mut String) {
-        // BuildKit builds the string then trims surrounding whitespace; an instruction keyword
-        // never has any, so only the leading space of an empty-valued ONBUILD argument matters
-        // and that case is handled by not emitting it.
+        // BuildKit builds the string and then trims white space at both ends; that trim is what
+        // drops the leading space before an ONBUILD argument (whose own value is empty) and the
+        // newline after its nested instruction.
         let start = out.len();
         out.push_str(&crate::quote::go_to_lower(&self.value));
         if !self.flags.is_empty() {

@@ -1,9 +1,10 @@
 //! Finding heredocs (`<<EOF`, `<<-EOF`, `<<"EOF"`, `3<<EOF`) in an instruction line.
 //!
 //! BuildKit splits the whole logical line into shell words with its lexer (quotes and escapes kept
-//! raw, unset variables left as written, nothing expanded) and treats every word shaped
-//! `[digits]<<[-]WORD` as a heredoc. Whether the body is expanded depends on whether the delimiter
-//! was quoted. This module has its own small copy of that word splitter with exactly those
+//! raw, unset variables left as written, nothing expanded; an unquoted `<<` keeps the blanks after
+//! it in its word, so `<< EOF` is one word) and treats every word shaped `[digits]<<[-] WORD` as a
+//! heredoc. The body is expanded later only if no part of the delimiter was quoted; BuildKit finds
+//! that out by lexing the delimiter with and without raw quotes and comparing the quote counts. This module has its own small copy of that word splitter with exactly those
 //! settings, because the parser must not depend on the expansion lexer.
 
 use std::iter::Peekable;
@@ -76,7 +77,8 @@ pub(crate) fn process_words(
 ) -> Result<Vec<String>, String> {
     // Go's text/scanner drops a byte-order mark at the very start of its input.
     let input = input.strip_prefix('\u{feff}').unwrap_or(input);
-    let mut lx = Lexer { chars: input.chars().peekable(), raw_quotes, raw_escapes, depth: 0 };
+    let mut lx =
+        Lexer { chars: input.chars().peekable(), raw_quotes, raw_escapes, depth: 0, hint: input.len() };
     let (_, words) = lx.process_stop_on(None, raw_escapes)?;
     Ok(words)
 }
@@ -87,6 +89,8 @@ struct Lexer<'a> {
     raw_escapes: bool,
     /// Nesting of `${…${…}}`; bounded so that no line can exhaust the stack.
     depth: usize,
+    /// Capacity for the first word buffer (the input length).
+    hint: usize,
 }
 
 /// Deeper `${` nesting than this makes the line unreadable (so it announces no heredoc).
@@ -103,7 +107,8 @@ impl Words {
     fn add_char(&mut self, c: char) {
         if is_go_space(c) {
             if self.in_word && !self.word.is_empty() {
-                self.words.push(std::mem::take(&mut self.word));
+                self.words.push(self.word.clone());
+                self.word.clear();
                 self.in_word = false;
             }
         } else {
@@ -158,6 +163,8 @@ impl Lexer<'_> {
     fn process_stop_on_inner(&mut self, stop: Option<char>) -> Result<(String, Vec<String>), String> {
         let mut result = String::new();
         let mut words = Words::default();
+        // The outermost word buffer is sized once; nested `${…}` ones stay small.
+        words.word.reserve(std::mem::take(&mut self.hint));
         while let Some(ch) = self.peek() {
             if Some(ch) == stop {
                 self.chars.next();

@@ -180,6 +180,8 @@ pub struct Copy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArgDecl {
     pub name: String,
+    /// As written. In a resolved [`Step`], the value the ARG took (build
+    /// arg, expanded default or global value), `None` when it is unset.
     pub default: Option<String>,
 }
 

@@ -17,7 +17,7 @@ const MAX_DEPTH: usize = 10_000;
 
 /// Reads `text` as a JSON array of strings.
 pub(crate) fn parse_json_array(text: &str) -> JsonForm {
-    let mut p = Reader { b: text.as_bytes(), i: 0 };
+    let mut p = Reader { b: text.as_bytes(), i: 0, overflow: false };
     p.ws();
     if !p.eat(b'[') {
         return JsonForm::Invalid;
@@ -53,6 +53,11 @@ pub(crate) fn parse_json_array(text: &str) -> JsonForm {
     if p.i != p.b.len() {
         return JsonForm::Invalid;
     }
+    // Go decodes every number into a float64; one out of range fails the whole decode, and
+    // BuildKit then takes the text as shell form.
+    if p.overflow {
+        return JsonForm::Invalid;
+    }
     if all_strings {
         JsonForm::Strings(out)
     } else {
@@ -63,6 +68,8 @@ pub(crate) fn parse_json_array(text: &str) -> JsonForm {
 struct Reader<'a> {
     b: &'a [u8],
     i: usize,
+    /// A number too large for a float64 was seen.
+    overflow: bool,
 }
 
 impl Reader<'_> {
@@ -103,6 +110,18 @@ impl Reader<'_> {
     }
 
     fn number(&mut self) -> bool {
+        let start = self.i;
+        if !self.number_syntax() {
+            return false;
+        }
+        let text = std::str::from_utf8(&self.b[start..self.i]).unwrap_or("0");
+        if text.parse::<f64>().map_or(true, |v| v.is_infinite()) {
+            self.overflow = true;
+        }
+        true
+    }
+
+    fn number_syntax(&mut self) -> bool {
         self.eat(b'-');
         match self.peek() {
             Some(b'0') => self.i += 1,
@@ -303,6 +322,9 @@ mod tests {
         assert_eq!(parse_json_array(r#"["a", 1]"#), JsonForm::NotStrings);
         assert_eq!(parse_json_array(r#"["a", {"k": [1, 2.5e3, null]}]"#), JsonForm::NotStrings);
         assert_eq!(parse_json_array(r#"["a", [ "b" ] ]"#), JsonForm::NotStrings);
+        assert_eq!(parse_json_array(r#"["a", 1e308, -1e-999]"#), JsonForm::NotStrings);
+        assert_eq!(parse_json_array(r#"["a", 1e309]"#), JsonForm::Invalid);
+        assert_eq!(parse_json_array(r#"["a", {"k": [-2e400]}]"#), JsonForm::Invalid);
     }
 
     #[test]

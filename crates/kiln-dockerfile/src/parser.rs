@@ -9,6 +9,8 @@
 //! 4. RUN, COPY and ADD (also under ONBUILD) in shell form may announce heredocs, whose bodies are
 //!    the following lines up to each terminator.
 
+use std::borrow::Cow;
+
 use crate::ast::{Directive, Directives, Dockerfile, Heredoc, Node, Warning};
 use crate::error::{ParseError, ParseErrorKind};
 use crate::heredoc::heredocs_from_line;
@@ -145,7 +147,11 @@ fn is_comment(raw: &str) -> bool {
 impl<'a> Parser<'a> {
     fn new(text: &'a str) -> Self {
         Parser {
-            lines: text.split_inclusive('\n').collect(),
+            lines: {
+                let mut v = Vec::with_capacity(text.bytes().filter(|b| *b == b'\n').count() + 1);
+                v.extend(text.split_inclusive('\n'));
+                v
+            },
             pos: 0,
             current_line: 0,
             d: DirectiveState {
@@ -201,7 +207,9 @@ impl<'a> Parser<'a> {
     }
 
     fn run(mut self) -> Result<Dockerfile, ParseError> {
-        let mut children: Vec<Node> = Vec::new();
+        // Sized up front: growing a vector of nodes means copying them all, again and again.
+        let estimate = self.lines.iter().filter(|l| l.starts_with(|c: char| c.is_ascii_alphabetic())).count();
+        let mut children: Vec<Node> = Vec::with_capacity(estimate);
         let mut warnings = Vec::new();
         let mut comments: Vec<String> = Vec::new();
 
@@ -299,6 +307,7 @@ impl<'a> Parser<'a> {
 
             child.start_line = start_line;
             child.end_line = self.current_line;
+            child.original = line;
             children.push(child);
         }
 
@@ -368,7 +377,7 @@ fn new_node_from_line(line: &str, escape: char, depth: usize) -> Result<Node, Pa
     let keyword = go_to_lower(parts.next().unwrap_or(""));
     let (args, flags) = match parts.next() {
         Some(rest) => extract_builder_flags(rest),
-        None => (String::new(), Vec::new()),
+        None => (Cow::Borrowed(""), Vec::new()),
     };
     let args = args.trim_matches(is_go_space);
 
@@ -390,7 +399,6 @@ fn new_node_from_line(line: &str, escape: char, depth: usize) -> Result<Node, Pa
         args,
         flags,
         json,
-        original: line.to_string(),
         ..Node::default()
     })
 }
@@ -398,7 +406,7 @@ fn new_node_from_line(line: &str, escape: char, depth: usize) -> Result<Node, Pa
 /// BuildKit's `extractBuilderFlags`: leading `--words` (quotes removed, `\` escapes the next byte)
 /// up to the first word without `--` or a bare `--`. BuildKit reads this part byte by byte, each
 /// byte taken as a character, and so does this (non-ASCII bytes become Latin-1 characters).
-fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
+fn extract_builder_flags(line: &str) -> (Cow<'_, str>, Vec<String>) {
     #[derive(PartialEq)]
     enum Phase {
         Spaces,
@@ -410,10 +418,20 @@ fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
         matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | 0x85 | 0xa0)
     }
     let b = line.as_bytes();
-    let rest_from = |pos: usize| String::from_utf8_lossy(&b[pos..]).into_owned();
+    // Usually a char boundary; only a 0x85/0xA0 byte inside a character can split one.
+    let rest_from = |pos: usize| match line.get(pos..) {
+        Some(s) => Cow::Borrowed(s),
+        None => String::from_utf8_lossy(&b[pos..]),
+    };
+    // One byte per character, as BuildKit's `rune(line[pos])`.
+    let to_word = |bytes: &mut Vec<u8>| -> String {
+        let w = bytes.iter().copied().map(char::from).collect();
+        bytes.clear();
+        w
+    };
     let mut words = Vec::new();
     let mut phase = Phase::Spaces;
-    let mut word = String::new();
+    let mut word: Vec<u8> = Vec::new();
     let mut quote = 0u8;
     let mut blank_ok = false;
     let mut pos = 0;
@@ -430,22 +448,25 @@ fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
             if ch != b'-' || pos + 1 == b.len() || b[pos + 1] != b'-' {
                 return (rest_from(pos), words);
             }
+            if word.capacity() == 0 {
+                word.reserve(b.len() - pos);
+            }
             phase = Phase::Word;
         }
         if pos == b.len() {
-            if word != "--" && (blank_ok || !word.is_empty()) {
-                words.push(word);
+            if word != b"--" && (blank_ok || !word.is_empty()) {
+                words.push(to_word(&mut word));
             }
             break;
         }
         if phase == Phase::Word {
             if byte_space(ch) {
                 phase = Phase::Spaces;
-                if word == "--" {
+                if word == b"--" {
                     return (rest_from(pos), words);
                 }
                 if blank_ok || !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
+                    words.push(to_word(&mut word));
                 }
                 word.clear();
                 blank_ok = false;
@@ -468,7 +489,7 @@ fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
                 pos += 1;
                 ch = b[pos];
             }
-            word.push(char::from(ch));
+            word.push(ch);
             pos += 1;
             continue;
         }
@@ -488,10 +509,10 @@ fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
             pos += 1;
             ch = b[pos];
         }
-        word.push(char::from(ch));
+        word.push(ch);
         pos += 1;
     }
-    (String::new(), words)
+    (Cow::Borrowed(""), words)
 }
 
 /// BuildKit's `parseWords`: words split on white space, quotes and escapes kept as written.
@@ -506,7 +527,7 @@ fn parse_words(rest: &str, escape: char) -> Vec<String> {
     let mut phase = Phase::Spaces;
     let mut quote = '\0';
     let mut blank_ok = false;
-    let mut word = String::new();
+    let mut word = String::with_capacity(rest.len());
     let mut chars = rest.chars().peekable();
     loop {
         let Some(mut ch) = chars.next() else {
@@ -525,7 +546,9 @@ fn parse_words(rest: &str, escape: char) -> Vec<String> {
             if is_go_space(ch) {
                 phase = Phase::Spaces;
                 if blank_ok || !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
+                    // Clone then clear keeps one right-sized allocation per word.
+                    words.push(word.clone());
+                    word.clear();
                 }
                 blank_ok = false;
                 continue;
@@ -652,7 +675,8 @@ fn parse_sub_command(rest: &str, escape: char, depth: usize) -> Result<Vec<Node>
     if depth >= MAX_ONBUILD_DEPTH {
         return Err(ParseErrorKind::TooDeep(MAX_ONBUILD_DEPTH));
     }
-    let child = new_node_from_line(rest, escape, depth + 1)?;
+    let mut child = new_node_from_line(rest, escape, depth + 1)?;
+    child.original = rest.to_string();
     Ok(vec![Node { children: vec![child], ..Node::default() }])
 }
 
@@ -673,9 +697,9 @@ mod tests {
     #[test]
     fn flags() {
         let (rest, f) = extract_builder_flags("--a=b --c foo bar");
-        assert_eq!((rest.as_str(), f), ("foo bar", vec!["--a=b".to_string(), "--c".into()]));
+        assert_eq!((&*rest, f), ("foo bar", vec!["--a=b".to_string(), "--c".into()]));
         let (rest, f) = extract_builder_flags("--a=\"x y\" -- --b");
-        assert_eq!((rest.as_str(), f), (" --b", vec!["--a=x y".to_string()]));
+        assert_eq!((&*rest, f), (" --b", vec!["--a=x y".to_string()]));
     }
 
     #[test]

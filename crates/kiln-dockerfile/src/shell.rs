@@ -641,7 +641,7 @@ fn trim(value: &str, pattern: &str, greedy: bool, suffix: bool) -> Result<String
 fn substitute(value: &str, pattern: &str, replacement: &str, all: bool) -> Result<String, Kind> {
     let nfa = Nfa::new(&compile_pattern(pattern)?);
     let text: Vec<char> = value.chars().collect();
-    let find = |from: usize| (from..=text.len()).find_map(|s| nfa.match_at(&text, s, true).map(|e| (s, e)));
+    let find = |from: usize| nfa.find_leftmost_longest(&text, from);
     let slice = |a: usize, b: usize| text.get(a..b).unwrap_or_default().iter().collect::<String>();
     if !all {
         return Ok(match find(0) {

@@ -12,7 +12,7 @@ fn heredoc(name: &str, content: &str, expand: bool, chomp: bool, fd: u32) -> Her
     Heredoc { name: name.into(), content: content.into(), expand, chomp, file_descriptor: fd }
 }
 
-fn node<'a>(d: &'a Dockerfile, i: usize) -> &'a Node {
+fn node(d: &Dockerfile, i: usize) -> &Node {
     &d.children[i]
 }
 

@@ -95,17 +95,43 @@ fn platform_args() {
 }
 
 #[test]
-fn env_applies_in_order_and_wins_over_arg() {
+fn env_and_arg_apply_in_order() {
     let src = "FROM a\nARG A=arg\nENV A=env B=$A\nENV C=${B}-x\nWORKDIR $C\nLABEL \"k$C\"=\"v $A\"\nARG A=again\nWORKDIR $A\nUSER ${UNSET:-nobody}\n";
     let r = ok(src, &[], None);
     let s = &r.stages[0];
+    // ENV values are expanded with the scope before the instruction.
     assert_eq!(pairs(&s.env), [("A", "env"), ("B", "arg"), ("C", "arg-x")]);
     assert_eq!(s.steps[3].instruction, Instruction::Workdir("arg-x".into()));
     assert_eq!(s.steps[3].used.iter().collect::<Vec<_>>(), ["C"]);
     assert_eq!(s.steps[4].instruction, Instruction::Label(vec![("karg-x".into(), "v env".into())]));
-    assert_eq!(s.steps[6].instruction, Instruction::Workdir("env".into()));
+    // A later ARG wins in the scope (as BuildKit's shared LLB env does) but
+    // not in the image config's ENV.
+    assert_eq!(s.steps[6].instruction, Instruction::Workdir("again".into()));
+    assert_eq!(pairs(&s.vars), [("A", "again"), ("B", "arg"), ("C", "arg-x")]);
+    assert_eq!(pairs(&s.args), [("A", "again")]);
     assert_eq!(s.steps[7].instruction, Instruction::User("nobody".into()));
-    assert_eq!(s.workdir, "/arg-x/env");
+    assert_eq!(s.workdir, "/arg-x/again");
+}
+
+#[test]
+fn arg_defaults_follow_buildkit() {
+    // Each name in one ARG sees the ones before it.
+    let r = ok("FROM a\nARG A=1 B=${A}2\nWORKDIR /$B\n", &[], None);
+    assert_eq!(r.stages[0].workdir, "/12");
+    // A build arg wins, and the default it replaces is never expanded.
+    let r = ok("FROM a\nARG X=${Y:?no-Y}\nWORKDIR /$X\n", &[("X", "given")], None);
+    assert_eq!(r.stages[0].workdir, "/given");
+    let e = run("FROM a\nARG X=${Y:?no-Y}\n", &[], None).unwrap_err();
+    assert!(e.to_string().contains("Y: no-Y"), "{e}");
+    let e = run("ARG G=${H:?h}\nFROM a\n", &[], None).unwrap_err();
+    assert_eq!(e.location.start_line, 1);
+    assert!(ok("ARG G=${H:?h}\nFROM a\n", &[("G", "x")], None).global_args.iter().any(|(k, v)| k == "G" && v == "x"));
+    // A default can use a global ARG without redeclaring it.
+    let r = ok("ARG G=g\nFROM a\nARG L=$G-l\nWORKDIR /$L/$G\n", &[], None);
+    assert_eq!(r.stages[0].workdir, "/g-l");
+    // The resolved ARG step holds the value each name took.
+    let Instruction::Arg(decls) = &r.stages[0].steps[0].instruction else { panic!() };
+    assert_eq!(decls[0].default.as_deref(), Some("g-l"));
 }
 
 #[test]
@@ -176,6 +202,9 @@ COPY --from=nginx:1.27 /etc/nginx /etc/nginx
     assert_eq!((r.target, idx), (1, vec![0, 1, 2, 3]));
     let r = ok(src, &[], Some("tools"));
     assert_eq!(r.stages.len(), 1);
+    // Build args only count as used when a needed stage declares them.
+    let r = ok("FROM a AS one\nARG ONE\nFROM b AS two\nARG TWO\n", &[("ONE", "1"), ("TWO", "2")], Some("two"));
+    assert_eq!(r.unused_build_args, ["ONE"]);
 
     // The unused stage fails when it is the target.
     let e = run(src, &[], Some("unused")).unwrap_err();

@@ -256,6 +256,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("root");
         std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
         symlink("/", root.join("slash")).unwrap();
         symlink("../../../../etc", root.join("a/up")).unwrap();
         symlink("/a/b", root.join("abs")).unwrap();
@@ -272,6 +273,11 @@ mod tests {
         assert_eq!(j("abs", false).unwrap(), root.join("abs"));
         assert!(matches!(j("loop1/x", false), Err(RootError::Loop { .. })));
         assert_eq!(safe_join(&root, Path::new("slash/.."), true).unwrap(), root);
+        // Missing intermediate directories are an error unless creation is asked for.
+        assert!(j("nope/x", false).is_err());
+        let created = r.resolve(Path::new("slash/new/dir/f"), false, Missing::Create).unwrap();
+        assert_eq!(created.host_path, root.join("new/dir/f"));
+        assert!(root.join("new/dir").is_dir());
     }
 
     #[test]

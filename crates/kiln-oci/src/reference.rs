@@ -271,6 +271,19 @@ impl fmt::Debug for Reference {
     }
 }
 
+impl serde::Serialize for Reference {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Reference {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Reference::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Reference {
     type Err = ReferenceError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -384,5 +397,8 @@ mod tests {
         assert_eq!(t.to_string(), "docker.io/library/busybox:2");
         assert!(r.with_tag("bad tag").is_err());
         assert_eq!(r.repository_only().to_string(), "docker.io/library/busybox");
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Reference>(&j).unwrap(), r);
+        assert!(serde_json::from_str::<Reference>("\"Bad/Ref\"").is_err());
     }
 }

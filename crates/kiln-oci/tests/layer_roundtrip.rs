@@ -44,12 +44,12 @@ fn make_tree(dir: &Path, mtime: i64) {
     fs::create_dir_all(long.parent().unwrap()).unwrap();
     fs::write(&long, b"long name").unwrap();
     fs::write(dir.join("ünïcode"), b"utf8").unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &dir.join("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o640), 0).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, dir.join("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o640), 0).unwrap();
     rustix::fs::setxattr(dir.join("etc/passwd").as_path(), "user.kiln", b"v1", rustix::fs::XattrFlags::empty()).ok();
     if is_root() {
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &dir.join("null"),
+            dir.join("null"),
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::Mode::from_raw_mode(0o666),
             rustix::fs::makedev(1, 3),
@@ -57,7 +57,7 @@ fn make_tree(dir: &Path, mtime: i64) {
         .unwrap();
         rustix::fs::chownat(
             rustix::fs::CWD,
-            &dir.join("etc/passwd"),
+            dir.join("etc/passwd"),
             Some(rustix::fs::Uid::from_raw(1234)),
             Some(rustix::fs::Gid::from_raw(5678)),
             rustix::fs::AtFlags::empty(),
@@ -269,7 +269,7 @@ fn overlay_upper_dirs_become_whiteouts_and_opaque_markers() {
     fs::create_dir_all(upper.join("op")).unwrap();
     fs::write(upper.join("op/inner"), b"i").unwrap();
     fs::write(upper.join("plain"), b"p").unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &upper.join("gone"), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::empty(), 0).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, upper.join("gone"), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::empty(), 0).unwrap();
     rustix::fs::setxattr(upper.join("op").as_path(), "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).unwrap();
     let (blob, _) = write_layer_from_overlay_upper(&upper, Vec::new(), &WriteOptions::default()).unwrap();
     assert_eq!(tar_names(&blob), vec![".wh.gone", "op/", "op/.wh..wh..opq", "op/inner", "plain"]);
@@ -307,4 +307,38 @@ fn layers_stream_into_the_store() {
 fn tar_names(blob: &[u8]) -> Vec<String> {
     let mut a = tar::Archive::new(decompress(blob).unwrap());
     a.entries().unwrap().map(|e| String::from_utf8(e.unwrap().path_bytes().into_owned()).unwrap()).collect()
+}
+
+#[test]
+fn gnu_tar_reads_what_kiln_writes() {
+    let st = std::process::Command::new("sh").arg("-c").arg("command -v tar").output().map(|o| o.status.success()).unwrap_or(false);
+    if !st {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("tar is required in CI");
+        }
+        eprintln!("skipping: tar is not installed");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    make_tree(&src, 1_700_000_000);
+    let (blob, _) = write_layer_from_dir(&src, Vec::new(), &WriteOptions::default()).unwrap();
+    let layer = t.path().join("layer.tar.gz");
+    fs::write(&layer, &blob).unwrap();
+    let out = t.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let o = std::process::Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--same-owner", "-xpzf"])
+        .arg(&layer)
+        .arg("-C")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (describe(&src), describe(&out));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, v) in &a {
+        // GNU tar restores everything kiln wrote, long and non-ASCII names included.
+        assert_eq!(Some(v), b.get(k), "{k}");
+    }
 }

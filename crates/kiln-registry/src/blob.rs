@@ -183,8 +183,7 @@ impl Client {
                 registry: repo.registry.clone(),
                 reference: reference.to_string(),
                 status,
-                method: "POST".into(),
-                path: format!("/v2/{}/blobs/uploads/", repo.name),
+                request: format!("POST /v2/{}/blobs/uploads/", repo.name),
                 detail: " (no Location header in the answer)".into(),
             });
         };
@@ -411,8 +410,7 @@ impl BlobReader<'_> {
                         registry: self.repo.registry.clone(),
                         reference: self.reference.clone(),
                         status: 206,
-                        method: "GET".into(),
-                        path: path_of(resp.get_url()).to_string(),
+                        request: format!("GET {}", path_of(resp.get_url())),
                         detail: format!(" (asked for bytes from {}, got Content-Range {:?})", self.offset, resp.header("content-range")),
                     });
                 }

@@ -217,29 +217,17 @@ impl Client {
             return Ok(m.clone());
         }
         let url = format!("{}/v2/", self.base_url(&repo.registry));
-        let mut attempt = 0;
-        let resp = loop {
-            attempt += 1;
-            match self.agent.get(&url).call() {
-                Ok(r) => break r,
-                Err(ureq::Error::Status(code, r)) => {
-                    if (code == 429 || code >= 500) && attempt < self.opts.max_attempts {
-                        self.backoff(attempt, retry_after(&r));
-                        continue;
-                    }
-                    break r;
-                }
-                Err(ureq::Error::Transport(t)) => {
-                    if attempt < self.opts.max_attempts && is_retryable_transport(&t) {
-                        self.backoff(attempt, None);
-                        continue;
-                    }
-                    return Err(RegistryError::Transport {
-                        registry: repo.registry.clone(),
-                        reference: reference.to_string(),
-                        message: t.to_string(),
-                    });
-                }
+        // One attempt: every caller sits inside a retry loop already, and nesting loops would
+        // multiply the attempts.
+        let resp = match self.agent.get(&url).call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(t)) => {
+                return Err(RegistryError::Transport {
+                    registry: repo.registry.clone(),
+                    reference: reference.to_string(),
+                    message: format!("GET /v2/: {t}"),
+                })
             }
         };
         let mode = if resp.status() == 401 {
@@ -547,8 +535,7 @@ impl Client {
                 registry: repo.registry.clone(),
                 reference: reference.to_string(),
                 status,
-                method: method.to_string(),
-                path,
+                request: format!("{method} {path}"),
                 detail,
             },
         }

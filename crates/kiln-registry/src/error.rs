@@ -31,13 +31,13 @@ pub enum RegistryError {
         detail: String,
     },
     /// Any other unexpected status, after retries where retrying made sense.
-    #[error("{reference}: registry {registry} answered HTTP {status} to {method} {path}{detail}; try again later, or check the registry's logs")]
+    #[error("{reference}: registry {registry} answered HTTP {status} to {request}{detail}; try again later, or check the registry's logs")]
     Status {
         registry: String,
         reference: String,
         status: u16,
-        method: String,
-        path: String,
+        /// `METHOD /path`.
+        request: String,
         detail: String,
     },
     /// The connection failed (refused, reset, TLS, DNS) and retries ran out.

@@ -11,6 +11,7 @@ use std::io::{Read, Seek, SeekFrom};
 use kiln_oci::store::REF_NAME_ANNOTATION;
 use kiln_oci::{Descriptor, Digest, Manifest, Store, StoreError};
 
+use crate::blob::copy_large;
 use crate::error::{from_io, RegistryError, Result};
 use crate::manifest::FetchedManifest;
 use crate::transfer::{ImageDest, ImageSource, ProgressReader};
@@ -117,11 +118,13 @@ impl ImageDest for LocalImages {
         Ok(self.store.has_blob(&desc.digest))
     }
     fn put_blob(&self, desc: &Descriptor, src: &dyn ImageSource, progress: &(dyn Fn(u64) + Sync)) -> Result<&'static str> {
-        let r = src.open_blob(desc, 0)?;
-        let info = self
-            .store
-            .put_blob_stream(ProgressReader::new(r, 0, progress), Some(&desc.digest))
-            .map_err(|e| store_err(&format!("{} <- {}@{}", self.label, src.describe(), desc.digest), e))?;
+        let what = format!("{} <- {}@{}", self.label, src.describe(), desc.digest);
+        let mut r = ProgressReader::new(src.open_blob(desc, 0)?, 0, progress);
+        // The store's writer hashes what it writes and `commit` checks the digest: one hash pass
+        // over the data (put_blob_stream would hash it twice), and nothing lands unless it matches.
+        let mut w = self.store.blob_writer().map_err(|e| store_err(&what, e))?;
+        copy_large(&mut r, &mut w).map_err(|e| from_io(e, what.clone()))?;
+        let info = w.commit(Some(&desc.digest)).map_err(|e| store_err(&what, e))?;
         if info.size != desc.size {
             // The digest matched, so the descriptor's size was wrong: the manifest lies, not the data.
             tracing::warn!(digest = %desc.digest, expected = desc.size, actual = info.size, "blob size differs from its descriptor");

@@ -295,7 +295,12 @@ fn matches(e: &Entry, header: &[u8]) -> bool {
         return false;
     };
     window.iter().zip(&e.magic).enumerate().all(|(i, (h, m))| {
-        let mask = e.mask.as_ref().and_then(|k| k.get(i)).copied().unwrap_or(0xff);
+        let mask = e
+            .mask
+            .as_ref()
+            .and_then(|k| k.get(i))
+            .copied()
+            .unwrap_or(0xff);
         h & mask == m & mask
     })
 }
@@ -330,7 +335,9 @@ fn find_handler(binfmt_dir: &Path, header: &[u8]) -> Result<Option<BinfmtHandler
         if name == "status" || name == "register" {
             continue;
         }
-        let Some(entry) = std::fs::read_to_string(de.path()).ok().and_then(|t| parse_entry(&t))
+        let Some(entry) = std::fs::read_to_string(de.path())
+            .ok()
+            .and_then(|t| parse_entry(&t))
         else {
             continue;
         };
@@ -352,7 +359,9 @@ fn find_handler(binfmt_dir: &Path, header: &[u8]) -> Result<Option<BinfmtHandler
         }));
     }
     match disabled {
-        Some(name) => Err(format!("the binfmt_misc handler {name} is registered but disabled")),
+        Some(name) => Err(format!(
+            "the binfmt_misc handler {name} is registered but disabled"
+        )),
         None => Ok(None),
     }
 }
@@ -437,7 +446,10 @@ mod tests {
             }
             let arch = binary_arch(path).unwrap();
             assert_eq!(arch, Some(Arch::host()), "{p}");
-            assert_eq!(ensure_binary_runnable(path, Path::new(BINFMT_DIR)).unwrap(), None);
+            assert_eq!(
+                ensure_binary_runnable(path, Path::new(BINFMT_DIR)).unwrap(),
+                None
+            );
         }
     }
 
@@ -447,7 +459,10 @@ mod tests {
         let p = d.path().join("script");
         std::fs::write(&p, "#!/bin/sh\necho hi\n").unwrap();
         assert_eq!(binary_arch(&p).unwrap(), None);
-        assert_eq!(ensure_binary_runnable(&p, Path::new("/nonexistent")).unwrap(), None);
+        assert_eq!(
+            ensure_binary_runnable(&p, Path::new("/nonexistent")).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -489,7 +504,9 @@ mod tests {
         std::fs::write(&f, &hdr).unwrap();
         assert!(ensure_binary_runnable(&f, d.path()).unwrap().is_some());
         // But not an s390x one.
-        let err = ensure_runnable(Arch::S390x, d.path()).unwrap_err().to_string();
+        let err = ensure_runnable(Arch::S390x, d.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("update-binfmts --enable qemu-s390x"), "{err}");
     }
 
@@ -500,7 +517,10 @@ mod tests {
         let err = ensure_runnable(a, d.path()).unwrap_err().to_string();
         assert!(err.contains("qemu-user-static"), "{err}");
         assert!(err.contains("binfmt-support"), "{err}");
-        assert!(err.contains(&format!("update-binfmts --enable qemu-{}", a.qemu_name())), "{err}");
+        assert!(
+            err.contains(&format!("update-binfmts --enable qemu-{}", a.qemu_name())),
+            "{err}"
+        );
 
         let disabled = QEMU_AARCH64.replacen("enabled", "disabled", 1);
         let d = fake_binfmt(&[("qemu-aarch64", &disabled)], "enabled\n");
@@ -513,12 +533,17 @@ mod tests {
         let err = ensure_runnable(a, d.path()).unwrap_err().to_string();
         assert!(err.contains("binfmt_misc is disabled"), "{err}");
 
-        let err = ensure_runnable(a, Path::new("/nonexistent/binfmt")).unwrap_err().to_string();
+        let err = ensure_runnable(a, Path::new("/nonexistent/binfmt"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not mounted"), "{err}");
     }
 
     #[test]
     fn host_arch_never_needs_emulation() {
-        assert_eq!(ensure_runnable(Arch::host(), Path::new("/nonexistent")).unwrap(), None);
+        assert_eq!(
+            ensure_runnable(Arch::host(), Path::new("/nonexistent")).unwrap(),
+            None
+        );
     }
 }

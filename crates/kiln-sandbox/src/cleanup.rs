@@ -103,7 +103,11 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn created(root: &Path, rel: &str, is_dir: bool) -> CreatedPath {
-        let parent = root.join(rel.trim_start_matches('/')).parent().unwrap().to_path_buf();
+        let parent = root
+            .join(rel.trim_start_matches('/'))
+            .parent()
+            .unwrap()
+            .to_path_buf();
         let f = File::open(&parent).unwrap();
         let before = sys::lstatat(f.as_fd(), OsStr::new("")).unwrap();
         let p = root.join(rel.trim_start_matches('/'));
@@ -150,7 +154,10 @@ mod tests {
         std::fs::write(root.join("data/file"), "x").unwrap();
         std::fs::write(root.join("stub"), "written").unwrap();
         let out = remove_created(root, &list);
-        assert_eq!(out.iter().map(|m| m.removed).collect::<Vec<_>>(), vec![false, false]);
+        assert_eq!(
+            out.iter().map(|m| m.removed).collect::<Vec<_>>(),
+            vec![false, false]
+        );
         assert!(root.join("data/file").exists() && root.join("stub").exists());
     }
 
@@ -160,14 +167,25 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::create_dir(outside.path().join("victim")).unwrap();
         let root = d.path();
-        let list = vec![created(root, "/run", true), created(root, "/run/victim", true)];
+        let list = vec![
+            created(root, "/run", true),
+            created(root, "/run/victim", true),
+        ];
         // The step replaces /run with a symlink pointing outside the root.
         std::fs::remove_dir(root.join("run/victim")).unwrap();
         std::fs::remove_dir(root.join("run")).unwrap();
         std::os::unix::fs::symlink(outside.path(), root.join("run")).unwrap();
         let out = remove_created(root, &list);
-        assert!(outside.path().join("victim").exists(), "followed a symlink out of the root");
+        assert!(
+            outside.path().join("victim").exists(),
+            "followed a symlink out of the root"
+        );
         assert!(out.iter().all(|m| !m.removed), "{out:?}");
-        assert!(root.join("run").symlink_metadata().unwrap().file_type().is_symlink());
+        assert!(root
+            .join("run")
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }

@@ -169,7 +169,10 @@ fn child_main(spec: &Spec, report: &File, alive: OwnedFd) -> i32 {
     };
     let setup = prepare(spec, &mut mounts);
     if !mounts.created.is_empty() {
-        send(report, &Report::Created(std::mem::take(&mut mounts.created)));
+        send(
+            report,
+            &Report::Created(std::mem::take(&mut mounts.created)),
+        );
     }
     let err = match setup {
         Ok(()) => match exec_command(spec) {
@@ -226,7 +229,8 @@ fn prepare(spec: &Spec, m: &mut Mounter) -> Result<(), Failure> {
         .open(&spec.root)
         .map_err(fail("open the root"))?
         .into();
-    m.root_host = std::fs::read_link(sys::fd_path(root_fd.as_fd())).map_err(fail("locate the root"))?;
+    m.root_host =
+        std::fs::read_link(sys::fd_path(root_fd.as_fd())).map_err(fail("locate the root"))?;
     m.root_fd = Some(root_fd);
 
     m.mount_proc()?;
@@ -264,7 +268,9 @@ fn prepare(spec: &Spec, m: &mut Mounter) -> Result<(), Failure> {
 
 fn mount_name(m: &Mount) -> String {
     match m {
-        Mount::Bind { source, .. } => format!("bind {} on {}", source.display(), m.target().display()),
+        Mount::Bind { source, .. } => {
+            format!("bind {} on {}", source.display(), m.target().display())
+        }
         Mount::Tmpfs { .. } => format!("tmpfs on {}", m.target().display()),
         Mount::Cache { source, .. } => {
             format!("cache {} on {}", source.display(), m.target().display())
@@ -302,7 +308,11 @@ fn exec_command(spec: &Spec) -> Result<std::convert::Infallible, Failure> {
             message: format!("{s:?} contains a NUL byte"),
         })
     };
-    let argv: Vec<CString> = spec.argv.iter().map(|a| to_c(a)).collect::<Result<_, _>>()?;
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| to_c(a))
+        .collect::<Result<_, _>>()?;
     let envp: Vec<CString> = env.iter().map(|e| to_c(e)).collect::<Result<_, _>>()?;
 
     sys::set_identity(id.uid, id.gid, &id.groups).map_err(fail("switch to the user"))?;
@@ -316,7 +326,9 @@ fn exec_command(spec: &Spec) -> Result<std::convert::Infallible, Failure> {
     let mut message = format!("exec {program}: {err}");
     if err.raw_os_error() == Some(libc::ENOEXEC) {
         let path = Path::new(OsStr::from_bytes(exe.as_bytes()));
-        if let Err(e) = crate::arch::ensure_binary_runnable(path, Path::new("/proc/sys/fs/binfmt_misc")) {
+        if let Err(e) =
+            crate::arch::ensure_binary_runnable(path, Path::new("/proc/sys/fs/binfmt_misc"))
+        {
             message = format!("{message}: {e}");
         }
     }
@@ -517,7 +529,11 @@ impl Mounter {
             parent_times_before: (before.atime, before.mtime),
             parent_mtime_after: after.mtime,
         });
-        let dir_flag = if kind == Kind::Dir { libc::O_DIRECTORY } else { 0 };
+        let dir_flag = if kind == Kind::Dir {
+            libc::O_DIRECTORY
+        } else {
+            0
+        };
         sys::openat(pfd.as_fd(), name, libc::O_PATH | dir_flag, 0)
     }
 
@@ -721,7 +737,10 @@ mod tests {
 
     #[test]
     fn normalize_never_climbs_above_root() {
-        assert_eq!(normalize(Path::new("/a/../../b/./c")), PathBuf::from("/b/c"));
+        assert_eq!(
+            normalize(Path::new("/a/../../b/./c")),
+            PathBuf::from("/b/c")
+        );
         assert_eq!(normalize(Path::new("rel/x")), PathBuf::from("/rel/x"));
         assert_eq!(normalize(Path::new("/..")), PathBuf::from("/"));
     }
@@ -738,7 +757,11 @@ mod tests {
         let found = find_executable("tool", &path_var).ok().unwrap();
         assert_eq!(found.as_bytes(), exe.as_os_str().as_bytes());
         let missing = find_executable("data", &path_var).err().unwrap();
-        assert!(missing.message.contains("not found in $PATH"), "{}", missing.message);
+        assert!(
+            missing.message.contains("not found in $PATH"),
+            "{}",
+            missing.message
+        );
         assert!(find_executable("/abs/x", "").is_ok());
         assert!(find_executable("", DEFAULT_PATH).is_err());
     }

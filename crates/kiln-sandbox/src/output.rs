@@ -74,7 +74,10 @@ impl Tail {
         }
         let text = String::from_utf8_lossy(line);
         let text: String = if text.chars().count() > TAIL_LINE_CHARS {
-            text.chars().take(TAIL_LINE_CHARS).chain("…".chars()).collect()
+            text.chars()
+                .take(TAIL_LINE_CHARS)
+                .chain("…".chars())
+                .collect()
         } else {
             text.into_owned()
         };
@@ -103,14 +106,20 @@ mod tests {
     #[test]
     fn lines_across_chunks() {
         let out = split(&[b"a\nb", b"c\n\nd"]);
-        assert_eq!(out, vec![b"a".to_vec(), b"bc".to_vec(), b"".to_vec(), b"d".to_vec()]);
+        assert_eq!(
+            out,
+            vec![b"a".to_vec(), b"bc".to_vec(), b"".to_vec(), b"d".to_vec()]
+        );
     }
 
     #[test]
     fn long_lines_are_cut() {
         let big = vec![b'x'; MAX_LINE * 2 + 5];
         let out = split(&[&big]);
-        assert_eq!(out.iter().map(Vec::len).collect::<Vec<_>>(), vec![MAX_LINE, MAX_LINE, 5]);
+        assert_eq!(
+            out.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![MAX_LINE, MAX_LINE, 5]
+        );
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub struct CreatedPath {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Report {
     Created(Vec<CreatedPath>),
-    SetupFailed { stage: String, message: String },
-    Exit { code: Option<i32>, signal: Option<i32> },
+    SetupFailed {
+        stage: String,
+        message: String,
+    },
+    Exit {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
 }

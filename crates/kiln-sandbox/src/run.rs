@@ -99,11 +99,7 @@ impl Sandbox {
     /// Runs `spec` to completion. Each line of output goes to `sink` as it arrives. Returns the
     /// outcome whatever the exit status (see [`Outcome::check`]); errors mean the command could
     /// not be run at all. Mount points the sandbox created are removed before returning.
-    pub fn run(
-        &self,
-        spec: &Spec,
-        sink: &mut dyn FnMut(Stream, &[u8]),
-    ) -> Result<Outcome, Error> {
+    pub fn run(&self, spec: &Spec, sink: &mut dyn FnMut(Stream, &[u8])) -> Result<Outcome, Error> {
         let mut spec = spec.clone();
         validate(&mut spec)?;
         let command = spec.command_line();
@@ -146,11 +142,17 @@ impl Sandbox {
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let mut tail = Tail::new(TAIL_LINES);
-        let reports = std::thread::scope(|s| {
+        let (reports, panicked) = std::thread::scope(|s| {
             let (tx, rx) = mpsc::sync_channel::<(Stream, Vec<u8>)>(256);
             for (stream, pipe) in [
-                (Stream::Stdout, stdout.map(|p| Box::new(p) as Box<dyn Read + Send>)),
-                (Stream::Stderr, stderr.map(|p| Box::new(p) as Box<dyn Read + Send>)),
+                (
+                    Stream::Stdout,
+                    stdout.map(|p| Box::new(p) as Box<dyn Read + Send>),
+                ),
+                (
+                    Stream::Stderr,
+                    stderr.map(|p| Box::new(p) as Box<dyn Read + Send>),
+                ),
             ] {
                 let Some(mut pipe) = pipe else { continue };
                 let tx = tx.clone();
@@ -183,11 +185,22 @@ impl Sandbox {
                 }
                 out
             });
+            let mut panicked = None;
             for (stream, line) in rx {
                 tail.push(&line);
-                sink(stream, &line);
+                if panicked.is_some() {
+                    continue;
+                }
+                // A panicking sink must not leave the step running: the scope would wait for
+                // the readers, which wait for the command. Kill the init process (its child
+                // dies with it, and the namespace with that) and re-raise once all is joined.
+                let call = std::panic::AssertUnwindSafe(|| sink(stream, &line));
+                if let Err(p) = std::panic::catch_unwind(call) {
+                    let _ = child.kill();
+                    panicked = Some(p);
+                }
             }
-            reports.join().unwrap_or_default()
+            (reports.join().unwrap_or_default(), panicked)
         });
         let waited = child.wait().map_err(io_err)?;
 
@@ -210,6 +223,9 @@ impl Sandbox {
             }
         }
         let mount_points = remove_created(&spec.root, &created);
+        if let Some(p) = panicked {
+            std::panic::resume_unwind(p);
+        }
         if let Some((stage, message)) = setup_failure {
             return Err(Error::Setup {
                 command,

@@ -386,13 +386,8 @@ pub fn futimens(fd: BorrowedFd<'_>, atime: (i64, i64), mtime: (i64, i64)) -> io:
 /// would, with the SIOCSIFFLAGS ioctl (no netlink needed for a single flag).
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: plain socket creation.
-    let sock = check(unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
+    let sock =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: the fd was just created and is owned here.
     let sock = unsafe { OwnedFd::from_raw_fd(sock) };
     // SAFETY: all-zero is a valid ifreq.
@@ -427,7 +422,7 @@ pub fn set_identity(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
 /// exec, and the Rust runtime ignores SIGPIPE at startup, which would otherwise leak into the
 /// command (breaking `yes | head`).
 pub fn reset_signals() {
-    for sig in 1..libc::SIGRTMAX() {
+    for sig in 1..=libc::SIGRTMAX() {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }

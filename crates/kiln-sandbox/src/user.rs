@@ -79,7 +79,12 @@ fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
             gid: parse_id(f[2])?,
             members: f
                 .get(3)
-                .map(|m| m.split(',').map(str::trim).filter(|m| !m.is_empty()).collect())
+                .map(|m| {
+                    m.split(',')
+                        .map(str::trim)
+                        .filter(|m| !m.is_empty())
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
     })
@@ -104,7 +109,11 @@ pub fn resolve(
 ) -> Result<Identity, UserError> {
     let home_of = |uid: u32| -> String {
         passwd
-            .and_then(|p| passwd_entries(p).find(|e| e.uid == uid).map(|e| e.home.to_string()))
+            .and_then(|p| {
+                passwd_entries(p)
+                    .find(|e| e.uid == uid)
+                    .map(|e| e.home.to_string())
+            })
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "/".to_string())
     };
@@ -148,9 +157,7 @@ pub fn resolve(
         Some(e) => (e.uid, e.gid, Some(e.name), e.home.to_string()),
         None => match numeric_user {
             _ if user_arg.is_empty() => (0, 0, None, String::new()),
-            Some(n) if n > MAX_ID => {
-                return Err(UserError::OutOfRange(spec.to_string(), n.into()))
-            }
+            Some(n) if n > MAX_ID => return Err(UserError::OutOfRange(spec.to_string(), n.into())),
             Some(n) => (n, 0, None, String::new()),
             None => return Err(UserError::UnknownUser(user_arg.to_string())),
         },
@@ -266,10 +273,7 @@ mod tests {
     fn malformed_lines_are_skipped_and_out_of_range_rejected() {
         assert!(r("broken").is_err());
         assert!(matches!(r("3000000000"), Err(UserError::OutOfRange(..))));
-        assert!(matches!(
-            r("1:3000000000"),
-            Err(UserError::OutOfRange(..))
-        ));
+        assert!(matches!(r("1:3000000000"), Err(UserError::OutOfRange(..))));
         let id = r("nohome").unwrap();
         assert_eq!(id.home, "/");
     }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod progress;
 
 /// kiln: a daemonless container image builder whose build cache lives in any OCI registry.
 #[derive(Parser, Debug)]
@@ -45,6 +46,10 @@ impl Global {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Build an image from a Dockerfile.
+    Build(cmd::build::Args),
+    /// Run a command in an image from the local store.
+    Run(cmd::run::Args),
     /// Dockerfile tools (parse and dump).
     #[command(subcommand)]
     Dockerfile(cmd::dockerfile::Command),
@@ -78,6 +83,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
     let result = match cli.command {
+        Command::Build(a) => cmd::build::run(a, &cli.global),
+        Command::Run(a) => match cmd::run::run(a, &cli.global) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Dockerfile(c) => cmd::dockerfile::run(c, &cli.global),
         Command::CiReport(a) => cmd::ci_report::run(a, &cli.global),
         Command::Login(a) => cmd::login::run(a, &cli.global),
@@ -114,4 +124,17 @@ fn init_logging(verbose: u8) {
         .with_target(false)
         .without_time()
         .init();
+}
+
+/// Writes `bytes` to `path` atomically (temp file beside it, fsync, rename).
+pub fn atomic_write(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.kiln-tmp-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }

@@ -150,7 +150,10 @@ fn sandbox_streams_stdout_and_stderr() {
         return;
     }
     let root = busybox_root();
-    let ran = run_ok(&sh(root.path(), "echo hello; echo oops >&2; printf 'no newline'"));
+    let ran = run_ok(&sh(
+        root.path(),
+        "echo hello; echo oops >&2; printf 'no newline'",
+    ));
     assert_eq!(ran.stdout, vec!["hello", "no newline"]);
     assert_eq!(ran.stderr, vec!["oops"]);
     assert_eq!(ran.outcome.status, ExitStatus::Code(0));
@@ -162,7 +165,11 @@ fn sandbox_exit_code_and_failure_message() {
         return;
     }
     let root = busybox_root();
-    let ran = run(&sh(root.path(), "for i in $(seq 1 30); do echo line $i; done; exit 7")).unwrap();
+    let ran = run(&sh(
+        root.path(),
+        "for i in $(seq 1 30); do echo line $i; done; exit 7",
+    ))
+    .unwrap();
     assert_eq!(ran.outcome.status, ExitStatus::Code(7));
     let msg = ran.outcome.check().unwrap_err().to_string();
     assert!(msg.contains("exit code 7"), "{msg}");
@@ -177,7 +184,10 @@ fn sandbox_command_is_pid_1_in_its_own_namespace() {
         return;
     }
     let root = busybox_root();
-    let mut spec = sh(root.path(), "echo $$; ls /proc | grep -c '^[0-9]'; hostname");
+    let mut spec = sh(
+        root.path(),
+        "echo $$; ls /proc | grep -c '^[0-9]'; hostname",
+    );
     spec.hostname = "kiln-test-host".into();
     let ran = run_ok(&spec);
     assert_eq!(ran.stdout[0], "1");
@@ -236,11 +246,18 @@ fn sandbox_user_by_name_gets_groups() {
     assert_eq!(ran.stdout[0], "1000");
     assert_eq!(ran.stdout[1], "1000");
     let groups: Vec<&str> = ran.stdout[2].split_whitespace().collect();
-    assert!(groups.contains(&"1000") && groups.contains(&"2000"), "{groups:?}");
+    assert!(
+        groups.contains(&"1000") && groups.contains(&"2000"),
+        "{groups:?}"
+    );
 
     spec.user = "1000".into();
     let ran = run_ok(&spec);
-    assert!(ran.stdout[2].split_whitespace().any(|g| g == "2000"), "{:?}", ran.stdout);
+    assert!(
+        ran.stdout[2].split_whitespace().any(|g| g == "2000"),
+        "{:?}",
+        ran.stdout
+    );
 }
 
 #[test]
@@ -256,12 +273,18 @@ fn sandbox_numeric_user_and_unknown_user() {
     assert!(!ran.stdout[2].contains("2000"), "{:?}", ran.stdout);
 
     spec.user = "nobody".into();
-    let err = run(&spec).err().expect("unknown user must fail").to_string();
+    let err = run(&spec)
+        .err()
+        .expect("unknown user must fail")
+        .to_string();
     assert!(err.contains("unknown user 'nobody'"), "{err}");
     assert!(err.contains("/etc/passwd"), "{err}");
 
     spec.user = "app:nogroup".into();
-    let err = run(&spec).err().expect("unknown group must fail").to_string();
+    let err = run(&spec)
+        .err()
+        .expect("unknown group must fail")
+        .to_string();
     assert!(err.contains("unknown group 'nogroup'"), "{err}");
 }
 
@@ -274,7 +297,10 @@ fn sandbox_missing_command_is_a_clear_error() {
     let mut spec = Spec::new(root.path(), vec!["no-such-tool".into(), "x".into()]);
     spec.env = vec!["PATH=/bin".into()];
     let err = run(&spec).err().expect("must fail").to_string();
-    assert!(err.contains("no-such-tool") && err.contains("not found in $PATH"), "{err}");
+    assert!(
+        err.contains("no-such-tool") && err.contains("not found in $PATH"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -288,7 +314,11 @@ fn sandbox_network_none_has_only_loopback() {
     let ran = run_ok(&spec);
     assert_eq!(ran.stdout[0], "lo", "{:?}", ran.stdout);
     assert_eq!(ran.stdout.len(), 2, "{:?}", ran.stdout);
-    assert!(ran.stdout[1].contains("lo:") && ran.stdout[1].contains(",UP"), "{:?}", ran.stdout);
+    assert!(
+        ran.stdout[1].contains("lo:") && ran.stdout[1].contains(",UP"),
+        "{:?}",
+        ran.stdout
+    );
 }
 
 #[test]
@@ -298,7 +328,11 @@ fn sandbox_proc_dev_and_etc_hosts() {
     }
     let root = busybox_root();
     let before = tree(root.path());
-    let etc_mtime = std::fs::metadata(root.path().join("etc")).unwrap().mtime_nsec();
+    let mtime = |p: &str| {
+        let md = std::fs::metadata(root.path().join(p)).unwrap();
+        (md.mtime(), md.mtime_nsec())
+    };
+    let (etc_mtime, root_mtime) = (mtime("etc"), mtime("."));
     let ran = run_ok(&sh(
         root.path(),
         "echo x > /dev/null && head -c 5 /dev/zero | wc -c && test -c /dev/urandom && \
@@ -312,22 +346,39 @@ fn sandbox_proc_dev_and_etc_hosts() {
     assert_eq!(ran.stdout[1], "ok");
     assert_eq!(ran.stdout[2], host_hosts.lines().count().to_string());
     if Path::new("/etc/resolv.conf").exists() {
-        assert!(ran.stdout.contains(&"resolv".to_string()), "{:?}", ran.stdout);
+        assert!(
+            ran.stdout.contains(&"resolv".to_string()),
+            "{:?}",
+            ran.stdout
+        );
     }
-    assert!(ran.stdout.contains(&"hosts-ro".to_string()), "{:?}", ran.stdout);
-    assert!(ran.stdout.contains(&"sys-ro".to_string()), "{:?}", ran.stdout);
+    assert!(
+        ran.stdout.contains(&"hosts-ro".to_string()),
+        "{:?}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains(&"sys-ro".to_string()),
+        "{:?}",
+        ran.stdout
+    );
     // /proc, /dev, /sys, /etc/hosts and /etc/resolv.conf were made for the run and are gone.
     assert_eq!(tree(root.path()), before);
-    let removed: Vec<_> = ran.outcome.mount_points.iter().map(|m| m.path.clone()).collect();
+    let removed: Vec<_> = ran
+        .outcome
+        .mount_points
+        .iter()
+        .map(|m| m.path.clone())
+        .collect();
     for p in ["/proc", "/dev", "/sys", "/etc/hosts"] {
-        assert!(removed.contains(&PathBuf::from(p)), "{p} not reported: {removed:?}");
+        assert!(
+            removed.contains(&PathBuf::from(p)),
+            "{p} not reported: {removed:?}"
+        );
     }
     assert!(ran.outcome.mount_points.iter().all(|m| m.removed));
-    assert_eq!(
-        std::fs::metadata(root.path().join("etc")).unwrap().mtime_nsec(),
-        etc_mtime,
-        "/etc's mtime was not restored"
-    );
+    assert_eq!(mtime("etc"), etc_mtime, "/etc's mtime was not restored");
+    assert_eq!(mtime("."), root_mtime, "/'s mtime was not restored");
     assert_eq!(std::fs::read_to_string("/etc/hosts").unwrap(), host_hosts);
 }
 
@@ -361,7 +412,10 @@ fn sandbox_bind_mounts_read_only_and_read_write() {
     let ran = run_ok(&spec);
     assert_eq!(ran.stdout, vec!["from host", "ro-refused"]);
     assert!(!host.path().join("new").exists());
-    assert_eq!(std::fs::read_to_string(rw.path().join("result")).unwrap(), "out\n");
+    assert_eq!(
+        std::fs::read_to_string(rw.path().join("result")).unwrap(),
+        "out\n"
+    );
     assert_eq!(tree(root.path()), before);
 }
 
@@ -458,7 +512,11 @@ fn sandbox_secret_is_readable_and_leaves_no_trace() {
         .arg(root.path())
         .output()
         .unwrap();
-    assert!(leaked.stdout.is_empty(), "{}", String::from_utf8_lossy(&leaked.stdout));
+    assert!(
+        leaked.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&leaked.stdout)
+    );
 }
 
 #[test]
@@ -473,7 +531,10 @@ fn sandbox_existing_mount_targets_are_kept() {
     }
     std::fs::write(root.path().join("etc/hosts"), "127.0.0.1 image\n").unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let mut spec = sh(root.path(), "grep -c . /etc/hosts >/dev/null; ls /tmp/cache");
+    let mut spec = sh(
+        root.path(),
+        "grep -c . /etc/hosts >/dev/null; ls /tmp/cache",
+    );
     spec.mounts = vec![Mount::Cache {
         source: cache.path().into(),
         target: "/tmp/cache".into(),
@@ -485,9 +546,17 @@ fn sandbox_existing_mount_targets_are_kept() {
         std::fs::read_to_string(root.path().join("etc/hosts")).unwrap(),
         "127.0.0.1 image\n"
     );
-    let created: Vec<_> = ran.outcome.mount_points.iter().map(|m| m.path.clone()).collect();
+    let created: Vec<_> = ran
+        .outcome
+        .mount_points
+        .iter()
+        .map(|m| m.path.clone())
+        .collect();
     assert!(!created.contains(&PathBuf::from("/proc")), "{created:?}");
-    assert!(!created.contains(&PathBuf::from("/etc/hosts")), "{created:?}");
+    assert!(
+        !created.contains(&PathBuf::from("/etc/hosts")),
+        "{created:?}"
+    );
 }
 
 #[test]
@@ -513,4 +582,88 @@ fn sandbox_symlinked_mount_target_stays_inside_the_root() {
         ran.stdout,
         ran.stderr
     );
+}
+
+/// Unmounts an overlay when the test ends, whatever happens.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn sandbox_over_overlay_leaves_only_the_step_changes_in_upper() {
+    if !can_run() {
+        return;
+    }
+    // The build engine's setup: the image as the lower dir, a fresh upper dir per step.
+    let lower = busybox_root();
+    let work = tempfile::tempdir().unwrap();
+    for d in ["upper", "work", "merged"] {
+        std::fs::create_dir(work.path().join(d)).unwrap();
+    }
+    let (upper, merged) = (work.path().join("upper"), work.path().join("merged"));
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.path().display(),
+        upper.display(),
+        work.path().join("work").display()
+    );
+    let status = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount overlay failed");
+    let _guard = Unmount(merged.clone());
+
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "overlay-secret").unwrap();
+    let mut spec = sh(
+        &merged,
+        "cat /run/secrets/s >/dev/null && echo done > /out.txt",
+    );
+    spec.mounts = vec![
+        Mount::Secret {
+            id: "s".into(),
+            source: secret.path().into(),
+            target: None,
+            mode: None,
+            uid: 0,
+            gid: 0,
+        },
+        Mount::Tmpfs {
+            target: "/var/tmp/scratch".into(),
+            size_bytes: None,
+        },
+    ];
+    run_ok(&spec);
+    // Creating /etc/hosts copied /etc up; it must be back to the lower dir's times, so that a
+    // differ sees it unchanged. Everything else in upper is the step's own change.
+    let got = tree(&upper);
+    let want: BTreeSet<PathBuf> = ["etc", "out.txt"].iter().map(PathBuf::from).collect();
+    assert_eq!(got, want);
+    let (a, b) = (
+        std::fs::metadata(upper.join("etc")).unwrap(),
+        std::fs::metadata(lower.path().join("etc")).unwrap(),
+    );
+    assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()));
+    assert_eq!((a.mode(), a.uid(), a.gid()), (b.mode(), b.uid(), b.gid()));
+}
+
+#[test]
+fn sandbox_panicking_sink_stops_the_step() {
+    if !can_run() {
+        return;
+    }
+    let root = busybox_root();
+    let before = tree(root.path());
+    let spec = sh(root.path(), "echo first; exec sleep 987653");
+    let result =
+        std::panic::catch_unwind(|| sandbox().run(&spec, &mut |_, _| panic!("sink gave up")));
+    assert!(result.is_err(), "the sink's panic must reach the caller");
+    assert_eq!(host_processes_with("sleep 987653"), Vec::<String>::new());
+    assert_eq!(tree(root.path()), before);
 }

@@ -92,9 +92,13 @@ pub struct Step {
     pub copy_from: Option<Source>,
     /// ENV in force after this step (the image config's ENV).
     pub env: Vec<(String, String)>,
-    /// ARGs in scope with a value after this step: a RUN sees them as
-    /// environment variables, and they belong in its cache key.
+    /// ARGs in scope with a value after this step; they belong in a RUN's
+    /// cache key.
     pub args: Vec<(String, String)>,
+    /// Every variable in force after this step, ENV and ARG together, the
+    /// later assignment winning: the environment a RUN process gets and
+    /// the scope later expansions see.
+    pub vars: Vec<(String, String)>,
     /// The working directory in force after this step.
     pub workdir: String,
     /// Variables this step's expansion read (set ones).
@@ -115,7 +119,10 @@ pub struct ResolvedStage {
     pub deps: BTreeSet<usize>,
     pub env: Vec<(String, String)>,
     pub args: Vec<(String, String)>,
+    pub vars: Vec<(String, String)>,
     pub workdir: String,
+    /// Names of the ARGs this stage declares.
+    pub declared_args: BTreeSet<String>,
 }
 
 /// A build, resolved for one target.
@@ -185,10 +192,11 @@ fn go_atoi(s: &str) -> Option<i64> {
     s.parse().ok()
 }
 
-/// Go's `path.Join("/", base, p)`.
+/// A WORKDIR or mount target against the current directory: Go's
+/// `path.Join("/", base, p)` for a relative path, cleaned either way.
 fn join_workdir(base: &str, p: &str) -> String {
     if p.starts_with('/') {
-        return p.to_string();
+        return crate::dockerignore::clean(p);
     }
     crate::dockerignore::clean(&format!("/{base}/{p}"))
 }
@@ -214,11 +222,12 @@ pub fn resolve(build: &Build, opts: &ResolveOptions<'_>) -> Result<Resolved, Ins
         let err = |kind| InstructionError::new(location.clone(), kind);
         declared.insert(decl.name.clone());
         let mut x = Expander { lexer: &lexer, used: BTreeSet::new() };
-        let default = match &decl.default {
-            Some(d) => Some(x.word(d, &Scope { env: &[], args: &global }).map_err(|e| err(e.into()))?),
-            None => None,
+        let value = match (opts.build_args.get(&decl.name), &decl.default) {
+            (Some(v), _) => Some(v.clone()),
+            (None, Some(d)) => Some(x.word(d, &Scope { env: &[], args: &global }).map_err(|e| err(e.into()))?),
+            (None, None) => None,
         };
-        if let Some(v) = opts.build_args.get(&decl.name).cloned().or(default) {
+        if let Some(v) = value {
             set(&mut global, &decl.name, v);
         }
     }
@@ -238,7 +247,7 @@ pub fn resolve(build: &Build, opts: &ResolveOptions<'_>) -> Result<Resolved, Ins
     // result so that a stage the target does not need cannot fail the build.
     let mut results: Vec<Result<ResolvedStage, InstructionError>> = Vec::new();
     for stage in &build.stages {
-        let r = resolve_stage(build, stage.index, &lexer, &global, &results, &names, opts, &mut declared);
+        let r = resolve_stage(build, stage.index, &lexer, &global, &results, &names, opts);
         results.push(r);
     }
 
@@ -288,6 +297,7 @@ pub fn resolve(build: &Build, opts: &ResolveOptions<'_>) -> Result<Resolved, Ins
     let mut stages = Vec::new();
     for i in order {
         if let Some(Ok(s)) = results.get(i) {
+            declared.extend(s.declared_args.iter().cloned());
             stages.push(s.clone());
         }
     }
@@ -295,7 +305,6 @@ pub fn resolve(build: &Build, opts: &ResolveOptions<'_>) -> Result<Resolved, Ins
     Ok(Resolved { global_args: global, stages, target, unused_build_args })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn resolve_stage(
     build: &Build,
     index: usize,
@@ -304,8 +313,8 @@ fn resolve_stage(
     earlier: &[Result<ResolvedStage, InstructionError>],
     names: &StageNames<'_>,
     opts: &ResolveOptions<'_>,
-    declared: &mut BTreeSet<String>,
 ) -> Result<ResolvedStage, InstructionError> {
+    let mut declared = BTreeSet::new();
     let stage = &build.stages[index];
     let err_at = |location: &Location, kind: ErrorKind| InstructionError::new(location.clone(), kind);
     let mut x = Expander { lexer, used: BTreeSet::new() };
@@ -316,14 +325,17 @@ fn resolve_stage(
         None => None,
     };
     let mut deps = BTreeSet::new();
-    let (base, mut env, mut args, mut workdir) = if image.eq_ignore_ascii_case("scratch") {
-        (Source::Scratch, Vec::new(), Vec::new(), "/".to_string())
+    // `state` is what expansion and RUN see: ENV and ARG values, the last
+    // assignment winning (BuildKit adds both to the same LLB env); `env` is
+    // only what ENV set (the image config); `args` only what ARG set.
+    let (base, mut state, mut env, mut args, mut workdir) = if image.eq_ignore_ascii_case("scratch") {
+        (Source::Scratch, Vec::new(), Vec::new(), Vec::new(), "/".to_string())
     } else if let Some(i) = names.by_name(&image, index) {
         deps.insert(i);
         match earlier.get(i) {
             Some(Ok(b)) => {
                 platform = platform.or_else(|| b.platform.clone());
-                (Source::Stage(i), b.env.clone(), b.args.clone(), b.workdir.clone())
+                (Source::Stage(i), b.vars.clone(), b.env.clone(), b.args.clone(), b.workdir.clone())
             }
             Some(Err(e)) => return Err(e.clone()),
             None => return Err(err_at(&stage.location, ErrorKind::BaseFailed(image))),
@@ -331,7 +343,7 @@ fn resolve_stage(
     } else {
         let cfg = opts.base_config.map(|f| f(&image, platform.as_deref())).unwrap_or_default();
         let wd = if cfg.workdir.is_empty() { "/".to_string() } else { cfg.workdir };
-        (Source::Image(image), cfg.env, Vec::new(), wd)
+        (Source::Image(image), cfg.env.clone(), cfg.env, Vec::new(), wd)
     };
 
     let resolve_from = |value: &str, allow_index: bool| -> Result<Source, ErrorKind> {
@@ -357,8 +369,8 @@ fn resolve_stage(
         let mut mounts = Vec::new();
         let mut mount_sources = Vec::new();
         let mut copy_from = None;
-        let expanded = {
-            let scope = Scope { env: &env, args: &args };
+        let mut expanded = {
+            let scope = Scope { env: &state, args: &[] };
             let mut w = |s: &str| x.word(s, &scope).map_err(|e| err(e.into()));
             match instruction {
                 Instruction::Env(pairs) => {
@@ -375,17 +387,8 @@ fn resolve_stage(
                     }
                     Instruction::Label(out)
                 }
-                Instruction::Arg(decls) => {
-                    let mut out = Vec::new();
-                    for d in decls {
-                        let default = match &d.default {
-                            Some(v) => Some(w(v)?),
-                            None => None,
-                        };
-                        out.push(ArgDecl { name: d.name.clone(), default });
-                    }
-                    Instruction::Arg(out)
-                }
+                // Declared one by one below: each sees the ones before it.
+                Instruction::Arg(decls) => Instruction::Arg(decls.clone()),
                 Instruction::Workdir(p) => Instruction::Workdir(w(p)?),
                 Instruction::User(u) => Instruction::User(w(u)?),
                 Instruction::StopSignal(s) => Instruction::StopSignal(w(s)?),
@@ -473,21 +476,30 @@ fn resolve_stage(
             Instruction::Env(pairs) => {
                 for (k, v) in pairs {
                     set(&mut env, k, v.clone());
+                    set(&mut state, k, v.clone());
                 }
             }
             Instruction::Arg(decls) => {
+                // BuildKit: a build arg wins and its default is then never
+                // expanded; a bare ARG takes the global value; a default
+                // is expanded in the stage scope with the globals behind it.
+                let mut out = Vec::new();
                 for d in decls {
                     declared.insert(d.name.clone());
-                    let value = opts
-                        .build_args
-                        .get(&d.name)
-                        .cloned()
-                        .or_else(|| d.default.clone())
-                        .or_else(|| get(global, &d.name).map(str::to_string));
-                    if let Some(v) = value {
-                        set(&mut args, &d.name, v);
+                    let value = match (opts.build_args.get(&d.name), &d.default) {
+                        (Some(v), _) => Some(v.clone()),
+                        (None, Some(default)) => {
+                            Some(x.word(default, &Scope { env: &state, args: global }).map_err(|e| err(e.into()))?)
+                        }
+                        (None, None) => get(global, &d.name).map(str::to_string),
+                    };
+                    if let Some(v) = &value {
+                        set(&mut args, &d.name, v.clone());
+                        set(&mut state, &d.name, v.clone());
                     }
+                    out.push(ArgDecl { name: d.name.clone(), default: value });
                 }
+                expanded = Instruction::Arg(out);
             }
             Instruction::Workdir(p) => workdir = join_workdir(&workdir, p),
             _ => {}
@@ -501,6 +513,7 @@ fn resolve_stage(
             copy_from,
             env: env.clone(),
             args: args.clone(),
+            vars: state.clone(),
             workdir: workdir.clone(),
             used: x.used,
         });
@@ -515,6 +528,8 @@ fn resolve_stage(
         deps,
         env,
         args,
+        vars: state,
         workdir,
+        declared_args: declared,
     })
 }

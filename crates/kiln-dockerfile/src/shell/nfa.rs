@@ -184,6 +184,74 @@ impl Nfa {
         found
     }
 
+    /// The leftmost match starting at or after `from`, and for that start
+    /// the longest one (Go's leftmost-first with greedy stars gives the
+    /// same for these patterns). One pass over the text: each thread
+    /// carries its start, and where two threads meet in one node the
+    /// earlier start wins, since their futures are the same.
+    pub(crate) fn find_leftmost_longest(&self, text: &[char], from: usize) -> Option<(usize, usize)> {
+        let n = self.nodes.len();
+        let mut cur = StateSet::new(n);
+        let mut next = StateSet::new(n);
+        let mut cur_start = vec![0usize; n];
+        let mut next_start = vec![0usize; n];
+        let mut best: Option<(usize, usize)> = None;
+        self.add_with_start(&mut cur, &mut cur_start, self.start, from);
+        let mut pos = from;
+        loop {
+            // Threads are kept in order of increasing start, so the first
+            // one in the match state has the leftmost start.
+            for &node in &cur.list {
+                if node == 0 {
+                    let start = cur_start[node];
+                    match best {
+                        Some((s, _)) if s < start => {}
+                        _ => best = Some((start, pos)),
+                    }
+                }
+            }
+            let Some(&c) = text.get(pos) else { break };
+            next.clear();
+            for &node in &cur.list {
+                let start = cur_start[node];
+                if best.is_some_and(|(s, _)| start > s) {
+                    continue;
+                }
+                if let Some(Node::Test(pred, to)) = self.nodes.get(node) {
+                    if pred.test(c) {
+                        self.add_with_start(&mut next, &mut next_start, *to, start);
+                    }
+                }
+            }
+            pos += 1;
+            if best.is_none() {
+                self.add_with_start(&mut next, &mut next_start, self.start, pos);
+            }
+            std::mem::swap(&mut cur, &mut next);
+            std::mem::swap(&mut cur_start, &mut next_start);
+            if cur.list.is_empty() {
+                break;
+            }
+        }
+        best
+    }
+
+    fn add_with_start(&self, set: &mut StateSet, starts: &mut [usize], node: usize, start: usize) {
+        let mut stack = vec![node];
+        while let Some(n) = stack.pop() {
+            if !set.insert(n) {
+                continue;
+            }
+            if let Some(slot) = starts.get_mut(n) {
+                *slot = start;
+            }
+            if let Some(Node::Split(a, b)) = self.nodes.get(n) {
+                stack.push(*b);
+                stack.push(*a);
+            }
+        }
+    }
+
     /// Whether the whole of `text` matches.
     pub(crate) fn is_full_match(&self, text: &[char]) -> bool {
         self.match_at(text, 0, true) == Some(text.len())
@@ -256,6 +324,29 @@ mod tests {
         assert_eq!(nfa.match_at(&t, 0, false), Some(2));
         assert_eq!(nfa.match_at(&t, 0, true), Some(4));
         assert_eq!(nfa.match_at(&t, 4, true), None);
+    }
+
+    #[test]
+    fn leftmost_longest_agrees_with_trying_every_start() {
+        let star = || Piece::Star(Pred::AnyBut('\n'));
+        let ch = |c| Piece::One(Pred::Char(c));
+        let patterns = [
+            vec![ch('x'), star()],
+            vec![star(), ch('b')],
+            vec![ch('a'), star(), ch('a')],
+            vec![],
+            vec![ch('b'), Piece::One(Pred::AnyBut('\n')), ch('b')],
+        ];
+        for text in ["axbxc", "abab", "aaa", "", "b\nb", "bbbb", "zz"] {
+            let t = chars(text);
+            for p in &patterns {
+                let nfa = Nfa::new(p);
+                for from in 0..=t.len() {
+                    let slow = (from..=t.len()).find_map(|s| nfa.match_at(&t, s, true).map(|e| (s, e)));
+                    assert_eq!(nfa.find_leftmost_longest(&t, from), slow, "{p:?} on {text:?} from {from}");
+                }
+            }
+        }
     }
 
     #[test]

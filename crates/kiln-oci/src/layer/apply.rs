@@ -153,6 +153,22 @@ fn read_extension<R: Read>(entry: &mut tar::Entry<'_, R>, what: &str) -> Result<
     Ok(v)
 }
 
+/// `io::copy` with a larger buffer: layer files are often big, and 8 KiB writes cost syscalls.
+fn copy_buffered<R: Read, W: io::Write>(r: &mut R, w: &mut W) -> io::Result<u64> {
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut total = 0;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
 fn parse_num(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.trim().parse().ok()
 }
@@ -260,7 +276,7 @@ impl State<'_> {
                 )
                 .map_err(op_err("create file"))?;
                 let mut file = File::from(fd);
-                io::copy(entry, &mut file).map_err(|e| match digest_or_tar(e) {
+                copy_buffered(entry, &mut file).map_err(|e| match digest_or_tar(e) {
                     LayerError::Tar(e) => LayerError::Entry { entry: name.clone(), op: "write file", source: e },
                     other => other,
                 })?;

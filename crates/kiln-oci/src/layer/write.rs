@@ -199,7 +199,16 @@ pub fn write_layer_from_entries<W: Write, I: IntoIterator<Item = LayerEntry>>(
 pub fn write_layer_from_tar<R: Read, W: Write>(tar: R, out: W, opts: &WriteOptions) -> Result<(W, LayerInfo), LayerError> {
     let mut input = decompress(tar).map_err(LayerError::Tar)?;
     let mut chain = open_chain(out, opts.compression)?;
-    io::copy(&mut input, &mut chain).map_err(LayerError::Tar)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(LayerError::Tar(e)),
+        };
+        chain.write_all(&buf[..n]).map_err(|e| LayerError::Io { op: "write", path: "layer".into(), source: e })?;
+    }
     close_chain(chain, opts.compression)
 }
 

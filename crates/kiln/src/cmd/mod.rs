@@ -1,5 +1,6 @@
 //! One module per subcommand: flags in, a library call, output out.
 
+pub mod build;
 pub mod ci_report;
 pub mod copy;
 pub mod dockerfile;
@@ -11,3 +12,4 @@ pub mod prune;
 pub mod pull;
 pub mod push;
 pub mod rmi;
+pub mod run;

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Registry transfer benchmark: push and pull of fresh-random images to a loopback docker-registry,
+# kiln against `skopeo copy` (OCI layout <-> registry), with kiln's peak RSS.
+#
+#   bench/registry.sh                 # 200 MB and 1 GB images, 3 runs each
+#   SIZES_MB="200" RUNS=1 bench/registry.sh
+#   KILN=/path/to/kiln bench/registry.sh
+#
+# Needs: docker-registry, skopeo, python3, gzip, GNU time (/usr/bin/time; Debian package `time`).
+# Each image is 4 gzip layers of random data (already compressed, so neither tool recompresses).
+# Every push goes to a freshly started, empty registry, so neither tool finds blobs already there.
+# Prints a Markdown table (median seconds, ratio kiln/skopeo, kiln's max RSS).
+set -euo pipefail
+
+SIZES_MB=${SIZES_MB:-"200 1000"}
+RUNS=${RUNS:-3}
+LAYERS=${LAYERS:-4}
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [[ -z "${KILN:-}" ]]; then
+  (cd "$here" && cargo build --release -p kiln >&2)
+  KILN="${CARGO_TARGET_DIR:-$here/target}/release/kiln"
+fi
+for t in docker-registry skopeo python3 gzip /usr/bin/time; do
+  command -v "$t" >/dev/null || { echo "missing tool: $t" >&2; exit 1; }
+done
+
+work=$(mktemp -d /tmp/kiln-bench-registry.XXXXXX)
+reg_pid=""
+stop_registry() { if [[ -n "$reg_pid" ]]; then kill "$reg_pid" 2>/dev/null || true; wait "$reg_pid" 2>/dev/null || true; reg_pid=""; fi; }
+cleanup() { stop_registry; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Starts an empty registry; sets $host.
+start_registry() {
+  stop_registry
+  rm -rf "$work/reg"; mkdir -p "$work/reg/data"
+  local port; port=$(free_port)
+  cat > "$work/reg/config.yml" <<YML
+version: 0.1
+log: { level: error }
+storage: { filesystem: { rootdirectory: $work/reg/data } }
+http: { addr: 127.0.0.1:$port }
+YML
+  docker-registry serve "$work/reg/config.yml" > "$work/reg/log" 2>&1 &
+  reg_pid=$!
+  host="127.0.0.1:$port"
+  for _ in $(seq 100); do
+    if python3 -c "import urllib.request; urllib.request.urlopen('http://$host/v2/')" 2>/dev/null; then return; fi
+    sleep 0.05
+  done
+  echo "registry did not start: $(cat "$work/reg/log")" >&2; exit 1
+}
+
+# make_layout DIR TOTAL_MB: an OCI layout (tag "t") with $LAYERS gzip layers of fresh random data.
+make_layout() {
+  local dir=$1 total=$2 per=$(( $2 * 1000000 / LAYERS ))
+  mkdir -p "$dir/blobs/sha256" "$work/gen"
+  for i in $(seq "$LAYERS"); do
+    rm -rf "$work/gen/data"; mkdir -p "$work/gen/data"
+    head -c "$per" /dev/urandom > "$work/gen/data/random.bin"
+    tar -C "$work/gen" -cf - data | gzip -1 > "$work/gen/layer$i.tar.gz"
+  done
+  python3 - "$dir" "$work/gen" "$LAYERS" <<'PY'
+import hashlib, json, os, shutil, sys, gzip
+d, gen, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def put(path=None, data=None):
+    h = hashlib.sha256()
+    if data is None:
+        with open(path, "rb") as f:
+            for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
+        size = os.path.getsize(path)
+        shutil.move(path, f"{d}/blobs/sha256/{h.hexdigest()}")
+    else:
+        h.update(data); size = len(data)
+        open(f"{d}/blobs/sha256/{h.hexdigest()}", "wb").write(data)
+    return "sha256:" + h.hexdigest(), size
+layers, diff_ids = [], []
+for i in range(1, n + 1):
+    p = f"{gen}/layer{i}.tar.gz"
+    u = hashlib.sha256()
+    with gzip.open(p, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""): u.update(b)
+    diff_ids.append("sha256:" + u.hexdigest())
+    dg, sz = put(path=p)
+    layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": dg, "size": sz})
+cfg = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {}}).encode()
+cd, cs = put(data=cfg)
+man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs}, "layers": layers}).encode()
+md, ms = put(data=man)
+open(f"{d}/oci-layout", "w").write('{"imageLayoutVersion":"1.0.0"}')
+json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+    "annotations": {"org.opencontainers.image.ref.name": "t"}}]}, open(f"{d}/index.json", "w"))
+PY
+}
+
+# timed FILE CMD...: runs CMD under GNU time; appends "seconds maxrss_kb" to FILE.
+timed() {
+  local out=$1; shift
+  /usr/bin/time -f "%e %M" -o "$work/time" "$@" > /dev/null 2> "$work/stderr" || { cat "$work/stderr" >&2; exit 1; }
+  cat "$work/time" >> "$out"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+col() { awk -v c="$2" '{print $c}' "$1"; }
+
+echo "| image | op | kiln (s) | skopeo (s) | kiln / skopeo | kiln max RSS (MB) |"
+echo "| --- | --- | --- | --- | --- | --- |"
+for mb in $SIZES_MB; do
+  for op in push pull; do : > "$work/$op.kiln"; : > "$work/$op.skopeo"; done
+  for run in $(seq "$RUNS"); do
+    rm -rf "$work/layout" "$work/root" "$work/skopeo-out"
+    make_layout "$work/layout" "$mb"
+    export KILN_ROOT="$work/root" CI=true DOCKER_CONFIG="$work/docker"
+    "$KILN" copy "oci:$work/layout:t" "store:bench/img:$run" > /dev/null 2>&1
+    # push: each tool to its own empty registry.
+    start_registry
+    timed "$work/push.skopeo" skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:t" "docker://$host/bench/img:$run"
+    start_registry
+    "$KILN" copy "store:bench/img:$run" "store:$host/bench/img:$run" > /dev/null 2>&1
+    timed "$work/push.kiln" "$KILN" push "$host/bench/img:$run"
+    # pull: both from the registry kiln just pushed to, each into an empty destination.
+    rm -rf "$work/root"
+    timed "$work/pull.kiln" "$KILN" pull "$host/bench/img:$run"
+    timed "$work/pull.skopeo" skopeo copy --quiet --src-tls-verify=false "docker://$host/bench/img:$run" "oci:$work/skopeo-out:t"
+    rm -rf "$work/skopeo-out" "$work/root"
+  done
+  for op in push pull; do
+    k=$(col "$work/$op.kiln" 1 | median); s=$(col "$work/$op.skopeo" 1 | median)
+    rss=$(col "$work/$op.kiln" 2 | sort -n | tail -1)
+    printf "| %s MB | %s | %.2f | %.2f | %.2f | %.0f |\n" "$mb" "$op" "$k" "$s" "$(echo "$k / $s" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+  done
+done

@@ -1,0 +1,184 @@
+//! Outputs: where a built image goes besides the local store.
+//!
+//! `--output` follows `docker buildx build`: `type=image` (the store, tagged; the default),
+//! `type=oci,dest=P` (an OCI image layout as a tarball, or a directory with `tar=false`),
+//! `type=docker,dest=P` (a tarball `docker load` accepts: an OCI layout plus Docker's
+//! `manifest.json`), and `type=registry` (push; the caller does that with `kiln-registry`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use kiln_oci::{Descriptor, Digest, Reference, Store};
+
+use crate::error::BuildError;
+use crate::Built;
+
+/// One `--output`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Tag the image in the local store.
+    Image,
+    Oci { dest: PathBuf, tar: bool },
+    Docker { dest: PathBuf },
+    /// Push to the registry named by the tags (`push-by-digest` pushes without a tag).
+    Registry { push_by_digest: bool },
+}
+
+impl Output {
+    /// Parses `type=…,dest=…` (or the short forms `-` is not supported: a terminal is no place for a tar).
+    pub fn parse(s: &str) -> Result<Output, BuildError> {
+        let bad = |m: &str| BuildError::Usage(format!("--output {s:?}: {m}"));
+        let mut kv: BTreeMap<String, String> = BTreeMap::new();
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, "true"));
+            kv.insert(k.trim().to_lowercase(), v.trim().to_string());
+        }
+        let ty = kv.remove("type").ok_or_else(|| bad("missing type= (image, oci, docker or registry)"))?;
+        let dest = kv.remove("dest").map(PathBuf::from);
+        let flag = |kv: &BTreeMap<String, String>, k: &str, default: bool| -> Result<bool, BuildError> {
+            match kv.get(k).map(String::as_str) {
+                None => Ok(default),
+                Some("true") | Some("1") => Ok(true),
+                Some("false") | Some("0") => Ok(false),
+                Some(v) => Err(bad(&format!("{k}={v}: expected true or false"))),
+            }
+        };
+        match ty.as_str() {
+            "image" => Ok(Output::Image),
+            "oci" => Ok(Output::Oci { dest: dest.ok_or_else(|| bad("type=oci needs dest=PATH"))?, tar: flag(&kv, "tar", true)? }),
+            "docker" => Ok(Output::Docker { dest: dest.ok_or_else(|| bad("type=docker needs dest=PATH"))? }),
+            "registry" => Ok(Output::Registry { push_by_digest: flag(&kv, "push-by-digest", false)? }),
+            other => Err(bad(&format!("unknown type {other:?}: use image, oci, docker or registry"))),
+        }
+    }
+}
+
+/// Tags `built` in the store under every reference.
+pub fn tag(store: &Store, built: &Built, tags: &[Reference]) -> Result<(), BuildError> {
+    for t in tags {
+        store.tag(t, &built.manifest)?;
+    }
+    Ok(())
+}
+
+/// The blobs an image consists of: manifest, config, layers.
+fn blobs(built: &Built) -> Vec<Digest> {
+    let mut v = vec![built.manifest.digest.clone(), built.config_digest.clone()];
+    v.extend(built.layers.iter().map(|l| l.descriptor.digest.clone()));
+    v
+}
+
+/// Writes an OCI layout (directory or tarball) holding `built`, its manifest named `tags`' tags.
+pub fn write_oci(store: &Store, built: &Built, dest: &Path, tar: bool, tags: &[Reference]) -> Result<(), BuildError> {
+    let names: Vec<String> = tags.iter().filter_map(|t| t.tag().map(str::to_string)).collect();
+    if tar {
+        write_tar(store, built, dest, &names, false, tags)
+    } else {
+        let layout = Store::open_layout(dest)?;
+        for d in blobs(built) {
+            let f = store.open_blob(&d)?;
+            layout.put_blob_stream(io::BufReader::new(f), Some(&d))?;
+        }
+        if names.is_empty() {
+            layout.tag_name("latest", &built.manifest)?;
+        }
+        for n in &names {
+            layout.tag_name(n, &built.manifest)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a docker-archive tarball: the OCI layout plus `manifest.json` with RepoTags.
+pub fn write_docker(store: &Store, built: &Built, dest: &Path, tags: &[Reference]) -> Result<(), BuildError> {
+    let names: Vec<String> = tags.iter().filter_map(|t| t.tag().map(str::to_string)).collect();
+    write_tar(store, built, dest, &names, true, tags)
+}
+
+fn write_tar(store: &Store, built: &Built, dest: &Path, names: &[String], docker: bool, tags: &[Reference]) -> Result<(), BuildError> {
+    let io_err = |source| BuildError::Io { action: "write", path: dest.to_path_buf(), source };
+    let tmp = PathBuf::from(format!("{}.kiln-tmp", dest.display()));
+    let file = fs::File::create(&tmp).map_err(io_err)?;
+    let mut tb = tar::Builder::new(io::BufWriter::new(file));
+    tb.mode(tar::HeaderMode::Deterministic);
+    let add_bytes = |tb: &mut tar::Builder<io::BufWriter<fs::File>>, path: &str, bytes: &[u8]| -> io::Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        tb.append_data(&mut h, path, bytes)
+    };
+    let dir = |tb: &mut tar::Builder<io::BufWriter<fs::File>>, path: &str| -> io::Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(0);
+        h.set_mode(0o755);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Directory);
+        tb.append_data(&mut h, path, io::empty())
+    };
+    let run = || -> Result<(), BuildError> {
+        add_bytes(&mut tb, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err)?;
+        let mut manifests = Vec::new();
+        let mut m = built.manifest.clone();
+        let ann_names: Vec<String> = if names.is_empty() { vec!["latest".to_string()] } else { names.to_vec() };
+        for n in &ann_names {
+            let mut ann = BTreeMap::new();
+            ann.insert(kiln_oci::store::REF_NAME_ANNOTATION.to_string(), n.clone());
+            if docker {
+                if let Some(t) = tags.iter().find(|t| t.tag() == Some(n.as_str())) {
+                    ann.insert("io.containerd.image.name".to_string(), t.to_string());
+                }
+            }
+            m.annotations = Some(ann);
+            manifests.push(m.clone());
+        }
+        let index = serde_json::json!({"schemaVersion": 2, "mediaType": kiln_oci::media::OCI_INDEX, "manifests": manifests});
+        add_bytes(&mut tb, "index.json", &serde_json::to_vec(&index).unwrap_or_default()).map_err(io_err)?;
+        if docker {
+            let repo_tags: Vec<String> = tags.iter().filter(|t| t.tag().is_some()).map(|t| t.familiar()).collect();
+            let mf = serde_json::json!([{
+                "Config": format!("blobs/sha256/{}", built.config_digest.hex()),
+                "RepoTags": repo_tags,
+                "Layers": built.layers.iter().map(|l| format!("blobs/sha256/{}", l.descriptor.digest.hex())).collect::<Vec<_>>(),
+            }]);
+            add_bytes(&mut tb, "manifest.json", &serde_json::to_vec(&mf).unwrap_or_default()).map_err(io_err)?;
+        }
+        dir(&mut tb, "blobs/").map_err(io_err)?;
+        dir(&mut tb, "blobs/sha256/").map_err(io_err)?;
+        let mut seen = std::collections::BTreeSet::new();
+        for d in blobs(built) {
+            if !seen.insert(d.to_string()) {
+                continue;
+            }
+            let size = store.blob_size(&d)?;
+            let f = store.open_blob(&d)?;
+            let mut h = tar::Header::new_ustar();
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            tb.append_data(&mut h, format!("blobs/sha256/{}", d.hex()), io::BufReader::new(f)).map_err(io_err)?;
+        }
+        let mut w = tb.into_inner().map_err(io_err)?;
+        w.flush().map_err(io_err)?;
+        w.get_ref().sync_all().map_err(io_err)?;
+        Ok(())
+    };
+    match run() {
+        Ok(()) => fs::rename(&tmp, dest).map_err(io_err),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// The manifest descriptor with its platform, for indexes.
+pub fn descriptor_with_platform(built: &Built) -> Descriptor {
+    let mut d = built.manifest.clone();
+    d.platform = Some(built.config.platform());
+    d
+}

@@ -1,0 +1,657 @@
+//! The solver: walks the resolved stages step by step, reusing cached results and running the rest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kiln_cache::{LayerRecord, LocalCache, Record};
+use kiln_dockerfile::instructions::{
+    CommandLine, Copy, CopySource, Healthcheck, Instruction, Location, Mount, MountType, ResolvedStage, Source, Step,
+};
+use kiln_oci::layer::{write_layer_from_overlay_upper, write_layer_to_store, WriteOptions};
+use kiln_oci::{Digest, History, Store};
+use kiln_sandbox::{Sandbox, Spec, Stream};
+
+use crate::base::{self, BaseImage};
+use crate::context::{Context, Entry, Kind};
+use crate::copy::{self, Attrs, SourceRoot};
+use crate::error::BuildError;
+use crate::snapshot::{chain_ids, remove_tree, Mounted, Snapshotter};
+use crate::state::{set_env, ImageState, LayerRef};
+use crate::{BuildOptions, CacheStatus, Progress, StepReport};
+
+/// Everything one build shares across stages.
+pub(crate) struct Solver<'a> {
+    pub opts: &'a BuildOptions,
+    pub store: &'a Store,
+    pub cache: LocalCache,
+    pub snaps: Snapshotter,
+    pub context: &'a Context,
+    pub sandbox: Sandbox,
+    pub progress: &'a dyn Progress,
+    pub bases: HashMap<String, BaseImage>,
+    /// Final state of each built stage, by stage index.
+    pub stages: HashMap<usize, ImageState>,
+    pub reports: Vec<StepReport>,
+    pub wopts: WriteOptions,
+}
+
+/// A step's cache key: sha256 over its parent key and a canonical list of named inputs.
+fn key_of(parent: &Digest, inputs: &BTreeMap<String, String>) -> Digest {
+    let mut s = format!("kiln-cache-v1\nparent {parent}\n");
+    for (k, v) in inputs {
+        s.push_str(&format!("{k}\t{}\n", v.replace('\n', "\\n")));
+    }
+    Digest::sha256_of(s.as_bytes())
+}
+
+fn at(loc: &Location) -> String {
+    format!("{}:{}", loc.file, loc.start_line)
+}
+
+impl<'a> Solver<'a> {
+    /// Builds one stage; its deps are already in `self.stages`.
+    pub fn stage(&mut self, stage: &ResolvedStage) -> Result<ImageState, BuildError> {
+        let platform = self.opts.platform.clone();
+        let mut state = match &stage.base {
+            Source::Scratch => ImageState::scratch(&platform),
+            Source::Stage(i) => self.stages.get(i).cloned().ok_or_else(|| {
+                BuildError::step(at(&stage.location), format!("stage {i} was not built before this one"))
+            })?,
+            Source::Image(r) => self.base(r)?.state(&platform),
+        };
+        state.cmd_set = false;
+        let name = stage.name.clone().unwrap_or_else(|| stage.index.to_string());
+        if let Source::Image(r) = &stage.base {
+            self.report(&name, &format!("FROM {r}"), CacheStatus::None, 0.0);
+        }
+        for step in &stage.steps {
+            self.step(&name, step, &mut state)?;
+        }
+        Ok(state)
+    }
+
+    fn base(&mut self, image: &str) -> Result<&BaseImage, BuildError> {
+        if !self.bases.contains_key(image) {
+            let b = base::load(self.store, image, &self.opts.platform)?;
+            self.bases.insert(image.to_string(), b);
+        }
+        Ok(&self.bases[image])
+    }
+
+    fn report(&mut self, stage: &str, instruction: &str, cache: CacheStatus, seconds: f64) {
+        let r = StepReport {
+            stage: stage.to_string(),
+            platform: self.opts.platform.to_string(),
+            instruction: instruction.to_string(),
+            cache,
+            seconds,
+        };
+        self.progress.step_done(&r);
+        self.reports.push(r);
+    }
+
+    fn step(&mut self, stage: &str, step: &Step, state: &mut ImageState) -> Result<(), BuildError> {
+        let started = Instant::now();
+        let text = step.original.trim().to_string();
+        self.progress.step_started(stage, &text);
+        let mut inputs: BTreeMap<String, String> = BTreeMap::new();
+        inputs.insert("instruction".into(), format!("{:?}", step.instruction));
+        inputs.insert("platform".into(), self.opts.platform.to_string());
+        let status = match &step.instruction {
+            Instruction::Run(run) => {
+                let argv = self.run_argv(run, state);
+                inputs.insert("run".into(), argv.join("\u{1f}"));
+                for (i, e) in self.run_env(step, state).iter().enumerate() {
+                    inputs.insert(format!("env:{i:04}"), e.clone());
+                }
+                inputs.insert("user".into(), state.user());
+                inputs.insert("workdir".into(), state.workdir());
+                for (i, m) in step.mounts.iter().enumerate() {
+                    inputs.insert(format!("mount:{i}"), format!("{m:?}"));
+                    if m.kind == MountType::Bind && m.from.is_none() {
+                        inputs.insert(format!("mount:{i}:content"), self.context_digest(m.source.as_deref().unwrap_or("/"))?.to_string());
+                    }
+                }
+                for (i, s) in step.mount_sources.iter().enumerate() {
+                    if let Some(Source::Stage(ix)) = s {
+                        let k = self.stages.get(ix).map(|st| st.key.to_string()).unwrap_or_default();
+                        inputs.insert(format!("mount:{i}:from"), k);
+                    }
+                }
+                self.layer_step(stage, step, state, inputs, |this, mounted, state| this.exec_run(step, run, mounted, state))?
+            }
+            Instruction::Copy(c) => {
+                let plan = self.copy_inputs(step, c, state, &mut inputs)?;
+                self.layer_step(stage, step, state, inputs, move |this, mounted, state| this.exec_copy(step, c, &plan, mounted, state))?
+            }
+            Instruction::Workdir(_) => {
+                let wd = step.workdir.clone();
+                state.runtime().working_dir = Some(wd.clone());
+                inputs.insert("user".into(), state.user());
+                // WORKDIR creates the directory (as BuildKit does); a layer only when it was missing.
+                self.layer_step(stage, step, state, inputs, move |_this, mounted, state| {
+                    let root = kiln_oci::fsroot::RootDir::open(&mounted.merged).map_err(|e| BuildError::Snapshot(e.to_string()))?;
+                    let r = root.resolve(Path::new(&wd), true, kiln_oci::fsroot::Missing::Create).map_err(|e| BuildError::step(at(&step.location), e.to_string()))?;
+                    if !r.host_path.exists() {
+                        fs::create_dir(&r.host_path).map_err(|e| BuildError::step(at(&step.location), e.to_string()))?;
+                    }
+                    let _ = state;
+                    Ok(())
+                })?
+            }
+            _ => {
+                apply_meta(step, state);
+                state.key = key_of(&state.key, &inputs);
+                state.history.push(History {
+                    created: Some(crate::time::rfc3339(state.created)),
+                    created_by: Some(text.clone()),
+                    empty_layer: Some(true),
+                    ..History::default()
+                });
+                CacheStatus::None
+            }
+        };
+        self.report(stage, &text, status, started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// A step that may add a layer: look up the cache; on a miss mount the parent's snapshot, let
+    /// `exec` change the root, and turn the upper dir into a layer.
+    fn layer_step<F>(
+        &mut self,
+        _stage: &str,
+        step: &Step,
+        state: &mut ImageState,
+        inputs: BTreeMap<String, String>,
+        exec: F,
+    ) -> Result<CacheStatus, BuildError>
+    where
+        F: FnOnce(&mut Self, &Mounted, &ImageState) -> Result<(), BuildError>,
+    {
+        let key = key_of(&state.key, &inputs);
+        let text = step.original.trim().to_string();
+        if !self.opts.no_cache {
+            if let Some(rec) = self.cache.get(&key) {
+                let usable = rec.layer.as_ref().is_none_or(|l| self.store.has_blob(&l.descriptor.digest));
+                if usable {
+                    self.apply_record(&rec, state, &text);
+                    state.key = key;
+                    return Ok(CacheStatus::HitLocal);
+                }
+            }
+        }
+        let lowers = self.snaps.lowers(self.store, &state.layers)?;
+        let mut mounted = self.snaps.mount(&lowers, true)?;
+        exec(self, &mounted, state)?;
+        mounted.unmount()?;
+        let layer = if dir_is_empty(&mounted.upper) {
+            None
+        } else {
+            let upper = mounted.upper.clone();
+            let info = write_layer_to_store(self.store, |w| write_layer_from_overlay_upper(&upper, w, &self.wopts).map(|(_, i)| i))
+                .map_err(|e| BuildError::Layer { digest: "(new)".into(), source: e })?;
+            let lr = LayerRecord { descriptor: info.descriptor(), diff_id: info.diff_id.clone() };
+            // The upper dir is exactly the next step's lower dir: keep it as this chain's snapshot.
+            let mut ids: Vec<&Digest> = state.layers.iter().map(|l| &l.diff_id).collect();
+            ids.push(&info.diff_id);
+            if let Some(chain) = chain_ids(&ids).pop() {
+                let keep = self.snaps.temp_dir("upper")?;
+                let moved = keep.join("fs");
+                fs::rename(&mounted.upper, &moved).map_err(|e| BuildError::Io { action: "keep", path: moved.clone(), source: e })?;
+                self.snaps.commit_upper(&moved, &chain)?;
+                remove_tree(&keep);
+            }
+            Some(lr)
+        };
+        drop(mounted);
+        let rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), inputs, layer);
+        if let Err(e) = self.cache.put(&rec) {
+            self.progress.warn(&format!("could not write the local cache: {e}"));
+        }
+        self.apply_record(&rec, state, &text);
+        state.key = key;
+        Ok(CacheStatus::Miss)
+    }
+
+    fn apply_record(&self, rec: &Record, state: &mut ImageState, text: &str) {
+        let created = self.opts.source_date_epoch.unwrap_or(rec.created);
+        if let Some(l) = &rec.layer {
+            state.layers.push(LayerRef { descriptor: l.descriptor.clone(), diff_id: l.diff_id.clone() });
+            state.created = state.created.max(created);
+        }
+        state.history.push(History {
+            created: Some(crate::time::rfc3339(created)),
+            created_by: Some(format!("{text} # kiln")),
+            empty_layer: if rec.layer.is_none() { Some(true) } else { None },
+            ..History::default()
+        });
+    }
+
+    /// RUN's argv: exec form as is; shell form through SHELL; a heredoc script inline, as BuildKit
+    /// hands it to the shell.
+    fn run_argv(&self, run: &kiln_dockerfile::instructions::Run, state: &ImageState) -> Vec<String> {
+        match &run.command {
+            CommandLine::Exec(v) => v.clone(),
+            CommandLine::Shell(s) => {
+                let mut script = s.clone();
+                let only_heredoc = run.heredocs.len() == 1 && is_bare_heredoc(s);
+                if only_heredoc {
+                    script = run.heredocs[0].effective_content();
+                } else {
+                    for h in &run.heredocs {
+                        script.push('\n');
+                        script.push_str(&h.content);
+                        script.push_str(&h.name);
+                    }
+                }
+                let mut argv = state.shell.clone();
+                argv.push(script);
+                argv
+            }
+        }
+    }
+
+    /// RUN's environment: the image's ENV with the stage's variables (ENV and ARG in one scope, the
+    /// later assignment winning, as BuildKit does) laid over it.
+    fn run_env(&self, step: &Step, state: &ImageState) -> Vec<String> {
+        let mut env = state.env();
+        for (k, v) in &step.vars {
+            set_env(&mut env, k, v);
+        }
+        env
+    }
+
+    fn context_digest(&self, rel: &str) -> Result<Digest, BuildError> {
+        let rel = crate::context::clean_rel(rel).unwrap_or_default();
+        let entries = self.context.walk(&rel)?;
+        let mut s = String::new();
+        for e in &entries {
+            s.push_str(&self.entry_line(e, true)?);
+        }
+        Ok(Digest::sha256_of(s.as_bytes()))
+    }
+
+    fn entry_line(&self, e: &Entry, from_context: bool) -> Result<String, BuildError> {
+        let content = match &e.kind {
+            Kind::File { .. } if from_context => self.context.file_digest(&e.rel)?.to_string(),
+            Kind::File { size } => format!("size={size}"),
+            Kind::Dir => "dir".to_string(),
+            Kind::Symlink { target } => format!("-> {target}"),
+        };
+        Ok(format!("{} {:o} {}\n", e.rel, e.mode, content))
+    }
+
+    fn exec_run(&mut self, step: &Step, run: &kiln_dockerfile::instructions::Run, mounted: &Mounted, state: &ImageState) -> Result<(), BuildError> {
+        let mut spec = Spec::new(&mounted.merged, self.run_argv(run, state));
+        spec.env = self.run_env(step, state);
+        spec.user = state.user();
+        spec.workdir = PathBuf::from(state.workdir());
+        if matches!(run.network, Some(kiln_dockerfile::instructions::Network::None)) {
+            spec.network = kiln_sandbox::Network::None;
+        }
+        let mut stage_mounts: Vec<Mounted> = Vec::new();
+        for (m, src) in step.mounts.iter().zip(step.mount_sources.iter()) {
+            if let Some(sm) = self.sandbox_mount(step, m, src.as_ref(), state, &mut stage_mounts)? {
+                spec.mounts.push(sm);
+            }
+        }
+        let progress = self.progress;
+        let text = step.original.trim().to_string();
+        let outcome = self
+            .sandbox
+            .run(&spec, &mut |_s: Stream, line: &[u8]| progress.output(&text, line))
+            .map_err(|e| BuildError::step(at(&step.location), format!("{text}: {e}")))?;
+        drop(stage_mounts);
+        if !outcome.success() {
+            let mut msg = format!("`{}` failed: {} ({})", text, outcome.status, outcome.command);
+            if !outcome.tail.is_empty() {
+                msg.push_str("\nlast lines of output:\n");
+                for l in &outcome.tail {
+                    msg.push_str("  ");
+                    msg.push_str(l);
+                    msg.push('\n');
+                }
+            }
+            return Err(BuildError::step(at(&step.location), msg.trim_end().to_string()));
+        }
+        Ok(())
+    }
+
+    fn sandbox_mount(
+        &mut self,
+        step: &Step,
+        m: &Mount,
+        src: Option<&Source>,
+        state: &ImageState,
+        keep: &mut Vec<Mounted>,
+    ) -> Result<Option<kiln_sandbox::Mount>, BuildError> {
+        let wd = state.workdir();
+        let target = if m.target.starts_with('/') { PathBuf::from(&m.target) } else { Path::new(&wd).join(&m.target) };
+        Ok(Some(match m.kind {
+            MountType::Tmpfs => kiln_sandbox::Mount::Tmpfs { target, size_bytes: m.size },
+            MountType::Cache => {
+                let id = m.id.clone().unwrap_or_else(|| m.target.clone());
+                let dir = self.opts.root.join("cache").join("mounts").join(Digest::sha256_of(id.as_bytes()).hex());
+                fs::create_dir_all(&dir).map_err(|e| BuildError::Io { action: "create cache mount", path: dir.clone(), source: e })?;
+                kiln_sandbox::Mount::Cache { source: dir, target }
+            }
+            MountType::Secret => {
+                let id = m.id.clone().unwrap_or_else(|| {
+                    Path::new(&m.target).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+                });
+                let Some(path) = self.opts.secrets.get(&id) else {
+                    if m.required {
+                        return Err(BuildError::step(at(&step.location), format!("secret {id:?} is required: pass --secret id={id},src=PATH")));
+                    }
+                    return Ok(None);
+                };
+                let target = if m.target.is_empty() { None } else { Some(target) };
+                kiln_sandbox::Mount::Secret { id, source: path.clone(), target, mode: m.mode, uid: m.uid.unwrap_or(0), gid: m.gid.unwrap_or(0) }
+            }
+            MountType::Bind => {
+                let source_rel = m.source.clone().unwrap_or_else(|| "/".to_string());
+                let host = match src {
+                    None => {
+                        let rel = crate::context::clean_rel(&source_rel).ok_or_else(|| {
+                            BuildError::step(at(&step.location), format!("--mount source {source_rel:?} is outside the build context"))
+                        })?;
+                        self.context.root().join(rel)
+                    }
+                    Some(s) => {
+                        let layers = self.source_layers(step, s)?;
+                        let lowers = self.snaps.lowers(self.store, &layers)?;
+                        let mnt = self.snaps.mount(&lowers, false)?;
+                        let root = mnt.merged.clone();
+                        keep.push(mnt);
+                        kiln_oci::fsroot::safe_join(&root, Path::new(&source_rel), true)
+                            .map_err(|e| BuildError::step(at(&step.location), e.to_string()))?
+                    }
+                };
+                kiln_sandbox::Mount::Bind { source: host, target, readonly: m.readonly }
+            }
+            MountType::Ssh => {
+                return Err(BuildError::step(at(&step.location), "RUN --mount=type=ssh is not supported by kiln yet"));
+            }
+        }))
+    }
+
+    fn source_layers(&mut self, step: &Step, s: &Source) -> Result<Vec<LayerRef>, BuildError> {
+        Ok(match s {
+            Source::Stage(i) => self
+                .stages
+                .get(i)
+                .ok_or_else(|| BuildError::step(at(&step.location), format!("stage {i} is not built")))?
+                .layers
+                .clone(),
+            Source::Image(r) => self.base(r)?.layers.clone(),
+            Source::Scratch => Vec::new(),
+        })
+    }
+
+    /// Resolves COPY's sources and puts their content into the key.
+    fn copy_inputs(&mut self, step: &Step, c: &Copy, state: &ImageState, inputs: &mut BTreeMap<String, String>) -> Result<CopyPlan, BuildError> {
+        let mut plan = CopyPlan { items: Vec::new(), from: None };
+        if let Some(src) = &step.copy_from {
+            let layers = self.source_layers(step, src)?;
+            let ids: Vec<&Digest> = layers.iter().map(|l| &l.diff_id).collect();
+            let chain = chain_ids(&ids).pop().map(|d| d.to_string()).unwrap_or_default();
+            inputs.insert("from".into(), chain);
+            plan.from = Some(layers);
+        }
+        for (i, s) in c.sources.iter().enumerate() {
+            match s {
+                CopySource::Heredoc(h) => {
+                    inputs.insert(format!("src:{i}"), format!("heredoc {} {}", h.name, Digest::sha256_of(h.effective_content().as_bytes())));
+                    plan.items.push(CopyItem::Heredoc(h.name.clone(), h.effective_content()));
+                }
+                CopySource::Path(p) if c.add && (p.starts_with("http://") || p.starts_with("https://")) => {
+                    return Err(BuildError::step(at(&step.location), format!("ADD {p}: fetching URLs is not supported by kiln yet; download it in a RUN step")));
+                }
+                CopySource::Path(p) if plan.from.is_none() => {
+                    let matches = self.context.expand_source(p).map_err(|m| BuildError::step(at(&step.location), format!("COPY failed: {m}")))?;
+                    for rel in matches {
+                        let entries = self.context.walk(&rel)?;
+                        let mut s = String::new();
+                        for e in &entries {
+                            s.push_str(&self.entry_line(e, true)?);
+                        }
+                        inputs.insert(format!("src:{i}:{rel}"), Digest::sha256_of(s.as_bytes()).to_string());
+                        plan.items.push(CopyItem::Context(rel));
+                    }
+                }
+                CopySource::Path(p) => {
+                    inputs.insert(format!("src:{i}"), p.clone());
+                    plan.items.push(CopyItem::Stage(p.clone()));
+                }
+            }
+        }
+        inputs.insert("user".into(), state.user());
+        inputs.insert("workdir".into(), state.workdir());
+        Ok(plan)
+    }
+
+    fn exec_copy(&mut self, step: &Step, c: &Copy, plan: &CopyPlan, mounted: &Mounted, state: &ImageState) -> Result<(), BuildError> {
+        let e = |m: String| BuildError::step(at(&step.location), m);
+        let wd = state.workdir();
+        let dest = if c.dest.starts_with('/') { c.dest.clone() } else { format!("{}/{}", wd.trim_end_matches('/'), c.dest) };
+        let mut attrs = Attrs::default();
+        if let Some(ch) = &c.chown {
+            let passwd = fs::read_to_string(mounted.merged.join("etc/passwd")).ok();
+            let group = fs::read_to_string(mounted.merged.join("etc/group")).ok();
+            let id = kiln_sandbox::user::resolve(ch, passwd.as_deref(), group.as_deref()).map_err(|err| e(format!("--chown={ch}: {err}")))?;
+            attrs.chown = Some((id.uid, id.gid));
+        }
+        if let Some(m) = &c.chmod {
+            attrs.chmod = Some(u32::from_str_radix(m, 8).map_err(|_| e(format!("--chmod={m}: expected an octal mode such as 0755")))?);
+        }
+        let many = plan.items.len() > 1;
+        let dest_is_dir = c.dest.ends_with('/') || many;
+        // Sources from another stage or image are read from a read-only overlay of its layers.
+        let src_mount = match &plan.from {
+            Some(layers) => {
+                let lowers = self.snaps.lowers(self.store, layers)?;
+                Some(self.snaps.mount(&lowers, false)?)
+            }
+            None => None,
+        };
+        let tmp_heredocs = self.snaps.temp_dir("heredoc")?;
+        let result = (|| {
+            // Heredoc bodies become files in a temp dir first, so the sources below can borrow it.
+            for (i, item) in plan.items.iter().enumerate() {
+                if let CopyItem::Heredoc(name, content) = item {
+                    let d = tmp_heredocs.join(i.to_string());
+                    fs::create_dir_all(&d).map_err(|err| e(err.to_string()))?;
+                    fs::write(d.join(name), content).map_err(|err| e(err.to_string()))?;
+                }
+            }
+            let heredoc_dirs: Vec<PathBuf> = (0..plan.items.len()).map(|i| tmp_heredocs.join(i.to_string())).collect();
+            let mut sources = Vec::new();
+            for (i, item) in plan.items.iter().enumerate() {
+                match item {
+                    CopyItem::Context(rel) => {
+                        let entries = self.context.walk(rel)?;
+                        if c.add && entries.len() == 1 && c.unpack != Some(false) {
+                            let host = self.context.host_path(rel);
+                            if is_archive(&host) {
+                                unpack_into(&mounted.merged, &dest, &host).map_err(|m| e(format!("ADD {rel}: {m}")))?;
+                                continue;
+                            }
+                        }
+                        sources.push(copy::Source { root: SourceRoot { dir: self.context.root(), keep_owner: false }, rel: rel.clone(), entries });
+                    }
+                    CopyItem::Stage(p) => {
+                        let Some(m) = &src_mount else { continue };
+                        let (_, entries) = copy::walk_root(&m.merged, p.trim_start_matches('/'))
+                            .map_err(|err| e(format!("COPY --from: {err}")))?;
+                        let rel = entries.first().map(|x| x.rel.clone()).unwrap_or_default();
+                        sources.push(copy::Source { root: SourceRoot { dir: &m.merged, keep_owner: true }, rel, entries });
+                    }
+                    CopyItem::Heredoc(name, content) => {
+                        let entry = Entry { rel: name.clone(), kind: Kind::File { size: content.len() as u64 }, mode: 0o644, uid: 0, gid: 0 };
+                        sources.push(copy::Source { root: SourceRoot { dir: &heredoc_dirs[i], keep_owner: false }, rel: name.clone(), entries: vec![entry] });
+                    }
+                }
+            }
+            copy::copy_into(&mounted.merged, &sources, &dest, dest_is_dir, attrs)
+        })();
+        remove_tree(&tmp_heredocs);
+        drop(src_mount);
+        result
+    }
+}
+
+/// What a COPY reads, resolved before its key is computed.
+pub(crate) struct CopyPlan {
+    items: Vec<CopyItem>,
+    from: Option<Vec<LayerRef>>,
+}
+
+enum CopyItem {
+    Context(String),
+    Stage(String),
+    Heredoc(String, String),
+}
+
+fn is_bare_heredoc(cmd: &str) -> bool {
+    let t = cmd.trim();
+    t.starts_with("<<") && !t.contains(char::is_whitespace)
+}
+
+fn dir_is_empty(p: &Path) -> bool {
+    fs::read_dir(p).map(|mut r| r.next().is_none()).unwrap_or(true)
+}
+
+/// ADD's archive test: a tar, maybe compressed (gzip, zstd), recognised by content, not by name.
+fn is_archive(p: &Path) -> bool {
+    use std::io::Read;
+    let Ok(f) = fs::File::open(p) else { return false };
+    let Ok(mut r) = kiln_oci::layer::decompress(std::io::BufReader::new(f)) else { return false };
+    let mut head = vec![0u8; 512];
+    let mut got = 0;
+    while got < 512 {
+        match r.read(&mut head[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    got == 512 && &head[257..262] == b"ustar"
+}
+
+fn unpack_into(root: &Path, dest: &str, archive: &Path) -> Result<(), String> {
+    let rootdir = kiln_oci::fsroot::RootDir::open(root).map_err(|e| e.to_string())?;
+    let r = rootdir.resolve(Path::new(dest), true, kiln_oci::fsroot::Missing::Create).map_err(|e| e.to_string())?;
+    if !r.host_path.exists() {
+        fs::create_dir(&r.host_path).map_err(|e| e.to_string())?;
+    }
+    let f = fs::File::open(archive).map_err(|e| e.to_string())?;
+    kiln_oci::layer::apply_layer(std::io::BufReader::new(f), &r.host_path, &kiln_oci::layer::ApplyOptions::default())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Applies an instruction that only changes the image config.
+fn apply_meta(step: &Step, state: &mut ImageState) {
+    match &step.instruction {
+        Instruction::Env(pairs) => {
+            let mut env = state.env();
+            for (k, v) in pairs {
+                set_env(&mut env, k, v);
+            }
+            state.runtime().env = Some(env);
+        }
+        Instruction::User(u) => state.runtime().user = Some(u.clone()),
+        Instruction::Label(pairs) => {
+            let rt = state.runtime();
+            let labels = rt.labels.get_or_insert_with(BTreeMap::new);
+            for (k, v) in pairs {
+                labels.insert(k.clone(), v.clone());
+            }
+        }
+        Instruction::Expose(ports) => {
+            let rt = state.runtime();
+            let map = rt.exposed_ports.get_or_insert_with(BTreeMap::new);
+            for p in ports {
+                let p = if p.contains('/') { p.to_lowercase() } else { format!("{p}/tcp") };
+                map.insert(p, serde_json::json!({}));
+            }
+        }
+        Instruction::Volume(vols) => {
+            let rt = state.runtime();
+            let map = rt.volumes.get_or_insert_with(BTreeMap::new);
+            for v in vols {
+                map.insert(v.clone(), serde_json::json!({}));
+            }
+        }
+        Instruction::StopSignal(s) => state.runtime().stop_signal = Some(s.clone()),
+        Instruction::Healthcheck(h) => state.runtime().healthcheck = Some(healthcheck_json(h, &state.shell)),
+        Instruction::Maintainer(m) => state.config.author = Some(m.clone()),
+        Instruction::Shell(s) => {
+            state.shell = s.clone();
+            state.runtime().shell = Some(s.clone());
+        }
+        Instruction::Entrypoint(cl) => {
+            let argv = command_argv(cl, &state.shell);
+            let rt = state.runtime();
+            rt.entrypoint = Some(argv);
+            // Docker: an ENTRYPOINT resets a CMD inherited from the base (not one set in this stage).
+            if !state.cmd_set {
+                state.runtime().cmd = None;
+            }
+        }
+        Instruction::Cmd(cl) => {
+            state.cmd_set = true;
+            state.runtime().cmd = Some(command_argv(cl, &state.shell));
+        }
+        Instruction::Onbuild(text, _) => {
+            state.runtime().on_build.get_or_insert_with(Vec::new).push(text.clone());
+        }
+        Instruction::Arg(_) | Instruction::From(_) | Instruction::Run(_) | Instruction::Copy(_) | Instruction::Workdir(_) => {}
+    }
+}
+
+fn command_argv(cl: &CommandLine, shell: &[String]) -> Vec<String> {
+    match cl {
+        CommandLine::Exec(v) => v.clone(),
+        CommandLine::Shell(s) => {
+            let mut v = shell.to_vec();
+            v.push(s.clone());
+            v
+        }
+    }
+}
+
+fn healthcheck_json(h: &Healthcheck, shell: &[String]) -> serde_json::Value {
+    let test: Vec<String> = match &h.test {
+        None => vec!["NONE".to_string()],
+        Some(CommandLine::Exec(v)) => {
+            let mut t = vec!["CMD".to_string()];
+            t.extend(v.iter().cloned());
+            t
+        }
+        Some(CommandLine::Shell(s)) => {
+            let _ = shell;
+            vec!["CMD-SHELL".to_string(), s.clone()]
+        }
+    };
+    let mut obj = serde_json::Map::new();
+    obj.insert("Test".into(), serde_json::json!(test));
+    let ns = |d: &std::time::Duration| serde_json::json!(d.as_nanos() as u64);
+    if let Some(d) = &h.interval {
+        obj.insert("Interval".into(), ns(d));
+    }
+    if let Some(d) = &h.timeout {
+        obj.insert("Timeout".into(), ns(d));
+    }
+    if let Some(d) = &h.start_period {
+        obj.insert("StartPeriod".into(), ns(d));
+    }
+    if let Some(d) = &h.start_interval {
+        obj.insert("StartInterval".into(), ns(d));
+    }
+    if let Some(r) = h.retries {
+        obj.insert("Retries".into(), serde_json::json!(r));
+    }
+    serde_json::Value::Object(obj)
+}

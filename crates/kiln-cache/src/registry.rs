@@ -1,0 +1,616 @@
+//! The registry cache store: lazy import from a cache ref, and read-merge-write export to one.
+//!
+//! Import fetches the manifest and the config (the key graph) and nothing else; a layer is
+//! downloaded by [`RegistryCache::fetch_layer`] only when the build asks for it. Export reads the ref,
+//! merges, pushes what is missing and writes the manifest by tag, retrying the whole cycle when the
+//! ref changed underneath it. The distribution API has no conditional PUT, so "changed underneath"
+//! is detected twice: just before the PUT (the ref must still be what was read) and shortly after it
+//! (this build's records must be in whatever the ref now holds); see `docs/cache.md`.
+//!
+//! Failures follow the house rule "cache is an accelerator, never a reason to fail": they come back
+//! as values carrying a warning ([`ImportOutcome`], [`ExportOutcome`]), and are only errors when the
+//! user asked for `ignore-error=false`.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Cursor, Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kiln_oci::{media, BlobInfo, Descriptor, Digest, Manifest, Reference, Store, StoreError};
+use kiln_registry::{Client, PushOutcome, RegistryError, Repo};
+
+use crate::format::{check_manifest, decode, descendants_of, encode, Entry, FormatError, MAX_CONFIG};
+use crate::local::Record;
+use crate::merge::{merge, PruneRules};
+use crate::spec::RegistryExport;
+
+/// How many read-merge-write cycles an export tries before giving up on a contended ref.
+pub const MAX_EXPORT_ATTEMPTS: u32 = 16;
+
+/// Registry cache failures. Registry errors already name the reference and the HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryCacheError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("cache {reference}: {source}")]
+    Format {
+        reference: String,
+        #[source]
+        source: FormatError,
+    },
+    #[error("cache {reference}: config blob is {size} bytes, more than the {MAX_CONFIG} a kiln cache config may have; export to a new tag")]
+    ConfigTooLarge { reference: String, size: u64 },
+    #[error("cache {reference}: manifest does not parse: {message}")]
+    BadManifest { reference: String, message: String },
+    #[error("cache {reference}: {context}: {source}")]
+    Store {
+        reference: String,
+        context: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cache {reference}: other builds kept rewriting the ref; gave up after {attempts} read-merge-write attempts (the next build's export will merge again)")]
+    Contended { reference: String, attempts: u32 },
+    #[error("cache {reference}: record {key} has no layer to fetch")]
+    NoLayer { reference: String, key: Digest },
+}
+
+impl RegistryCacheError {
+    /// True when the credentials may read but not write (401/403 on push, or a read-only registry).
+    pub fn is_denied(&self) -> bool {
+        matches!(
+            self,
+            RegistryCacheError::Registry(
+                RegistryError::Unauthorized { .. }
+                    | RegistryError::Forbidden { .. }
+                    | RegistryError::Status { status: 405, .. }
+            )
+        )
+    }
+}
+
+/// Where layers that the local store may lack can be found, for exports: a layer the build reused
+/// without downloading (a lazy cache hit, a base image layer) is mounted from its repository when that
+/// is on the same registry as the cache ref, and streamed registry to registry otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct LayerSources {
+    map: HashMap<Digest, Repo>,
+}
+
+impl LayerSources {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Records that `digest` can be read from `reference`'s repository (first source wins).
+    pub fn add(&mut self, digest: Digest, reference: &Reference) {
+        self.map.entry(digest).or_insert_with(|| repo_of(reference));
+    }
+    pub fn get(&self, digest: &Digest) -> Option<&Repo> {
+        self.map.get(digest)
+    }
+    /// Adds every source of `other` not known yet.
+    pub fn extend(&mut self, other: &LayerSources) {
+        for (d, r) in &other.map {
+            self.map.entry(d.clone()).or_insert_with(|| r.clone());
+        }
+    }
+}
+
+fn repo_of(r: &Reference) -> Repo {
+    Repo::new(r.registry(), r.repository())
+}
+
+fn manifest_ref(r: &Reference) -> String {
+    match (r.digest(), r.tag()) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.to_string(),
+        (None, None) => "latest".to_string(),
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A random delay in `[lo, hi)`; spreads concurrent writers apart without an RNG dependency.
+fn jitter(lo: Duration, hi: Duration) -> Duration {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_secs());
+    let span = hi.saturating_sub(lo).as_millis().max(1) as u64;
+    lo + Duration::from_millis(h.finish() % span)
+}
+
+/// What a cache ref holds right now.
+struct Current {
+    digest: Digest,
+    entries: Vec<Entry>,
+    layers: HashSet<Digest>,
+    dropped: usize,
+}
+
+/// Reads the ref: `None` when it does not exist.
+fn read_current(client: &Client, reference: &Reference) -> Result<Option<Current>, RegistryCacheError> {
+    let repo = repo_of(reference);
+    let shown = reference.to_string();
+    let fetched = match client.get_manifest(&repo, &manifest_ref(reference)) {
+        Ok(f) => f,
+        Err(RegistryError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let manifest = Manifest::parse(&fetched.bytes, Some(&fetched.media_type))
+        .map_err(|e| RegistryCacheError::BadManifest { reference: shown.clone(), message: e.to_string() })?;
+    let image =
+        check_manifest(&manifest).map_err(|source| RegistryCacheError::Format { reference: shown.clone(), source })?;
+    if image.config.size > MAX_CONFIG {
+        return Err(RegistryCacheError::ConfigTooLarge { reference: shown, size: image.config.size });
+    }
+    let mut config = Vec::with_capacity(image.config.size as usize);
+    client.fetch_blob(&repo, &image.config.digest, Some(image.config.size), &mut config)?;
+    let (entries, dropped) = match decode(image, &config) {
+        Ok(v) => v,
+        Err(source) => return Err(RegistryCacheError::Format { reference: shown, source }),
+    };
+    if dropped > 0 {
+        tracing::warn!(reference = %shown, dropped, "cache records that contradict their manifest were ignored");
+    }
+    Ok(Some(Current {
+        digest: fetched.digest,
+        entries,
+        layers: image.layers.iter().map(|d| d.digest.clone()).collect(),
+        dropped,
+    }))
+}
+
+/// The result of opening a `--cache-from type=registry` ref.
+#[derive(Debug)]
+pub enum ImportOutcome<'c> {
+    /// The ref's records are available for lookups.
+    Ready(RegistryCache<'c>),
+    /// The ref does not exist (yet): a cold build. Print `warning` once.
+    Missing { warning: String },
+    /// The ref exists but could not be read or is not a kiln cache. Print `warning`; `error` is
+    /// there for a caller that must fail instead.
+    Unusable { warning: String, error: RegistryCacheError },
+}
+
+impl<'c> ImportOutcome<'c> {
+    /// The one line to print, if any.
+    pub fn warning(&self) -> Option<&str> {
+        match self {
+            ImportOutcome::Ready(_) => None,
+            ImportOutcome::Missing { warning } | ImportOutcome::Unusable { warning, .. } => Some(warning),
+        }
+    }
+    /// The cache, when there is one.
+    pub fn cache(self) -> Option<RegistryCache<'c>> {
+        match self {
+            ImportOutcome::Ready(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// A cache ref opened for import: its records in memory, its layers still in the registry.
+#[derive(Debug)]
+pub struct RegistryCache<'c> {
+    client: &'c Client,
+    reference: Reference,
+    repo: Repo,
+    digest: Digest,
+    entries: HashMap<Digest, Entry>,
+    dropped: usize,
+}
+
+impl<'c> RegistryCache<'c> {
+    /// Fetches the ref's manifest and config, and nothing else. Never fails: see [`ImportOutcome`].
+    pub fn open(client: &'c Client, reference: &Reference) -> ImportOutcome<'c> {
+        match read_current(client, reference) {
+            Ok(Some(cur)) => {
+                tracing::debug!(reference = %reference, records = cur.entries.len(), digest = %cur.digest, "cache imported");
+                ImportOutcome::Ready(RegistryCache {
+                    client,
+                    reference: reference.clone(),
+                    repo: repo_of(reference),
+                    digest: cur.digest,
+                    entries: cur.entries.into_iter().map(|e| (e.key().clone(), e)).collect(),
+                    dropped: cur.dropped,
+                })
+            }
+            Ok(None) => ImportOutcome::Missing {
+                warning: format!(
+                    "cache {reference} not found (HTTP 404): building without it; a --cache-to export will create it"
+                ),
+            },
+            Err(error) => ImportOutcome::Unusable { warning: format!("cache {reference} not used: {error}"), error },
+        }
+    }
+
+    /// The record stored under `key`, with its layer descriptor as the ref lists it.
+    pub fn lookup(&self, key: &Digest) -> Option<Record> {
+        self.entries.get(key).map(|e| e.record.clone())
+    }
+
+    /// The platform a record was built for, as the ref says.
+    pub fn platform_of(&self, key: &Digest) -> Option<&str> {
+        self.entries.get(key).and_then(|e| e.platform.as_deref())
+    }
+
+    /// Every record (sorted by key), for `kiln cache ls` and for explaining misses.
+    pub fn records(&self) -> Vec<Record> {
+        let mut v: Vec<Record> = self.entries.values().map(|e| e.record.clone()).collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Records ignored because they contradicted the manifest.
+    pub fn dropped(&self) -> usize {
+        self.dropped
+    }
+
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    /// Digest of the manifest that was read.
+    pub fn manifest_digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Every layer of the ref, as a source for mounting (final image push, `--cache-to` elsewhere).
+    pub fn layer_sources(&self) -> LayerSources {
+        let mut s = LayerSources::new();
+        for e in self.entries.values() {
+            if let Some(l) = &e.record.layer {
+                s.add(l.descriptor.digest.clone(), &self.reference);
+            }
+        }
+        s
+    }
+
+    /// Downloads `record`'s layer into `store` (verified, atomic), unless it is there already.
+    pub fn fetch_layer(&self, record: &Record, store: &Store) -> Result<BlobInfo, RegistryCacheError> {
+        let Some(layer) = &record.layer else {
+            return Err(RegistryCacheError::NoLayer { reference: self.reference.to_string(), key: record.key.clone() });
+        };
+        let d = &layer.descriptor;
+        let reader = self.client.blob_reader(&self.repo, &d.digest, Some(d.size));
+        store.put_blob_stream(reader, Some(&d.digest)).map_err(|source| RegistryCacheError::Store {
+            reference: self.reference.to_string(),
+            context: format!("storing layer {}", d.digest),
+            source,
+        })
+    }
+}
+
+/// What an export did (serialisable for `--metadata-file`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportSummary {
+    pub reference: String,
+    /// The manifest digest the ref points at afterwards (`None` when there was nothing to write).
+    pub digest: Option<Digest>,
+    /// Records this build sent.
+    pub exported: usize,
+    /// Of those, records left out because their layer was neither in the store nor in a known
+    /// repository (plus the records built on them).
+    pub unavailable: usize,
+    /// Records the ref holds afterwards.
+    pub records: usize,
+    pub pruned_ttl: usize,
+    pub pruned_size: usize,
+    pub layers_uploaded: usize,
+    pub layers_mounted: usize,
+    /// Layers the registry had already (skipped after a HEAD, or listed by the ref already).
+    pub layers_present: usize,
+    pub bytes_uploaded: u64,
+    /// Distinct layer bytes the ref references.
+    pub layer_bytes: u64,
+    /// Read-merge-write cycles it took (1 without contention).
+    pub attempts: u32,
+}
+
+/// The result of a `--cache-to type=registry` export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportOutcome {
+    Exported(ExportSummary),
+    /// The credentials cannot write the ref (401/403/denied): export is off for this build.
+    Denied { warning: String },
+    /// Any other failure, downgraded to a warning (`ignore-error=true`, the default).
+    Failed { warning: String },
+}
+
+impl ExportOutcome {
+    pub fn warning(&self) -> Option<&str> {
+        match self {
+            ExportOutcome::Exported(_) => None,
+            ExportOutcome::Denied { warning } | ExportOutcome::Failed { warning } => Some(warning),
+        }
+    }
+}
+
+/// Exports `records` (already chosen with [`crate::select`] for the target's mode) to the target ref
+/// by read-merge-write. Layers are read from `store`, or from `sources` when the store lacks them.
+///
+/// Returns `Err` only when `target.ignore_error` is false; otherwise every failure is an
+/// [`ExportOutcome`] with a warning to print.
+pub fn export(
+    client: &Client,
+    target: &RegistryExport,
+    records: &[Record],
+    store: &Store,
+    sources: &LayerSources,
+) -> Result<ExportOutcome, RegistryCacheError> {
+    export_at(client, target, records, store, sources, now_secs())
+}
+
+/// [`export`] with the clock given: `now` stamps the records' last use and is what the TTL is
+/// measured against. `kiln cache prune` is an export of no records.
+pub fn export_at(
+    client: &Client,
+    target: &RegistryExport,
+    records: &[Record],
+    store: &Store,
+    sources: &LayerSources,
+    now: u64,
+) -> Result<ExportOutcome, RegistryCacheError> {
+    match export_inner(client, target, records, store, sources, now) {
+        Ok(s) => Ok(ExportOutcome::Exported(s)),
+        Err(e) if !target.ignore_error => Err(e),
+        Err(e) if e.is_denied() => Ok(ExportOutcome::Denied {
+            warning: format!("cache export to {} turned off: the credentials cannot write it: {e}", target.reference),
+        }),
+        Err(e) => Ok(ExportOutcome::Failed {
+            warning: format!("cache export to {} failed; the build result is unaffected: {e}", target.reference),
+        }),
+    }
+}
+
+fn open_store_blob<'a>(
+    store: &'a Store,
+    digest: &'a Digest,
+) -> impl Fn(u64) -> io::Result<Box<dyn Read + Send + 'a>> + Sync + 'a {
+    move |offset| {
+        let mut f = store.open_blob(digest).map_err(io::Error::other)?;
+        f.seek(SeekFrom::Start(offset))?;
+        Ok(Box::new(f) as Box<dyn Read + Send>)
+    }
+}
+
+fn export_inner(
+    client: &Client,
+    target: &RegistryExport,
+    records: &[Record],
+    store: &Store,
+    sources: &LayerSources,
+    now: u64,
+) -> Result<ExportSummary, RegistryCacheError> {
+    let reference = &target.reference;
+    let shown = reference.to_string();
+    let repo = repo_of(reference);
+    let tag = manifest_ref(reference);
+    let rules = PruneRules { ttl: target.ttl, max_size: target.max_size };
+    let incoming: Vec<Entry> = records.iter().cloned().map(|r| Entry::exported(r, now)).collect();
+    let incoming_keys: BTreeSet<Digest> = incoming.iter().map(|e| e.key().clone()).collect();
+
+    let mut attempts = 0;
+    let mut verify_layers = false;
+    loop {
+        attempts += 1;
+        let current = read_current(client, reference)?;
+        let (base_digest, mut existing, mut present) = match current {
+            Some(c) => (Some(c.digest), c.entries, c.layers),
+            None => (None, Vec::new(), HashSet::new()),
+        };
+        if verify_layers {
+            // The registry refused a manifest listing these layers: some blob went (a registry-side
+            // clean-up). Keep only the layers it still has, and drop the records that relied on a
+            // lost layer nobody here can push again, so the ref heals instead of failing forever.
+            present = layers_still_there(client, &repo, &present)?;
+            let lost: BTreeSet<Digest> = existing
+                .iter()
+                .filter(|e| {
+                    e.record.layer.as_ref().is_some_and(|l| {
+                        let d = &l.descriptor.digest;
+                        !present.contains(d) && !store.has_blob(d) && sources.get(d).is_none()
+                    })
+                })
+                .map(|e| e.key().clone())
+                .collect();
+            if !lost.is_empty() {
+                let mut gone = descendants_of(&existing, &lost);
+                gone.extend(lost);
+                tracing::warn!(reference = %shown, records = gone.len(), "cache records dropped: the registry lost their layers");
+                existing.retain(|e| !gone.contains(e.key()));
+            }
+        }
+
+        // A record is exportable when its layer can be found somewhere we can push it from.
+        let missing: BTreeSet<Digest> = incoming
+            .iter()
+            .filter(|e| {
+                e.record.layer.as_ref().is_some_and(|l| {
+                    let d = &l.descriptor.digest;
+                    !present.contains(d) && !store.has_blob(d) && sources.get(d).is_none()
+                })
+            })
+            .map(|e| e.key().clone())
+            .collect();
+        let mut unusable = descendants_of(&incoming, &missing);
+        unusable.extend(missing.iter().cloned());
+        if !unusable.is_empty() {
+            tracing::warn!(reference = %shown, records = unusable.len(), "cache records left out: their layers are neither in the local store nor in a known repository");
+        }
+        let usable: Vec<Entry> = incoming.iter().filter(|e| !unusable.contains(e.key())).cloned().collect();
+        if base_digest.is_none() && usable.is_empty() {
+            return Ok(ExportSummary {
+                reference: shown,
+                digest: None,
+                exported: incoming.len(),
+                unavailable: unusable.len(),
+                records: 0,
+                pruned_ttl: 0,
+                pruned_size: 0,
+                layers_uploaded: 0,
+                layers_mounted: 0,
+                layers_present: 0,
+                bytes_uploaded: 0,
+                layer_bytes: 0,
+                attempts,
+            });
+        }
+
+        let merged = merge(existing, usable, &rules, now);
+        let encoded = encode(&merged.entries);
+
+        let to_push: Vec<&Descriptor> = encoded.layers.iter().filter(|d| !present.contains(&d.digest)).collect();
+        let uploaded = AtomicUsize::new(0);
+        let mounted = AtomicUsize::new(0);
+        let existed = AtomicUsize::new(encoded.layers.len() - to_push.len());
+        let bytes = AtomicU64::new(0);
+        kiln_registry::run_parallel(&to_push, client.options().parallel, |d| {
+            match push_layer(client, &repo, d, store, sources)? {
+                PushOutcome::Exists => existed.fetch_add(1, Ordering::Relaxed),
+                PushOutcome::Mounted => mounted.fetch_add(1, Ordering::Relaxed),
+                PushOutcome::Uploaded => {
+                    bytes.fetch_add(d.size, Ordering::Relaxed);
+                    uploaded.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            Ok(())
+        })?;
+        let config = &encoded.config;
+        client.push_blob(&repo, &encoded.config_descriptor.digest, encoded.config_descriptor.size, None, &|offset| {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(config.len());
+            Ok(Box::new(Cursor::new(&config[start..])) as Box<dyn Read + Send>)
+        })?;
+
+        let summary = |digest: Digest, attempts: u32| ExportSummary {
+            reference: shown.clone(),
+            digest: Some(digest),
+            exported: incoming.len(),
+            unavailable: unusable.len(),
+            records: merged.entries.len(),
+            pruned_ttl: merged.pruned_ttl,
+            pruned_size: merged.pruned_size,
+            layers_uploaded: uploaded.load(Ordering::Relaxed),
+            layers_mounted: mounted.load(Ordering::Relaxed),
+            layers_present: existed.load(Ordering::Relaxed),
+            bytes_uploaded: bytes.load(Ordering::Relaxed),
+            layer_bytes: merged.layer_bytes,
+            attempts,
+        };
+
+        // Optimistic concurrency, part one: write only over what was merged.
+        let now_digest = match client.get_manifest(&repo, &tag) {
+            Ok(f) => Some(f.digest),
+            Err(RegistryError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if now_digest != base_digest {
+            tracing::debug!(reference = %shown, attempts, "cache ref changed since it was read; merging again");
+            retry_or_give_up(&shown, attempts)?;
+            continue;
+        }
+        let ours = Digest::sha256_of(&encoded.manifest);
+        if base_digest.as_ref() == Some(&ours) {
+            return Ok(summary(ours, attempts));
+        }
+        match client.put_manifest(&repo, &tag, media::OCI_MANIFEST, &encoded.manifest) {
+            Ok(_) => {}
+            // 400 is MANIFEST_BLOB_UNKNOWN (or another validation failure): check the layers once.
+            Err(RegistryError::Status { status: 400, .. }) if !verify_layers => {
+                tracing::debug!(reference = %shown, "registry refused the manifest; checking which layers it still has");
+                verify_layers = true;
+                retry_or_give_up(&shown, attempts)?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+
+        // Part two: a writer that read before our PUT and wrote after it has dropped our records.
+        // Wait long enough for such a write to land, then check that ours survived.
+        std::thread::sleep(jitter(Duration::from_millis(150), Duration::from_millis(400)));
+        let after = read_current(client, reference)?;
+        let survived: BTreeSet<&Digest> =
+            merged.entries.iter().map(|e| e.key()).filter(|k| incoming_keys.contains(*k)).collect();
+        match after {
+            Some(a) if a.digest == ours => return Ok(summary(ours, attempts)),
+            Some(a) => {
+                let there: HashSet<&Digest> = a.entries.iter().map(|e| e.key()).collect();
+                if survived.iter().all(|k| there.contains(*k)) {
+                    return Ok(summary(a.digest, attempts));
+                }
+                tracing::debug!(reference = %shown, attempts, "another export overwrote this one's records; merging again");
+            }
+            None => tracing::debug!(reference = %shown, attempts, "cache ref vanished after the write; writing again"),
+        }
+        retry_or_give_up(&shown, attempts)?;
+    }
+}
+
+/// The subset of `layers` the repository still has (HEAD each, in parallel).
+fn layers_still_there(client: &Client, repo: &Repo, layers: &HashSet<Digest>) -> Result<HashSet<Digest>, RegistryError> {
+    let list: Vec<&Digest> = layers.iter().collect();
+    let found = std::sync::Mutex::new(HashSet::new());
+    let scopes = kiln_registry::auth::Scopes::pull(&repo.name);
+    kiln_registry::run_parallel(&list, client.options().parallel, |d| {
+        if client.blob_exists(repo, d, &scopes)?.is_some() {
+            found.lock().unwrap_or_else(|p| p.into_inner()).insert((*d).clone());
+        }
+        Ok(())
+    })?;
+    Ok(found.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+fn retry_or_give_up(reference: &str, attempts: u32) -> Result<(), RegistryCacheError> {
+    if attempts >= MAX_EXPORT_ATTEMPTS {
+        return Err(RegistryCacheError::Contended { reference: reference.to_string(), attempts });
+    }
+    let cap = Duration::from_millis(50u64.saturating_mul(1 << attempts.min(5)));
+    std::thread::sleep(jitter(Duration::from_millis(20), cap.max(Duration::from_millis(40))));
+    Ok(())
+}
+
+fn push_layer(
+    client: &Client,
+    repo: &Repo,
+    d: &Descriptor,
+    store: &Store,
+    sources: &LayerSources,
+) -> Result<PushOutcome, RegistryError> {
+    let source = sources.get(&d.digest);
+    if store.has_blob(&d.digest) {
+        let mount_from = source.filter(|s| s.registry == repo.registry).map(|s| s.name.as_str());
+        let open = open_store_blob(store, &d.digest);
+        return client.push_blob(repo, &d.digest, d.size, mount_from, &open);
+    }
+    match source {
+        Some(src) => {
+            // Same registry: the mount normally succeeds and no byte moves; should the registry
+            // refuse it, the upload streams from the source repository instead.
+            let mount_from = (src.registry == repo.registry).then_some(src.name.as_str());
+            let open = |offset: u64| {
+                Ok(Box::new(client.blob_reader_at(src, &d.digest, Some(d.size), offset).unverified())
+                    as Box<dyn Read + Send>)
+            };
+            client.push_blob(repo, &d.digest, d.size, mount_from, &open)
+        }
+        None => Err(RegistryError::Store {
+            context: format!("{repo}@{}", d.digest),
+            message: "layer is neither in the local store nor in a known repository".into(),
+        }),
+    }
+}

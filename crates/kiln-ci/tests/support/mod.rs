@@ -1,0 +1,2 @@
+pub mod replay;
+pub mod server;
