@@ -34,7 +34,10 @@ pub mod time;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use kiln_cache::LocalCache;
+use std::sync::Arc;
+
+use kiln_cache::{CacheFrom, CacheTo, LocalCache, ResolvedPolicy};
+use kiln_registry::Client;
 use kiln_dockerfile::dockerignore::Matcher;
 use kiln_dockerfile::instructions::resolve::BaseConfig;
 use kiln_dockerfile::instructions::{parse_build, resolve, PlatformArgs, ResolveOptions};
@@ -64,6 +67,14 @@ pub struct BuildOptions {
     pub init_binary: Option<PathBuf>,
     /// `SOURCE_DATE_EPOCH`: clamps layer mtimes and sets every `created` time.
     pub source_date_epoch: Option<u64>,
+    /// `--cache-from` sources, read after the local cache (when the policy allows import).
+    pub cache_from: Vec<CacheFrom>,
+    /// `--cache-to` destinations (when the policy allows export).
+    pub cache_to: Vec<CacheTo>,
+    /// What the build may do with `--cache-from`/`--cache-to`, and why.
+    pub policy: ResolvedPolicy,
+    /// The registry client, for registry caches (and, later, base images and pushes).
+    pub registry: Option<Arc<Client>>,
 }
 
 /// How a step was satisfied (the `cache` field of `kiln.steps` in the metadata file).
@@ -125,6 +136,10 @@ pub struct Built {
     pub config: ImageConfig,
     pub layers: Vec<LayerRef>,
     pub steps: Vec<StepReport>,
+    /// One entry per `--cache-to`: what the export did, or the warning it gave.
+    pub cache_exports: Vec<serde_json::Value>,
+    /// (step, what changed) for each step that missed a cache that had something close.
+    pub explanations: Vec<(String, String)>,
 }
 
 /// Runs a build. The image lands in the local store; [`output`] exports or tags it.
@@ -175,6 +190,33 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         Some(b) => kiln_sandbox::Sandbox::with_init_binary(b),
         None => kiln_sandbox::Sandbox::new().map_err(|e| BuildError::Usage(e.to_string()))?,
     };
+    let client = opts.registry.as_deref();
+    let mut imported = Vec::new();
+    if opts.policy.policy.allows_import() {
+        for from in &opts.cache_from {
+            match from {
+                CacheFrom::Registry { reference } => {
+                    let Some(c) = client else { continue };
+                    let outcome = kiln_cache::RegistryCache::open(c, reference);
+                    if let Some(w) = outcome.warning() {
+                        progress.warn(w);
+                    }
+                    if let Some(rc) = outcome.cache() {
+                        imported.push(solve::Imported::Registry(rc));
+                    }
+                }
+                CacheFrom::Local { src } => {
+                    let outcome = kiln_cache::DirCache::open(src);
+                    if let Some(w) = outcome.warning() {
+                        progress.warn(w);
+                    }
+                    if let Some(dc) = outcome.cache() {
+                        imported.push(solve::Imported::Dir(dc));
+                    }
+                }
+            }
+        }
+    }
     let mut solver = solve::Solver {
         opts,
         store: &store,
@@ -187,6 +229,11 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         stages: HashMap::new(),
         reports: Vec::new(),
         wopts: WriteOptions { source_date_epoch: opts.source_date_epoch.map(|s| s as i64), ..WriteOptions::default() },
+        imported,
+        used: Vec::new(),
+        remote_layers: HashMap::new(),
+        explain_pool: None,
+        explanations: Vec::new(),
     };
     for stage in &resolved.stages {
         let st = solver.stage(stage)?;
@@ -197,7 +244,74 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         .remove(&resolved.target)
         .ok_or_else(|| BuildError::Usage("the target stage was not built".to_string()))?;
     let steps = std::mem::take(&mut solver.reports);
-    assemble(&store, final_state, steps, opts.source_date_epoch)
+    // The store keeps whole images: layers that came from a remote cache are fetched now.
+    solver.ensure_local(&final_state.layers)?;
+    let final_key = final_state.key.clone();
+    let mut sources = kiln_cache::LayerSources::new();
+    for c in &solver.imported {
+        if let solve::Imported::Registry(rc) = c {
+            sources.extend(&rc.layer_sources());
+        }
+    }
+    let used = std::mem::take(&mut solver.used);
+    let explanations = std::mem::take(&mut solver.explanations);
+    drop(solver);
+    let mut built = assemble(&store, final_state, steps, opts.source_date_epoch)?;
+    built.explanations = explanations;
+    if opts.policy.policy.allows_export() {
+        built.cache_exports = export_caches(opts, &store, &used, &final_key, &sources, progress)?;
+    } else if !opts.cache_to.is_empty() {
+        progress.warn(&format!("--cache-to skipped: {}", opts.policy));
+    }
+    Ok(built)
+}
+
+fn export_caches(
+    opts: &BuildOptions,
+    store: &Store,
+    used: &[kiln_cache::Record],
+    final_key: &Digest,
+    sources: &kiln_cache::LayerSources,
+    progress: &dyn Progress,
+) -> Result<Vec<serde_json::Value>, BuildError> {
+    let mut out = Vec::new();
+    for to in &opts.cache_to {
+        match to {
+            CacheTo::Registry(target) => {
+                let Some(client) = opts.registry.as_deref() else { continue };
+                let records = kiln_cache::select(target.mode, used, std::slice::from_ref(final_key));
+                match kiln_cache::export(client, target, &records, store, sources) {
+                    Ok(kiln_cache::ExportOutcome::Exported(summary)) => {
+                        out.push(serde_json::to_value(&summary).unwrap_or_default());
+                    }
+                    Ok(other) => {
+                        let w = other.warning().unwrap_or("cache export failed").to_string();
+                        progress.warn(&w);
+                        out.push(serde_json::json!({"reference": target.reference.to_string(), "warning": w}));
+                    }
+                    Err(e) => {
+                        return Err(BuildError::Output {
+                            output: format!("--cache-to {}", target.reference),
+                            message: format!("{e} (ignore-error=false was asked for)"),
+                        })
+                    }
+                }
+            }
+            CacheTo::Local { dest, mode } => {
+                let records = kiln_cache::select(*mode, used, std::slice::from_ref(final_key));
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                match kiln_cache::export_dir(dest, &records, store, now) {
+                    Ok(summary) => out.push(serde_json::to_value(&summary).unwrap_or_default()),
+                    Err(e) => {
+                        let w = format!("cache export to {} failed: {e}", dest.display());
+                        progress.warn(&w);
+                        out.push(serde_json::json!({"dest": dest.display().to_string(), "warning": w}));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn platform_args(p: &Platform) -> PlatformArgs {
@@ -239,5 +353,14 @@ fn assemble(store: &Store, state: ImageState, steps: Vec<StepReport>, sde: Optio
     let manifest = ImageManifest::new_oci(config_desc, state.layers.iter().map(|l| l.descriptor.clone()).collect());
     let m = Manifest::Image(manifest);
     let desc = store.put_manifest(&m)?;
-    Ok(Built { manifest: desc, manifest_bytes: m.to_json(), config_digest: cfg.digest, config, layers: state.layers, steps })
+    Ok(Built {
+        manifest: desc,
+        manifest_bytes: m.to_json(),
+        config_digest: cfg.digest,
+        config,
+        layers: state.layers,
+        steps,
+        cache_exports: Vec::new(),
+        explanations: Vec::new(),
+    })
 }

@@ -35,6 +35,44 @@ pub(crate) struct Solver<'a> {
     pub stages: HashMap<usize, ImageState>,
     pub reports: Vec<StepReport>,
     pub wopts: WriteOptions,
+    /// Caches imported with `--cache-from`, looked up after the local cache.
+    pub imported: Vec<Imported<'a>>,
+    /// Every record this build used or made, config-only steps included: what `--cache-to` exports.
+    pub used: Vec<Record>,
+    /// Layers known only from an imported cache: fetched when a step or the output needs them.
+    pub remote_layers: HashMap<Digest, (usize, Record)>,
+    /// Records to explain misses against (local + imported), loaded on the first miss.
+    pub explain_pool: Option<Vec<Record>>,
+    /// (step, why it missed) for the summary and `kiln cache explain`.
+    pub explanations: Vec<(String, String)>,
+}
+
+/// A cache opened with `--cache-from`.
+pub(crate) enum Imported<'c> {
+    Registry(kiln_cache::RegistryCache<'c>),
+    Dir(kiln_cache::DirCache),
+}
+
+impl Imported<'_> {
+    fn lookup(&self, key: &Digest) -> Option<Record> {
+        match self {
+            Imported::Registry(c) => c.lookup(key),
+            Imported::Dir(c) => c.lookup(key),
+        }
+    }
+    fn records(&self) -> Vec<Record> {
+        match self {
+            Imported::Registry(c) => c.records(),
+            Imported::Dir(c) => c.records(),
+        }
+    }
+    fn fetch(&self, rec: &Record, store: &Store) -> Result<(), String> {
+        let r = match self {
+            Imported::Registry(c) => c.fetch_layer(rec, store),
+            Imported::Dir(c) => c.fetch_layer(rec, store),
+        };
+        r.map(|_| ()).map_err(|e| e.to_string())
+    }
 }
 
 /// A step's cache key: sha256 over its parent key and a canonical list of named inputs.
@@ -143,7 +181,11 @@ impl<'a> Solver<'a> {
             }
             _ => {
                 apply_meta(step, state);
-                state.key = key_of(&state.key, &inputs);
+                let key = key_of(&state.key, &inputs);
+                let mut rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), inputs, None);
+                rec.created = state.created;
+                self.used.push(rec);
+                state.key = key;
                 state.history.push(History {
                     created: Some(crate::time::rfc3339(state.created)),
                     created_by: Some(text.clone()),
@@ -177,11 +219,34 @@ impl<'a> Solver<'a> {
                 let usable = rec.layer.as_ref().is_none_or(|l| self.store.has_blob(&l.descriptor.digest));
                 if usable {
                     self.apply_record(&rec, state, &text);
+                    self.used.push(rec);
                     state.key = key;
                     return Ok(CacheStatus::HitLocal);
                 }
             }
+            let found = self.imported.iter().enumerate().find_map(|(i, c)| c.lookup(&key).map(|r| (i, r)));
+            if let Some((i, rec)) = found {
+                // Lazy: the layer stays in the registry until a step or the output needs it.
+                if let Some(l) = &rec.layer {
+                    if !self.store.has_blob(&l.descriptor.digest) {
+                        self.remote_layers.insert(l.descriptor.digest.clone(), (i, rec.clone()));
+                    }
+                }
+                if let Err(e) = self.cache.put(&rec) {
+                    self.progress.warn(&format!("could not write the local cache: {e}"));
+                }
+                self.apply_record(&rec, state, &text);
+                self.used.push(rec);
+                state.key = key;
+                return Ok(CacheStatus::HitRegistry);
+            }
+            let why = self.explain(&state.key, &text, &inputs);
+            if let Some(why) = why {
+                self.progress.output(&text, format!("cache miss: {why}").as_bytes());
+                self.explanations.push((text.clone(), why));
+            }
         }
+        self.ensure_local(&state.layers)?;
         let lowers = self.snaps.lowers(self.store, &state.layers)?;
         let mut mounted = self.snaps.mount(&lowers, true)?;
         exec(self, &mounted, state)?;
@@ -211,8 +276,46 @@ impl<'a> Solver<'a> {
             self.progress.warn(&format!("could not write the local cache: {e}"));
         }
         self.apply_record(&rec, state, &text);
+        self.used.push(rec);
         state.key = key;
         Ok(CacheStatus::Miss)
+    }
+
+    /// Downloads the layers among `layers` that are known only from an imported cache.
+    pub fn ensure_local(&mut self, layers: &[LayerRef]) -> Result<(), BuildError> {
+        for l in layers {
+            if self.store.has_blob(&l.descriptor.digest) {
+                continue;
+            }
+            let Some((i, rec)) = self.remote_layers.get(&l.descriptor.digest).cloned() else {
+                return Err(BuildError::Snapshot(format!("layer {} is neither in the store nor in an imported cache", l.descriptor.digest)));
+            };
+            self.imported[i]
+                .fetch(&rec, self.store)
+                .map_err(|e| BuildError::Snapshot(format!("could not fetch cached layer {}: {e}", l.descriptor.digest)))?;
+        }
+        Ok(())
+    }
+
+    /// What changed against the closest cached record, in words (`None` when nothing is cached).
+    fn explain(&mut self, parent: &Digest, text: &str, inputs: &BTreeMap<String, String>) -> Option<String> {
+        if self.explain_pool.is_none() {
+            let mut pool = self.cache.records();
+            for c in &self.imported {
+                pool.extend(c.records());
+            }
+            self.explain_pool = Some(pool);
+        }
+        let pool = self.explain_pool.as_deref().unwrap_or(&[]);
+        if pool.is_empty() {
+            return None;
+        }
+        let ex = kiln_cache::explain_miss(Some(parent), text, inputs, pool);
+        // "An earlier step changed" follows from the first miss; say only what is new here.
+        if ex.changes.is_empty() || ex.changes.iter().all(|c| matches!(c, kiln_cache::Change::Parent)) {
+            return None;
+        }
+        Some(ex.changes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("; "))
     }
 
     fn apply_record(&self, rec: &Record, state: &mut ImageState, text: &str) {
@@ -361,6 +464,7 @@ impl<'a> Solver<'a> {
                     }
                     Some(s) => {
                         let layers = self.source_layers(step, s)?;
+                        self.ensure_local(&layers)?;
                         let lowers = self.snaps.lowers(self.store, &layers)?;
                         let mnt = self.snaps.mount(&lowers, false)?;
                         let root = mnt.merged.clone();
@@ -451,6 +555,7 @@ impl<'a> Solver<'a> {
         // Sources from another stage or image are read from a read-only overlay of its layers.
         let src_mount = match &plan.from {
             Some(layers) => {
+                self.ensure_local(layers)?;
                 let lowers = self.snaps.lowers(self.store, layers)?;
                 Some(self.snaps.mount(&lowers, false)?)
             }

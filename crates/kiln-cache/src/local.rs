@@ -137,8 +137,19 @@ impl LocalCache {
             .filter_map(|e| fs::read(e.path()).ok())
             .filter_map(|b| serde_json::from_slice(&b).ok())
             .collect();
-        out.sort_by(|a: &Record, b: &Record| a.key.to_string().cmp(&b.key.to_string()));
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         out
+    }
+
+    /// Removes records whose layer blob is no longer in `store` (after `kiln prune`); returns how many.
+    pub fn prune_missing_layers(&self, store: &kiln_oci::Store) -> usize {
+        let mut n = 0;
+        for r in self.records() {
+            if r.layer.as_ref().is_some_and(|l| !store.has_blob(&l.descriptor.digest)) && fs::remove_file(self.path(&r.key)).is_ok() {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// The layer digests the records refer to: roots the store's garbage collector must keep.

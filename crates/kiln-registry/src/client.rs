@@ -42,7 +42,7 @@ impl Default for ClientOptions {
             max_attempts: 8,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
-            monolithic_limit: 128 << 20,
+            monolithic_limit: std::env::var("KILN_EXPERIMENT_MONO").ok().and_then(|v| v.parse().ok()).unwrap_or(128 << 20),
             chunk_size: 64 << 20,
             parallel: 4,
             docker_config: credentials::default_config_path(),

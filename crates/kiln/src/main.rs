@@ -50,6 +50,9 @@ enum Command {
     Build(cmd::build::Args),
     /// Run a command in an image from the local store.
     Run(cmd::run::Args),
+    /// Look at and trim the build cache.
+    #[command(subcommand)]
+    Cache(cmd::cache::Command),
     /// Dockerfile tools (parse and dump).
     #[command(subcommand)]
     Dockerfile(cmd::dockerfile::Command),
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
             Ok(code) => return code,
             Err(e) => Err(e),
         },
+        Command::Cache(c) => cmd::cache::run(c, &cli.global),
         Command::Dockerfile(c) => cmd::dockerfile::run(c, &cli.global),
         Command::CiReport(a) => cmd::ci_report::run(a, &cli.global),
         Command::Login(a) => cmd::login::run(a, &cli.global),

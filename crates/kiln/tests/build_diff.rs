@@ -23,9 +23,13 @@
 //! with `_` (sources for generated tarballs, see [`TarSpec`]); tarballs are generated because git
 //! keeps neither ownership nor a stable byte layout for them.
 //!
-//! The test `buildah_harness_is_deterministic` checks the harness itself: the same case built
-//! twice by buildah compares equal, and a mutated Dockerfile produces exactly the expected
-//! differences, so the comparator is known to be able to fail.
+//! The base is kiln-testkit's busybox root file system (plus `/run` and `/etc/hostname`, see
+//! [`busybox_rootfs_tar`]), imported by each builder its own way.
+//!
+//! The harness checks itself: `buildah_harness_is_deterministic` builds cases twice with buildah
+//! and needs equality, then a mutated Dockerfile whose differences must be reported exactly;
+//! `comparator_reports_every_attribute` does the same on synthetic trees. `KILN_DIFF_KEEP=1`
+//! keeps a test's work dir (contexts, layouts, unpacked bundles) to look at by hand.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -498,7 +502,13 @@ fn unpack(layout: &Path, bundle: &Path) -> Result<PathBuf, String> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Kind {
-    File { size: u64, sha256: String },
+    /// `text` is the content of a small UTF-8 file, shown in reports (it adds nothing to
+    /// equality beyond `sha256`).
+    File {
+        size: u64,
+        sha256: String,
+        text: Option<String>,
+    },
     Dir,
     Symlink(String),
     Char(u64),
@@ -520,7 +530,9 @@ struct Node {
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Kind::File { size, sha256 } => write!(f, "file size={size} sha256={}", &sha256[..12]),
+            Kind::File { size, sha256, .. } => {
+                write!(f, "file size={size} sha256={}", &sha256[..12])
+            }
             Kind::Dir => f.write_str("dir"),
             Kind::Symlink(t) => write!(f, "symlink -> {t}"),
             Kind::Char(r) => write!(f, "char device {r:#x}"),
@@ -587,9 +599,15 @@ fn snapshot(root: &Path) -> Result<Tree, String> {
                 stack.push(path.clone());
                 Kind::Dir
             } else if ft.is_file() {
+                let text = if meta.len() <= 256 {
+                    fs::read(&path).ok().and_then(|b| String::from_utf8(b).ok())
+                } else {
+                    None
+                };
                 Kind::File {
                     size: meta.len(),
                     sha256: sha256_file(&path)?,
+                    text,
                 }
             } else if ft.is_char_device() {
                 Kind::Char(meta.rdev())
@@ -638,7 +656,13 @@ fn diff_trees(expected: &Tree, actual: &Tree) -> Vec<String> {
             (Some(e), Some(a)) if e != a => {
                 let mut parts = Vec::new();
                 if e.kind != a.kind {
-                    parts.push(format!("{} expected, kiln has {}", e.kind, a.kind));
+                    let mut part = format!("{} expected, kiln has {}", e.kind, a.kind);
+                    if let (Kind::File { text: Some(et), .. }, Kind::File { text: Some(at), .. }) =
+                        (&e.kind, &a.kind)
+                    {
+                        part.push_str(&format!(" (content {et:?} expected, kiln has {at:?})"));
+                    }
+                    parts.push(part);
                 }
                 if e.mode != a.mode {
                     parts.push(format!(
@@ -755,8 +779,11 @@ fn apply_overrides(spec: &CaseSpec, tree: &mut Tree, fields: &mut Fields) -> Res
             sha256: kiln_oci::Digest::sha256_of(content.as_bytes())
                 .hex()
                 .to_owned(),
+            text: Some(content.to_owned()),
         };
-        if node.kind == kind {
+        let same = matches!((&node.kind, &kind),
+            (Kind::File { sha256: x, .. }, Kind::File { sha256: y, .. }) if x == y);
+        if same {
             return Err(format!(
                 "stale override: buildah already writes Docker's content to {} ({}); remove it",
                 o.path, o.why
@@ -880,6 +907,22 @@ fn build_kiln(
     c.arg("--output")
         .arg(format!("type=oci,dest={}", layout.display()));
     run(&mut c, "kiln build")?;
+    // buildx writes `type=oci` as a tarball of the layout unless told `tar=false`; accept both.
+    let layout = if layout.is_file() {
+        let dir = work.join("oci-layout");
+        mkdir(&dir)?;
+        run(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&dir)
+                .arg("-xf")
+                .arg(&layout),
+            "untar kiln's OCI output",
+        )?;
+        dir
+    } else {
+        layout
+    };
     read_built(&layout, &work.join("bundle"), &[])
 }
 
@@ -946,9 +989,15 @@ impl Drop for Env {
 }
 
 fn report(case: &str, about: &str, diffs: &[String]) -> String {
+    let about = if about.is_empty() {
+        String::new()
+    } else {
+        format!(" ({about})")
+    };
     format!(
-        "case `{case}` ({about}): kiln's image differs from the reference (buildah 1.28 + the documented \
-         overrides in tests/build_diff/{case}/case.json; see docs/differences.md), {} difference(s):\n  {}",
+        "case `{case}`{about}: kiln's image differs from the reference (buildah 1.28 + the \
+         documented overrides in tests/build_diff/{case}/case.json; see docs/differences.md), \
+         {} difference(s):\n  {}",
         diffs.len(),
         diffs.join("\n  ")
     )
@@ -1142,7 +1191,8 @@ fn buildah_harness_is_deterministic() {
              hardlinked-with=/mutant)"
         ),
         format!(
-            "/p/private: file size={} sha256={} expected, kiln has file size={} sha256={}",
+            "/p/private: file size={} sha256={} expected, kiln has file size={} sha256={} \
+             (content {private:?} expected, kiln has {private_x:?})",
             private.len(),
             short(private.as_bytes()),
             private_x.len(),
@@ -1154,5 +1204,87 @@ fn buildah_harness_is_deterministic() {
     assert_eq!(
         diffs, want,
         "the comparator did not report the mutation exactly"
+    );
+}
+
+/// Every attribute the comparator checks is reported, on synthetic trees (no root needed).
+#[test]
+fn comparator_reports_every_attribute() {
+    let file = |text: &str, mode: u32, uid: u32| Node {
+        kind: Kind::File {
+            size: text.len() as u64,
+            sha256: kiln_oci::Digest::sha256_of(text.as_bytes())
+                .hex()
+                .to_owned(),
+            text: Some(text.to_owned()),
+        },
+        mode,
+        uid,
+        gid: 0,
+        links: vec![],
+    };
+    let link = |target: &str| Node {
+        kind: Kind::Symlink(target.to_owned()),
+        mode: 0o777,
+        uid: 0,
+        gid: 0,
+        links: vec![],
+    };
+    let mut expected = Tree::new();
+    expected.insert("/a".into(), file("same\n", 0o644, 0));
+    expected.insert(
+        "/b".into(),
+        Node {
+            links: vec!["/c".into()],
+            ..file("x", 0o4755, 0)
+        },
+    );
+    expected.insert(
+        "/c".into(),
+        Node {
+            links: vec!["/b".into()],
+            ..file("x", 0o4755, 0)
+        },
+    );
+    expected.insert("/l".into(), link("/a"));
+    expected.insert(
+        "/d".into(),
+        Node {
+            kind: Kind::Dir,
+            ..file("", 0o1777, 0)
+        },
+    );
+    let mut actual = expected.clone();
+    actual.insert("/a".into(), file("same\n", 0o644, 1000));
+    actual.insert("/b".into(), file("x", 0o755, 0));
+    actual.insert("/c".into(), file("x", 0o4755, 0));
+    actual.insert("/l".into(), link("a"));
+    actual.remove("/d");
+    assert_eq!(
+        diff_trees(&expected, &actual),
+        vec![
+            "/a: owner 0:0 expected, kiln has 1000:0".to_owned(),
+            "/b: mode 4755 expected, kiln has 0755; hard links [/c] expected, kiln has []"
+                .to_owned(),
+            "/c: hard links [/b] expected, kiln has []".to_owned(),
+            "/d: missing in kiln's image (expected dir mode=1777 owner=0:0)".to_owned(),
+            "/l: symlink -> /a expected, kiln has symlink -> a".to_owned(),
+        ]
+    );
+    let mut fe = Fields::new();
+    fe.insert("Env".into(), serde_json::json!(["PATH=/bin", "A=1"]));
+    let mut fa = fe.clone();
+    fa.insert("Env".into(), serde_json::json!(["A=1", "PATH=/bin"]));
+    assert_eq!(
+        diff_fields(&fe, &fa),
+        vec![
+            r#"config Env: expected ["PATH=/bin","A=1"], kiln has ["A=1","PATH=/bin"]"#.to_owned()
+        ]
+    );
+    // Unset, null and empty maps are the same thing to a runtime.
+    let cfg = |c: Value| config_fields(&serde_json::json!({ "config": c }), BUILDAH_ONLY_LABELS);
+    assert_eq!(
+        cfg(serde_json::json!({"Labels": {"io.buildah.version": "1.28.2"}, "Volumes": {}})),
+        cfg(serde_json::json!({"WorkingDir": ""}))
     );
 }

@@ -50,6 +50,18 @@ pub struct Args {
     /// How to show progress.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: Mode,
+    /// Read cache from: type=registry,ref=REF or type=local,src=DIR (repeatable).
+    #[arg(long = "cache-from")]
+    pub cache_from: Vec<String>,
+    /// Write cache to: type=registry,ref=REF[,mode=min|max][,ignore-error=true|false][,ttl=336h][,max-size=2GB]
+    /// or type=local,dest=DIR (repeatable).
+    #[arg(long = "cache-to")]
+    pub cache_to: Vec<String>,
+    /// Who may read and write --cache-from/--cache-to: auto (from the CI event), read-write, read-only, off.
+    #[arg(long = "cache-policy", default_value = "auto")]
+    pub cache_policy: String,
+    #[command(flatten)]
+    pub net: super::copy::NetArgs,
 }
 
 fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -118,6 +130,21 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         let (id, p) = parse_secret(s)?;
         secrets.insert(id, p);
     }
+    let choice: kiln_cache::PolicyChoice = a.cache_policy.parse().map_err(anyhow::Error::msg)?;
+    let policy = kiln_cache::resolve_from_process(choice);
+    let cache_from = a
+        .cache_from
+        .iter()
+        .map(|s| kiln_cache::CacheFrom::parse(s).map_err(|e| anyhow::anyhow!("{e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_to = a
+        .cache_to
+        .iter()
+        .map(|s| kiln_cache::CacheTo::parse(s).map_err(|e| anyhow::anyhow!("{e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if (!cache_from.is_empty() || !cache_to.is_empty()) && a.progress != Mode::Quiet {
+        eprintln!("{policy}");
+    }
     let sde = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
     let opts = BuildOptions {
         root: root.clone(),
@@ -130,6 +157,10 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         secrets,
         init_binary: None,
         source_date_epoch: sde,
+        cache_from,
+        cache_to,
+        policy: policy.clone(),
+        registry: Some(std::sync::Arc::new(a.net.client())),
     };
     let printer = Printer::new(a.progress);
     let built = kiln_build::build(&opts, &printer)?;
@@ -175,11 +206,29 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             "image.name": tags.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","),
             "kiln.platform": platform.to_string(),
             "kiln.steps": built.steps,
+            "kiln.cache-policy": policy,
+            "kiln.cache-exports": built.cache_exports,
+            "kiln.cache-misses": built.explanations.iter().map(|(s, w)| serde_json::json!({"step": s, "changed": w})).collect::<Vec<_>>(),
         });
         let bytes = serde_json::to_vec_pretty(&md)?;
         crate::atomic_write(path, &bytes).with_context(|| format!("--metadata-file {}", path.display()))?;
     }
+    // `kiln cache explain` reads the last build's misses from here.
+    let last = serde_json::json!({
+        "digest": built.manifest.digest.to_string(),
+        "misses": built.explanations.iter().map(|(s, w)| serde_json::json!({"step": s, "changed": w})).collect::<Vec<_>>(),
+        "steps": built.steps,
+    });
+    let last_path = root.join("cache").join("last-build.json");
+    if std::fs::create_dir_all(root.join("cache")).is_ok() {
+        let _ = crate::atomic_write(&last_path, &serde_json::to_vec_pretty(&last)?);
+    }
     eprintln!("{}", printer.summary(&built.steps, &built.manifest.digest.to_string()));
+    for (step, why) in &built.explanations {
+        if a.progress != Mode::Quiet {
+            eprintln!("  miss: {step}: {why}");
+        }
+    }
     println!("{}", built.manifest.digest);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand: flags in, a library call, output out.
 
 pub mod build;
+pub mod cache;
 pub mod ci_report;
 pub mod copy;
 pub mod dockerfile;
