@@ -3,7 +3,7 @@
 # on the same Dockerfiles over the same offline busybox base, measured in one run.
 #
 #   sudo bench/build.sh                       # everything; prints a Markdown report on stdout
-#   RUNS_COLD=3 RUNS_NOOP=5 sudo bench/build.sh
+#   RUNS_COLD=3 RUNS_NOOP=5 BUILDAH_RUNS_COLD=1 BUILDAH_RUNS_NOOP=2 sudo bench/build.sh
 #   CASES="many-runs" TOOLS="kiln buildkit" sudo bench/build.sh
 #   KILN=/path/to/kiln sudo bench/build.sh    # skip `cargo build --release -p kiln`
 #
@@ -16,7 +16,8 @@
 #           `chroot DIR /bin/sh -c CMD` in a freshly extracted copy of the base root file system.
 #           Overhead of a tool = median cold build - median work. (RUN lines in these Dockerfiles are
 #           single-line shell form and do not read files that COPY brought in, so the replay is faithful.)
-# Timing: hyperfine, median of RUNS_COLD / RUNS_NOOP runs; the untimed --prepare resets the state.
+# Timing: hyperfine, median of RUNS_COLD / RUNS_NOOP runs (buildah: BUILDAH_RUNS_*, it is much slower);
+# the untimed --prepare resets the state before each cold run.
 # Each tool/case is first built once untimed; a failure is recorded (with its last output lines)
 # and the case is kept in the report.
 #
@@ -28,6 +29,9 @@ set -euo pipefail
 
 RUNS_COLD=${RUNS_COLD:-5}
 RUNS_NOOP=${RUNS_NOOP:-10}
+# buildah takes 5-20x longer per build here; fewer runs keep the whole run inside the time budget.
+BUILDAH_RUNS_COLD=${BUILDAH_RUNS_COLD:-3}
+BUILDAH_RUNS_NOOP=${BUILDAH_RUNS_NOOP:-5}
 BUDGET=${BUDGET:-1080}
 CASES=${CASES:-"multistage copy-heavy many-runs big-run"}
 TOOLS=${TOOLS:-"kiln buildah-vfs buildah-overlay buildkit"}
@@ -47,6 +51,11 @@ done
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 if [[ -z "${KILN:-}" ]]; then
+  # sudo's secure_path usually lacks rustup's bin dir.
+  command -v cargo >/dev/null || for d in "${SUDO_USER:+$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/bin}" "$HOME/.cargo/bin"; do
+    [[ -n "$d" && -x "$d/cargo" ]] && { PATH="$d:$PATH"; break; }
+  done
+  command -v cargo >/dev/null || die "cargo not found; build kiln yourself and pass KILN=/path/to/kiln"
   log "cargo build --release -p kiln"
   (cd "$here" && cargo build --release -p kiln >&2)
   KILN="${CARGO_TARGET_DIR:-$here/target}/release/kiln"
@@ -80,10 +89,11 @@ stop_dockerd() {
   dockerd_pid=""
 }
 cleanup() {
+  set +e +o pipefail
   stop_dockerd
   # Anything still mounted under the work dir (overlay storage, docker's netns files) goes first.
-  findmnt -rn -o TARGET | grep "^$work" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  rm -rf "$work"
+  findmnt -rn -o TARGET | grep "^$work/" | sort -r | while read -r m; do umount -l "$m"; done
+  rm -rf "$work" || echo "bench/build.sh: could not remove $work" >&2
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -178,19 +188,23 @@ build_cmd() {
     buildkit) echo "DOCKER_BUILDKIT=1 '$DOCKER' -H '$DH' build --network host --progress plain --build-arg BASE=$BASE_REF -t bench.local/$c:latest -f '$ctx/Dockerfile' '$ctx'";;
   esac
 }
+# trash DIR: a command that moves DIR aside, to be deleted at exit. Deleting thousands of files just
+# before a timed build makes ext4's inode allocator scan the freshly freed inodes (recently_deleted)
+# on every create, which measured the file system's churn rather than the tool.
+trash() { echo "{ [ ! -e '$1' ] || mv '$1' \"$work/trash/\$(date +%s%N)\"; }"; }
 # cold_prep TOOL CASE: resets the tool to "only the base image", untimed.
 cold_prep() {
   local t=$1 c=$2
   case $t in
-    kiln) echo "rm -rf '$work/kiln-root' && cp -a '$work/kiln-base' '$work/kiln-root'";;
+    kiln) echo "$(trash "$work/kiln-root") && cp -a '$work/kiln-base' '$work/kiln-root'";;
     buildah-*) local d=${t#buildah-}
-      echo "rm -rf '$work/bh-$d' '$work/bh-$d-run' && cp -a '$work/bh-$d-base' '$work/bh-$d'";;
+      echo "$(trash "$work/bh-$d") && $(trash "$work/bh-$d-run") && cp -a '$work/bh-$d-base' '$work/bh-$d'";;
     buildkit) echo "'$DOCKER' -H '$DH' rmi -f bench.local/$c:latest >/dev/null 2>&1; '$DOCKER' -H '$DH' builder prune -af >/dev/null";;
   esac
 }
 
 # ---------------------------------------------------------------- measuring
-mkdir -p "$work/res"
+mkdir -p "$work/res" "$work/trash"
 remaining() { echo $(( BUDGET - ($(date +%s) - start_s) )); }
 
 # hf NAME PREP CMD RUNS [WARMUP]: median seconds into $work/res/NAME, or a failure note.
@@ -238,9 +252,11 @@ measure_tool_case() { # TOOL CASE
     log "$t $c FAILED: $why"
     return
   fi
-  hf "cold.$t.$c" "$prep" "$cmd" "$RUNS_COLD"
+  local rc=$RUNS_COLD rn=$RUNS_NOOP
+  [[ $t == buildah-* ]] && { rc=$BUILDAH_RUNS_COLD; rn=$BUILDAH_RUNS_NOOP; }
+  hf "cold.$t.$c" "$prep" "$cmd" "$rc"
   # After the last cold run everything is cached; one more warm-up build, then the no-op rebuilds.
-  hf "noop.$t.$c" "" "$cmd" "$RUNS_NOOP" 1
+  hf "noop.$t.$c" "" "$cmd" "$rn" 1
   log "$t $c: cold $(cat "$work/res/cold.$t.$c") s, no-op $(cat "$work/res/noop.$t.$c") s"
 }
 
@@ -296,7 +312,7 @@ table() { # KIND
 }
 
 cat <<EOF
-Command: \`sudo bench/build.sh\` (RUNS_COLD=$RUNS_COLD, RUNS_NOOP=$RUNS_NOOP, CASES="$CASES", TOOLS="$TOOLS").
+Command: \`sudo bench/build.sh\` (RUNS_COLD=$RUNS_COLD, RUNS_NOOP=$RUNS_NOOP, BUILDAH_RUNS_COLD=$BUILDAH_RUNS_COLD, BUILDAH_RUNS_NOOP=$BUILDAH_RUNS_NOOP, CASES="$CASES", TOOLS="$TOOLS").
 Machine: $(. /etc/os-release; echo "$PRETTY_NAME"), kernel $(uname -r), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB;
 load average (1/5/15 min) at start $load_start, at end $load_end; run took ${elapsed} s on $(date -u +%Y-%m-%d).
 Versions: kiln $(cd "$here" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$here" && git diff --quiet HEAD -- crates 2>/dev/null || echo '+uncommitted'), $(buildah --version | cut -d' ' -f1-3),
@@ -304,11 +320,11 @@ dockerd ${dockerd_version:-n/a} (BuildKit built in, ${docker_driver:-n/a} storag
 EOF
 for t in $TOOLS; do [[ -n "${tool_note[$t]:-}" ]] && echo "Not measured: $(tool_label "$t"): ${tool_note[$t]}"; done
 echo
-echo "Cold build, median of $RUNS_COLD (s):"
+echo "Cold build, median of $RUNS_COLD runs (buildah: $BUILDAH_RUNS_COLD) (s):"
 echo
 table cold
 echo
-echo "No-op rebuild (everything cached), median of $RUNS_NOOP (s):"
+echo "No-op rebuild (everything cached), median of $RUNS_NOOP runs (buildah: $BUILDAH_RUNS_NOOP) (s):"
 echo
 table noop
 echo

@@ -67,6 +67,9 @@ pub fn copy_into(root: &Path, sources: &[Source<'_>], dest: &str, dest_is_dir: b
         let into_dir = dest_is_dir || dest_exists_dir || top_is_dir;
         if into_dir {
             make_dirs(&rootdir, &dest_path, attrs)?;
+        } else if let Some(parent) = dest_path.parent() {
+            // Parents COPY creates belong to --chown's owner too (BuildKit's CreateDestPath).
+            make_dirs(&rootdir, parent, attrs)?;
         }
         for e in &src.entries {
             let target = if top_is_dir {
@@ -88,7 +91,7 @@ pub fn copy_into(root: &Path, sources: &[Source<'_>], dest: &str, dest_is_dir: b
     Ok(())
 }
 
-fn make_dirs(rootdir: &RootDir, path: &Path, attrs: Attrs) -> Result<(), BuildError> {
+pub(crate) fn make_dirs(rootdir: &RootDir, path: &Path, attrs: Attrs) -> Result<(), BuildError> {
     // Create each missing component, owned as --chown says (BuildKit's CreateDestPath).
     let mut cur = PathBuf::from("/");
     for comp in path.components().skip_while(|c| matches!(c, std::path::Component::RootDir)) {

@@ -40,7 +40,7 @@ use kiln_cache::{CacheFrom, CacheTo, LocalCache, ResolvedPolicy};
 use kiln_registry::Client;
 use kiln_dockerfile::dockerignore::Matcher;
 use kiln_dockerfile::instructions::resolve::BaseConfig;
-use kiln_dockerfile::instructions::{parse_build, resolve, PlatformArgs, ResolveOptions};
+use kiln_dockerfile::instructions::{parse_build, resolve, Build, PlatformArgs, ResolveOptions};
 use kiln_oci::layer::WriteOptions;
 use kiln_oci::{media, Descriptor, Digest, ImageConfig, ImageManifest, Manifest, Platform, RootFs, Store};
 use serde::Serialize;
@@ -150,7 +150,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     let source = std::fs::read(&dockerfile).map_err(|source| BuildError::Dockerfile { path: dockerfile.clone(), source })?;
     let file_name = dockerfile.display().to_string();
     let parsed = kiln_dockerfile::parse_file(&file_name, &source)?;
-    let typed = parse_build(&parsed, &file_name)?;
+    let mut typed = parse_build(&parsed, &file_name)?;
+    splice_onbuild(&mut typed, &store, opts)?;
 
     // Base images are read from the store while resolving, so their ENV and WORKDIR take part in
     // expansion; a missing one surfaces later, from the solver, with a message saying how to get it.
@@ -312,6 +313,61 @@ fn export_caches(
         }
     }
     Ok(out)
+}
+
+/// Runs ONBUILD triggers the Docker way: the triggers of a stage's base (an earlier stage's ONBUILD
+/// instructions, or an image's `OnBuild` config) become the first steps of the stage.
+fn splice_onbuild(build: &mut Build, store: &Store, opts: &BuildOptions) -> Result<(), BuildError> {
+    use kiln_dockerfile::instructions::{Command, Instruction};
+    // Global ARGs (defaults overridden by --build-arg) are what a FROM line can expand.
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for (_, decl) in &build.global_args {
+        if let Some(v) = opts.build_args.get(&decl.name).cloned().or_else(|| decl.default.clone()) {
+            env.insert(decl.name.clone(), v);
+        }
+    }
+    let lexer = kiln_dockerfile::shell::Lexer::new(build.escape);
+    for i in 0..build.stages.len() {
+        let raw = build.stages[i].from.image.clone();
+        let image = lexer.process_word(&raw, &env).unwrap_or(raw).to_lowercase();
+        let parent = build.stages[..i].iter().position(|s| s.name() == Some(image.as_str()) || s.index.to_string() == image);
+        let triggers: Vec<Command> = match parent {
+            Some(p) => build.stages[p]
+                .commands
+                .iter()
+                .filter_map(|c| match &c.instruction {
+                    Instruction::Onbuild(text, inner) => {
+                        Some(Command { location: c.location.clone(), original: text.clone(), instruction: (**inner).clone() })
+                    }
+                    _ => None,
+                })
+                .collect(),
+            None if image == "scratch" => Vec::new(),
+            None => {
+                let Ok(base) = base::load(store, &image, &opts.platform) else { continue };
+                let on_build = base.config.config.and_then(|c| c.on_build).unwrap_or_default();
+                let mut out = Vec::new();
+                for t in on_build {
+                    let text = format!("FROM scratch\n{t}\n");
+                    let loc = build.stages[i].location.clone();
+                    let bad = |m: String| BuildError::step(format!("{}:{}", loc.file, loc.start_line), format!("ONBUILD trigger {t:?} of {image}: {m}"));
+                    let df = kiln_dockerfile::parse_str(&text).map_err(|e| bad(e.to_string()))?;
+                    let b = parse_build(&df, &loc.file).map_err(|e| bad(e.to_string()))?;
+                    for mut c in b.stages.into_iter().flat_map(|s| s.commands) {
+                        c.location = loc.clone();
+                        out.push(c);
+                    }
+                }
+                out
+            }
+        };
+        if !triggers.is_empty() {
+            let stage = &mut build.stages[i];
+            let rest = std::mem::take(&mut stage.commands);
+            stage.commands = triggers.into_iter().chain(rest).collect();
+        }
+    }
+    Ok(())
 }
 
 fn platform_args(p: &Platform) -> PlatformArgs {

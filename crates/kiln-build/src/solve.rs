@@ -100,7 +100,12 @@ impl<'a> Solver<'a> {
             Source::Image(r) => self.base(r)?.state(&platform),
         };
         state.cmd_set = false;
-        let name = stage.name.clone().unwrap_or_else(|| stage.index.to_string());
+        // The base's ONBUILD triggers ran as this stage's first steps (spliced in before
+        // resolution); like Docker, they are not passed on to this image.
+        if let Some(rc) = state.config.config.as_mut() {
+            rc.on_build = None;
+        }
+        let name = stage.name.clone().unwrap_or_else(|| format!("stage-{}", stage.index));
         if let Source::Image(r) = &stage.base {
             self.report(&name, &format!("FROM {r}"), CacheStatus::None, 0.0);
         }
@@ -167,16 +172,22 @@ impl<'a> Solver<'a> {
             Instruction::Workdir(_) => {
                 let wd = step.workdir.clone();
                 state.runtime().working_dir = Some(wd.clone());
-                inputs.insert("user".into(), state.user());
-                // WORKDIR creates the directory (as BuildKit does); a layer only when it was missing.
-                self.layer_step(stage, step, state, inputs, move |_this, mounted, state| {
-                    let root = kiln_oci::fsroot::RootDir::open(&mounted.merged).map_err(|e| BuildError::Snapshot(e.to_string()))?;
-                    let r = root.resolve(Path::new(&wd), true, kiln_oci::fsroot::Missing::Create).map_err(|e| BuildError::step(at(&step.location), e.to_string()))?;
-                    if !r.host_path.exists() {
-                        fs::create_dir(&r.host_path).map_err(|e| BuildError::step(at(&step.location), e.to_string()))?;
+                let user = state.user();
+                inputs.insert("user".into(), user.clone());
+                // WORKDIR creates the directory, owned by the current USER as BuildKit does; a layer
+                // only when something was missing.
+                self.layer_step(stage, step, state, inputs, move |_this, mounted, _state| {
+                    let e = |m: String| BuildError::step(at(&step.location), m);
+                    let root = kiln_oci::fsroot::RootDir::open(&mounted.merged).map_err(|err| e(err.to_string()))?;
+                    let mut attrs = Attrs::default();
+                    if !user.is_empty() {
+                        let passwd = fs::read_to_string(mounted.merged.join("etc/passwd")).ok();
+                        let group = fs::read_to_string(mounted.merged.join("etc/group")).ok();
+                        let id = kiln_sandbox::user::resolve(&user, passwd.as_deref(), group.as_deref())
+                            .map_err(|err| e(format!("USER {user}: {err}")))?;
+                        attrs.chown = Some((id.uid, id.gid));
                     }
-                    let _ = state;
-                    Ok(())
+                    copy::make_dirs(&root, Path::new(&wd), attrs)
                 })?
             }
             _ => {
