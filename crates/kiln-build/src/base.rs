@@ -13,6 +13,40 @@ pub struct BaseImage {
     pub layers: Vec<LayerRef>,
 }
 
+/// Finds `image` for `platform` in the store, pulling it from its registry when it is not there (or
+/// has no image for the platform). A pulled image is tagged with its reference unless that tag
+/// already names something else (e.g. another platform's pull); then it is used by digest.
+pub fn ensure(store: &Store, client: Option<&kiln_registry::Client>, image: &str, platform: &Platform) -> Result<BaseImage, BuildError> {
+    let local_err = match load(store, image, platform) {
+        Ok(b) => return Ok(b),
+        Err(e) => e,
+    };
+    let Some(client) = client else { return Err(local_err) };
+    let err = |message: String| BuildError::Base { reference: image.to_string(), message };
+    let reference = Reference::parse(image).map_err(|e| err(e.to_string()))?;
+    if reference.registry() == "kiln.local" {
+        // kiln's own namespace for imported images never names a real registry.
+        return Err(local_err);
+    }
+    let src = kiln_registry::RegistrySource {
+        client,
+        repo: kiln_registry::Repo::new(reference.registry(), reference.repository()),
+    };
+    let src_ref = match (reference.digest(), reference.tag()) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.to_string(),
+        (None, None) => "latest".to_string(),
+    };
+    let tagged = store.resolve(&reference)?.is_some();
+    let dst = kiln_registry::LocalImages::new(store.clone(), "store", true).map_err(|e| err(e.to_string()))?;
+    let tag = if tagged { None } else { Some(reference.to_string()) };
+    let opts = kiln_registry::CopyOptions { platform: Some(platform.clone()), parallel: client.options().parallel };
+    let res = kiln_registry::copy_image(&src, &src_ref, &dst, tag.as_deref(), &opts, &kiln_registry::NoProgress)
+        .map_err(|e| err(format!("not in the local store, and pulling it failed: {e}")))?;
+    let by_digest = reference.with_digest(res.digest.clone()).to_string();
+    load(store, if tagged { &by_digest } else { image }, platform)
+}
+
 /// Finds `image` in the store for `platform` (an index is narrowed to the platform's manifest).
 pub fn load(store: &Store, image: &str, platform: &Platform) -> Result<BaseImage, BuildError> {
     let err = |message: String| BuildError::Base { reference: image.to_string(), message };

@@ -158,8 +158,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     // The resolver wants a 'static callback: it gets its own handle on the store.
     let cfg_store = Store::open(&opts.root)?;
     let cfg_platform = opts.platform.clone();
+    let cfg_client = opts.registry.clone();
     let base_cfg = move |image: &str, _platform: Option<&str>| -> BaseConfig {
-        match base::load(&cfg_store, image, &cfg_platform) {
+        match base::ensure(&cfg_store, cfg_client.as_deref(), image, &cfg_platform) {
             Ok(b) => {
                 let rc = b.config.config.clone().unwrap_or_default();
                 BaseConfig {
@@ -344,7 +345,7 @@ fn splice_onbuild(build: &mut Build, store: &Store, opts: &BuildOptions) -> Resu
                 .collect(),
             None if image == "scratch" => Vec::new(),
             None => {
-                let Ok(base) = base::load(store, &image, &opts.platform) else { continue };
+                let Ok(base) = base::ensure(store, opts.registry.as_deref(), &image, &opts.platform) else { continue };
                 let on_build = base.config.config.and_then(|c| c.on_build).unwrap_or_default();
                 let mut out = Vec::new();
                 for t in on_build {

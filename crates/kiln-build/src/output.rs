@@ -15,6 +15,44 @@ use kiln_oci::{Descriptor, Digest, Reference, Store};
 use crate::error::BuildError;
 use crate::Built;
 
+/// What an output writes: a root manifest (an image, or an index of per-platform images) and every
+/// blob below it.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub root: Descriptor,
+    pub blobs: Vec<Digest>,
+    /// (config digest, layer digests) per image, for docker's `manifest.json`.
+    pub images: Vec<(Digest, Vec<Digest>)>,
+}
+
+impl Artifact {
+    /// One image.
+    pub fn single(b: &Built) -> Artifact {
+        Artifact { root: b.manifest.clone(), blobs: blobs(b), images: vec![image_of(b)] }
+    }
+
+    /// An OCI index over per-platform images, written to the store.
+    pub fn index(store: &Store, built: &[Built]) -> Result<Artifact, BuildError> {
+        let mut index = kiln_oci::ImageIndex::new_oci();
+        let mut all = Vec::new();
+        for b in built {
+            index.manifests.push(descriptor_with_platform(b));
+            for d in blobs(b) {
+                if !all.contains(&d) {
+                    all.push(d);
+                }
+            }
+        }
+        let root = store.put_manifest(&kiln_oci::Manifest::Index(index))?;
+        all.insert(0, root.digest.clone());
+        Ok(Artifact { root, blobs: all, images: built.iter().map(image_of).collect() })
+    }
+}
+
+fn image_of(b: &Built) -> (Digest, Vec<Digest>) {
+    (b.config_digest.clone(), b.layers.iter().map(|l| l.descriptor.digest.clone()).collect())
+}
+
 /// One `--output`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -55,10 +93,10 @@ impl Output {
     }
 }
 
-/// Tags `built` in the store under every reference.
-pub fn tag(store: &Store, built: &Built, tags: &[Reference]) -> Result<(), BuildError> {
+/// Tags the artifact in the store under every reference.
+pub fn tag(store: &Store, art: &Artifact, tags: &[Reference]) -> Result<(), BuildError> {
     for t in tags {
-        store.tag(t, &built.manifest)?;
+        store.tag(t, &art.root)?;
     }
     Ok(())
 }
@@ -71,33 +109,39 @@ fn blobs(built: &Built) -> Vec<Digest> {
 }
 
 /// Writes an OCI layout (directory or tarball) holding `built`, its manifest named `tags`' tags.
-pub fn write_oci(store: &Store, built: &Built, dest: &Path, tar: bool, tags: &[Reference]) -> Result<(), BuildError> {
+pub fn write_oci(store: &Store, built: &Artifact, dest: &Path, tar: bool, tags: &[Reference]) -> Result<(), BuildError> {
     let names: Vec<String> = tags.iter().filter_map(|t| t.tag().map(str::to_string)).collect();
     if tar {
         write_tar(store, built, dest, &names, false, tags)
     } else {
         let layout = Store::open_layout(dest)?;
-        for d in blobs(built) {
-            let f = store.open_blob(&d)?;
-            layout.put_blob_stream(io::BufReader::new(f), Some(&d))?;
+        for d in &built.blobs {
+            let f = store.open_blob(d)?;
+            layout.put_blob_stream(io::BufReader::new(f), Some(d))?;
         }
         if names.is_empty() {
-            layout.tag_name("latest", &built.manifest)?;
+            layout.tag_name("latest", &built.root)?;
         }
         for n in &names {
-            layout.tag_name(n, &built.manifest)?;
+            layout.tag_name(n, &built.root)?;
         }
         Ok(())
     }
 }
 
 /// Writes a docker-archive tarball: the OCI layout plus `manifest.json` with RepoTags.
-pub fn write_docker(store: &Store, built: &Built, dest: &Path, tags: &[Reference]) -> Result<(), BuildError> {
+pub fn write_docker(store: &Store, built: &Artifact, dest: &Path, tags: &[Reference]) -> Result<(), BuildError> {
+    if built.images.len() != 1 {
+        return Err(BuildError::Output {
+            output: format!("type=docker,dest={}", dest.display()),
+            message: "a docker archive holds one platform's image; use type=oci for several platforms".into(),
+        });
+    }
     let names: Vec<String> = tags.iter().filter_map(|t| t.tag().map(str::to_string)).collect();
     write_tar(store, built, dest, &names, true, tags)
 }
 
-fn write_tar(store: &Store, built: &Built, dest: &Path, names: &[String], docker: bool, tags: &[Reference]) -> Result<(), BuildError> {
+fn write_tar(store: &Store, built: &Artifact, dest: &Path, names: &[String], docker: bool, tags: &[Reference]) -> Result<(), BuildError> {
     let io_err = |source| BuildError::Io { action: "write", path: dest.to_path_buf(), source };
     let tmp = PathBuf::from(format!("{}.kiln-tmp", dest.display()));
     let file = fs::File::create(&tmp).map_err(io_err)?;
@@ -122,7 +166,7 @@ fn write_tar(store: &Store, built: &Built, dest: &Path, names: &[String], docker
     let run = || -> Result<(), BuildError> {
         add_bytes(&mut tb, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err)?;
         let mut manifests = Vec::new();
-        let mut m = built.manifest.clone();
+        let mut m = built.root.clone();
         let ann_names: Vec<String> = if names.is_empty() { vec!["latest".to_string()] } else { names.to_vec() };
         for n in &ann_names {
             let mut ann = BTreeMap::new();
@@ -139,17 +183,18 @@ fn write_tar(store: &Store, built: &Built, dest: &Path, names: &[String], docker
         add_bytes(&mut tb, "index.json", &serde_json::to_vec(&index).unwrap_or_default()).map_err(io_err)?;
         if docker {
             let repo_tags: Vec<String> = tags.iter().filter(|t| t.tag().is_some()).map(|t| t.familiar()).collect();
+            let (config, layers) = &built.images[0];
             let mf = serde_json::json!([{
-                "Config": format!("blobs/sha256/{}", built.config_digest.hex()),
+                "Config": format!("blobs/sha256/{}", config.hex()),
                 "RepoTags": repo_tags,
-                "Layers": built.layers.iter().map(|l| format!("blobs/sha256/{}", l.descriptor.digest.hex())).collect::<Vec<_>>(),
+                "Layers": layers.iter().map(|l| format!("blobs/sha256/{}", l.hex())).collect::<Vec<_>>(),
             }]);
             add_bytes(&mut tb, "manifest.json", &serde_json::to_vec(&mf).unwrap_or_default()).map_err(io_err)?;
         }
         dir(&mut tb, "blobs/").map_err(io_err)?;
         dir(&mut tb, "blobs/sha256/").map_err(io_err)?;
         let mut seen = std::collections::BTreeSet::new();
-        for d in blobs(built) {
+        for d in built.blobs.iter().cloned() {
             if !seen.insert(d.to_string()) {
                 continue;
             }

@@ -117,7 +117,7 @@ impl<'a> Solver<'a> {
 
     fn base(&mut self, image: &str) -> Result<&BaseImage, BuildError> {
         if !self.bases.contains_key(image) {
-            let b = base::load(self.store, image, &self.opts.platform)?;
+            let b = base::ensure(self.store, self.opts.registry.as_deref(), image, &self.opts.platform)?;
             self.bases.insert(image.to_string(), b);
         }
         Ok(&self.bases[image])
@@ -398,6 +398,13 @@ impl<'a> Solver<'a> {
     }
 
     fn exec_run(&mut self, step: &Step, run: &kiln_dockerfile::instructions::Run, mounted: &Mounted, state: &ImageState) -> Result<(), BuildError> {
+        // A foreign platform's binaries run through binfmt_misc (qemu-user-static); say how to get it.
+        if let Some(arch) = kiln_sandbox::arch::Arch::from_oci(&self.opts.platform.architecture) {
+            if !arch.runs_natively_on(kiln_sandbox::arch::Arch::host()) {
+                kiln_sandbox::arch::ensure_runnable(arch, std::path::Path::new(kiln_sandbox::arch::BINFMT_DIR))
+                    .map_err(|e| BuildError::step(at(&step.location), format!("cannot run {} binaries: {e}", self.opts.platform)))?;
+            }
+        }
         let mut spec = Spec::new(&mounted.merged, self.run_argv(run, state));
         spec.env = self.run_env(step, state);
         spec.user = state.user();

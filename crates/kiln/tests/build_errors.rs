@@ -113,3 +113,42 @@ fn missing_base_image_says_to_pull_or_import_it() {
     assert!(err.contains("Dockerfile:1"), "the message names the FROM line:\n{err}");
     assert_eq!(before, k.store_snapshot(), "nothing written to the store");
 }
+
+#[test]
+fn cache_mount_with_target_root_is_rejected() {
+    if !support_build::can_build() {
+        return;
+    }
+    // No target: BuildKit joins it to the working dir, here `/`, and rejects mounting over the
+    // root ("invalid mount target \"/\"") before running anything.
+    let err = expect_failure("ARG BASE\nFROM ${BASE}\nRUN --mount=type=cache,id=x true\n", &[], 3);
+    assert!(err.contains("target"), "the message says the mount target is invalid:\n{err}");
+}
+
+#[test]
+fn bind_mount_from_an_unknown_stage() {
+    if !support_build::can_build() {
+        return;
+    }
+    let err = expect_failure("ARG BASE\nFROM ${BASE}\nRUN --mount=type=bind,from=nosuchstage,target=/x true\n", &[], 3);
+    assert!(err.contains("nosuchstage"), "the message names the stage/image:\n{err}");
+}
+
+/// The `error:` line states its location and message once: a message that repeats itself
+/// ("X: X") reads as two errors.
+#[test]
+fn error_message_is_not_repeated() {
+    if !support_build::can_build() {
+        return;
+    }
+    for (dockerfile, line) in [
+        ("ARG BASE\nFROM ${BASE}\nFOO bar\n", 3),
+        ("ARG BASE\nFROM ${BASE}\nRUN --mount=type=bogus true\n", 3),
+        ("ARG BASE\nFROM ${BASE}\nRUN <<EOF\necho never terminated\n", 3),
+    ] {
+        let err = expect_failure(dockerfile, &[], line);
+        let error_lines: String = err.lines().filter(|l| l.starts_with("error:")).collect::<Vec<_>>().join("\n");
+        let times = error_lines.matches(&format!("Dockerfile:{line}")).count();
+        assert_eq!(times, 1, "the error names Dockerfile:{line} {times} times; it should say it once:\n{error_lines}");
+    }
+}

@@ -29,13 +29,14 @@ pub struct Args {
     /// Build this stage and the stages it needs.
     #[arg(long)]
     pub target: Option<String>,
-    /// Target platform, e.g. linux/amd64 (default: this machine's).
+    /// Target platforms, comma-separated, e.g. linux/amd64,linux/arm64 (default: this machine's).
     #[arg(long)]
     pub platform: Option<String>,
     /// Run every step, reusing nothing from the cache.
     #[arg(long)]
     pub no_cache: bool,
-    /// Where the image goes: type=image (default), type=oci,dest=P[,tar=false], type=docker,dest=P.
+    /// Where the image goes: type=image (default), type=oci,dest=P[,tar=false], type=docker,dest=P,
+    /// type=registry[,push-by-digest=true].
     #[arg(short = 'o', long = "output")]
     pub outputs: Vec<String>,
     /// Write the image digest, config digest and per-step record here as JSON.
@@ -44,6 +45,9 @@ pub struct Args {
     /// A secret for RUN --mount=type=secret: id=ID,src=PATH (repeatable).
     #[arg(long = "secret")]
     pub secrets: Vec<String>,
+    /// Push the image to the registry of each --tag (same as --output type=registry).
+    #[arg(long)]
+    pub push: bool,
     /// Run this shell command in the built image; a non-zero exit fails the build before any output.
     #[arg(long = "test")]
     pub test: Option<String>,
@@ -107,23 +111,36 @@ fn parse_secret(s: &str) -> anyhow::Result<(String, PathBuf)> {
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let root = g.root();
-    let platform = match &a.platform {
-        Some(p) if p.contains(',') => bail!("--platform {p}: building several platforms at once is not supported yet; build each in turn"),
-        Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?.normalized(),
-        None => Platform::host(),
+    let platforms: Vec<Platform> = match &a.platform {
+        Some(list) => {
+            let mut v: Vec<Platform> = Vec::new();
+            for p in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let p = Platform::parse(p).with_context(|| format!("--platform {p}"))?.normalized();
+                if !v.contains(&p) {
+                    v.push(p);
+                }
+            }
+            if v.is_empty() {
+                bail!("--platform {list:?}: name at least one platform, e.g. linux/amd64");
+            }
+            v
+        }
+        None => vec![Platform::host()],
     };
     let tags: Vec<Reference> = a
         .tags
         .iter()
         .map(|t| Reference::parse(t).with_context(|| format!("--tag {t}")))
         .collect::<anyhow::Result<_>>()?;
-    let outputs: Vec<Output> = if a.outputs.is_empty() {
-        vec![Output::Image]
-    } else {
-        a.outputs.iter().map(|o| Output::parse(o)).collect::<Result<_, _>>()?
-    };
-    if outputs.iter().any(|o| matches!(o, Output::Registry { .. })) {
-        bail!("--output type=registry is not wired into kiln build yet: build, then `kiln push REF`");
+    let mut outputs: Vec<Output> = a.outputs.iter().map(|o| Output::parse(o)).collect::<Result<_, _>>()?;
+    if a.push && !outputs.iter().any(|o| matches!(o, Output::Registry { .. })) {
+        outputs.push(Output::Registry { push_by_digest: false });
+    }
+    if outputs.is_empty() {
+        outputs.push(Output::Image);
+    }
+    if outputs.iter().any(|o| matches!(o, Output::Registry { .. })) && tags.is_empty() {
+        bail!("pushing needs a name: add -t REGISTRY/NAME[:TAG]");
     }
     let mut secrets = BTreeMap::new();
     for s in &a.secrets {
@@ -142,17 +159,15 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         .iter()
         .map(|s| kiln_cache::CacheTo::parse(s).map_err(|e| anyhow::anyhow!("{e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if (!cache_from.is_empty() || !cache_to.is_empty()) && a.progress != Mode::Quiet {
-        eprintln!("{policy}");
-    }
     let sde = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
-    let opts = BuildOptions {
+    let client = std::sync::Arc::new(a.net.client());
+    let base = BuildOptions {
         root: root.clone(),
         context: a.context.clone(),
         dockerfile: a.file.clone(),
         build_args: parse_kv(&a.build_args, "--build-arg")?,
         target: a.target.clone(),
-        platform: platform.clone(),
+        platform: platforms[0].clone(),
         no_cache: a.no_cache,
         secrets,
         init_binary: None,
@@ -160,75 +175,117 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         cache_from,
         cache_to,
         policy: policy.clone(),
-        registry: Some(std::sync::Arc::new(a.net.client())),
+        registry: Some(client.clone()),
     };
     let printer = Printer::new(a.progress);
-    let built = kiln_build::build(&opts, &printer)?;
+
+    // Each platform is its own build; they share the store, the local cache and the snapshots
+    // (all safe for concurrent use), and run side by side up to the number of cores.
+    let per_platform: Vec<BuildOptions> = platforms.iter().map(|p| BuildOptions { platform: p.clone(), ..base.clone() }).collect();
+    let width = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
+    let mut built = Vec::new();
+    for chunk in per_platform.chunks(width) {
+        let results: Vec<Result<kiln_build::Built, kiln_build::BuildError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk.iter().map(|o| s.spawn(|| kiln_build::build(o, &printer))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(kiln_build::BuildError::Usage("a build thread panicked".into()))))
+                .collect()
+        });
+        for r in results {
+            built.push(r?);
+        }
+    }
 
     if let Some(cmd) = &a.test {
-        // The test runs on the image by digest: nothing is tagged or exported before it passes.
+        // The test runs on each platform's image by digest (foreign ones under emulation): nothing
+        // is tagged, exported or pushed before every one passes.
         let store = Store::open(&root)?;
-        let name = format!("kiln.local/test@{}", built.manifest.digest);
-        store.tag_name(&name, &built.manifest)?;
-        let req = kiln_build::run::RunRequest {
-            root: &root,
-            image: &name,
-            platform: &platform,
-            command: vec![cmd.clone()],
-            shell: true,
-            init_binary: None,
-        };
-        let status = kiln_build::run::run_image(&req, &mut |_s, line| printer.output(cmd, line));
-        let _ = store.untag_name(&name);
-        let status = status?;
-        if status != kiln_sandbox::ExitStatus::Code(0) {
-            bail!("--test {cmd:?} failed in the built image ({status}); nothing was tagged or exported");
-        }
-        if a.progress != Mode::Quiet {
-            eprintln!("test passed: {cmd}");
+        for b in &built {
+            let platform = b.config.platform();
+            let name = format!("kiln.local/test@{}", b.manifest.digest);
+            store.tag_name(&name, &b.manifest)?;
+            let req = kiln_build::run::RunRequest {
+                root: &root,
+                image: &name,
+                platform: &platform,
+                command: vec![cmd.clone()],
+                shell: true,
+                init_binary: None,
+            };
+            let status = kiln_build::run::run_image(&req, &mut |_s, line| printer.output(cmd, line));
+            let _ = store.untag_name(&name);
+            let status = status?;
+            if status != kiln_sandbox::ExitStatus::Code(0) {
+                bail!("--test {cmd:?} failed on {platform} ({status}); nothing was tagged, exported or pushed");
+            }
+            if a.progress != Mode::Quiet {
+                eprintln!("test passed on {platform}: {cmd}");
+            }
         }
     }
 
     let store = Store::open(&root)?;
+    let art = if built.len() == 1 { output::Artifact::single(&built[0]) } else { output::Artifact::index(&store, &built)? };
+    let mut pushed: Option<String> = None;
     for o in &outputs {
         match o {
-            Output::Image => output::tag(&store, &built, &tags)?,
-            Output::Oci { dest, tar } => output::write_oci(&store, &built, dest, *tar, &tags)?,
-            Output::Docker { dest } => output::write_docker(&store, &built, dest, &tags)?,
-            Output::Registry { .. } => {}
+            Output::Image => output::tag(&store, &art, &tags)?,
+            Output::Oci { dest, tar } => output::write_oci(&store, &art, dest, *tar, &tags)?,
+            Output::Docker { dest } => output::write_docker(&store, &art, dest, &tags)?,
+            Output::Registry { push_by_digest } => {
+                let src = super::copy::Endpoint::Store(tags[0].repository_only().with_digest(art.root.digest.clone()));
+                for t in &tags {
+                    let dst = if *push_by_digest { t.repository_only().with_digest(art.root.digest.clone()) } else { t.clone() };
+                    let res = super::copy::transfer(&client, g, &src, &super::copy::Endpoint::Registry(dst.clone()), None, "push")?;
+                    pushed = Some(res.digest.to_string());
+                    if *push_by_digest {
+                        break; // one repository is enough: the digest names the image everywhere
+                    }
+                }
+            }
         }
     }
+    let steps: Vec<&kiln_build::StepReport> = built.iter().flat_map(|b| b.steps.iter()).collect();
+    let explanations: Vec<_> = built.iter().flat_map(|b| b.explanations.iter()).collect();
     if let Some(path) = &a.metadata_file {
         let md = serde_json::json!({
-            "containerimage.digest": built.manifest.digest.to_string(),
-            "containerimage.config.digest": built.config_digest.to_string(),
-            "containerimage.descriptor": built.manifest,
+            "containerimage.digest": art.root.digest.to_string(),
+            "containerimage.descriptor": art.root,
+            "containerimage.config.digest": if built.len() == 1 { Some(built[0].config_digest.to_string()) } else { None },
             "image.name": tags.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","),
-            "kiln.platform": platform.to_string(),
-            "kiln.steps": built.steps,
+            "kiln.platforms": platforms.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "kiln.images": built.iter().map(|b| serde_json::json!({
+                "platform": b.config.platform().to_string(),
+                "digest": b.manifest.digest.to_string(),
+                "config.digest": b.config_digest.to_string(),
+            })).collect::<Vec<_>>(),
+            "kiln.pushed": pushed,
+            "kiln.steps": steps,
             "kiln.cache-policy": policy,
-            "kiln.cache-exports": built.cache_exports,
-            "kiln.cache-misses": built.explanations.iter().map(|(s, w)| serde_json::json!({"step": s, "changed": w})).collect::<Vec<_>>(),
+            "kiln.cache-exports": built.iter().flat_map(|b| b.cache_exports.iter()).collect::<Vec<_>>(),
+            "kiln.cache-misses": explanations.iter().map(|(s, w)| serde_json::json!({"step": s, "changed": w})).collect::<Vec<_>>(),
         });
         let bytes = serde_json::to_vec_pretty(&md)?;
         crate::atomic_write(path, &bytes).with_context(|| format!("--metadata-file {}", path.display()))?;
     }
     // `kiln cache explain` reads the last build's misses from here.
     let last = serde_json::json!({
-        "digest": built.manifest.digest.to_string(),
-        "misses": built.explanations.iter().map(|(s, w)| serde_json::json!({"step": s, "changed": w})).collect::<Vec<_>>(),
-        "steps": built.steps,
+        "digest": art.root.digest.to_string(),
+        "misses": explanations.iter().map(|(s, w)| serde_json::json!({"step": s, "changed": w})).collect::<Vec<_>>(),
+        "steps": steps,
     });
-    let last_path = root.join("cache").join("last-build.json");
     if std::fs::create_dir_all(root.join("cache")).is_ok() {
-        let _ = crate::atomic_write(&last_path, &serde_json::to_vec_pretty(&last)?);
+        let _ = crate::atomic_write(&root.join("cache").join("last-build.json"), &serde_json::to_vec_pretty(&last)?);
     }
-    eprintln!("{}", printer.summary(&built.steps, &built.manifest.digest.to_string()));
-    for (step, why) in &built.explanations {
-        if a.progress != Mode::Quiet {
+    let all_steps: Vec<kiln_build::StepReport> = steps.into_iter().cloned().collect();
+    eprintln!("{}", printer.summary(&all_steps, &art.root.digest.to_string()));
+    if a.progress != Mode::Quiet {
+        eprintln!("{policy}");
+        for (step, why) in &explanations {
             eprintln!("  miss: {step}: {why}");
         }
     }
-    println!("{}", built.manifest.digest);
+    println!("{}", art.root.digest);
     Ok(())
 }
