@@ -194,12 +194,12 @@ fn write_tar(store: &Store, built: &Artifact, dest: &Path, names: &[String], doc
         dir(&mut tb, "blobs/").map_err(io_err)?;
         dir(&mut tb, "blobs/sha256/").map_err(io_err)?;
         let mut seen = std::collections::BTreeSet::new();
-        for d in built.blobs.iter().cloned() {
+        for d in &built.blobs {
             if !seen.insert(d.to_string()) {
                 continue;
             }
-            let size = store.blob_size(&d)?;
-            let f = store.open_blob(&d)?;
+            let size = store.blob_size(d)?;
+            let f = store.open_blob(d)?;
             let mut h = tar::Header::new_ustar();
             h.set_size(size);
             h.set_mode(0o644);

@@ -96,22 +96,39 @@ fn from_with_wrong_argument_count() {
     assert!(err.contains("FROM"), "the message names the instruction:\n{err}");
 }
 
-#[test]
-fn missing_base_image_says_to_pull_or_import_it() {
-    if !support_build::can_build() {
-        return;
-    }
+/// Builds `FROM <base>` and checks the failure: exit 1, the image named, a hint to pull or import
+/// it, the FROM line, and an untouched store.
+fn expect_missing_base(base: &str) {
     let k = Kiln::new();
     let ctx = k.path("ctx");
-    write_context(&ctx, &[("Dockerfile", "FROM kiln.test/not-there:1\nRUN true\n")]);
+    write_context(&ctx, &[("Dockerfile", &format!("FROM {base}\nRUN true\n"))]);
     let before = k.store_snapshot();
     let o = k.cmd(&["build", support_build::path_str(&ctx), "-t", "kiln.test/bad:1", "--progress", "plain"]);
     let err = stderr(&o);
     assert_exit_1(&o, "a build from a missing base image");
-    assert!(err.contains("kiln.test/not-there:1"), "the message names the image:\n{err}");
-    assert!(err.contains("kiln pull") && err.contains("kiln import"), "the message says to pull or import it:\n{err}");
+    assert!(err.contains(base), "the message names the image:\n{err}");
+    assert!(err.contains("kiln pull") || err.contains("kiln import"), "the message says to pull or import it:\n{err}");
     assert!(err.contains("Dockerfile:1"), "the message names the FROM line:\n{err}");
     assert_eq!(before, k.store_snapshot(), "nothing written to the store");
+}
+
+/// `kiln.local/…` names kiln's own namespace, which is never pulled: only the store is asked.
+#[test]
+fn missing_local_base_image_says_to_pull_or_import_it() {
+    if !support_build::can_build() {
+        return;
+    }
+    expect_missing_base("kiln.local/not-there:1");
+}
+
+/// A registry reference kiln tries to pull; the pull fails at once (nothing listens on loopback
+/// port 1), and the message must still say how to get the image (e.g. `kiln import` offline).
+#[test]
+fn missing_base_image_whose_pull_fails_says_to_pull_or_import_it() {
+    if !support_build::can_build() {
+        return;
+    }
+    expect_missing_base("127.0.0.1:1/not-there:1");
 }
 
 #[test]

@@ -51,7 +51,7 @@ pub fn run(c: Command, g: &Global) -> anyhow::Result<()> {
             eprintln!("{} records in {}", recs.len(), root.join("cache").display());
         }
         Command::Ls { reference: Some(r), net } => {
-            let reference = Reference::parse(&r).with_context(|| format!("{r}"))?;
+            let reference = Reference::parse(&r).with_context(|| r.clone())?;
             let client = net.client();
             let outcome = kiln_cache::RegistryCache::open(&client, &reference);
             if let Some(w) = outcome.warning() {
@@ -66,7 +66,7 @@ pub fn run(c: Command, g: &Global) -> anyhow::Result<()> {
             eprintln!("{} records at {} ({})", rc.len(), reference, rc.manifest_digest());
         }
         Command::Prune { reference: Some(r), ttl, max_size, net } => {
-            let reference = Reference::parse(&r).with_context(|| format!("{r}"))?;
+            let reference = Reference::parse(&r).with_context(|| r.clone())?;
             let mut target = RegistryExport::new(reference);
             target.ignore_error = false;
             target.ttl = Some(kiln_cache::parse_go_duration(&ttl).map_err(anyhow::Error::msg)?);
