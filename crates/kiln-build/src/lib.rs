@@ -231,15 +231,38 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         stages: HashMap::new(),
         reports: Vec::new(),
         wopts: WriteOptions { source_date_epoch: opts.source_date_epoch.map(|s| s as i64), ..WriteOptions::default() },
-        imported,
+        imported: &imported,
         used: Vec::new(),
         remote_layers: HashMap::new(),
         explain_pool: None,
         explanations: Vec::new(),
     };
-    for stage in &resolved.stages {
-        let st = solver.stage(stage)?;
-        solver.stages.insert(stage.index, st);
+    // Stages in waves: each wave holds the stages whose dependencies are all built, and its stages
+    // run side by side (independent stages in parallel), each on a forked solver.
+    for wave in waves(&resolved.stages) {
+        if let [stage] = wave.as_slice() {
+            let st = solver.stage(stage)?;
+            solver.stages.insert(stage.index, st);
+            continue;
+        }
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|stage| {
+                    let mut sub = solver.fork();
+                    s.spawn(move || {
+                        let r = sub.stage(stage);
+                        (sub, r)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join()).collect()
+        });
+        for (stage, res) in wave.iter().zip(results) {
+            let (sub, r) = res.map_err(|_| BuildError::Usage("a stage's build thread panicked".into()))?;
+            solver.join(sub);
+            solver.stages.insert(stage.index, r?);
+        }
     }
     let final_state = solver
         .stages
@@ -250,7 +273,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     solver.ensure_local(&final_state.layers)?;
     let final_key = final_state.key.clone();
     let mut sources = kiln_cache::LayerSources::new();
-    for c in &solver.imported {
+    for c in solver.imported {
         if let solve::Imported::Registry(rc) = c {
             sources.extend(&rc.layer_sources());
         }
@@ -369,6 +392,22 @@ fn splice_onbuild(build: &mut Build, store: &Store, opts: &BuildOptions) -> Resu
         }
     }
     Ok(())
+}
+
+/// Groups stages (given dependencies first) into waves: a stage's wave is one past the latest wave of
+/// the stages it reads.
+fn waves(stages: &[kiln_dockerfile::instructions::ResolvedStage]) -> Vec<Vec<&kiln_dockerfile::instructions::ResolvedStage>> {
+    let mut level: HashMap<usize, usize> = HashMap::new();
+    let mut out: Vec<Vec<&kiln_dockerfile::instructions::ResolvedStage>> = Vec::new();
+    for st in stages {
+        let l = st.deps.iter().filter_map(|d| level.get(d)).map(|l| l + 1).max().unwrap_or(0);
+        level.insert(st.index, l);
+        if out.len() <= l {
+            out.resize_with(l + 1, Vec::new);
+        }
+        out[l].push(st);
+    }
+    out
 }
 
 fn platform_args(p: &Platform) -> PlatformArgs {

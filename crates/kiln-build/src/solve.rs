@@ -36,7 +36,7 @@ pub(crate) struct Solver<'a> {
     pub reports: Vec<StepReport>,
     pub wopts: WriteOptions,
     /// Caches imported with `--cache-from`, looked up after the local cache.
-    pub imported: Vec<Imported<'a>>,
+    pub imported: &'a [Imported<'a>],
     /// Every record this build used or made, config-only steps included: what `--cache-to` exports.
     pub used: Vec<Record>,
     /// Layers known only from an imported cache: fetched when a step or the output needs them.
@@ -89,6 +89,37 @@ fn at(loc: &Location) -> String {
 }
 
 impl<'a> Solver<'a> {
+    /// A solver for one stage running beside others: it shares everything read-only and collects
+    /// its own reports and records, which [`Solver::join`] folds back in.
+    pub fn fork(&self) -> Solver<'a> {
+        Solver {
+            opts: self.opts,
+            store: self.store,
+            cache: self.cache.clone(),
+            snaps: self.snaps.clone(),
+            context: self.context,
+            sandbox: self.sandbox.clone(),
+            progress: self.progress,
+            bases: self.bases.clone(),
+            stages: self.stages.clone(),
+            reports: Vec::new(),
+            wopts: self.wopts.clone(),
+            imported: self.imported,
+            used: Vec::new(),
+            remote_layers: self.remote_layers.clone(),
+            explain_pool: None,
+            explanations: Vec::new(),
+        }
+    }
+
+    pub fn join(&mut self, sub: Solver<'a>) {
+        self.reports.extend(sub.reports);
+        self.used.extend(sub.used);
+        self.remote_layers.extend(sub.remote_layers);
+        self.explanations.extend(sub.explanations);
+        self.bases.extend(sub.bases);
+    }
+
     /// Builds one stage; its deps are already in `self.stages`.
     pub fn stage(&mut self, stage: &ResolvedStage) -> Result<ImageState, BuildError> {
         let platform = self.opts.platform.clone();
@@ -146,8 +177,9 @@ impl<'a> Solver<'a> {
             Instruction::Run(run) => {
                 let argv = self.run_argv(run, state);
                 inputs.insert("run".into(), argv.join("\u{1f}"));
-                for (i, e) in self.run_env(step, state).iter().enumerate() {
-                    inputs.insert(format!("env:{i:04}"), e.clone());
+                for e in self.run_env(step, state) {
+                    let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
+                    inputs.insert(format!("env:{k}"), v.to_string());
                 }
                 inputs.insert("user".into(), state.user());
                 inputs.insert("workdir".into(), state.workdir());
@@ -312,7 +344,7 @@ impl<'a> Solver<'a> {
     fn explain(&mut self, parent: &Digest, text: &str, inputs: &BTreeMap<String, String>) -> Option<String> {
         if self.explain_pool.is_none() {
             let mut pool = self.cache.records();
-            for c in &self.imported {
+            for c in self.imported {
                 pool.extend(c.records());
             }
             self.explain_pool = Some(pool);
@@ -326,7 +358,28 @@ impl<'a> Solver<'a> {
         if ex.changes.is_empty() || ex.changes.iter().all(|c| matches!(c, kiln_cache::Change::Parent)) {
             return None;
         }
-        Some(ex.changes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("; "))
+        // A changed instruction says it all; the inputs it implies would only repeat it.
+        if let Some(c) = ex.changes.iter().find(|c| matches!(c, kiln_cache::Change::Instruction { .. })) {
+            if let kiln_cache::Change::Instruction { cached, now } = c {
+                let word = |t: &str| t.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+                if word(cached) != word(now) {
+                    return Some(format!("nothing like it is cached after the same step (closest: `{cached}`)"));
+                }
+            }
+            return Some(c.to_string());
+        }
+        let said: Vec<String> = ex
+            .changes
+            .iter()
+            .map(|c| match c {
+                kiln_cache::Change::Input { name, .. } if name == "from" => "the stage or image it copies from changed".to_string(),
+                kiln_cache::Change::Input { name, .. } if name.starts_with("mount:") && name.ends_with(":from") => {
+                    "the stage a --mount reads from changed".to_string()
+                }
+                c => c.to_string(),
+            })
+            .collect();
+        Some(said.join("; "))
     }
 
     fn apply_record(&self, rec: &Record, state: &mut ImageState, text: &str) {

@@ -44,6 +44,9 @@ fn two_stage_build_runs_and_rebuild_hits_every_step() {
     assert_eq!(k.run("kiln.test/app:1", &[]), "built-in-builder\nhello\nfrom-run\nlate-1\n");
     // A command after `--` replaces CMD.
     assert_eq!(k.run("kiln.test/app:1", &["cat", "/app/hello.txt"]), "hello\n");
+    // `kiln run` passes the command's exit code on.
+    let o = k.cmd(&["run", "kiln.test/app:1", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "kiln run exits with the command's code: {}", stderr(&o));
 
     let md2 = k.build_md(&ctx, &["-t", "kiln.test/app:1"]);
     let second = layer_steps(&md2);
@@ -210,6 +213,8 @@ fn bind_mounts_from_the_context_and_from_a_stage() {
                  RUN mkdir /gen && echo from-stage > /gen/g.txt\n\
                  FROM ${BASE}\n\
                  RUN --mount=type=bind,source=data,target=/mnt/ctx cat /mnt/ctx/in.txt > /from-ctx.txt\n\
+                 RUN --mount=type=bind,source=data,target=/mnt/ctx \
+                 if touch /mnt/ctx/probe 2>/dev/null; then echo rw; else echo ro; fi > /bind-mode.txt\n\
                  RUN --mount=type=bind,from=gen,source=/gen,target=/mnt/stage cat /mnt/stage/g.txt > /from-stage.txt\n",
             ),
             ("data/in.txt", "from-context\n"),
@@ -217,6 +222,9 @@ fn bind_mounts_from_the_context_and_from_a_stage() {
     );
     k.build_md(&ctx, &["-t", "kiln.test/bind:1"]);
     assert_eq!(k.run("kiln.test/bind:1", &["cat", "/from-ctx.txt", "/from-stage.txt"]), "from-context\nfrom-stage\n");
+    // Bind mounts are read-only unless `rw` is given (BuildKit's default), and never write back.
+    assert_eq!(k.run("kiln.test/bind:1", &["cat", "/bind-mode.txt"]), "ro\n");
+    assert!(!ctx.join("data/probe").exists(), "a RUN must never write into the build context");
     for p in ["/mnt/ctx/in.txt", "/mnt/stage/g.txt", "/gen"] {
         let o = k.cmd(&["run", "kiln.test/bind:1", "--", "test", "-e", p]);
         assert!(!o.status.success(), "{p} was only bind-mounted; it must not be in the image");
@@ -320,6 +328,13 @@ fn test_flag_failing_fails_the_build_and_tags_nothing() {
     assert!(err.contains("grep -q missing /ready.txt"), "the error names the test command:\n{err}");
     let refs = k.image_refs();
     assert!(!refs.iter().any(|r| r.contains("tested")), "a failed --test must not tag the image: {refs:?}");
+    // Nor leave any other name behind (e.g. the temporary one the test ran under).
+    let index = support_build::read_json(&k.store().join("index.json"));
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|d| d["annotations"]["org.opencontainers.image.ref.name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, [support_build::BASE], "only the base image is named in the store after a failed --test");
     assert!(!out.exists(), "a failed --test must not write the --output file");
 }
 

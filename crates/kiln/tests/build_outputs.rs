@@ -286,6 +286,7 @@ fn secret_leaves_no_trace_in_layers_config_metadata_or_logs() {
     let gone = k.cmd(&["run", "kiln.test/secret:1", "--", "test", "-e", "/run/secrets/tok"]);
     assert!(!gone.status.success(), "the secret file must not remain in the image");
 
+    assert!(stderr(&o).contains("used"), "the RUN's output is shown (so the log check below sees it):\n{}", stderr(&o));
     assert!(!contains(&o.stdout, s) && !contains(&o.stderr, s), "the secret appears in the build's output:\n{}", stderr(&o));
     assert!(!contains(&fs::read(&md_path).expect("metadata"), s), "the secret appears in the metadata file");
     assert!(!contains(&fs::read(&tar).expect("oci archive"), s), "the secret appears in the OCI archive");
