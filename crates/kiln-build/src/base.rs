@@ -13,6 +13,38 @@ pub struct BaseImage {
     pub layers: Vec<LayerRef>,
 }
 
+/// Base images of one build, each looked up (and pulled) at most once per platform, shared by the
+/// resolver (which needs a base's ENV and WORKDIR) and the solver (which needs its layers). A failure
+/// is remembered too, so an unreachable registry is waited for once, not once per mention.
+pub struct Bases {
+    store: Store,
+    client: Option<std::sync::Arc<kiln_registry::Client>>,
+    memo: std::sync::Mutex<std::collections::HashMap<(String, String), Result<BaseImage, String>>>,
+}
+
+impl Bases {
+    pub fn new(store: Store, client: Option<std::sync::Arc<kiln_registry::Client>>) -> Bases {
+        Bases { store, client, memo: std::sync::Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    pub fn get(&self, image: &str, platform: &Platform) -> Result<BaseImage, BuildError> {
+        let k = (image.to_string(), platform.to_string());
+        if let Some(r) = self.memo.lock().ok().and_then(|m| m.get(&k).cloned()) {
+            return r.map_err(|message| BuildError::Base { reference: image.to_string(), message });
+        }
+        let r = ensure(&self.store, self.client.as_deref(), image, platform);
+        let remembered = match &r {
+            Ok(b) => Ok(b.clone()),
+            Err(BuildError::Base { message, .. }) => Err(message.clone()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Ok(mut m) = self.memo.lock() {
+            m.insert(k, remembered);
+        }
+        r
+    }
+}
+
 /// Finds `image` for `platform` in the store, pulling it from its registry when it is not there (or
 /// has no image for the platform). A pulled image is tagged with its reference unless that tag
 /// already names something else (e.g. another platform's pull); then it is used by digest.
@@ -42,7 +74,11 @@ pub fn ensure(store: &Store, client: Option<&kiln_registry::Client>, image: &str
     let tag = if tagged { None } else { Some(reference.to_string()) };
     let opts = kiln_registry::CopyOptions { platform: Some(platform.clone()), parallel: client.options().parallel };
     let res = kiln_registry::copy_image(&src, &src_ref, &dst, tag.as_deref(), &opts, &kiln_registry::NoProgress)
-        .map_err(|e| err(format!("not in the local store, and pulling it failed: {e}")))?;
+        .map_err(|e| {
+            err(format!(
+                "not in the local store, and pulling it failed: {e}. Pull it with `kiln pull {image}` (kiln login first if it is private) or import it with `kiln import ROOTFS.tar -t {image}`"
+            ))
+        })?;
     let by_digest = reference.with_digest(res.digest.clone()).to_string();
     load(store, if tagged { &by_digest } else { image }, platform)
 }

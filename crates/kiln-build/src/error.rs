@@ -6,29 +6,29 @@ use std::path::PathBuf;
 /// A build failure.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{0}")]
+    #[error(transparent)]
     Parse(#[from] kiln_dockerfile::ParseError),
-    #[error("{0}")]
+    #[error(transparent)]
     Instruction(#[from] kiln_dockerfile::instructions::InstructionError),
     /// A step failed; `at` is `file:line`.
     #[error("{at}: {message}")]
     Step { at: String, message: String },
-    #[error("cannot read the Dockerfile {path}: {source}")]
+    #[error("cannot read the Dockerfile {}", path.display())]
     Dockerfile {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{action} {}: {source}", path.display())]
+    #[error("cannot {action} {}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] kiln_oci::StoreError),
-    #[error("layer {digest}: {source}")]
+    #[error("layer {digest}")]
     Layer {
         digest: String,
         #[source]

@@ -151,16 +151,16 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     let file_name = dockerfile.display().to_string();
     let parsed = kiln_dockerfile::parse_file(&file_name, &source)?;
     let mut typed = parse_build(&parsed, &file_name)?;
-    splice_onbuild(&mut typed, &store, opts)?;
+    let bases = Arc::new(base::Bases::new(store.clone(), opts.registry.clone()));
+    splice_onbuild(&mut typed, &bases, opts)?;
 
     // Base images are read from the store while resolving, so their ENV and WORKDIR take part in
     // expansion; a missing one surfaces later, from the solver, with a message saying how to get it.
-    // The resolver wants a 'static callback: it gets its own handle on the store.
-    let cfg_store = Store::open(&opts.root)?;
+    // The resolver wants a 'static callback: it shares the build's base lookups through an Arc.
+    let cfg_bases = bases.clone();
     let cfg_platform = opts.platform.clone();
-    let cfg_client = opts.registry.clone();
     let base_cfg = move |image: &str, _platform: Option<&str>| -> BaseConfig {
-        match base::ensure(&cfg_store, cfg_client.as_deref(), image, &cfg_platform) {
+        match cfg_bases.get(image, &cfg_platform) {
             Ok(b) => {
                 let rc = b.config.config.clone().unwrap_or_default();
                 BaseConfig {
@@ -228,6 +228,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         sandbox,
         progress,
         bases: HashMap::new(),
+        base_lookup: &bases,
         stages: HashMap::new(),
         reports: Vec::new(),
         wopts: WriteOptions { source_date_epoch: opts.source_date_epoch.map(|s| s as i64), ..WriteOptions::default() },
@@ -341,7 +342,7 @@ fn export_caches(
 
 /// Runs ONBUILD triggers the Docker way: the triggers of a stage's base (an earlier stage's ONBUILD
 /// instructions, or an image's `OnBuild` config) become the first steps of the stage.
-fn splice_onbuild(build: &mut Build, store: &Store, opts: &BuildOptions) -> Result<(), BuildError> {
+fn splice_onbuild(build: &mut Build, bases: &base::Bases, opts: &BuildOptions) -> Result<(), BuildError> {
     use kiln_dockerfile::instructions::{Command, Instruction};
     // Global ARGs (defaults overridden by --build-arg) are what a FROM line can expand.
     let mut env: BTreeMap<String, String> = BTreeMap::new();
@@ -368,7 +369,7 @@ fn splice_onbuild(build: &mut Build, store: &Store, opts: &BuildOptions) -> Resu
                 .collect(),
             None if image == "scratch" => Vec::new(),
             None => {
-                let Ok(base) = base::ensure(store, opts.registry.as_deref(), &image, &opts.platform) else { continue };
+                let Ok(base) = bases.get(&image, &opts.platform) else { continue };
                 let on_build = base.config.config.and_then(|c| c.on_build).unwrap_or_default();
                 let mut out = Vec::new();
                 for t in on_build {

@@ -31,6 +31,7 @@ pub(crate) struct Solver<'a> {
     pub sandbox: Sandbox,
     pub progress: &'a dyn Progress,
     pub bases: HashMap<String, BaseImage>,
+    pub base_lookup: &'a base::Bases,
     /// Final state of each built stage, by stage index.
     pub stages: HashMap<usize, ImageState>,
     pub reports: Vec<StepReport>,
@@ -101,6 +102,7 @@ impl<'a> Solver<'a> {
             sandbox: self.sandbox.clone(),
             progress: self.progress,
             bases: self.bases.clone(),
+            base_lookup: self.base_lookup,
             stages: self.stages.clone(),
             reports: Vec::new(),
             wopts: self.wopts.clone(),
@@ -128,7 +130,7 @@ impl<'a> Solver<'a> {
             Source::Stage(i) => self.stages.get(i).cloned().ok_or_else(|| {
                 BuildError::step(at(&stage.location), format!("stage {i} was not built before this one"))
             })?,
-            Source::Image(r) => self.base(r)?.state(&platform),
+            Source::Image(r) => self.base(r).map_err(|e| BuildError::step(at(&stage.location), e.to_string()))?.state(&platform),
         };
         state.cmd_set = false;
         // The base's ONBUILD triggers ran as this stage's first steps (spliced in before
@@ -148,7 +150,7 @@ impl<'a> Solver<'a> {
 
     fn base(&mut self, image: &str) -> Result<&BaseImage, BuildError> {
         if !self.bases.contains_key(image) {
-            let b = base::ensure(self.store, self.opts.registry.as_deref(), image, &self.opts.platform)?;
+            let b = self.base_lookup.get(image, &self.opts.platform)?;
             self.bases.insert(image.to_string(), b);
         }
         Ok(&self.bases[image])
@@ -503,6 +505,9 @@ impl<'a> Solver<'a> {
     ) -> Result<Option<kiln_sandbox::Mount>, BuildError> {
         let wd = state.workdir();
         let target = if m.target.starts_with('/') { PathBuf::from(&m.target) } else { Path::new(&wd).join(&m.target) };
+        if m.kind != MountType::Secret && m.kind != MountType::Ssh && (target.as_os_str().is_empty() || target == Path::new("/")) {
+            return Err(BuildError::step(at(&step.location), format!("invalid --mount target {:?}: give target=PATH (not /)", m.target)));
+        }
         Ok(Some(match m.kind {
             MountType::Tmpfs => kiln_sandbox::Mount::Tmpfs { target, size_bytes: m.size },
             MountType::Cache => {
@@ -560,7 +565,13 @@ impl<'a> Solver<'a> {
                 .ok_or_else(|| BuildError::step(at(&step.location), format!("stage {i} is not built")))?
                 .layers
                 .clone(),
-            Source::Image(r) => self.base(r)?.layers.clone(),
+            Source::Image(r) => self
+                .base(r)
+                .map_err(|e| {
+                    BuildError::step(at(&step.location), format!("no stage is named {r:?}, so it was taken as an image: {e}"))
+                })?
+                .layers
+                .clone(),
             Source::Scratch => Vec::new(),
         })
     }
