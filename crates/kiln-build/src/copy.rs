@@ -33,6 +33,8 @@ pub struct Source<'a> {
     /// The source path as matched (the top entry's `rel`).
     pub rel: String,
     pub entries: Vec<Entry>,
+    /// `COPY --parents`: keep the source's path (relative to its root) under the destination.
+    pub parents: bool,
 }
 
 /// The owner and mode options of a COPY.
@@ -64,7 +66,7 @@ pub fn copy_into(root: &Path, sources: &[Source<'_>], dest: &str, dest_is_dir: b
     for src in sources {
         let Some(top) = src.entries.first() else { continue };
         let top_is_dir = top.kind == Kind::Dir;
-        let into_dir = dest_is_dir || dest_exists_dir || top_is_dir;
+        let into_dir = dest_is_dir || dest_exists_dir || top_is_dir || src.parents;
         if into_dir {
             make_dirs(&rootdir, &dest_path, attrs)?;
         } else if let Some(parent) = dest_path.parent() {
@@ -72,7 +74,9 @@ pub fn copy_into(root: &Path, sources: &[Source<'_>], dest: &str, dest_is_dir: b
             make_dirs(&rootdir, parent, attrs)?;
         }
         for e in &src.entries {
-            let target = if top_is_dir {
+            let target = if src.parents {
+                dest_path.join(&e.rel)
+            } else if top_is_dir {
                 let sub = e.rel.strip_prefix(&src.rel).unwrap_or(&e.rel).trim_start_matches('/');
                 if sub.is_empty() {
                     continue; // the directory itself: only its contents are copied

@@ -432,6 +432,26 @@ impl<'a> Solver<'a> {
         env
     }
 
+    /// A context source's entries, less what `--exclude` names (patterns in `.dockerignore` syntax,
+    /// matched against the path inside the source and against the path in the context).
+    fn context_entries(&self, rel: &str, c: &Copy) -> Result<Vec<Entry>, BuildError> {
+        let entries = self.context.walk(rel)?;
+        if c.exclude.is_empty() {
+            return Ok(entries);
+        }
+        let m = kiln_dockerfile::dockerignore::Matcher::new(&c.exclude)
+            .map_err(|e| BuildError::Usage(format!("--exclude: {e}")))?;
+        Ok(entries
+            .into_iter()
+            .enumerate()
+            .filter(|(i, e)| {
+                let inner = e.rel.strip_prefix(rel).unwrap_or(&e.rel).trim_start_matches('/');
+                *i == 0 || !(m.matches(&e.rel) || (!inner.is_empty() && m.matches(inner)))
+            })
+            .map(|(_, e)| e)
+            .collect())
+    }
+
     fn context_digest(&self, rel: &str) -> Result<Digest, BuildError> {
         let rel = crate::context::clean_rel(rel).unwrap_or_default();
         let entries = self.context.walk(&rel)?;
@@ -593,12 +613,27 @@ impl<'a> Solver<'a> {
                     plan.items.push(CopyItem::Heredoc(h.name.clone(), h.effective_content()));
                 }
                 CopySource::Path(p) if c.add && (p.starts_with("http://") || p.starts_with("https://")) => {
-                    return Err(BuildError::step(at(&step.location), format!("ADD {p}: fetching URLs is not supported by kiln yet; download it in a RUN step")));
+                    // The content decides the key, as in BuildKit: fetch now, verify --checksum.
+                    let dir = self.snaps.temp_dir("add-url")?;
+                    let name = url_file_name(p);
+                    let file = dir.join(&name);
+                    let digest = fetch_url(p, &file).map_err(|m| BuildError::step(at(&step.location), format!("ADD {p}: {m}")))?;
+                    if let Some(want) = &c.checksum {
+                        if want != &digest.to_string() {
+                            remove_tree(&dir);
+                            return Err(BuildError::step(
+                                at(&step.location),
+                                format!("ADD {p}: --checksum {want} does not match the download ({digest})"),
+                            ));
+                        }
+                    }
+                    inputs.insert(format!("src:{i}:{p}"), digest.to_string());
+                    plan.items.push(CopyItem::Url(dir, name));
                 }
                 CopySource::Path(p) if plan.from.is_none() => {
                     let matches = self.context.expand_source(p).map_err(|m| BuildError::step(at(&step.location), format!("COPY failed: {m}")))?;
                     for rel in matches {
-                        let entries = self.context.walk(&rel)?;
+                        let entries = self.context_entries(&rel, c)?;
                         let mut s = String::new();
                         for e in &entries {
                             s.push_str(&self.entry_line(e, true)?);
@@ -658,7 +693,7 @@ impl<'a> Solver<'a> {
             for (i, item) in plan.items.iter().enumerate() {
                 match item {
                     CopyItem::Context(rel) => {
-                        let entries = self.context.walk(rel)?;
+                        let entries = self.context_entries(rel, c)?;
                         if c.add && entries.len() == 1 && c.unpack != Some(false) {
                             let host = self.context.host_path(rel);
                             if is_archive(&host) {
@@ -666,18 +701,33 @@ impl<'a> Solver<'a> {
                                 continue;
                             }
                         }
-                        sources.push(copy::Source { root: SourceRoot { dir: self.context.root(), keep_owner: false }, rel: rel.clone(), entries });
+                        sources.push(copy::Source {
+                            root: SourceRoot { dir: self.context.root(), keep_owner: false },
+                            rel: rel.clone(),
+                            entries,
+                            parents: c.parents,
+                        });
                     }
                     CopyItem::Stage(p) => {
                         let Some(m) = &src_mount else { continue };
                         let (_, entries) = copy::walk_root(&m.merged, p.trim_start_matches('/'))
                             .map_err(|err| e(format!("COPY --from: {err}")))?;
                         let rel = entries.first().map(|x| x.rel.clone()).unwrap_or_default();
-                        sources.push(copy::Source { root: SourceRoot { dir: &m.merged, keep_owner: true }, rel, entries });
+                        sources.push(copy::Source { root: SourceRoot { dir: &m.merged, keep_owner: true }, rel, entries, parents: false });
+                    }
+                    CopyItem::Url(dir, name) => {
+                        let meta = fs::metadata(dir.join(name)).map_err(|err| e(err.to_string()))?;
+                        let entry = Entry { rel: name.clone(), kind: Kind::File { size: meta.len() }, mode: 0o600, uid: 0, gid: 0 };
+                        sources.push(copy::Source { root: SourceRoot { dir, keep_owner: false }, rel: name.clone(), entries: vec![entry], parents: false });
                     }
                     CopyItem::Heredoc(name, content) => {
                         let entry = Entry { rel: name.clone(), kind: Kind::File { size: content.len() as u64 }, mode: 0o644, uid: 0, gid: 0 };
-                        sources.push(copy::Source { root: SourceRoot { dir: &heredoc_dirs[i], keep_owner: false }, rel: name.clone(), entries: vec![entry] });
+                        sources.push(copy::Source {
+                            root: SourceRoot { dir: &heredoc_dirs[i], keep_owner: false },
+                            rel: name.clone(),
+                            entries: vec![entry],
+                            parents: false,
+                        });
                     }
                 }
             }
@@ -699,6 +749,51 @@ enum CopyItem {
     Context(String),
     Stage(String),
     Heredoc(String, String),
+    /// A downloaded ADD URL: the temp dir holding it and the file's name.
+    Url(PathBuf, String),
+}
+
+impl Drop for CopyPlan {
+    fn drop(&mut self) {
+        for item in &self.items {
+            if let CopyItem::Url(dir, _) = item {
+                remove_tree(dir);
+            }
+        }
+    }
+}
+
+/// The file name an ADD of `url` gets: the last path segment, or `index.html` for a bare host.
+fn url_file_name(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let after_host = path.splitn(4, '/').nth(3).unwrap_or("");
+    match after_host.rsplit('/').next() {
+        Some(n) if !n.is_empty() && n != "." && n != ".." => n.to_string(),
+        _ => "index.html".to_string(),
+    }
+}
+
+/// Streams `url` to `dest`, returning the content's sha256. Redirects are followed; a non-2xx
+/// answer is an error naming the status.
+fn fetch_url(url: &str, dest: &Path) -> Result<Digest, String> {
+    let resp = ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(30))
+        .redirects(10)
+        .build()
+        .get(url)
+        .call()
+        .map_err(|e| match e {
+            ureq::Error::Status(code, r) => format!("HTTP {code} {}", r.status_text()),
+            other => other.to_string(),
+        })?;
+    let f = fs::File::create(dest).map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+    let mut w = kiln_oci::DigestWriter::new(std::io::BufWriter::new(f));
+    std::io::copy(&mut resp.into_reader(), &mut w).map_err(|e| format!("download broke off: {e}"))?;
+    let (mut inner, digest, _) = w.finish();
+    std::io::Write::flush(&mut inner).map_err(|e| e.to_string())?;
+    // Docker: files fetched by ADD are 0600.
+    fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(|e| e.to_string())?;
+    Ok(digest)
 }
 
 fn is_bare_heredoc(cmd: &str) -> bool {

@@ -76,6 +76,9 @@ enum Command {
     Rmi(cmd::rmi::Args),
     /// Delete blobs no image in the local store refers to.
     Prune(cmd::prune::Args),
+    /// Assemble and push multi-platform indexes.
+    #[command(subcommand)]
+    Manifest(cmd::manifest::Command),
 }
 
 fn main() -> ExitCode {
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Images(a) => cmd::images::run(a, &cli.global),
         Command::Rmi(a) => cmd::rmi::run(a, &cli.global),
         Command::Prune(a) => cmd::prune::run(a, &cli.global),
+        Command::Manifest(c) => cmd::manifest::run(c, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

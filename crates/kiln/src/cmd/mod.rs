@@ -9,6 +9,7 @@ pub mod images;
 pub mod import;
 pub mod inspect;
 pub mod login;
+pub mod manifest;
 pub mod prune;
 pub mod pull;
 pub mod push;

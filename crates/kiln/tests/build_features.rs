@@ -1,0 +1,110 @@
+//! COPY/ADD features beyond the basics: `ADD <url>` with `--checksum` (served by a local HTTP server
+//! in the test), `COPY --exclude`, `COPY --parents`, and independent stages running side by side.
+
+mod support_build;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+
+use support_build::*;
+
+/// Serves `body` for every request on a loopback port, for `requests` requests, then stops.
+fn serve(body: &'static [u8], requests: usize) -> (String, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = std::thread::spawn(move || {
+        for _ in 0..requests {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(body);
+        }
+    });
+    (format!("http://{addr}"), h)
+}
+
+const BODY: &[u8] = b"fetched over http\n";
+
+fn body_sha() -> String {
+    // Computed with sha256sum, independently of kiln.
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(BODY).unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!("sha256:{}", String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap())
+}
+
+#[test]
+fn add_url_with_checksum_lands_0600_and_a_wrong_checksum_fails_at_the_line() {
+    if !can_build() {
+        return;
+    }
+    let k = Kiln::new();
+    let (url, server) = serve(BODY, 2);
+    let ctx = k.path("ctx");
+    let good = format!("ARG BASE\nFROM ${{BASE}}\nADD --checksum={} {url}/dir/file.txt /dl/\n", body_sha());
+    write_context(&ctx, &[("Dockerfile", &good)]);
+    k.build_md(&ctx, &["-t", "kiln.test/add:1"]);
+    assert_eq!(k.run("kiln.test/add:1", &["cat", "/dl/file.txt"]), "fetched over http\n");
+    let mode = k.run("kiln.test/add:1", &["stat", "-c", "%a %u", "/dl/file.txt"]);
+    assert_eq!(mode.trim(), "600 0", "Docker gives files fetched by ADD mode 0600");
+
+    let bad = format!("ARG BASE\nFROM ${{BASE}}\nADD --checksum=sha256:{} {url}/file.txt /dl/\n", "0".repeat(64));
+    write_context(&ctx, &[("Dockerfile", &bad)]);
+    let o = k.build(&ctx, &[]);
+    assert_exit_1(&o, "ADD with a wrong checksum");
+    let err = stderr(&o);
+    assert!(err.contains("Dockerfile:3") && err.contains("does not match"), "{err}");
+    server.join().unwrap();
+}
+
+#[test]
+fn copy_exclude_and_parents() {
+    if !can_build() {
+        return;
+    }
+    let k = Kiln::new();
+    let ctx = k.path("ctx");
+    write_context(
+        &ctx,
+        &[
+            ("Dockerfile", "ARG BASE\nFROM ${BASE}\nCOPY --exclude=*.log --exclude=sub/skip.txt src /ex/\nCOPY --parents src/sub/c.txt /par/\n"),
+            ("src/a.txt", "a"),
+            ("src/b.log", "b"),
+            ("src/sub/c.txt", "c"),
+            ("src/sub/skip.txt", "s"),
+        ],
+    );
+    k.build_md(&ctx, &["-t", "kiln.test/ex:1"]);
+    let listing = k.run("kiln.test/ex:1", &["find", "/ex", "/par", "-type", "f"]);
+    let mut files: Vec<&str> = listing.lines().collect();
+    files.sort();
+    assert_eq!(files, vec!["/ex/a.txt", "/ex/sub/c.txt", "/par/src/sub/c.txt"]);
+}
+
+#[test]
+fn independent_stages_run_side_by_side() {
+    if !can_build() {
+        return;
+    }
+    let k = Kiln::new();
+    let ctx = k.path("ctx");
+    // Each stage waits until the other has started: built one after the other, the first would
+    // wait forever (bounded here: it gives up after 20 s and the build fails).
+    let df = "ARG BASE\n\
+        FROM ${BASE} AS a\n\
+        RUN --mount=type=cache,id=rendezvous,target=/r touch /r/a && i=0; while [ ! -e /r/b ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; test -e /r/b && echo a > /a\n\
+        FROM ${BASE} AS b\n\
+        RUN --mount=type=cache,id=rendezvous,target=/r touch /r/b && i=0; while [ ! -e /r/a ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; test -e /r/a && echo b > /b\n\
+        FROM ${BASE}\n\
+        COPY --from=a /a /a\n\
+        COPY --from=b /b /b\n";
+    write_context(&ctx, &[("Dockerfile", df)]);
+    k.build_md(&ctx, &["-t", "kiln.test/par:1"]);
+    assert_eq!(k.run("kiln.test/par:1", &["cat", "/a", "/b"]), "a\nb\n");
+}
