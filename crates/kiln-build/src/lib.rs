@@ -24,6 +24,7 @@ mod context;
 mod copy;
 mod error;
 mod glob;
+mod native;
 pub mod output;
 pub mod run;
 pub mod snapshot;
@@ -73,8 +74,29 @@ pub struct BuildOptions {
     pub cache_to: Vec<CacheTo>,
     /// What the build may do with `--cache-from`/`--cache-to`, and why.
     pub policy: ResolvedPolicy,
-    /// The registry client, for registry caches (and, later, base images and pushes).
+    /// The registry client, for registry caches, base images and pushes.
     pub registry: Option<Arc<Client>>,
+    /// How step roots are made: overlayfs, or copies where overlayfs is unavailable.
+    pub snapshotter: SnapshotterKind,
+}
+
+/// `--snapshotter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotterKind {
+    /// overlayfs when the kernel allows it here, else the copying fallback (with a warning).
+    #[default]
+    Auto,
+    Overlay,
+    Native,
+}
+
+/// Can this process mount overlayfs? Tried once, on an empty lower and upper dir under the root.
+fn overlay_works(root: &Path) -> bool {
+    let snaps = snapshot::Snapshotter::open(root);
+    let Ok(lower) = snaps.temp_dir("probe-lower") else { return false };
+    let ok = snaps.mount(std::slice::from_ref(&lower), true).is_ok();
+    snapshot::remove_tree(&lower);
+    ok
 }
 
 /// How a step was satisfied (the `cache` field of `kiln.steps` in the metadata file).
@@ -223,7 +245,15 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         opts,
         store: &store,
         cache: LocalCache::open(&opts.root),
-        snaps: snapshot::Snapshotter::open(&opts.root),
+        snaps: match opts.snapshotter {
+            SnapshotterKind::Overlay => snapshot::Snapshotter::open(&opts.root),
+            SnapshotterKind::Native => snapshot::Snapshotter::open_native(&opts.root),
+            SnapshotterKind::Auto if overlay_works(&opts.root) => snapshot::Snapshotter::open(&opts.root),
+            SnapshotterKind::Auto => {
+                progress.warn("overlayfs cannot be mounted here: using the copying snapshotter (slower; --snapshotter native)");
+                snapshot::Snapshotter::open_native(&opts.root)
+            }
+        },
         context: &context,
         sandbox,
         progress,

@@ -32,6 +32,9 @@ static UNIQUE: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug, Clone)]
 pub struct Snapshotter {
     dir: PathBuf,
+    /// The copying fallback (`--snapshotter native`): every snapshot is flat, a step works on a full
+    /// copy of its parent's root, and its layer is the difference between the two trees.
+    native: bool,
 }
 
 /// The chain id of `diff_ids[..]`, one per prefix.
@@ -54,7 +57,29 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BuildE
 
 impl Snapshotter {
     pub fn open(root: &Path) -> Snapshotter {
-        Snapshotter { dir: root.join("snapshots") }
+        Snapshotter { dir: root.join("snapshots"), native: false }
+    }
+
+    /// The copying snapshotter, for machines without overlayfs. Its snapshots live apart from the
+    /// overlay ones (they are all flat).
+    pub fn open_native(root: &Path) -> Snapshotter {
+        Snapshotter { dir: root.join("snapshots-native"), native: true }
+    }
+
+    pub fn is_native(&self) -> bool {
+        self.native
+    }
+
+    /// Keeps a native step's finished root as the flat snapshot of `chain`. Consumes the directory.
+    pub fn commit_flat(&self, root: &Path, chain: &Digest) -> Result<(), BuildError> {
+        if self.kind(chain).is_some() {
+            remove_tree(root);
+            return Ok(());
+        }
+        let tmp = self.temp_dir("flat")?;
+        fs::rename(root, tmp.join("fs")).map_err(io_err("move", root))?;
+        fs::write(tmp.join("kind"), "flat\n").map_err(io_err("write", &tmp))?;
+        self.publish(tmp, chain)
     }
 
     fn snap_dir(&self, chain: &Digest) -> PathBuf {
@@ -96,6 +121,11 @@ impl Snapshotter {
         while i > 0 {
             let chain = &chains[i - 1];
             match self.kind(chain).as_deref() {
+                Some("diff") if self.native => {
+                    self.make_flat(store, &layers[..i], chain)?;
+                    out.push(self.snap_dir(chain).join("fs"));
+                    return Ok(out);
+                }
                 Some("flat") => {
                     out.push(self.snap_dir(chain).join("fs"));
                     return Ok(out);
@@ -160,15 +190,36 @@ impl Snapshotter {
     }
 
     /// Mounts an overlay of `lowers` with a fresh upper dir; read-only when `writable` is false.
+    /// The native snapshotter copies the (single, flat) lower dir instead, or, read-only, uses it as is.
     pub fn mount(&self, lowers: &[PathBuf], writable: bool) -> Result<Mounted, BuildError> {
         let base = self.temp_dir("mnt")?;
+        if self.native {
+            let lower = lowers.first().cloned().unwrap_or_else(|| self.dir.join("empty"));
+            if !writable {
+                return Ok(Mounted { merged: lower.clone(), upper: base.join("upper"), base, mounted: false, lower: Some(lower) });
+            }
+            let merged = base.join("merged");
+            fs::create_dir(&merged).map_err(io_err("create", &merged))?;
+            // cp keeps owners, modes, times, xattrs, hard links and devices, and reflinks where it can.
+            let st = std::process::Command::new("cp")
+                .arg("-a")
+                .arg("--reflink=auto")
+                .arg(format!("{}/.", lower.display()))
+                .arg(&merged)
+                .status()
+                .map_err(io_err("run cp for", &merged))?;
+            if !st.success() {
+                return Err(BuildError::Snapshot(format!("copying {} for a native snapshot failed ({st})", lower.display())));
+            }
+            return Ok(Mounted { merged, upper: base.join("upper"), base, mounted: false, lower: Some(lower) });
+        }
         let merged = base.join("merged");
         let upper = base.join("upper");
         let work = base.join("work");
         for d in [&merged, &upper, &work] {
             fs::create_dir(d).map_err(io_err("create", d))?;
         }
-        let mut m = Mounted { base, merged, upper, mounted: false };
+        let mut m = Mounted { base, merged, upper, mounted: false, lower: None };
         let mut data = String::from("lowerdir=");
         for (i, l) in lowers.iter().enumerate() {
             let s = l.to_string_lossy();
@@ -215,6 +266,8 @@ pub struct Mounted {
     pub merged: PathBuf,
     pub upper: PathBuf,
     mounted: bool,
+    /// Native snapshots: the parent's flat root the copy was made from (for the diff).
+    pub lower: Option<PathBuf>,
 }
 
 impl Mounted {

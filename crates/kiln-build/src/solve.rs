@@ -295,6 +295,18 @@ impl<'a> Solver<'a> {
         let lowers = self.snaps.lowers(self.store, &state.layers)?;
         let mut mounted = self.snaps.mount(&lowers, true)?;
         exec(self, &mounted, state)?;
+        if self.snaps.is_native() {
+            let layer = self.native_layer(&mounted, state)?;
+            drop(mounted);
+            let rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), inputs, layer);
+            if let Err(e) = self.cache.put(&rec) {
+                self.progress.warn(&format!("could not write the local cache: {e}"));
+            }
+            self.apply_record(&rec, state, &text);
+            self.used.push(rec);
+            state.key = key;
+            return Ok(CacheStatus::Miss);
+        }
         mounted.unmount()?;
         let layer = if dir_is_empty(&mounted.upper) {
             None
@@ -324,6 +336,25 @@ impl<'a> Solver<'a> {
         self.used.push(rec);
         state.key = key;
         Ok(CacheStatus::Miss)
+    }
+
+    /// The native snapshotter's layer: the tree diff of the step's copy against its parent, and the
+    /// copy kept as the new chain's flat snapshot.
+    fn native_layer(&mut self, mounted: &Mounted, state: &ImageState) -> Result<Option<LayerRecord>, BuildError> {
+        let lower = mounted.lower.clone().unwrap_or_default();
+        let entries = crate::native::diff(&lower, &mounted.merged)
+            .map_err(|e| BuildError::Snapshot(format!("comparing {} with its parent: {e}", mounted.merged.display())))?;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let info = write_layer_to_store(self.store, |w| kiln_oci::layer::write_layer_from_entries(entries, w, &self.wopts).map(|(_, i)| i))
+            .map_err(|e| BuildError::Layer { digest: "(new)".into(), source: e })?;
+        let mut ids: Vec<&Digest> = state.layers.iter().map(|l| &l.diff_id).collect();
+        ids.push(&info.diff_id);
+        if let Some(chain) = chain_ids(&ids).pop() {
+            self.snaps.commit_flat(&mounted.merged, &chain)?;
+        }
+        Ok(Some(LayerRecord { descriptor: info.descriptor(), diff_id: info.diff_id.clone() }))
     }
 
     /// Downloads the layers among `layers` that are known only from an imported cache.

@@ -108,3 +108,24 @@ fn independent_stages_run_side_by_side() {
     k.build_md(&ctx, &["-t", "kiln.test/par:1"]);
     assert_eq!(k.run("kiln.test/par:1", &["cat", "/a", "/b"]), "a\nb\n");
 }
+
+#[test]
+fn the_native_snapshotter_builds_the_same_file_system_as_overlay() {
+    if !can_build() {
+        return;
+    }
+    let k = Kiln::new();
+    let ctx = k.path("ctx");
+    let df = "ARG BASE\nFROM ${BASE}\n\
+        RUN mkdir -p /d/sub && echo 1 > /d/sub/f && echo x > /gone && ln -s /d/sub/f /link && ln /d/sub/f /hard\n\
+        RUN rm /gone && rm -r /d/sub && mkdir /d/sub && echo 2 > /d/sub/g && chmod 4755 /d/sub/g && chown 1000:1000 /d\n\
+        COPY a.txt /d/\n";
+    write_context(&ctx, &[("Dockerfile", df), ("a.txt", "a")]);
+    let list = "find / -xdev \\( -path /proc -o -path /sys -o -path /dev \\) -prune -o -print0 | sort -z | xargs -0 stat -c '%n %F %a %u %g %s' ; cat /d/sub/g /d/a.txt";
+    k.build_md(&ctx, &["-t", "kiln.test/ov:1", "--snapshotter", "overlay"]);
+    let overlay = k.run("kiln.test/ov:1", &["sh", "-c", list]);
+    k.build_md(&ctx, &["-t", "kiln.test/na:1", "--snapshotter", "native", "--no-cache"]);
+    let native = k.run("kiln.test/na:1", &["sh", "-c", list]);
+    assert!(overlay.contains("/d/sub/g regular file 4755 0 0 2") && !overlay.contains("/gone ") && !overlay.contains("/d/sub/f"), "{overlay}");
+    assert_eq!(native, overlay);
+}

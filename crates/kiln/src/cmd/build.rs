@@ -64,8 +64,19 @@ pub struct Args {
     /// Who may read and write --cache-from/--cache-to: auto (from the CI event), read-write, read-only, off.
     #[arg(long = "cache-policy", default_value = "auto")]
     pub cache_policy: String,
+    /// How step roots are made: overlay (overlayfs), native (copies, where overlayfs is unavailable),
+    /// or auto (overlay when it can be mounted here).
+    #[arg(long, value_enum, default_value = "auto", env = "KILN_SNAPSHOTTER")]
+    pub snapshotter: SnapshotterArg,
     #[command(flatten)]
     pub net: super::copy::NetArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SnapshotterArg {
+    Auto,
+    Overlay,
+    Native,
 }
 
 fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -176,6 +187,11 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         cache_to,
         policy: policy.clone(),
         registry: Some(client.clone()),
+        snapshotter: match a.snapshotter {
+            SnapshotterArg::Auto => kiln_build::SnapshotterKind::Auto,
+            SnapshotterArg::Overlay => kiln_build::SnapshotterKind::Overlay,
+            SnapshotterArg::Native => kiln_build::SnapshotterKind::Native,
+        },
     };
     let printer = Printer::new(a.progress);
 

@@ -1,0 +1,323 @@
+//! `kiln manifest merge` against real `docker-registry` processes (kiln-testkit, free loopback
+//! ports), checked with `skopeo` and `sha256sum` rather than with kiln's own reading of the result.
+//!
+//! Per-platform sources are busybox root file systems imported with `--platform` and pushed; the
+//! fan-out test builds them for real, per platform, and compares with one multi-platform build.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use kiln_testkit::Registry;
+use tempfile::TempDir;
+
+/// One kiln "machine" (a CI runner): its own root and Docker config.
+struct Kiln {
+    root: TempDir,
+    docker_config: TempDir,
+}
+
+impl Kiln {
+    fn new() -> Kiln {
+        Kiln { root: tempfile::tempdir().unwrap(), docker_config: tempfile::tempdir().unwrap() }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .env("KILN_ROOT", self.root.path())
+            .env("DOCKER_CONFIG", self.docker_config.path())
+            .env("SOURCE_DATE_EPOCH", "0")
+            .env("CI", "true")
+            .env_remove("KILN_LOG")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> (String, String) {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "kiln {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(!o.status.success(), "kiln {args:?} should have failed:\n{}", String::from_utf8_lossy(&o.stdout));
+        assert_eq!(o.status.code(), Some(1), "a user error exits 1");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// Imports busybox as `platform` and pushes it to `reference`; returns the pushed digest.
+    fn push_platform_image(&self, work: &Path, platform: &str, reference: &str) -> String {
+        let tar = work.join("busybox.tar");
+        if !tar.exists() {
+            kiln_testkit::busybox_rootfs_tar(&tar).unwrap();
+        }
+        self.ok(&["import", "--platform", platform, tar.to_str().unwrap(), "-t", reference]);
+        let df = work.join(format!("digest-{}", platform.replace('/', "-")));
+        self.ok(&["push", reference, "--digest-file", df.to_str().unwrap()]);
+        std::fs::read_to_string(&df).unwrap().trim().to_string()
+    }
+}
+
+fn skopeo_raw(reference: &str) -> Option<(serde_json::Value, String)> {
+    let o = Command::new("skopeo").args(["inspect", "--tls-verify=false", "--raw", reference]).output().unwrap();
+    if !o.status.success() {
+        return None;
+    }
+    Some((serde_json::from_slice(&o.stdout).unwrap(), sha256sum(&o.stdout)))
+}
+
+/// The digest of `bytes` as coreutils computes it, so kiln's own hashing is not what is checked.
+fn sha256sum(bytes: &[u8]) -> String {
+    let mut child = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!("sha256:{}", String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap())
+}
+
+/// (platform, digest) of each index entry, in index order.
+fn entries(index: &serde_json::Value) -> Vec<(String, String)> {
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let p = &m["platform"];
+            (format!("{}/{}", p["os"].as_str().unwrap(), p["architecture"].as_str().unwrap()), m["digest"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+fn ready() -> bool {
+    kiln_testkit::require_tool("skopeo") && kiln_testkit::require_tool("sha256sum")
+}
+
+#[test]
+fn merges_two_platform_images_from_another_repository_idempotently() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start_plain().unwrap();
+    let h = reg.host();
+    let k = Kiln::new();
+    let work = tempfile::tempdir().unwrap();
+    let amd = k.push_platform_image(work.path(), "linux/amd64", &format!("{h}/stage:amd64"));
+    let arm = k.push_platform_image(work.path(), "linux/arm64", &format!("{h}/stage:arm64"));
+    assert_ne!(amd, arm);
+    let tag = format!("{h}/app:1");
+    let also = format!("{h}/app:latest");
+    let df = work.path().join("index-digest");
+    let (out, err) = k.ok(&[
+        "manifest", "merge", "-t", &tag, "-t", &also, "--digest-file", df.to_str().unwrap(),
+        &format!("{h}/stage@{arm}"), &format!("{h}/stage@{amd}"),
+    ]);
+    let digest = out.trim().to_string();
+    // The children were mounted from the stage repository, not uploaded again.
+    assert!(err.contains("mounted"), "cross-repository mount expected:\n{err}");
+    assert!(!err.contains("uploaded"), "nothing should be uploaded within one registry:\n{err}");
+
+    let (index, raw_digest) = skopeo_raw(&format!("docker://{tag}")).expect("skopeo inspects the merged index");
+    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(index["schemaVersion"], 2);
+    assert_eq!(entries(&index), vec![("linux/amd64".to_string(), amd.clone()), ("linux/arm64".to_string(), arm.clone())]);
+    assert_eq!(raw_digest, digest, "stdout prints the digest of what the registry serves");
+    assert_eq!(std::fs::read_to_string(&df).unwrap().trim(), digest);
+    assert_eq!(skopeo_raw(&format!("docker://{also}")).unwrap().1, digest, "every -t gets the index");
+    // Each child now lives in the target repository, so the index never dangles.
+    for d in [&amd, &arm] {
+        let child = format!("docker://{h}/app@{d}");
+        let o = Command::new("skopeo").args(["inspect", "--tls-verify=false", &child]).output().unwrap();
+        assert!(o.status.success(), "skopeo inspect {child}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    // Idempotent: again, and with the sources the other way round, the same index.
+    let (again, err2) = k.ok(&["manifest", "merge", "-t", &tag, &format!("{h}/stage@{amd}"), &format!("{h}/stage@{arm}")]);
+    assert_eq!(again.trim(), digest);
+    assert!(!err2.contains("mounted"), "a second run finds the children in place:\n{err2}");
+    assert_eq!(skopeo_raw(&format!("docker://{tag}")).unwrap().1, digest);
+
+    // A fresh machine pulls the arm64 child by platform from the merged tag.
+    let puller = Kiln::new();
+    let pf = work.path().join("pulled");
+    puller.ok(&["pull", "--platform", "linux/arm64", &tag, "--digest-file", pf.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&pf).unwrap().trim(), arm);
+    let pf2 = work.path().join("pulled2");
+    puller.ok(&["pull", "--platform", "linux/amd64", &tag, "--digest-file", pf2.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&pf2).unwrap().trim(), amd);
+}
+
+#[test]
+fn sources_in_the_target_repository_and_bare_digests_and_an_index_as_source() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start_plain().unwrap();
+    let h = reg.host();
+    let k = Kiln::new();
+    let work = tempfile::tempdir().unwrap();
+    let amd = k.push_platform_image(work.path(), "linux/amd64", &format!("{h}/app:amd64"));
+    let arm = k.push_platform_image(work.path(), "linux/arm64/v8", &format!("{h}/app:arm64"));
+    // Bare digests name the first tag's repository, which is where push-by-digest put them.
+    let (out, _) = k.ok(&["manifest", "merge", "-t", &format!("{h}/app:1"), &arm, &amd]);
+    let digest = out.trim().to_string();
+    let (index, raw) = skopeo_raw(&format!("docker://{h}/app:1")).unwrap();
+    assert_eq!(raw, digest);
+    assert_eq!(entries(&index).len(), 2);
+    // An index as a source contributes its images: merging the merged index into another repository
+    // (plus one of its own children again) rebuilds the very same index there.
+    let (out2, _) = k.ok(&["manifest", "merge", "-t", &format!("{h}/mirror:1"), &format!("{h}/app@{digest}"), &format!("{h}/app@{amd}")]);
+    assert_eq!(out2.trim(), digest);
+    assert_eq!(skopeo_raw(&format!("docker://{h}/mirror:1")).unwrap().1, digest);
+    // --dry-run prints that index and pushes nothing.
+    let (dry, _) = k.ok(&["manifest", "merge", "--dry-run", "-t", &format!("{h}/dry:1"), &amd, &arm]);
+    assert_eq!(sha256sum(dry.trim_end().as_bytes()), digest);
+    assert!(skopeo_raw(&format!("docker://{h}/dry:1")).is_none(), "--dry-run must not push");
+}
+
+#[test]
+fn sources_on_another_registry_are_copied() {
+    if !ready() {
+        return;
+    }
+    let a = Registry::start_plain().unwrap();
+    let b = Registry::start_plain().unwrap();
+    let k = Kiln::new();
+    let work = tempfile::tempdir().unwrap();
+    let amd = k.push_platform_image(work.path(), "linux/amd64", &format!("{}/src:amd64", a.host()));
+    let arm = k.push_platform_image(work.path(), "linux/arm64", &format!("{}/src:arm64", a.host()));
+    let tag = format!("{}/app:1", b.host());
+    let (out, err) = k.ok(&["manifest", "merge", "-t", &tag, &format!("{}/src@{amd}", a.host()), &format!("{}/src@{arm}", a.host())]);
+    assert!(err.contains("uploaded"), "blobs cross registries by copy:\n{err}");
+    let (index, raw) = skopeo_raw(&format!("docker://{tag}")).unwrap();
+    assert_eq!(raw, out.trim());
+    for (_, d) in entries(&index) {
+        let child = format!("docker://{}/app@{d}", b.host());
+        let o = Command::new("skopeo").args(["inspect", "--tls-verify=false", &child]).output().unwrap();
+        assert!(o.status.success(), "skopeo inspect {child}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+#[test]
+fn bad_sources_are_clear_errors() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start_plain().unwrap();
+    let h = reg.host();
+    let k = Kiln::new();
+    let work = tempfile::tempdir().unwrap();
+    let amd = k.push_platform_image(work.path(), "linux/amd64", &format!("{h}/app:amd64"));
+    let tag = format!("{h}/app:1");
+
+    // A digest the registry does not have: the reference and the HTTP status are named.
+    let missing = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let err = k.fails(&["manifest", "merge", "-t", &tag, &format!("{h}/app@{amd}"), &format!("{h}/app@{missing}")]);
+    assert!(err.contains(&format!("{h}/app@{missing}")), "names the reference: {err}");
+    assert!(err.contains("404"), "names the HTTP status: {err}");
+    assert!(skopeo_raw(&format!("docker://{tag}")).is_none(), "nothing is pushed when a source is missing");
+
+    // A tag instead of a digest is refused before anything is fetched.
+    let err = k.fails(&["manifest", "merge", "-t", &tag, &format!("{h}/app:amd64")]);
+    assert!(err.contains("not pinned by digest"), "{err}");
+
+    // Two different images for one platform make an ambiguous index.
+    let tar2 = work.path().join("other.tar");
+    kiln_testkit::random_rootfs_tar(&tar2, 4096, 2, 7).unwrap();
+    k.ok(&["import", "--platform", "linux/amd64", tar2.to_str().unwrap(), "-t", &format!("{h}/app:amd64-b")]);
+    let df = work.path().join("b");
+    k.ok(&["push", &format!("{h}/app:amd64-b"), "--digest-file", df.to_str().unwrap()]);
+    let amd_b = std::fs::read_to_string(&df).unwrap().trim().to_string();
+    assert_ne!(amd_b, amd);
+    let err = k.fails(&["manifest", "merge", "-t", &tag, &amd, &amd_b]);
+    assert!(err.contains("both for linux/amd64"), "{err}");
+
+    // Nothing to name the index by is a usage error (exit 2, from the argument parser).
+    let o = k.run(&["manifest", "merge", &amd]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+// ---- fan-out against one multi-platform build (needs root, qemu-user-static and arm64 busybox) ----
+
+const ARM_BUSYBOX: &str = "/var/lib/kiln-test/busybox-arm64/bin/busybox";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn can_build_arm64() -> bool {
+    if !kiln_testkit::require_root() || !ready() || !kiln_testkit::require_tool("qemu-aarch64-static") {
+        return false;
+    }
+    let have = Path::new(ARM_BUSYBOX).exists() && Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
+    if !have {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI must run scripts/deps: arm64 busybox or the qemu-aarch64 binfmt handler is missing");
+        eprintln!("skipping: run scripts/deps first (arm64 busybox at {ARM_BUSYBOX} and the qemu-aarch64 binfmt handler)");
+    }
+    have
+}
+
+/// A runner with both busybox bases imported and the `uname -m` Dockerfile in `ctx`.
+fn runner(work: &Path) -> (Kiln, PathBuf) {
+    let k = Kiln::new();
+    for (arch, bb) in [("amd64", "/bin/busybox"), ("arm64", ARM_BUSYBOX)] {
+        let tar = work.join(format!("busybox-{arch}.tar"));
+        if !tar.exists() {
+            let st = Command::new(repo_root().join("scripts/busybox-rootfs")).arg(&tar).env("BUSYBOX", bb).status().unwrap();
+            assert!(st.success(), "scripts/busybox-rootfs for {arch}");
+        }
+        k.ok(&["import", "--platform", &format!("linux/{arch}"), tar.to_str().unwrap(), "-t", &format!("kiln.test/busybox:{arch}")]);
+    }
+    let ctx = work.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM kiln.test/busybox:${TARGETARCH}\nRUN uname -m > /arch\n").unwrap();
+    (k, ctx)
+}
+
+#[test]
+fn fan_out_then_merge_gives_the_single_multi_platform_build_index() {
+    if !can_build_arm64() {
+        return;
+    }
+    let reg = Registry::start_plain().unwrap();
+    let h = reg.host();
+    let work = tempfile::tempdir().unwrap();
+    let repo = format!("{h}/fan");
+
+    // Two "native runners", each building its platform and pushing it by digest.
+    let mut digests = Vec::new();
+    for arch in ["arm64", "amd64"] {
+        let (k, ctx) = runner(work.path());
+        let md = work.path().join(format!("md-{arch}.json"));
+        let (out, _) = k.ok(&[
+            "build", ctx.to_str().unwrap(), "--platform", &format!("linux/{arch}"), "-t", &repo,
+            "--output", "type=registry,push-by-digest=true", "--metadata-file", md.to_str().unwrap(),
+        ]);
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&md).unwrap()).unwrap();
+        let d = meta["containerimage.digest"].as_str().unwrap().to_string();
+        assert_eq!(out.trim(), d);
+        digests.push(format!("{repo}@{d}"));
+    }
+    let merged_tag = format!("{repo}:merged");
+    let mut args = vec!["manifest", "merge", "-t", merged_tag.as_str()];
+    args.extend(digests.iter().map(String::as_str));
+    let k = Kiln::new();
+    let (merged, _) = k.ok(&args);
+    assert_eq!(merged.trim(), skopeo_raw(&format!("docker://{merged_tag}")).unwrap().1);
+
+    // One runner building both platforms at once.
+    let (single, ctx) = runner(work.path());
+    let single_tag = format!("{repo}:single");
+    single.ok(&["build", ctx.to_str().unwrap(), "--platform", "linux/amd64,linux/arm64", "-t", &single_tag, "--push"]);
+    let (single_index, single_digest) = skopeo_raw(&format!("docker://{single_tag}")).unwrap();
+    let (merged_index, _) = skopeo_raw(&format!("docker://{merged_tag}")).unwrap();
+    assert_eq!(entries(&merged_index), entries(&single_index), "same children, same platforms");
+    assert_eq!(merged.trim(), single_digest, "and the very same index");
+    // The merged arm64 child really is arm64.
+    assert_eq!(single.ok(&["run", "--platform", "linux/arm64", &merged_tag, "--", "cat", "/arch"]).0.trim(), "aarch64");
+}
