@@ -359,6 +359,39 @@ fn token_auth_300mb_transfer_outlasts_two_second_tokens() {
 }
 
 #[test]
+fn a_token_expiring_mid_transfer_is_replaced_after_the_401() {
+    if !tools() {
+        return;
+    }
+    // Tokens die after 2 s but claim to live 300 s: refreshing ahead of expiry cannot save the
+    // client; only re-authenticating on the registry's 401 and retrying can.
+    let reg = Registry::start_token(TokenServerOptions {
+        lifetime: Duration::from_secs(2),
+        claimed_lifetime: Some(Duration::from_secs(300)),
+        ..TokenServerOptions::default()
+    })
+    .unwrap();
+    // 10 MB/s: each 30 MB layer takes ~3 s, so later requests carry a dead token.
+    let proxy = FaultProxy::start(&reg.host(), FaultProxyOptions { bandwidth: Some(10_000_000), ..Default::default() }).unwrap();
+    let (user, password) = reg.credentials().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    random_layout(tmp.path(), "mid", 2, 30_000_000, 17);
+    let k = Kiln::new();
+    let image = format!("{}/mid/image:1", proxy.host());
+    k.ok(&["copy", &format!("oci:{}:mid", tmp.path().join("layout").display()), &format!("store:{image}")]);
+    let o = k.login(&proxy.host(), user, password);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = reg.token_server().unwrap().tokens_issued();
+    let pushed = digest_of_stdout(&k.ok(&["push", &image]));
+    let b = Kiln::new();
+    std::fs::copy(k.docker_config.path().join("config.json"), b.docker_config.path().join("config.json")).unwrap();
+    assert_eq!(digest_of_stdout(&b.ok(&["pull", &image])), pushed);
+    let issued = reg.token_server().unwrap().tokens_issued() - before;
+    assert!(issued >= 3, "only {issued} tokens issued: no 401 was met and recovered from");
+    assert!(reg.log().contains("401") || reg.log().contains("unauthorized") || reg.log().contains("invalid token"), "the registry never refused a token");
+}
+
+#[test]
 fn faulty_network_push_and_pull_succeed_and_verify() {
     if !tools() {
         return;
