@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use kiln_testkit::Registry;
+use kiln_testkit::{FaultKind, FaultProxy, FaultProxyOptions, Registry};
 use tempfile::TempDir;
 
 /// One kiln "machine" (a CI runner): its own root and Docker config.
@@ -175,7 +175,7 @@ fn sources_in_the_target_repository_and_bare_digests_and_an_index_as_source() {
     assert_eq!(out2.trim(), digest);
     assert_eq!(skopeo_raw(&format!("docker://{h}/mirror:1")).unwrap().1, digest);
     // --dry-run prints that index and pushes nothing.
-    let (dry, _) = k.ok(&["manifest", "merge", "--dry-run", "-t", &format!("{h}/dry:1"), &amd, &arm]);
+    let (dry, _) = k.ok(&["manifest", "merge", "--dry-run", "-t", &format!("{h}/dry:1"), &format!("{h}/app@{amd}"), &format!("{h}/app@{arm}")]);
     assert_eq!(sha256sum(dry.trim_end().as_bytes()), digest);
     assert!(skopeo_raw(&format!("docker://{h}/dry:1")).is_none(), "--dry-run must not push");
 }
@@ -201,6 +201,28 @@ fn sources_on_another_registry_are_copied() {
         let o = Command::new("skopeo").args(["inspect", "--tls-verify=false", &child]).output().unwrap();
         assert!(o.status.success(), "skopeo inspect {child}: {}", String::from_utf8_lossy(&o.stderr));
     }
+}
+
+#[test]
+fn transient_registry_failures_are_retried_and_the_result_is_the_same() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start_plain().unwrap();
+    let k = Kiln::new();
+    let work = tempfile::tempdir().unwrap();
+    let h = reg.host();
+    let amd = k.push_platform_image(work.path(), "linux/amd64", &format!("{h}/stage:amd64"));
+    let arm = k.push_platform_image(work.path(), "linux/arm64", &format!("{h}/stage:arm64"));
+    let (clean, _) = k.ok(&["manifest", "merge", "--dry-run", "-t", &format!("{h}/app:1"), &format!("{h}/stage@{amd}"), &format!("{h}/stage@{arm}")]);
+    let expected = sha256sum(clean.trim_end().as_bytes());
+    // About 3 requests in 10 fail (500, reset mid-body or 429); the merge goes through the proxy.
+    let proxy = FaultProxy::start(&h, FaultProxyOptions { fault_rate: 0.3, seed: 6, kinds: FaultKind::ALL.to_vec(), ..Default::default() }).unwrap();
+    let p = proxy.host();
+    let (out, _) = k.ok(&["manifest", "merge", "-t", &format!("{p}/app:1"), &format!("{p}/stage@{amd}"), &format!("{p}/stage@{arm}")]);
+    assert!(proxy.faults() > 0, "the proxy injected no fault; the test proves nothing");
+    assert_eq!(out.trim(), expected, "same index as without faults");
+    assert_eq!(skopeo_raw(&format!("docker://{h}/app:1")).unwrap().1, expected);
 }
 
 #[test]
@@ -318,6 +340,8 @@ fn fan_out_then_merge_gives_the_single_multi_platform_build_index() {
     let (merged_index, _) = skopeo_raw(&format!("docker://{merged_tag}")).unwrap();
     assert_eq!(entries(&merged_index), entries(&single_index), "same children, same platforms");
     assert_eq!(merged.trim(), single_digest, "and the very same index");
-    // The merged arm64 child really is arm64.
-    assert_eq!(single.ok(&["run", "--platform", "linux/arm64", &merged_tag, "--", "cat", "/arch"]).0.trim(), "aarch64");
+    // The merged arm64 child, pulled by platform on a fresh machine, really is arm64.
+    let fresh = Kiln::new();
+    fresh.ok(&["pull", "--platform", "linux/arm64", &merged_tag]);
+    assert_eq!(fresh.ok(&["run", "--platform", "linux/arm64", &merged_tag, "--", "cat", "/arch"]).0.trim(), "aarch64");
 }

@@ -14,7 +14,7 @@
 //!
 //! Writing: entries sorted by path, numeric uid/gid, modes (incl. setuid), xattrs as PAX
 //! `SCHILY.xattr.*` records, no user/group names, mtimes clamped to `SOURCE_DATE_EPOCH` when given, PAX
-//! records for long names, gzip from flate2 + miniz_oxide (pinned versions) at level
+//! records for long names, gzip from flate2 + zlib-rs (pinned versions) at level
 //! [`GZIP_LEVEL`]; the compressed digest and the diff id are computed in the same streaming pass.
 
 mod apply;

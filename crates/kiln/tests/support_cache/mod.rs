@@ -74,9 +74,13 @@ impl TestDir {
     }
 
     /// A fresh machine with the amd64 busybox base imported, using `docker_config` for credentials.
+    ///
+    /// Every machine imports the same bytes under the same file name (`kiln import` records the
+    /// name in the image's history) with `SOURCE_DATE_EPOCH=0`, so the base's manifest digest,
+    /// and with it every cache key, is the same on every machine.
     pub fn machine(&self, name: &str, docker_config: &Path) -> Machine {
         let m = self.bare_machine(name, docker_config);
-        let rootfs = self.path(&format!("{name}-busybox.tar"));
+        let rootfs = m.scratch.join("busybox.tar");
         kiln_testkit::busybox_rootfs_tar(&rootfs).expect("busybox rootfs tarball");
         m.ok(&["import", path_str(&rootfs), "-t", BASE], &[("SOURCE_DATE_EPOCH", "0")]);
         m
@@ -87,11 +91,12 @@ impl TestDir {
     pub fn two_arch_machine(&self, name: &str, docker_config: &Path) -> Machine {
         let m = self.bare_machine(name, docker_config);
         for (arch, busybox) in [("amd64", "/bin/busybox"), ("arm64", ARM_BUSYBOX)] {
-            let tar = self.path(&format!("{name}-busybox-{arch}.tar"));
+            let tar = m.scratch.join(format!("busybox-{arch}.tar"));
             let st = Command::new(repo_root().join("scripts/busybox-rootfs"))
                 .arg(&tar)
                 .env("BUSYBOX", busybox)
                 .env("SOURCE_DATE_EPOCH", "0")
+                .stdout(Stdio::null())
                 .status()
                 .expect("run scripts/busybox-rootfs");
             assert!(st.success(), "scripts/busybox-rootfs for {arch}");
@@ -104,8 +109,10 @@ impl TestDir {
 
     fn bare_machine(&self, name: &str, docker_config: &Path) -> Machine {
         let root = self.path(&format!("{name}-root"));
+        let scratch = self.path(name);
         fs::create_dir_all(&root).expect("create root");
-        Machine { root, docker_config: docker_config.to_path_buf(), scratch: self.path(name) }
+        fs::create_dir_all(&scratch).expect("create scratch dir");
+        Machine { root, docker_config: docker_config.to_path_buf(), scratch }
     }
 
     /// A new, empty `DOCKER_CONFIG` directory.
@@ -170,7 +177,6 @@ impl Machine {
     /// `kiln build CONTEXT --progress plain --metadata-file MD EXTRA…` with `env`. Returns the
     /// process output and the metadata (when the build wrote it).
     pub fn build(&self, context: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Output, Option<Value>) {
-        fs::create_dir_all(&self.scratch).expect("scratch dir");
         let md = self.scratch.join(format!("md-{}.json", unique()));
         let mut args = vec!["build", path_str(context), "--progress", "plain", "--metadata-file", path_str(&md)];
         args.extend_from_slice(extra);
