@@ -181,8 +181,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     // The resolver wants a 'static callback: it shares the build's base lookups through an Arc.
     let cfg_bases = bases.clone();
     let cfg_platform = opts.platform.clone();
-    let base_cfg = move |image: &str, _platform: Option<&str>| -> BaseConfig {
-        match cfg_bases.get(image, &cfg_platform) {
+    let base_cfg = move |image: &str, platform: Option<&str>| -> BaseConfig {
+        let platform = platform.and_then(|p| Platform::parse(p).ok()).map(|p| p.normalized()).unwrap_or_else(|| cfg_platform.clone());
+        match cfg_bases.get(image, &platform) {
             Ok(b) => {
                 let rc = b.config.config.clone().unwrap_or_default();
                 BaseConfig {

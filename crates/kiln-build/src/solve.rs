@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use kiln_cache::{LayerRecord, LocalCache, Record};
 use kiln_dockerfile::instructions::{
-    CommandLine, Copy, CopySource, Healthcheck, Instruction, Location, Mount, MountType, ResolvedStage, Source, Step,
+    CommandLine, Copy, CopySource, Healthcheck, Instruction, Location, Mount, MountType, ResolvedStage, Sharing, Source, Step,
 };
 use kiln_oci::layer::{write_layer_from_overlay_upper, write_layer_to_store, WriteOptions};
 use kiln_oci::{Digest, History, Store};
@@ -124,13 +124,23 @@ impl<'a> Solver<'a> {
 
     /// Builds one stage; its deps are already in `self.stages`.
     pub fn stage(&mut self, stage: &ResolvedStage) -> Result<ImageState, BuildError> {
-        let platform = self.opts.platform.clone();
+        // `FROM --platform=…` (e.g. $BUILDPLATFORM for a cross-compiling stage) picks the stage's own
+        // platform: its base image, its RUN steps (native or emulated) and its cache keys.
+        let platform = match stage.platform.as_deref().filter(|p| !p.is_empty()) {
+            Some(p) => kiln_oci::Platform::parse(p)
+                .map_err(|e| BuildError::step(at(&stage.location), format!("FROM --platform={p}: {e}")))?
+                .normalized(),
+            None => self.opts.platform.clone(),
+        };
         let mut state = match &stage.base {
             Source::Scratch => ImageState::scratch(&platform),
             Source::Stage(i) => self.stages.get(i).cloned().ok_or_else(|| {
                 BuildError::step(at(&stage.location), format!("stage {i} was not built before this one"))
             })?,
-            Source::Image(r) => self.base(r).map_err(|e| BuildError::step(at(&stage.location), e.to_string()))?.state(&platform),
+            Source::Image(r) => self
+                .base(r, &platform)
+                .map_err(|e| BuildError::step(at(&stage.location), e.to_string()))?
+                .state(&platform),
         };
         state.cmd_set = false;
         // The base's ONBUILD triggers ran as this stage's first steps (spliced in before
@@ -140,7 +150,8 @@ impl<'a> Solver<'a> {
         }
         let name = stage.name.clone().unwrap_or_else(|| format!("stage-{}", stage.index));
         if let Source::Image(r) = &stage.base {
-            self.report(&name, &format!("FROM {r}"), CacheStatus::None, 0.0);
+            let p = state.platform.clone();
+            self.report(&name, &p, &format!("FROM {r}"), CacheStatus::None, 0.0);
         }
         for step in &stage.steps {
             self.step(&name, step, &mut state)?;
@@ -148,18 +159,19 @@ impl<'a> Solver<'a> {
         Ok(state)
     }
 
-    fn base(&mut self, image: &str) -> Result<&BaseImage, BuildError> {
-        if !self.bases.contains_key(image) {
-            let b = self.base_lookup.get(image, &self.opts.platform)?;
-            self.bases.insert(image.to_string(), b);
+    fn base(&mut self, image: &str, platform: &kiln_oci::Platform) -> Result<&BaseImage, BuildError> {
+        let k = format!("{image} {platform}");
+        if !self.bases.contains_key(&k) {
+            let b = self.base_lookup.get(image, platform)?;
+            self.bases.insert(k.clone(), b);
         }
-        Ok(&self.bases[image])
+        Ok(&self.bases[&k])
     }
 
-    fn report(&mut self, stage: &str, instruction: &str, cache: CacheStatus, seconds: f64) {
+    fn report(&mut self, stage: &str, platform: &kiln_oci::Platform, instruction: &str, cache: CacheStatus, seconds: f64) {
         let r = StepReport {
             stage: stage.to_string(),
-            platform: self.opts.platform.to_string(),
+            platform: platform.to_string(),
             instruction: instruction.to_string(),
             cache,
             seconds,
@@ -174,7 +186,7 @@ impl<'a> Solver<'a> {
         self.progress.step_started(stage, &text);
         let mut inputs: BTreeMap<String, String> = BTreeMap::new();
         inputs.insert("instruction".into(), format!("{:?}", step.instruction));
-        inputs.insert("platform".into(), self.opts.platform.to_string());
+        inputs.insert("platform".into(), state.platform.to_string());
         let status = match &step.instruction {
             Instruction::Run(run) => {
                 let argv = self.run_argv(run, state);
@@ -240,7 +252,8 @@ impl<'a> Solver<'a> {
                 CacheStatus::None
             }
         };
-        self.report(stage, &text, status, started.elapsed().as_secs_f64());
+        let p = state.platform.clone();
+        self.report(stage, &p, &text, status, started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -505,10 +518,10 @@ impl<'a> Solver<'a> {
 
     fn exec_run(&mut self, step: &Step, run: &kiln_dockerfile::instructions::Run, mounted: &Mounted, state: &ImageState) -> Result<(), BuildError> {
         // A foreign platform's binaries run through binfmt_misc (qemu-user-static); say how to get it.
-        if let Some(arch) = kiln_sandbox::arch::Arch::from_oci(&self.opts.platform.architecture) {
+        if let Some(arch) = kiln_sandbox::arch::Arch::from_oci(&state.platform.architecture) {
             if !arch.runs_natively_on(kiln_sandbox::arch::Arch::host()) {
                 kiln_sandbox::arch::ensure_runnable(arch, std::path::Path::new(kiln_sandbox::arch::BINFMT_DIR))
-                    .map_err(|e| BuildError::step(at(&step.location), format!("cannot run {} binaries: {e}", self.opts.platform)))?;
+                    .map_err(|e| BuildError::step(at(&step.location), format!("cannot run {} binaries: {e}", state.platform)))?;
             }
         }
         let mut spec = Spec::new(&mounted.merged, self.run_argv(run, state));
@@ -518,9 +531,9 @@ impl<'a> Solver<'a> {
         if matches!(run.network, Some(kiln_dockerfile::instructions::Network::None)) {
             spec.network = kiln_sandbox::Network::None;
         }
-        let mut stage_mounts: Vec<Mounted> = Vec::new();
+        let mut holds = StepHolds::default();
         for (m, src) in step.mounts.iter().zip(step.mount_sources.iter()) {
-            if let Some(sm) = self.sandbox_mount(step, m, src.as_ref(), state, &mut stage_mounts)? {
+            if let Some(sm) = self.sandbox_mount(step, m, src.as_ref(), state, &mut holds)? {
                 spec.mounts.push(sm);
             }
         }
@@ -530,7 +543,7 @@ impl<'a> Solver<'a> {
             .sandbox
             .run(&spec, &mut |_s: Stream, line: &[u8]| progress.output(&text, line))
             .map_err(|e| BuildError::step(at(&step.location), format!("{text}: {e}")))?;
-        drop(stage_mounts);
+        drop(holds);
         if !outcome.success() {
             let mut msg = format!("`{}` failed: {} ({})", text, outcome.status, outcome.command);
             if !outcome.tail.is_empty() {
@@ -552,8 +565,9 @@ impl<'a> Solver<'a> {
         m: &Mount,
         src: Option<&Source>,
         state: &ImageState,
-        keep: &mut Vec<Mounted>,
+        holds: &mut StepHolds,
     ) -> Result<Option<kiln_sandbox::Mount>, BuildError> {
+        let StepHolds { mounts: keep, locks, scratch } = holds;
         let wd = state.workdir();
         let target = if m.target.starts_with('/') { PathBuf::from(&m.target) } else { Path::new(&wd).join(&m.target) };
         if m.kind != MountType::Secret && m.kind != MountType::Ssh && (target.as_os_str().is_empty() || target == Path::new("/")) {
@@ -565,7 +579,33 @@ impl<'a> Solver<'a> {
                 let id = m.id.clone().unwrap_or_else(|| m.target.clone());
                 let dir = self.opts.root.join("cache").join("mounts").join(Digest::sha256_of(id.as_bytes()).hex());
                 fs::create_dir_all(&dir).map_err(|e| BuildError::Io { action: "create cache mount", path: dir.clone(), source: e })?;
-                kiln_sandbox::Mount::Cache { source: dir, target }
+                let source = match m.sharing {
+                    Sharing::Shared => dir,
+                    // locked: one step at a time, across builds (flock on a file beside the dir).
+                    Sharing::Locked => {
+                        locks.push(lock_file(&dir, true)?.ok_or_else(|| BuildError::Snapshot("cache mount lock".into()))?);
+                        dir
+                    }
+                    // private: the shared dir when it is free, else a fresh one for this step alone.
+                    Sharing::Private => match lock_file(&dir, false)? {
+                        Some(l) => {
+                            locks.push(l);
+                            dir
+                        }
+                        None => {
+                            let d = self.snaps.temp_dir("private-cache")?;
+                            scratch.push(d.clone());
+                            d
+                        }
+                    },
+                };
+                if let (Some(u), Some(g)) = (m.uid, m.gid) {
+                    let _ = std::os::unix::fs::chown(&source, Some(u), Some(g));
+                }
+                if let Some(mode) = m.mode {
+                    let _ = fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(mode));
+                }
+                kiln_sandbox::Mount::Cache { source, target }
             }
             MountType::Secret => {
                 let id = m.id.clone().unwrap_or_else(|| {
@@ -617,7 +657,7 @@ impl<'a> Solver<'a> {
                 .layers
                 .clone(),
             Source::Image(r) => self
-                .base(r)
+                .base(r, &self.opts.platform.clone())
                 .map_err(|e| {
                     BuildError::step(at(&step.location), format!("no stage is named {r:?}, so it was taken as an image: {e}"))
                 })?
@@ -825,6 +865,49 @@ fn fetch_url(url: &str, dest: &Path) -> Result<Digest, String> {
     // Docker: files fetched by ADD are 0600.
     fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(|e| e.to_string())?;
     Ok(digest)
+}
+
+/// What a RUN step holds while it runs: read-only mounts of other stages, cache-mount locks, and
+/// private cache dirs (removed when dropped).
+#[derive(Default)]
+pub(crate) struct StepHolds {
+    mounts: Vec<Mounted>,
+    locks: Vec<fs::File>,
+    scratch: Vec<PathBuf>,
+}
+
+impl Drop for StepHolds {
+    fn drop(&mut self) {
+        self.mounts.clear();
+        self.locks.clear();
+        for d in &self.scratch {
+            remove_tree(d);
+        }
+    }
+}
+
+/// Takes an exclusive flock on `<dir>.lock`: waiting for it (`wait`), or `None` when it is held.
+fn lock_file(dir: &Path, wait: bool) -> Result<Option<fs::File>, BuildError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.with_extension("lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| BuildError::Io { action: "open", path: path.clone(), source: e })?;
+    let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        Ok(Some(f))
+    } else {
+        let e = std::io::Error::last_os_error();
+        if !wait && e.kind() == std::io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(BuildError::Io { action: "lock", path, source: e })
+        }
+    }
 }
 
 fn is_bare_heredoc(cmd: &str) -> bool {

@@ -129,3 +129,19 @@ fn the_native_snapshotter_builds_the_same_file_system_as_overlay() {
     assert!(overlay.contains("/d/sub/g regular file 4755 0 0 2") && !overlay.contains("/gone ") && !overlay.contains("/d/sub/f"), "{overlay}");
     assert_eq!(native, overlay);
 }
+
+#[test]
+fn cache_mount_sharing_locked_serialises_parallel_steps() {
+    if !can_build() {
+        return;
+    }
+    let k = Kiln::new();
+    let ctx = k.path("ctx");
+    // Two independent stages (run side by side) use one cache id. Each fails if it finds the other
+    // inside: with sharing=locked they take turns, so both pass.
+    let run = "RUN --mount=type=cache,id=L,target=/c,sharing=locked test ! -e /c/busy && touch /c/busy && sleep 1 && rm /c/busy && echo ok > /done";
+    let df = format!("ARG BASE\nFROM ${{BASE}} AS a\n{run}\nFROM ${{BASE}} AS b\n{run}\nFROM ${{BASE}}\nCOPY --from=a /done /a\nCOPY --from=b /done /b\n");
+    write_context(&ctx, &[("Dockerfile", &df)]);
+    k.build_md(&ctx, &["-t", "kiln.test/locked:1"]);
+    assert_eq!(k.run("kiln.test/locked:1", &["cat", "/a", "/b"]), "ok\nok\n");
+}

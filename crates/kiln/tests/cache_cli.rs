@@ -106,9 +106,9 @@ fn warm_rebuild_on_a_wiped_machine_hits_the_registry_everywhere() {
     assert!(exports[0].get("warning").is_none(), "the export must succeed: {:#}", exports[0]);
     assert!(manifest_digest(&reference, None).is_some(), "the export wrote {reference}");
     let cold_random = random_files(&cold, "kiln.test/app:cold");
-    drop(cold);
+    cold.wipe();
 
-    // The wiped machine: a new root, the same base imported the same way.
+    // The wiped machine: the cold root is gone, a new one gets the same base imported the same way.
     let warm = t.machine("warm", &dc);
     let (err2, md2) = warm.build_ok(&ctx, &["-t", "kiln.test/app:warm", "--cache-from", &cache_from(&reference)], &[]);
     let second = layer_steps(&md2);
@@ -139,7 +139,7 @@ fn changing_a_late_copy_source_misses_from_that_copy_on_and_explain_names_the_fi
     let cold = t.machine("cold", &dc);
     let (_, md1) = cold.build_ok(&ctx, &["-t", "kiln.test/app:cold", "--cache-to", &cache_to_max(&reference)], &[]);
     let cold_random = random_files(&cold, "kiln.test/app:cold");
-    drop(cold);
+    cold.wipe();
 
     write_context(&ctx, &[("late.txt", "late-2\n")]);
     let warm = t.machine("warm", &dc);
@@ -595,7 +595,7 @@ fn two_platforms_share_one_ref_without_evicting_each_other() {
         cold_digests.push((platform, digest(&md)));
     }
     let lines = cache_ls(&cold, &reference);
-    drop(cold);
+    cold.wipe();
     let platforms: BTreeSet<&str> = lines.iter().filter_map(|l| l.split_whitespace().nth(1)).collect();
     assert!(
         platforms.contains("linux/amd64") && platforms.contains("linux/arm64"),

@@ -164,6 +164,30 @@ fn a_smoke_test_failing_on_one_platform_fails_the_build_and_pushes_nothing() {
 }
 
 #[test]
+fn a_stage_from_the_build_platform_runs_natively_inside_a_foreign_build() {
+    if !ready() {
+        return;
+    }
+    // The cross-compiling pattern: the builder stage runs on the build platform, the final stage
+    // is the target platform's.
+    let k = Kiln::new();
+    let ctx = k.work.path().join("cross");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM --platform=$BUILDPLATFORM kiln.test/busybox:${BUILDARCH} AS build\n\
+         RUN uname -m > /built-on\n\
+         FROM kiln.test/busybox:${TARGETARCH}\n\
+         COPY --from=build /built-on /built-on\n\
+         RUN uname -m > /arch\n",
+    )
+    .unwrap();
+    k.ok(&["build", ctx.to_str().unwrap(), "--platform", "linux/arm64", "-t", "kiln.test/cross:1"]);
+    let out = k.ok(&["run", "--platform", "linux/arm64", "kiln.test/cross:1", "--", "cat", "/built-on", "/arch"]);
+    assert_eq!(out, "x86_64\naarch64\n");
+}
+
+#[test]
 fn a_missing_emulator_is_a_clear_error() {
     if !kiln_testkit::require_root() {
         return;

@@ -416,6 +416,47 @@ fn actionlint_passes_on_the_example_workflow_and_the_action_steps() {
     assert!(findings.contains("ubuntu-24.04-armm"), "actionlint missed an unknown runner label: {findings}");
 }
 
+/// Every `run:` script of the action and the workflow through shellcheck, as bash, with the
+/// `${{ … }}` expressions (which the runner substitutes before bash sees them) replaced by a word.
+#[test]
+fn shellcheck_passes_on_every_run_script() {
+    if !kiln_testkit::require_tool("shellcheck") {
+        return;
+    }
+    let mut scripts: Vec<(String, String)> = Vec::new();
+    let a = action();
+    for (i, st) in a["runs"]["steps"].as_sequence().unwrap().iter().enumerate() {
+        if let Some(r) = st.get("run") {
+            scripts.push((format!("action.yml step {i}"), s(r)));
+        }
+    }
+    let w = workflow();
+    for (name, job) in jobs(&w) {
+        for (i, st) in steps_of(job).iter().enumerate() {
+            if let Some(r) = st.get("run") {
+                scripts.push((format!("docker-publish.yml job {} step {i}", s(name)), s(r)));
+            }
+        }
+    }
+    assert!(scripts.len() >= 5, "expected the action's and the workflow's scripts, found {}", scripts.len());
+    let dir = tempfile::tempdir().unwrap();
+    for (what, script) in scripts {
+        let mut text = script.clone();
+        for e in expressions(&script) {
+            text = text.replace(&format!("${{{{ {e} }}}}"), "EXPR");
+        }
+        let f = dir.path().join("script.sh");
+        // The runner runs `bash -e {0}`; the shebang tells shellcheck the dialect.
+        std::fs::write(&f, format!("#!/usr/bin/env bash\n{text}")).unwrap();
+        let o = Command::new("shellcheck").arg("--severity=style").arg(&f).output().unwrap();
+        assert!(
+            o.status.success(),
+            "shellcheck on {what}:\n{}\n--- script ---\n{text}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Running the action's scripts
 

@@ -109,7 +109,7 @@ fn merge(a: MergeArgs, _g: &Global) -> anyhow::Result<()> {
         eprintln!("merge: {t} → index {digest} ({})", describe_platforms(&entries));
     }
     if let Some(p) = &a.digest_file {
-        std::fs::write(p, format!("{digest}\n")).with_context(|| format!("writing the digest to {}", p.display()))?;
+        crate::atomic_write(p, format!("{digest}\n").as_bytes()).with_context(|| format!("writing the digest to {}", p.display()))?;
     }
     println!("{digest}");
     Ok(())

@@ -157,6 +157,12 @@ impl Machine {
         child.wait_with_output().expect("wait for kiln")
     }
 
+    /// Wipes the machine: its whole kiln root (store, local cache, snapshots) is deleted. A
+    /// failure here means a build left something behind it cannot delete (a mount, say).
+    pub fn wipe(self) {
+        fs::remove_dir_all(&self.root).unwrap_or_else(|e| panic!("wipe {}: {e}", self.root.display()));
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Output {
         self.cmd_with(args, &[], None)
     }
