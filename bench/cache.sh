@@ -5,7 +5,7 @@
 # with the time to download the final image alone as the floor. One run; Markdown report on stdout.
 #
 #   sudo bench/cache.sh
-#   RUNS=5 CASES="big-run" sudo bench/cache.sh
+#   RUNS=3 CASES="big-run" sudo bench/cache.sh
 #   KILN=/path/to/kiln sudo bench/cache.sh     # skip `cargo build --release -p kiln`
 #
 # Per case, against one local docker-registry on 127.0.0.1 (fresh temp storage, stopped by PID):
@@ -21,7 +21,7 @@
 #             `docker build --cache-from R:inline`.
 #   floor     `kiln pull` of the pushed final image into a fresh root holding only the base (the same
 #             starting state as kiln's warm build), and `skopeo copy docker://R oci:DIR` (every layer).
-# Timing: hyperfine, median of RUNS (default 3); --prepare (untimed) does the wipes. Each tool's cold
+# Timing: hyperfine, median of RUNS (default 5); --prepare (untimed) does the wipes. Each tool's cold
 # build and one untimed warm build run first; a failure or a cache flow that re-executes RUN steps is
 # recorded in the report instead of a number.
 #
@@ -30,7 +30,7 @@
 # Bounded: measurements stop when BUDGET seconds (default 660) have passed; the rest is "skipped".
 set -euo pipefail
 
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 BUDGET=${BUDGET:-660}
 CASES=${CASES:-"multistage big-run"}
 BASE_REF=bench.local/busybox:latest
@@ -87,6 +87,8 @@ cleanup() {
   set +e +o pipefail
   stop_dockerd
   stop_registry
+  # KEEP_LOGS=DIR keeps every build log, hyperfine export and metadata file for inspection.
+  if [[ -n "${KEEP_LOGS:-}" ]]; then mkdir -p "$KEEP_LOGS" && cp -a "$work/res/." "$KEEP_LOGS/"; fi
   findmnt -rn -o TARGET | grep "^$work/" | sort -r | while read -r m; do umount -l "$m"; done
   rm -rf "$work" || echo "bench/cache.sh: could not remove $work" >&2
 }
@@ -248,7 +250,7 @@ measure_buildah() { # CASE
   local hits runs
   hits=$(grep -ciE "using cache|cache pulled" "$work/res/buildah-warm.$c.log" || true)
   runs=$(grep -c '^RUN ' "$ctx/Dockerfile" || true)
-  echo "$hits 'Using cache'/'Cache pulled' lines; $(grep -c '^STEP' "$work/res/buildah-warm.$c.log" || true) steps; Dockerfile has $runs RUN" > "$work/res/check.buildah.$c"
+  echo "$hits 'Using cache'/'Cache pulled' lines; $(grep -cE 'STEP [0-9]+/[0-9]+' "$work/res/buildah-warm.$c.log" || true) steps; Dockerfile has $runs RUN" > "$work/res/check.buildah.$c"
   log "buildah $c warm check: $(cat "$work/res/check.buildah.$c")"
   stop_mounts "$work/bh"
   hf "warm.buildah.$c" "$(unmount_cmd "$work/bh") ; $prep" "$warm" || true
@@ -340,6 +342,16 @@ EOF
 for c in $CASES; do
   k=$(val "warm.kiln.$c"); b=$(val "warm.buildah.$c"); bk=$(val "warm.buildkit.$c"); f=$(val "floor.kiln.$c"); s=$(val "floor.skopeo.$c")
   echo "| $c | $(fmt "$k") | $(fmt "$b") | $(fmt "$bk") | $(fmt "$f") | $(fmt "$s") | $(ratio "$k" "$b") | $(ratio "$k" "$bk") | $(ratio "$k" "$f") |"
+done
+echo
+for c in $CASES; do
+  k=$(val "warm.kiln.$c"); b=$(val "warm.buildah.$c"); bk=$(val "warm.buildkit.$c"); f=$(val "floor.kiln.$c")
+  best=""; for p in "$b" "$bk"; do isnum "$p" && { [[ -z "$best" ]] || [[ $(echo "$p < $best" | bc) == 1 ]]; } && best=$p; done
+  line="- $c: goal kiln ≤ 0.5x the best peer: "
+  if isnum "$k" && [[ -n "$best" ]]; then r=$(echo "$k / $best" | bc -l); line+="$(printf '%.2fx' "$r") $( [[ $(echo "$r <= 0.5" | bc) == 1 ]] && echo met || echo missed)"; else line+="n/a"; fi
+  line+="; goal kiln ≤ 1.5x the download floor: "
+  if isnum "$k" && isnum "$f"; then r=$(echo "$k / $f" | bc -l); line+="$(printf '%.2fx' "$r") $( [[ $(echo "$r <= 1.5" | bc) == 1 ]] && echo met || echo missed)"; else line+="n/a"; fi
+  echo "$line."
 done
 echo
 echo "Cache checks of the warm builds:"

@@ -26,6 +26,7 @@ mod error;
 mod glob;
 mod native;
 pub mod output;
+pub mod push;
 pub mod run;
 pub mod snapshot;
 mod solve;
@@ -78,6 +79,9 @@ pub struct BuildOptions {
     pub registry: Option<Arc<Client>>,
     /// How step roots are made: overlayfs, or copies where overlayfs is unavailable.
     pub snapshotter: SnapshotterKind,
+    /// Download the final image's layers that came from a registry cache into the store (needed by
+    /// every output but a push, which mounts them in the registry instead).
+    pub fetch_final: bool,
 }
 
 /// `--snapshotter`.
@@ -162,6 +166,8 @@ pub struct Built {
     pub cache_exports: Vec<serde_json::Value>,
     /// (step, what changed) for each step that missed a cache that had something close.
     pub explanations: Vec<(String, String)>,
+    /// Where layers the store lacks can be mounted from (imported registry caches).
+    pub layer_sources: kiln_cache::LayerSources,
 }
 
 /// Runs a build. The image lands in the local store; [`output`] exports or tags it.
@@ -301,8 +307,11 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         .remove(&resolved.target)
         .ok_or_else(|| BuildError::Usage("the target stage was not built".to_string()))?;
     let steps = std::mem::take(&mut solver.reports);
-    // The store keeps whole images: layers that came from a remote cache are fetched now.
-    solver.ensure_local(&final_state.layers)?;
+    // The store keeps whole images: layers that came from a remote cache are fetched now, unless the
+    // image only goes to a registry (then the push mounts them from the cache's repository).
+    if opts.fetch_final {
+        solver.ensure_local(&final_state.layers)?;
+    }
     let final_key = final_state.key.clone();
     let mut sources = kiln_cache::LayerSources::new();
     for c in solver.imported {
@@ -315,6 +324,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     drop(solver);
     let mut built = assemble(&store, final_state, steps, opts.source_date_epoch)?;
     built.explanations = explanations;
+    built.layer_sources = sources.clone();
     if opts.policy.policy.allows_export() {
         built.cache_exports = export_caches(opts, &store, &used, &final_key, &sources, progress)?;
     } else if !opts.cache_to.is_empty() {
@@ -490,5 +500,6 @@ fn assemble(store: &Store, state: ImageState, steps: Vec<StepReport>, sde: Optio
         steps,
         cache_exports: Vec::new(),
         explanations: Vec::new(),
+        layer_sources: kiln_cache::LayerSources::new(),
     })
 }

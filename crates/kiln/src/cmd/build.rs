@@ -192,6 +192,8 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             SnapshotterArg::Overlay => kiln_build::SnapshotterKind::Overlay,
             SnapshotterArg::Native => kiln_build::SnapshotterKind::Native,
         },
+        // A push-only build with no smoke test needs no layer locally: cached ones are mounted.
+        fetch_final: a.test.is_some() || outputs.iter().any(|o| !matches!(o, Output::Registry { .. })),
     };
     let printer = Printer::new(a.progress);
 
@@ -250,11 +252,16 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             Output::Oci { dest, tar } => output::write_oci(&store, &art, dest, *tar, &tags)?,
             Output::Docker { dest } => output::write_docker(&store, &art, dest, &tags)?,
             Output::Registry { push_by_digest } => {
-                let src = super::copy::Endpoint::Store(tags[0].repository_only().with_digest(art.root.digest.clone()));
+                let mut sources = kiln_cache::LayerSources::new();
+                for b in &built {
+                    sources.extend(&b.layer_sources);
+                }
                 for t in &tags {
-                    let dst = if *push_by_digest { t.repository_only().with_digest(art.root.digest.clone()) } else { t.clone() };
-                    let res = super::copy::transfer(&client, g, &src, &super::copy::Endpoint::Registry(dst.clone()), None, "push")?;
-                    pushed = Some(res.digest.to_string());
+                    let d = kiln_build::push::push_artifact(&client, &store, &art, t, *push_by_digest, &sources)?;
+                    if a.progress != Mode::Quiet {
+                        eprintln!("pushed {} ({d})", if *push_by_digest { t.repository_only().with_digest(d.clone()).to_string() } else { t.to_string() });
+                    }
+                    pushed = Some(d.to_string());
                     if *push_by_digest {
                         break; // one repository is enough: the digest names the image everywhere
                     }

@@ -1,0 +1,84 @@
+//! Pushing a built image (or index) straight from the build: blobs in the local store are uploaded
+//! (or skipped, or mounted when the registry has them in another repository), and layers a build only
+//! knows from a registry cache are cross-repo mounted from the cache's repository (streamed registry
+//! to registry when the mount is refused), so a fully cached build downloads no layer to push.
+
+use std::io::{self, Read};
+
+use kiln_cache::LayerSources;
+use kiln_oci::{Digest, Manifest, Reference, Store};
+use kiln_registry::{Client, Repo};
+
+use crate::error::BuildError;
+use crate::output::Artifact;
+
+fn err(target: &Reference, e: impl std::fmt::Display) -> BuildError {
+    BuildError::Output { output: format!("push {target}"), message: e.to_string() }
+}
+
+/// Pushes `art` to `target`'s repository, under its tag (or by digest when `by_digest`).
+pub fn push_artifact(
+    client: &Client,
+    store: &Store,
+    art: &Artifact,
+    target: &Reference,
+    by_digest: bool,
+    sources: &LayerSources,
+) -> Result<Digest, BuildError> {
+    let repo = Repo::new(target.registry(), target.repository());
+    // Blobs first (layers and configs), then child manifests by digest, then the root.
+    let mut manifests: Vec<Digest> = Vec::new();
+    let is_content = |d: &Digest| art.images.iter().any(|(c, layers)| c == d || layers.contains(d));
+    for d in &art.blobs {
+        if !is_content(d) {
+            manifests.push(d.clone());
+            continue;
+        }
+        push_blob(client, store, &repo, d, sources, target)?;
+    }
+    // Children before the root (the root is first in `blobs` for an index).
+    manifests.retain(|d| d != &art.root.digest);
+    for d in &manifests {
+        let bytes = store.read_blob(d)?;
+        let media = Manifest::parse(&bytes, None).map(|m| m.media_type().to_string()).map_err(|e| err(target, e))?;
+        client.put_manifest(&repo, &d.to_string(), &media, &bytes).map_err(|e| err(target, e))?;
+    }
+    let bytes = store.read_blob(&art.root.digest)?;
+    let reference = match (by_digest, target.tag()) {
+        (false, Some(t)) => t.to_string(),
+        _ => art.root.digest.to_string(),
+    };
+    client.put_manifest(&repo, &reference, &art.root.media_type, &bytes).map_err(|e| err(target, e))
+}
+
+fn push_blob(client: &Client, store: &Store, repo: &Repo, d: &Digest, sources: &LayerSources, target: &Reference) -> Result<(), BuildError> {
+    let source = sources.get(d).filter(|s| s.registry == repo.registry);
+    let mount_from = source.map(|s| s.name.as_str());
+    if store.has_blob(d) {
+        let size = store.blob_size(d)?;
+        let path = store.blob_path(d);
+        let open = move |offset: u64| -> io::Result<Box<dyn Read + Send>> {
+            use std::io::Seek;
+            let mut f = std::fs::File::open(&path)?;
+            f.seek(io::SeekFrom::Start(offset))?;
+            Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
+        };
+        client.push_blob(repo, d, size, mount_from, &open).map_err(|e| err(target, e))?;
+        return Ok(());
+    }
+    // Known only from a cache: mount it from there; if the registry refuses the mount, stream it
+    // from the cache's repository (never through the local store).
+    let Some(src) = sources.get(d).cloned() else {
+        return Err(err(target, format!("layer {d} is neither in the local store nor in a known cache repository")));
+    };
+    let size = client.blob_exists(&src, d, &kiln_registry_scopes(&src)).map_err(|e| err(target, e))?.unwrap_or(0);
+    let open = |offset: u64| -> io::Result<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(client.blob_reader_at(&src, d, Some(size), offset)))
+    };
+    client.push_blob(repo, d, size, mount_from, &open).map_err(|e| err(target, e))?;
+    Ok(())
+}
+
+fn kiln_registry_scopes(r: &Repo) -> kiln_registry::auth::Scopes {
+    kiln_registry::auth::Scopes::pull(&r.name)
+}
