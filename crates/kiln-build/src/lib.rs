@@ -94,12 +94,21 @@ pub enum SnapshotterKind {
     Native,
 }
 
-/// Can this process mount overlayfs? Tried once, on an empty lower and upper dir under the root.
+/// Can this process mount overlayfs? Tried on an empty lower and upper dir under the root; a success
+/// is remembered in `<root>/snapshots/overlay-ok` so later builds skip the probe (a cached build then
+/// mounts nothing at all).
 fn overlay_works(root: &Path) -> bool {
+    let marker = root.join("snapshots").join("overlay-ok");
+    if marker.exists() {
+        return true;
+    }
     let snaps = snapshot::Snapshotter::open(root);
     let Ok(lower) = snaps.temp_dir("probe-lower") else { return false };
     let ok = snaps.mount(std::slice::from_ref(&lower), true).is_ok();
     snapshot::remove_tree(&lower);
+    if ok {
+        let _ = std::fs::write(&marker, b"overlayfs mounts here\n");
+    }
     ok
 }
 

@@ -244,7 +244,7 @@ impl Snapshotter {
         let flags = if writable { 0 } else { libc::MS_RDONLY };
         sys_mount_overlay(&m.merged, &data, flags).map_err(|e| {
             BuildError::Snapshot(format!(
-                "cannot mount overlayfs at {} ({e}); kiln needs root and a kernel with overlayfs",
+                "cannot mount overlayfs at {} ({e}); kiln needs root and a kernel with overlayfs, or use --snapshotter native",
                 m.merged.display()
             ))
         })?;
