@@ -308,38 +308,7 @@ impl<'a> Solver<'a> {
         let lowers = self.snaps.lowers(self.store, &state.layers)?;
         let mut mounted = self.snaps.mount(&lowers, true)?;
         exec(self, &mounted, state)?;
-        if self.snaps.is_native() {
-            let layer = self.native_layer(&mounted, state)?;
-            drop(mounted);
-            let rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), inputs, layer);
-            if let Err(e) = self.cache.put(&rec) {
-                self.progress.warn(&format!("could not write the local cache: {e}"));
-            }
-            self.apply_record(&rec, state, &text);
-            self.used.push(rec);
-            state.key = key;
-            return Ok(CacheStatus::Miss);
-        }
-        mounted.unmount()?;
-        let layer = if dir_is_empty(&mounted.upper) {
-            None
-        } else {
-            let upper = mounted.upper.clone();
-            let info = write_layer_to_store(self.store, |w| write_layer_from_overlay_upper(&upper, w, &self.wopts).map(|(_, i)| i))
-                .map_err(|e| BuildError::Layer { digest: "(new)".into(), source: e })?;
-            let lr = LayerRecord { descriptor: info.descriptor(), diff_id: info.diff_id.clone() };
-            // The upper dir is exactly the next step's lower dir: keep it as this chain's snapshot.
-            let mut ids: Vec<&Digest> = state.layers.iter().map(|l| &l.diff_id).collect();
-            ids.push(&info.diff_id);
-            if let Some(chain) = chain_ids(&ids).pop() {
-                let keep = self.snaps.temp_dir("upper")?;
-                let moved = keep.join("fs");
-                fs::rename(&mounted.upper, &moved).map_err(|e| BuildError::Io { action: "keep", path: moved.clone(), source: e })?;
-                self.snaps.commit_upper(&moved, &chain)?;
-                remove_tree(&keep);
-            }
-            Some(lr)
-        };
+        let layer = if self.snaps.is_native() { self.native_layer(&mounted, state)? } else { self.overlay_layer(&mut mounted, state)? };
         drop(mounted);
         let rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), inputs, layer);
         if let Err(e) = self.cache.put(&rec) {
@@ -349,6 +318,28 @@ impl<'a> Solver<'a> {
         self.used.push(rec);
         state.key = key;
         Ok(CacheStatus::Miss)
+    }
+
+    /// The overlay snapshotter's layer: the upper dir, converted; the upper dir itself is kept as the
+    /// new chain's snapshot, since it is exactly the next step's lower dir.
+    fn overlay_layer(&mut self, mounted: &mut Mounted, state: &ImageState) -> Result<Option<LayerRecord>, BuildError> {
+        mounted.unmount()?;
+        if dir_is_empty(&mounted.upper) {
+            return Ok(None);
+        }
+        let upper = mounted.upper.clone();
+        let info = write_layer_to_store(self.store, |w| write_layer_from_overlay_upper(&upper, w, &self.wopts).map(|(_, i)| i))
+            .map_err(|e| BuildError::Layer { digest: "(new)".into(), source: e })?;
+        let mut ids: Vec<&Digest> = state.layers.iter().map(|l| &l.diff_id).collect();
+        ids.push(&info.diff_id);
+        if let Some(chain) = chain_ids(&ids).pop() {
+            let keep = self.snaps.temp_dir("upper")?;
+            let moved = keep.join("fs");
+            fs::rename(&mounted.upper, &moved).map_err(|e| BuildError::Io { action: "keep", path: moved.clone(), source: e })?;
+            self.snaps.commit_upper(&moved, &chain)?;
+            remove_tree(&keep);
+        }
+        Ok(Some(LayerRecord { descriptor: info.descriptor(), diff_id: info.diff_id.clone() }))
     }
 
     /// The native snapshotter's layer: the tree diff of the step's copy against its parent, and the
