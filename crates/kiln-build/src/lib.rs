@@ -94,23 +94,6 @@ pub enum SnapshotterKind {
     Native,
 }
 
-/// Can this process mount overlayfs? Tried on an empty lower and upper dir under the root; a success
-/// is remembered in `<root>/snapshots/overlay-ok` so later builds skip the probe (a cached build then
-/// mounts nothing at all).
-fn overlay_works(root: &Path) -> bool {
-    let marker = root.join("snapshots").join("overlay-ok");
-    if marker.exists() {
-        return true;
-    }
-    let snaps = snapshot::Snapshotter::open(root);
-    let Ok(lower) = snaps.temp_dir("probe-lower") else { return false };
-    let ok = snaps.mount(std::slice::from_ref(&lower), true).is_ok();
-    snapshot::remove_tree(&lower);
-    if ok {
-        let _ = std::fs::write(&marker, b"overlayfs mounts here\n");
-    }
-    ok
-}
 
 /// How a step was satisfied (the `cache` field of `kiln.steps` in the metadata file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -262,13 +245,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         store: &store,
         cache: LocalCache::open(&opts.root),
         snaps: match opts.snapshotter {
-            SnapshotterKind::Overlay => snapshot::Snapshotter::open(&opts.root),
             SnapshotterKind::Native => snapshot::Snapshotter::open_native(&opts.root),
-            SnapshotterKind::Auto if overlay_works(&opts.root) => snapshot::Snapshotter::open(&opts.root),
-            SnapshotterKind::Auto => {
-                progress.warn("overlayfs cannot be mounted here: using the copying snapshotter (slower; --snapshotter native)");
-                snapshot::Snapshotter::open_native(&opts.root)
-            }
+            // Auto starts with overlayfs and falls back at the first mount that fails (solve.rs).
+            SnapshotterKind::Overlay | SnapshotterKind::Auto => snapshot::Snapshotter::open(&opts.root),
         },
         context: &context,
         sandbox,

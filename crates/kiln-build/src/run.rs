@@ -54,7 +54,15 @@ pub fn run_image(req: &RunRequest<'_>, sink: &mut dyn FnMut(Stream, &[u8])) -> R
     }
     let snaps = Snapshotter::open(req.root);
     let lowers = snaps.lowers(&store, &layers)?;
-    let mounted = snaps.mount(&lowers, true)?;
+    let mounted = match snaps.mount(&lowers, true) {
+        Ok(m) => m,
+        // Where overlayfs cannot mount, run on a copy (as `kiln build --snapshotter auto` does).
+        Err(_) => {
+            let native = Snapshotter::open_native(req.root);
+            let lowers = native.lowers(&store, &layers)?;
+            native.mount(&lowers, true)?
+        }
+    };
     let mut spec = Spec::new(&mounted.merged, argv);
     spec.env = rc.env.clone().unwrap_or_default();
     spec.user = rc.user.clone().unwrap_or_default();

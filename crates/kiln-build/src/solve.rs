@@ -306,7 +306,18 @@ impl<'a> Solver<'a> {
         }
         self.ensure_local(&state.layers)?;
         let lowers = self.snaps.lowers(self.store, &state.layers)?;
-        let mut mounted = self.snaps.mount(&lowers, true)?;
+        let mut mounted = match self.snaps.mount(&lowers, true) {
+            Ok(m) => m,
+            // `--snapshotter auto`: the first step that needs a root finds out whether overlayfs
+            // mounts here (a fully cached build never mounts anything).
+            Err(e) if self.opts.snapshotter == crate::SnapshotterKind::Auto && !self.snaps.is_native() => {
+                self.progress.warn(&format!("{e}; falling back to the copying snapshotter (slower)"));
+                self.snaps = Snapshotter::open_native(&self.opts.root);
+                let lowers = self.snaps.lowers(self.store, &state.layers)?;
+                self.snaps.mount(&lowers, true)?
+            }
+            Err(e) => return Err(e),
+        };
         exec(self, &mounted, state)?;
         let layer = if self.snaps.is_native() { self.native_layer(&mounted, state)? } else { self.overlay_layer(&mut mounted, state)? };
         drop(mounted);

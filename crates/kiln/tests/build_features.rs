@@ -145,3 +145,49 @@ fn cache_mount_sharing_locked_serialises_parallel_steps() {
     k.build_md(&ctx, &["-t", "kiln.test/locked:1"]);
     assert_eq!(k.run("kiln.test/locked:1", &["cat", "/a", "/b"]), "ok\nok\n");
 }
+
+/// An overlayfs mount made by the test; unmounted on drop.
+struct OverlayMount(std::path::PathBuf);
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn auto_snapshotter_falls_back_to_copies_where_overlayfs_cannot_mount() {
+    if !can_build() {
+        return;
+    }
+    // overlayfs cannot use a directory on another overlayfs as its upper dir: a kiln root inside an
+    // overlay mount is a real "overlay unavailable here" machine.
+    let t = tempfile::tempdir().unwrap();
+    for d in ["l", "u", "w", "m"] {
+        std::fs::create_dir(t.path().join(d)).unwrap();
+    }
+    let p = |d: &str| t.path().join(d).display().to_string();
+    let opts = format!("lowerdir={},upperdir={},workdir={}", p("l"), p("u"), p("w"));
+    let st = std::process::Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts, &p("m")]).status().unwrap();
+    assert!(st.success(), "mount the test's overlay");
+    let _guard = OverlayMount(t.path().join("m"));
+    let root = t.path().join("m/root");
+    let kiln = |args: &[&str]| {
+        std::process::Command::new(KILN).arg("--root").arg(&root).args(args).env_remove("CI").output().unwrap()
+    };
+    let tar = t.path().join("busybox.tar");
+    kiln_testkit::busybox_rootfs_tar(&tar).unwrap();
+    assert_ok(&kiln(&["import", path_str(&tar), "-t", BASE]), "import");
+    let ctx = t.path().join("ctx");
+    write_context(&ctx, &[("Dockerfile", "ARG BASE\nFROM ${BASE}\nRUN echo made > /made && rm /etc/group\nCOPY a.txt /a.txt\n"), ("a.txt", "a")]);
+    let base = format!("BASE={BASE}");
+    let forced = kiln(&["build", path_str(&ctx), "--build-arg", &base, "--snapshotter", "overlay"]);
+    assert_exit_1(&forced, "--snapshotter overlay where overlayfs cannot mount");
+    assert!(stderr(&forced).contains("--snapshotter native"), "the error says what to do: {}", stderr(&forced));
+    let o = kiln(&["build", path_str(&ctx), "--build-arg", &base, "-t", "kiln.test/fallback:1"]);
+    assert_ok(&o, "build with --snapshotter auto");
+    assert!(stderr(&o).contains("falling back to the copying snapshotter"), "one warning says so: {}", stderr(&o));
+    let r = kiln(&["run", "kiln.test/fallback:1", "--", "sh", "-c", "cat /made /a.txt; test -e /etc/group || echo no-group"]);
+    assert_ok(&r, "kiln run where overlayfs cannot mount");
+    assert_eq!(stdout(&r), "made\nano-group\n");
+}
