@@ -13,6 +13,10 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+#[path = "../support_common/mod.rs"]
+mod common;
+pub use common::*;
+
 pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 pub const BASE: &str = "kiln.test/busybox:latest";
 
@@ -113,17 +117,6 @@ impl Kiln {
     }
 }
 
-/// Writes a build context: each `(relative path, content)` becomes a file.
-pub fn write_context(dir: &Path, files: &[(&str, &str)]) {
-    for (rel, content) in files {
-        let p = dir.join(rel);
-        if let Some(parent) = p.parent() {
-            fs::create_dir_all(parent).expect("create context dir");
-        }
-        fs::write(&p, content).expect("write context file");
-    }
-}
-
 /// Every regular file under `dir`, as paths relative to it, sorted. Symlinks are not followed
 /// (a snapshot's absolute links would lead out to the host) and devices and fifos are skipped.
 pub fn list_files(dir: &Path) -> Vec<String> {
@@ -145,82 +138,4 @@ pub fn list_files(dir: &Path) -> Vec<String> {
     }
     out.sort();
     out
-}
-
-pub fn read_json(p: &Path) -> Value {
-    let bytes = fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parse {}: {e}", p.display()))
-}
-
-/// One `kiln.steps` record: (stage, instruction, cache).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    pub stage: String,
-    pub instruction: String,
-    pub cache: String,
-}
-
-pub fn steps(md: &Value) -> Vec<Step> {
-    let arr = md["kiln.steps"].as_array().unwrap_or_else(|| panic!("metadata has no kiln.steps array: {md:#}"));
-    arr.iter()
-        .map(|s| Step {
-            stage: s["stage"].as_str().unwrap_or_default().to_string(),
-            instruction: s["instruction"].as_str().unwrap_or_default().to_string(),
-            cache: s["cache"].as_str().unwrap_or_default().to_string(),
-        })
-        .collect()
-}
-
-/// The steps that produce a layer (RUN, COPY, ADD): every step whose cache status is not `none`.
-pub fn layer_steps(md: &Value) -> Vec<Step> {
-    steps(md).into_iter().filter(|s| s.cache != "none").collect()
-}
-
-pub fn digest(md: &Value) -> String {
-    md["containerimage.digest"].as_str().unwrap_or_else(|| panic!("no containerimage.digest in {md:#}")).to_string()
-}
-
-pub fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn assert_ok(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
-}
-
-/// Asserts the exit code is exactly 1 (a build/user error, per DESIGN.md).
-pub fn assert_exit_1(o: &Output, what: &str) {
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{what}: expected exit code 1, got {}:\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
-}
-
-/// A value unique to this process and call, for file names and secrets.
-pub fn unique() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{}-{}-{}", std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
 }

@@ -16,6 +16,10 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+#[path = "../support_common/mod.rs"]
+mod common;
+pub use common::*;
+
 pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 pub const BASE: &str = "kiln.test/busybox:latest";
 pub const ARM_BUSYBOX: &str = "/var/lib/kiln-test/busybox-arm64/bin/busybox";
@@ -207,80 +211,12 @@ impl Machine {
     }
 }
 
-/// Writes a build context: each `(relative path, content)` becomes a file.
-pub fn write_context(dir: &Path, files: &[(&str, &str)]) {
-    for (rel, content) in files {
-        let p = dir.join(rel);
-        if let Some(parent) = p.parent() {
-            fs::create_dir_all(parent).expect("create context dir");
-        }
-        fs::write(&p, content).expect("write context file");
-    }
-}
-
-pub fn read_json(p: &Path) -> Value {
-    let bytes = fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parse {}: {e}", p.display()))
-}
-
-/// One `kiln.steps` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    pub stage: String,
-    pub platform: String,
-    pub instruction: String,
-    pub cache: String,
-}
-
-pub fn steps(md: &Value) -> Vec<Step> {
-    let arr = md["kiln.steps"].as_array().unwrap_or_else(|| panic!("metadata has no kiln.steps array: {md:#}"));
-    arr.iter()
-        .map(|s| Step {
-            stage: s["stage"].as_str().unwrap_or_default().to_string(),
-            platform: s["platform"].as_str().unwrap_or_default().to_string(),
-            instruction: s["instruction"].as_str().unwrap_or_default().to_string(),
-            cache: s["cache"].as_str().unwrap_or_default().to_string(),
-        })
-        .collect()
-}
-
-/// The steps that can hit or miss (RUN, COPY, ADD, WORKDIR…): every step not reported as `none`.
-pub fn layer_steps(md: &Value) -> Vec<Step> {
-    steps(md).into_iter().filter(|s| s.cache != "none").collect()
-}
-
-pub fn digest(md: &Value) -> String {
-    md["containerimage.digest"].as_str().unwrap_or_else(|| panic!("no containerimage.digest in {md:#}")).to_string()
-}
-
 pub fn policy(md: &Value) -> (String, String) {
     let p = &md["kiln.cache-policy"];
     (
         p["policy"].as_str().unwrap_or_else(|| panic!("no kiln.cache-policy.policy in {md:#}")).to_string(),
         p["reason"].as_str().unwrap_or_default().to_string(),
     )
-}
-
-pub fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn assert_ok(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
 }
 
 /// The lines of `text` that are warnings (kiln prints them as `warning: …`).
@@ -315,15 +251,4 @@ pub fn manifest_digest(reference: &str, creds: Option<(&str, &str)>) -> Option<S
     let hex = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
     assert_eq!(hex.len(), 64, "sha256sum printed {:?}", String::from_utf8_lossy(&out.stdout));
     Some(format!("sha256:{hex}"))
-}
-
-/// A value unique to this process and call, for file names.
-pub fn unique() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{}-{}-{}", std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
 }
