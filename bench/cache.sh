@@ -97,16 +97,9 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- base and contexts (as bench/build.sh)
 make_rootfs() {
-  local r=$work/rootfs
-  mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,etc,tmp,root,proc,dev,sys}
-  chmod 1777 "$r/tmp"; chmod 700 "$r/root"
-  cp /bin/busybox "$r/bin/busybox"
-  /bin/busybox --list-full | while read -r p; do
-    case "$p" in bin/busybox|"") continue;; bin/*|sbin/*|usr/bin/*|usr/sbin/*) ln -sf /bin/busybox "$r/$p";; esac
-  done
-  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$r/etc/passwd"
-  printf 'root:x:0:\nnogroup:x:65534:\n' > "$r/etc/group"
-  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$r" -cf "$work/rootfs.tar" .
+  # The project's own offline base (busybox-static, applet symlinks, passwd/group, /tmp), shared by
+  # kiln's demo and tests.
+  "$here/scripts/busybox-rootfs" "$work/rootfs.tar"
 }
 make_contexts() {
   mkdir -p "$work/ctx"
