@@ -256,7 +256,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         base_lookup: &bases,
         stages: HashMap::new(),
         reports: Vec::new(),
-        wopts: WriteOptions { source_date_epoch: opts.source_date_epoch.map(|s| s as i64), ..WriteOptions::default() },
+        // Plain tar: the build never waits on gzip (100 MB of RUN output took 1.7 s to compress);
+        // exports compress (`Artifact::for_export`, `export_caches`).
+        wopts: WriteOptions { compression: kiln_oci::Compression::None, source_date_epoch: opts.source_date_epoch.map(|s| s as i64) },
         imported: &imported,
         used: Vec::new(),
         remote_layers: HashMap::new(),

@@ -23,12 +23,14 @@ pub struct Artifact {
     pub blobs: Vec<Digest>,
     /// (config digest, layer digests) per image, for docker's `manifest.json`.
     pub images: Vec<(Digest, Vec<Digest>)>,
+    /// Each image's manifest, in the order of `images`.
+    pub manifests: Vec<Descriptor>,
 }
 
 impl Artifact {
     /// One image.
     pub fn single(b: &Built) -> Artifact {
-        Artifact { root: b.manifest.clone(), blobs: blobs(b), images: vec![image_of(b)] }
+        Artifact { root: b.manifest.clone(), blobs: blobs(b), images: vec![image_of(b)], manifests: vec![b.manifest.clone()] }
     }
 
     /// An OCI index over per-platform images, written to the store.
@@ -45,7 +47,40 @@ impl Artifact {
         }
         let root = store.put_manifest(&kiln_oci::Manifest::Index(index))?;
         all.insert(0, root.digest.clone());
-        Ok(Artifact { root, blobs: all, images: built.iter().map(image_of).collect() })
+        Ok(Artifact { root, blobs: all, images: built.iter().map(image_of).collect(), manifests: built.iter().map(|b| b.manifest.clone()).collect() })
+    }
+
+    /// The form that leaves the machine: every layer the build stored as plain tar gzipped (see
+    /// `kiln_oci::layer::gzip_image`; remembered per layer, so a second export costs nothing). The
+    /// store's tags keep pointing at the plain form, as a local image store's image ids do.
+    pub fn for_export(&self, store: &Store) -> Result<Artifact, BuildError> {
+        let layer_err = |e: kiln_oci::layer::LayerError| BuildError::Layer { digest: self.root.digest.to_string(), source: e };
+        let root = kiln_oci::layer::gzip_image(store, &self.root).map_err(layer_err)?;
+        if root == self.root {
+            return Ok(self.clone());
+        }
+        let mut art = Artifact { root: root.clone(), blobs: Vec::new(), images: Vec::new(), manifests: Vec::new() };
+        let children = match store.read_manifest(&root)?.value {
+            kiln_oci::Manifest::Index(ix) => {
+                art.blobs.push(root.digest.clone());
+                ix.manifests
+            }
+            kiln_oci::Manifest::Image(_) => vec![root],
+        };
+        for child in children {
+            let kiln_oci::Manifest::Image(m) = store.read_manifest(&child)?.value else {
+                return Err(BuildError::Usage(format!("{}: nested indexes are not exported", child.digest)));
+            };
+            let layers: Vec<Digest> = m.layers.iter().map(|l| l.digest.clone()).collect();
+            for d in std::iter::once(&child.digest).chain(std::iter::once(&m.config.digest)).chain(&layers) {
+                if !art.blobs.contains(d) {
+                    art.blobs.push(d.clone());
+                }
+            }
+            art.images.push((m.config.digest.clone(), layers));
+            art.manifests.push(child);
+        }
+        Ok(art)
     }
 }
 

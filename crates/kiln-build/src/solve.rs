@@ -372,20 +372,48 @@ impl<'a> Solver<'a> {
         Ok(Some(LayerRecord { descriptor: info.descriptor(), diff_id: info.diff_id.clone() }))
     }
 
-    /// Downloads the layers among `layers` that are known only from an imported cache.
+    /// Downloads the layers among `layers` that are known only from an imported cache, several at
+    /// once (as `kiln pull` does: one after another, each small layer paid a full round trip).
     pub fn ensure_local(&mut self, layers: &[LayerRef]) -> Result<(), BuildError> {
+        let mut wanted: Vec<(&Digest, usize, Record)> = Vec::new();
         for l in layers {
-            if self.store.has_blob(&l.descriptor.digest) {
+            let d = &l.descriptor.digest;
+            if self.store.has_blob(d) || wanted.iter().any(|(w, _, _)| *w == d) {
                 continue;
             }
-            let Some((i, rec)) = self.remote_layers.get(&l.descriptor.digest).cloned() else {
-                return Err(BuildError::Snapshot(format!("layer {} is neither in the store nor in an imported cache", l.descriptor.digest)));
+            let Some((i, rec)) = self.remote_layers.get(d).cloned() else {
+                return Err(BuildError::Snapshot(format!("layer {d} is neither in the store nor in an imported cache")));
             };
-            self.imported[i]
-                .fetch(&rec, self.store)
-                .map_err(|e| BuildError::Snapshot(format!("could not fetch cached layer {}: {e}", l.descriptor.digest)))?;
+            wanted.push((d, i, rec));
         }
-        Ok(())
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let width = wanted.len().min(4);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let (imported, store) = (self.imported, self.store);
+        let failures: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..width)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut errs = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((d, i, rec)) = wanted.get(k) else { break };
+                            if let Err(e) = imported[*i].fetch(rec, store) {
+                                errs.push(format!("could not fetch cached layer {d}: {e}"));
+                            }
+                        }
+                        errs
+                    })
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap_or_else(|_| vec!["a download thread panicked".to_string()])).collect()
+        });
+        match failures.into_iter().next() {
+            Some(e) => Err(BuildError::Snapshot(e)),
+            None => Ok(()),
+        }
     }
 
     /// What changed against the closest cached record, in words (`None` when nothing is cached).

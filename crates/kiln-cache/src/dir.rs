@@ -145,6 +145,7 @@ impl DirCache {
 /// Exports `records` into the cache directory `dest` (created if needed), merging with what it holds.
 /// Layers come from `store`; a record whose layer the store lacks is left out with those built on it.
 pub fn export_dir(dest: &Path, records: &[Record], store: &Store, now: u64) -> Result<ExportSummary, RegistryCacheError> {
+    let records = &crate::registry::gzip_records(store, records, &dest.display().to_string())?;
     let layout = Store::open_layout(dest).map_err(store_err(dest, "creating the layout"))?;
     let (existing, present) = read_dir_entries(dest, &layout)?.unwrap_or_default();
     let incoming: Vec<Entry> = records.iter().cloned().map(|r| Entry::exported(r, now)).collect();

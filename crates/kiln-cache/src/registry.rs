@@ -54,6 +54,34 @@ pub enum RegistryCacheError {
     Contended { reference: String, attempts: u32 },
     #[error("cache {reference}: record {key} has no layer to fetch")]
     NoLayer { reference: String, key: Digest },
+    #[error("cache {reference}: compressing the layers for export: {source}")]
+    Compress {
+        reference: String,
+        #[source]
+        source: kiln_oci::layer::LayerError,
+    },
+}
+
+/// `records` as they leave the machine: each layer the build stored as plain tar replaced by its gzip
+/// form (`kiln_oci::layer::gzip_layers`, remembered in the store, so the image push of the same build
+/// names the same blobs). The keys and diff ids stay: a cache hit gives the same snapshot either way.
+pub fn gzip_records(store: &Store, records: &[Record], reference: &str) -> Result<Vec<Record>, RegistryCacheError> {
+    let layers: Vec<kiln_oci::Descriptor> = records.iter().filter_map(|r| r.layer.as_ref().map(|l| l.descriptor.clone())).collect();
+    let gz = kiln_oci::layer::gzip_layers(store, &layers)
+        .map_err(|source| RegistryCacheError::Compress { reference: reference.to_string(), source })?;
+    let mut gz = gz.into_iter();
+    Ok(records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if let Some(l) = r.layer.as_mut() {
+                if let Some(d) = gz.next() {
+                    l.descriptor = d;
+                }
+            }
+            r
+        })
+        .collect())
 }
 
 impl RegistryCacheError {
@@ -399,6 +427,7 @@ fn export_inner(
 ) -> Result<ExportSummary, RegistryCacheError> {
     let reference = &target.reference;
     let shown = reference.to_string();
+    let records = &gzip_records(store, records, &shown)?;
     let repo = repo_of(reference);
     let tag = manifest_ref(reference);
     let rules = PruneRules { ttl: target.ttl, max_size: target.max_size };

@@ -202,13 +202,21 @@ fn to_hex(bytes: &[u8]) -> String {
 pub struct DigestWriter<W> {
     inner: W,
     hasher: Hasher,
+    /// False for [`DigestWriter::counting`]: bytes are counted, not hashed.
+    hashing: bool,
     written: u64,
 }
 
 impl<W: Write> DigestWriter<W> {
     /// Wraps `inner`, hashing with sha256.
     pub fn new(inner: W) -> Self {
-        DigestWriter { inner, hasher: Hasher::new(Algorithm::Sha256), written: 0 }
+        DigestWriter { inner, hasher: Hasher::new(Algorithm::Sha256), hashing: true, written: 0 }
+    }
+    /// Wraps `inner`, counting only: for a stream whose digest the caller computes elsewhere in the
+    /// same pass (an uncompressed layer's digest is its diff id). The digest `finish` returns is then
+    /// meaningless, so this stays inside the crate.
+    pub(crate) fn counting(inner: W) -> Self {
+        DigestWriter { inner, hasher: Hasher::new(Algorithm::Sha256), hashing: false, written: 0 }
     }
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
@@ -227,7 +235,9 @@ impl<W: Write> DigestWriter<W> {
 impl<W: Write> Write for DigestWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if self.hashing {
+            self.hasher.update(&buf[..n]);
+        }
         self.written += n as u64;
         Ok(n)
     }

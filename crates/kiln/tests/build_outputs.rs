@@ -91,6 +91,20 @@ fn oci_layout_dir_is_accepted_by_skopeo_and_umoci() {
     let inspect = json(&tool_ok("skopeo", &["inspect", &format!("oci:{}", path_str(&dir))]));
     assert_eq!(inspect["Digest"], digest(&md));
 
+    // The store keeps the layers the build made as plain tar (nothing waited on gzip); the layout,
+    // like anything that leaves the store, has them gzipped, with the same config (diff ids).
+    let blob = |root: &Path, d: &str| read_json(&root.join("blobs/sha256").join(d.trim_start_matches("sha256:")));
+    let exported = blob(&dir, digest(&md).as_str());
+    let store_digest = md["kiln.store.digest"].as_str().unwrap_or_else(|| panic!("no kiln.store.digest: {md:#}")).to_string();
+    assert_ne!(store_digest, digest(&md), "the store's form differs from the exported one");
+    let local = blob(&k.store(), &store_digest);
+    let types = |m: &Value| -> Vec<String> { m["layers"].as_array().unwrap().iter().map(|l| l["mediaType"].as_str().unwrap().to_string()).collect() };
+    assert!(types(&exported).iter().all(|t| t == "application/vnd.oci.image.layer.v1.tar+gzip"), "{exported:#}");
+    let local_types = types(&local);
+    assert_eq!(local_types[0], "application/vnd.oci.image.layer.v1.tar+gzip", "the imported base stays as imported: {local:#}");
+    assert!(local_types[1..].iter().all(|t| t == "application/vnd.oci.image.layer.v1.tar"), "built layers are plain in the store: {local:#}");
+    assert_eq!(local["config"]["digest"], exported["config"]["digest"], "one config for both forms");
+
     // umoci wants the tag the layout's index names.
     let index = read_json(&dir.join("index.json"));
     let tag = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]

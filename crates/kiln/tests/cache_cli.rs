@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_testkit::{FaultKind, FaultProxy, FaultProxyOptions, Registry, TokenServerOptions};
 use support_cache::{
-    digest, layer_steps, manifest_digest, path_str, policy, raw_manifest, stderr, warning_lines,
+    config_digest, digest, layer_steps, manifest_digest, path_str, policy, raw_manifest, stderr, warning_lines,
     write_context, Machine, TestDir,
 };
 
@@ -97,7 +97,8 @@ fn warm_rebuild_on_a_wiped_machine_hits_the_registry_everywhere() {
     let ctx = app_context(&t, "late-1\n");
 
     let cold = t.machine("cold", &dc);
-    let (_, md1) = cold.build_ok(&ctx, &["-t", "kiln.test/app:cold", "--cache-to", &cache_to_max(&reference)], &[]);
+    let cold_ref = format!("{}/app:cold", reg.host());
+    let (_, md1) = cold.build_ok(&ctx, &["-t", "kiln.test/app:cold", "-t", &cold_ref, "--cache-to", &cache_to_max(&reference)], &[]);
     let first = layer_steps(&md1);
     assert_eq!(first.len(), 10, "ten cacheable steps (3 in the builder stage, 7 in the final one, WORKDIR included): {first:#?}");
     assert!(first.iter().all(|s| s.cache == "miss"), "a fresh root with no --cache-from has nothing cached: {first:#?}");
@@ -106,18 +107,29 @@ fn warm_rebuild_on_a_wiped_machine_hits_the_registry_everywhere() {
     assert!(exports[0].get("warning").is_none(), "the export must succeed: {:#}", exports[0]);
     assert!(manifest_digest(&reference, None).is_some(), "the export wrote {reference}");
     let cold_random = random_files(&cold, "kiln.test/app:cold");
+    cold.ok(&["push", &cold_ref], &[]);
     cold.wipe();
 
     // The wiped machine: the cold root is gone, a new one gets the same base imported the same way.
     let warm = t.machine("warm", &dc);
-    let (err2, md2) = warm.build_ok(&ctx, &["-t", "kiln.test/app:warm", "--cache-from", &cache_from(&reference)], &[]);
+    let warm_ref = format!("{}/app:warm", reg.host());
+    let (err2, md2) = warm.build_ok(&ctx, &["-t", "kiln.test/app:warm", "-t", &warm_ref, "--cache-from", &cache_from(&reference)], &[]);
     let second = layer_steps(&md2);
     let names = |v: &[support_cache::Step]| v.iter().map(|s| (s.stage.clone(), s.instruction.clone())).collect::<Vec<_>>();
     assert_eq!(names(&second), names(&first), "the same steps on the wiped machine");
     for s in &second {
         assert_eq!(s.cache, "hit-registry", "every step of the warm rebuild comes from the registry cache, but {s:?}\n--- stderr\n{err2}");
     }
-    assert_eq!(digest(&md2), digest(&md1), "a build entirely from the cache gives the cold build's image digest");
+    // The store holds the cold build's own layers as plain tar and the cached ones as the gzip blobs
+    // the cache holds, so the local manifests differ; the image (config: every diff id, the history)
+    // is the same, and so is what reaches a registry.
+    assert_eq!(config_digest(&md2), config_digest(&md1), "a build entirely from the cache gives the cold build's image");
+    warm.ok(&["push", &warm_ref], &[]);
+    assert_eq!(
+        manifest_digest(&warm_ref, None),
+        manifest_digest(&cold_ref, None),
+        "pushed, the warm build's image has the cold build's manifest digest"
+    );
     assert_eq!(
         random_files(&warm, "kiln.test/app:warm"),
         cold_random,
@@ -592,7 +604,7 @@ fn two_platforms_share_one_ref_without_evicting_each_other() {
         let (_, md) = cold.build_ok(&ctx, &["--platform", platform, "--cache-to", &to], &[]);
         let layer = layer_steps(&md);
         assert!(layer.iter().all(|s| s.platform == platform), "steps report their platform: {layer:#?}");
-        cold_digests.push((platform, digest(&md)));
+        cold_digests.push((platform, config_digest(&md)));
     }
     let lines = cache_ls(&cold, &reference);
     cold.wipe();
@@ -611,6 +623,6 @@ fn two_platforms_share_one_ref_without_evicting_each_other() {
         for s in &layer {
             assert_eq!(s.cache, "hit-registry", "{platform} rebuilds on a wiped machine entirely from the ref: {layer:#?}");
         }
-        assert_eq!(&digest(&md), cold_digest, "{platform}: the same image as the cold build");
+        assert_eq!(&config_digest(&md), cold_digest, "{platform}: the same image as the cold build");
     }
 }

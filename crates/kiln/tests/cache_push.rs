@@ -39,7 +39,9 @@ fn a_fully_cached_build_pushes_by_mounting_and_downloads_no_layer() {
     let base = format!("BASE={BASE}");
     let cfg = t.docker_config("c");
     let cold = t.machine("cold", &cfg);
-    let (_, md_cold) = cold.build_ok(&ctx, &["--build-arg", &base, "--cache-to", &cache], &[]);
+    // The cold build pushes too, so its reported digest is the exported (gzip) form, as the warm one's is.
+    let cold_image = format!("{}/app/image:0", reg.host());
+    let (_, md_cold) = cold.build_ok(&ctx, &["--build-arg", &base, "--cache-to", &cache, "-t", &cold_image, "--push"], &[]);
     let layers_cold: Vec<String> = cold_layers(&cold.root, &digest(&md_cold));
 
     let warm = t.machine("warm", &cfg);

@@ -406,8 +406,9 @@ fn faulty_network_push_and_pull_succeed_and_verify() {
     let img = random_layout(tmp.path(), "t", 5, 2_000_000, 5);
     let k = Kiln::new();
     let image = format!("{}/flaky/app:1", proxy.host());
-    k.ok(&["copy", &format!("oci:{}:t", tmp.path().join("layout").display()), &format!("store:{image}")]);
-    let pushed = digest_of_stdout(&k.ok(&["push", &image]));
+    // Straight from the layout, which kiln sends verbatim (`kiln push` from the store would gzip these
+    // plain layers first and so change the digest this test checks).
+    let pushed = digest_of_stdout(&k.ok(&["copy", &format!("oci:{}:t", tmp.path().join("layout").display()), &format!("docker://{image}")]));
     assert_eq!(pushed, img.manifest_digest);
     for round in 0..2 {
         let b = Kiln::new();
@@ -449,4 +450,43 @@ fn digest_mismatch_on_download_fails_and_stores_nothing() {
     assert!(!blob_files(&k.store()).iter().any(|b| b == hex), "corrupt blob was stored");
     let images = k.run(&["inspect", &image]);
     assert!(!images.status.success(), "the image was tagged although a layer failed");
+}
+
+/// `kiln build` stores its layers as plain tar; whatever leaves the store is gzipped. Pushing a store
+/// image with plain layers sends gzip blobs whose content is the plain layers (same diff ids, same
+/// config), the same bytes on every push (compressed once, remembered), and an OCI layout or copy
+/// straight from a layout stays verbatim.
+#[test]
+fn push_from_the_store_gzips_plain_layers_once_and_keeps_their_content() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start_plain().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = random_layout(tmp.path(), "t", 2, 1_000_000, 9);
+    let k = Kiln::new();
+    let image = format!("{}/gz/app:1", reg.host());
+    k.ok(&["copy", &format!("oci:{}:t", tmp.path().join("layout").display()), &format!("store:{image}")]);
+    let pushed = digest_of_stdout(&k.ok(&["push", &image]));
+    assert_ne!(pushed, img.manifest_digest, "plain layers must not leave the store as they are");
+    let again = format!("{}/gz/app:2", reg.host());
+    k.ok(&["copy", &format!("store:{image}"), &format!("store:{again}")]);
+    assert_eq!(digest_of_stdout(&k.ok(&["push", &again])), pushed, "a second push names the same gzip blobs");
+    let memo = std::fs::read_dir(k.store().join("gzip/sha256")).map(|rd| rd.count()).unwrap_or(0);
+    assert_eq!(memo, 2, "one remembered gzip form per plain layer");
+
+    // An independent client sees gzip layers whose uncompressed bytes are the original plain layers.
+    let raw: serde_json::Value = serde_json::from_str(&skopeo(&["inspect", "--raw", "--tls-verify=false", &format!("docker://{image}")])).unwrap();
+    let out = tmp.path().join("check");
+    skopeo(&["copy", "--src-tls-verify=false", &format!("docker://{image}"), &format!("oci:{}:c", out.display())]);
+    let layers = raw["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for (l, (plain, _)) in layers.iter().zip(&img.layers) {
+        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip", "{raw:#}");
+        let blob = out.join("blobs/sha256").join(l["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+        let o = Command::new("sh").arg("-c").arg(format!("gzip -dc '{}' | sha256sum", blob.display())).output().unwrap();
+        let sum = String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_string();
+        assert_eq!(format!("sha256:{sum}"), *plain, "the gzip layer holds the plain layer's bytes");
+    }
+    assert_eq!(raw["config"]["digest"].as_str(), Some(img.config_digest.as_str()), "the config (diff ids) is unchanged");
 }

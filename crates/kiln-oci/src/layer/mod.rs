@@ -16,14 +16,19 @@
 //! `SCHILY.xattr.*` records, no user/group names, mtimes clamped to `SOURCE_DATE_EPOCH` when given, PAX
 //! records for long names, gzip from flate2 + zlib-rs (pinned versions) at level
 //! [`GZIP_LEVEL`]; the compressed digest and the diff id are computed in the same streaming pass.
+//!
+//! Compression: `kiln build` writes its layers plain (an uncompressed blob's digest is its diff id,
+//! hashed once) and [`gzip_image`] compresses an image when it is exported; see `gzip.rs`.
 
 mod apply;
+mod gzip;
 mod write;
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
 
 pub use apply::{apply_layer, ApplyOptions, ApplyReport};
+pub use gzip::{gzip_image, gzip_layer, gzip_layers, is_plain_layer};
 pub use write::{
     write_layer_from_dir, write_layer_from_entries, write_layer_from_overlay_upper, write_layer_from_tar,
     write_layer_to_store, EntrySource, LayerEntry, LayerInfo, WriteOptions, GZIP_LEVEL, ZSTD_LEVEL,

@@ -129,7 +129,9 @@ impl<W: Write> Write for Compressor<W> {
 type Chain<W> = DigestWriter<Compressor<DigestWriter<W>>>;
 
 fn open_chain<W: Write>(out: W, c: Compression) -> Result<Chain<W>, LayerError> {
-    let comp = Compressor::new(c, DigestWriter::new(out)).map_err(|e| LayerError::Io { op: "start compressor for", path: "layer".into(), source: e })?;
+    // Uncompressed, the blob is the tar itself: its digest is the diff id, hashed once (outside).
+    let out = if c == Compression::None { DigestWriter::counting(out) } else { DigestWriter::new(out) };
+    let comp = Compressor::new(c, out).map_err(|e| LayerError::Io { op: "start compressor for", path: "layer".into(), source: e })?;
     Ok(DigestWriter::new(comp))
 }
 
@@ -137,6 +139,7 @@ fn close_chain<W: Write>(chain: Chain<W>, c: Compression) -> Result<(W, LayerInf
     let (comp, diff_id, uncompressed_size) = chain.finish();
     let outer = comp.finish().map_err(|e| LayerError::Io { op: "finish compressing", path: "layer".into(), source: e })?;
     let (mut out, digest, size) = outer.finish();
+    let digest = if c == Compression::None { diff_id.clone() } else { digest };
     out.flush().map_err(|e| LayerError::Io { op: "flush", path: "layer".into(), source: e })?;
     Ok((out, LayerInfo { digest, size, diff_id, uncompressed_size, compression: c }))
 }
@@ -217,7 +220,8 @@ pub fn write_layer_to_store<F>(store: &Store, write: F) -> Result<LayerInfo, Lay
 where
     F: FnOnce(&mut BlobWriter) -> Result<LayerInfo, LayerError>,
 {
-    let mut w = store.blob_writer()?;
+    // The writers hash exactly what they write, so the store need not hash it again.
+    let mut w = store.blob_writer_trusting()?;
     let info = write(&mut w)?;
     store_commit(w, &info)?;
     Ok(info)

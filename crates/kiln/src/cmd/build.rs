@@ -244,11 +244,15 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     }
 
     let store = Store::open(&root)?;
-    let art = if built.len() == 1 { output::Artifact::single(&built[0]) } else { output::Artifact::index(&store, &built)? };
+    let local = if built.len() == 1 { output::Artifact::single(&built[0]) } else { output::Artifact::index(&store, &built)? };
+    // The store keeps the plain-tar form; whatever leaves the machine is gzipped first (once: the
+    // form is remembered), and that is the digest the build reports, as BuildKit reports the pushed one.
+    let leaves = outputs.iter().any(|o| !matches!(o, Output::Image));
+    let art = if leaves { local.for_export(&store)? } else { local.clone() };
     let mut pushed: Option<String> = None;
     for o in &outputs {
         match o {
-            Output::Image => output::tag(&store, &art, &tags)?,
+            Output::Image => output::tag(&store, &local, &tags)?,
             Output::Oci { dest, tar } => output::write_oci(&store, &art, dest, *tar, &tags)?,
             Output::Docker { dest } => output::write_docker(&store, &art, dest, &tags)?,
             Output::Registry { push_by_digest } => {
@@ -275,12 +279,13 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         let md = serde_json::json!({
             "containerimage.digest": art.root.digest.to_string(),
             "containerimage.descriptor": art.root,
+            "kiln.store.digest": local.root.digest.to_string(),
             "containerimage.config.digest": if built.len() == 1 { Some(built[0].config_digest.to_string()) } else { None },
             "image.name": tags.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","),
             "kiln.platforms": platforms.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-            "kiln.images": built.iter().map(|b| serde_json::json!({
+            "kiln.images": built.iter().zip(&art.manifests).map(|(b, m)| serde_json::json!({
                 "platform": b.config.platform().to_string(),
-                "digest": b.manifest.digest.to_string(),
+                "digest": m.digest.to_string(),
                 "config.digest": b.config_digest.to_string(),
             })).collect::<Vec<_>>(),
             "kiln.pushed": pushed,

@@ -138,11 +138,21 @@ pub fn transfer(
         }
         Endpoint::Store(r) => {
             let store = Store::open(&root).with_context(|| format!("opening the store under {}", root.display()))?;
-            source = Box::new(LocalImages::new(store, "store", false)?);
-            src_ref = match (r.digest(), r.tag()) {
+            let images = LocalImages::new(store, "store", false)?;
+            let name = match (r.digest(), r.tag()) {
                 (Some(d), None) => d.to_string(),
                 _ => store_ref(r),
             };
+            // Layers kiln built are stored as plain tar; what leaves the store is gzipped (the same
+            // remembered blobs `kiln build --push` names), so it is sent by that form's digest.
+            src_ref = match (dst, images.find(&name)?) {
+                (Endpoint::Store(_), _) | (_, None) => name,
+                (_, Some(desc)) => kiln_oci::layer::gzip_image(&images.store, &desc)
+                    .with_context(|| format!("compressing {} for export", r))?
+                    .digest
+                    .to_string(),
+            };
+            source = Box::new(images);
         }
         Endpoint::Oci { path, tag } => {
             if !path.join("index.json").exists() {

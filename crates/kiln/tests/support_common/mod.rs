@@ -57,6 +57,12 @@ pub fn digest(md: &Value) -> String {
     md["containerimage.digest"].as_str().unwrap_or_else(|| panic!("no containerimage.digest in {md:#}")).to_string()
 }
 
+/// The image's config digest: its identity in the store whatever form its layers are kept in (the
+/// layers a build makes are stored plain, those it took from a registry cache gzipped).
+pub fn config_digest(md: &Value) -> String {
+    md["containerimage.config.digest"].as_str().unwrap_or_else(|| panic!("no containerimage.config.digest in {md:#}")).to_string()
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
 }

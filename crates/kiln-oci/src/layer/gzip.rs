@@ -1,0 +1,145 @@
+//! Compressing for export: the store keeps the layers kiln builds as plain tar (as BuildKit's and
+//! buildah's local stores do), so a build never waits on gzip; an image is compressed when it leaves
+//! the machine (a push, a registry or directory cache, an OCI or Docker tarball).
+//!
+//! Compression is deterministic (same tar, same gzip bytes: flate2 + zlib-rs at [`GZIP_LEVEL`], no
+//! name, no mtime) and remembered: `<store>/gzip/<algo>/<hex>` holds the compressed descriptor of a
+//! plain layer, so the cache export and the push of one build, or a later `kiln push`, compress a layer
+//! once and name the same blob. A remembered blob that `kiln prune` collected is compressed again.
+//! The diff ids (what the config lists) do not change, so a config is shared by both forms; only the
+//! manifests that list the layers do.
+
+use std::fs;
+use std::io::{self, BufReader, Write};
+
+use super::{LayerError, GZIP_LEVEL};
+use crate::manifest::{Descriptor, ImageIndex, Manifest};
+use crate::media;
+use crate::store::Store;
+use crate::Digest;
+
+/// The gzip media type for a plain-tar layer media type, `None` for any other type (already
+/// compressed, or not a layer).
+fn gzip_media_type(media_type: &str) -> Option<&'static str> {
+    match media_type {
+        media::OCI_LAYER_TAR => Some(media::OCI_LAYER_GZIP),
+        media::OCI_LAYER_NONDIST_TAR => Some(media::OCI_LAYER_NONDIST_GZIP),
+        media::DOCKER_LAYER_TAR => Some(media::DOCKER_LAYER_GZIP),
+        _ => None,
+    }
+}
+
+/// Whether `layer` is stored plain and would be compressed by [`gzip_layer`].
+pub fn is_plain_layer(layer: &Descriptor) -> bool {
+    gzip_media_type(&layer.media_type).is_some()
+}
+
+fn memo_path(store: &Store, d: &Digest) -> std::path::PathBuf {
+    store.dir().join("gzip").join(d.algorithm().as_str()).join(d.hex())
+}
+
+/// The gzip form of `layer`: the layer itself when it is not plain tar (it may then be absent from
+/// the store: a layer known only from a registry cache), else the remembered or freshly written
+/// compressed blob. Annotations and other extras of `layer` are kept.
+pub fn gzip_layer(store: &Store, layer: &Descriptor) -> Result<Descriptor, LayerError> {
+    let Some(media_type) = gzip_media_type(&layer.media_type) else {
+        return Ok(layer.clone());
+    };
+    let with = |digest: Digest, size: u64| Descriptor { media_type: media_type.to_string(), digest, size, ..layer.clone() };
+    let memo = memo_path(store, &layer.digest);
+    if let Ok(text) = fs::read_to_string(&memo) {
+        // "<digest> <size>"; anything else (a torn write) is recomputed.
+        if let Some((d, n)) = text.trim().split_once(' ') {
+            if let (Ok(d), Ok(n)) = (Digest::parse(d), n.parse::<u64>()) {
+                if store.has_blob(&d) {
+                    return Ok(with(d, n));
+                }
+            }
+        }
+    }
+    let src = store.open_blob(&layer.digest)?;
+    let w = store.blob_writer()?;
+    let mut enc = flate2::write::GzEncoder::new(w, flate2::Compression::new(GZIP_LEVEL));
+    let io_err = |op: &'static str| {
+        let path = store.blob_path(&layer.digest);
+        move |source: io::Error| LayerError::Io { op, path, source }
+    };
+    io::copy(&mut BufReader::with_capacity(1 << 20, src), &mut enc).map_err(io_err("compress"))?;
+    let mut w = enc.finish().map_err(io_err("compress"))?;
+    w.flush().map_err(io_err("compress"))?;
+    let info = w.commit(None)?;
+    // The memo is only a shortcut: a failure to write it costs a recompression later, nothing more.
+    if let Some(dir) = memo.parent() {
+        if fs::create_dir_all(dir).is_ok() {
+            let tmp = memo.with_extension(format!("tmp{}", std::process::id()));
+            if fs::write(&tmp, format!("{} {}\n", info.digest, info.size)).is_ok() && fs::rename(&tmp, &memo).is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+        }
+    }
+    Ok(with(info.digest, info.size))
+}
+
+/// The gzip form of the image or index `root` (in the store): the same descriptor when nothing in it
+/// is plain, else a new manifest (and, for an index, new child manifests) written to the store, its
+/// descriptor carrying `root`'s platform and annotations. Layers of one image are compressed in
+/// parallel, one thread per core.
+pub fn gzip_image(store: &Store, root: &Descriptor) -> Result<Descriptor, LayerError> {
+    let raw = store.read_manifest(root)?;
+    let manifest = match &raw.value {
+        Manifest::Image(m) => {
+            if !m.layers.iter().any(is_plain_layer) {
+                return Ok(root.clone());
+            }
+            let layers = gzip_layers(store, &m.layers)?;
+            Manifest::Image(crate::manifest::ImageManifest { layers, ..m.clone() })
+        }
+        Manifest::Index(ix) => {
+            let mut manifests = Vec::with_capacity(ix.manifests.len());
+            for child in &ix.manifests {
+                let is_manifest = media::is_image_manifest(&child.media_type) || media::is_index(&child.media_type);
+                manifests.push(if is_manifest && store.has_blob(&child.digest) { gzip_image(store, child)? } else { child.clone() });
+            }
+            if manifests == ix.manifests {
+                return Ok(root.clone());
+            }
+            Manifest::Index(ImageIndex { manifests, ..ix.clone() })
+        }
+    };
+    let d = store.put_manifest(&manifest)?;
+    Ok(Descriptor { digest: d.digest, size: d.size, media_type: d.media_type, ..root.clone() })
+}
+
+/// [`gzip_layer`] of each of `layers`, in order, on one thread per core (each takes the next plain
+/// layer when it is done, so one big layer does not hold the small ones up).
+pub fn gzip_layers(store: &Store, layers: &[Descriptor]) -> Result<Vec<Descriptor>, LayerError> {
+    let plain: Vec<usize> = (0..layers.len()).filter(|&i| is_plain_layer(&layers[i])).collect();
+    let mut out = layers.to_vec();
+    if plain.is_empty() {
+        return Ok(out);
+    }
+    let width = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, plain.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: Vec<Vec<(usize, Result<Descriptor, LayerError>)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..width)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&i) = plain.get(k) else { break };
+                        mine.push((i, gzip_layer(store, &layers[i])));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| vec![(0, Err(LayerError::Tar(io::Error::other("a compression thread panicked"))))]))
+            .collect()
+    });
+    for (i, r) in done.into_iter().flatten() {
+        out[i] = r?;
+    }
+    Ok(out)
+}
