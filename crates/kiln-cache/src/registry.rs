@@ -314,7 +314,9 @@ impl<'c> RegistryCache<'c> {
             return Err(RegistryCacheError::NoLayer { reference: self.reference.to_string(), key: record.key.clone() });
         };
         let d = &layer.descriptor;
-        let reader = self.client.blob_reader(&self.repo, &d.digest, Some(d.size));
+        // Unverified reader: the store's writer hashes what it writes and checks the digest on
+        // commit, so one sha256 pass covers the download (a verifying reader made it two).
+        let reader = self.client.blob_reader(&self.repo, &d.digest, Some(d.size)).unverified();
         store.put_blob_stream(reader, Some(&d.digest)).map_err(|source| RegistryCacheError::Store {
             reference: self.reference.to_string(),
             context: format!("storing layer {}", d.digest),

@@ -304,7 +304,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         "steps": steps,
     });
     if std::fs::create_dir_all(root.join("cache")).is_ok() {
-        let _ = crate::atomic_write(&root.join("cache").join("last-build.json"), &serde_json::to_vec_pretty(&last)?);
+        let _ = crate::atomic_write_unsynced(&root.join("cache").join("last-build.json"), &serde_json::to_vec_pretty(&last)?);
     }
     let all_steps: Vec<kiln_build::StepReport> = steps.into_iter().cloned().collect();
     eprintln!("{}", printer.summary(&all_steps, &art.root.digest.to_string()));
