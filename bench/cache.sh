@@ -201,7 +201,7 @@ measure_kiln() { # CASE
   if ! why=$(run_logged "$work/res/kiln-cold.$c.log" "$(K "$work/kiln-root") build --progress plain --build-arg BASE=$BASE_REF -t $img -f '$ctx/Dockerfile' --cache-to type=registry,ref=$cache,mode=max --metadata-file '$work/res/md-cold.$c.json' '$ctx' && $(K "$work/kiln-root") push $img"); then
     note "warm.kiln.$c" "$why"; note "floor.kiln.$c" "$why"; return
   fi
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["containerimage.digest"])' "$work/res/md-cold.$c.json" > "$work/res/digest-cold.$c"
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["containerimage.config.digest"])' "$work/res/md-cold.$c.json" > "$work/res/digest-cold.$c"
   local warm; warm="$(K "$work/kiln-root") build --progress plain --build-arg BASE=$BASE_REF -t $img -f '$ctx/Dockerfile' --cache-from type=registry,ref=$cache --metadata-file '$work/res/md-warm.$c.json' '$ctx'"
   hf "warm.kiln.$c" "$prep" "$warm" || true
   # Every layer step of the last timed warm build must have come from the registry cache.
@@ -211,10 +211,10 @@ import json, sys
 md = json.load(open(sys.argv[1])); cold = open(sys.argv[2]).read().strip()
 steps = [s for s in md.get("kiln.steps", []) if s.get("cache") != "none"]
 bad = [f'{s.get("instruction")}={s.get("cache")}' for s in steps if s.get("cache") != "hit-registry"]
-same = md.get("containerimage.digest") == cold
+same = md.get("containerimage.config.digest") == cold
 print(("%d/%d layer steps hit-registry" % (len(steps) - len(bad), len(steps)))
       + ("" if not bad else " (NOT hit-registry: " + "; ".join(bad) + ")")
-      + (", digest = cold build's" if same else ", DIGEST DIFFERS from the cold build's"))
+      + (", config digest = cold build's" if same else ", CONFIG DIGEST DIFFERS from the cold build's"))
 PY
     log "kiln $c warm check: $(cat "$work/res/check.kiln.$c")"
   fi

@@ -211,6 +211,10 @@ impl<'a> Solver<'a> {
                 }
                 self.layer_step(stage, step, state, inputs, |this, mounted, state| this.exec_run(step, run, mounted, state))?
             }
+            Instruction::Copy(c) if c.link => {
+                let plan = self.copy_inputs(step, c, state, &mut inputs)?;
+                self.link_step(stage, step, c, plan, state, inputs)?
+            }
             Instruction::Copy(c) => {
                 let plan = self.copy_inputs(step, c, state, &mut inputs)?;
                 self.layer_step(stage, step, state, inputs, move |this, mounted, state| this.exec_copy(step, c, &plan, mounted, state))?
@@ -273,30 +277,8 @@ impl<'a> Solver<'a> {
         let key = key_of(&state.key, &inputs);
         let text = step.original.trim().to_string();
         if !self.opts.no_cache {
-            if let Some(rec) = self.cache.get(&key) {
-                let usable = rec.layer.as_ref().is_none_or(|l| self.store.has_blob(&l.descriptor.digest));
-                if usable {
-                    self.apply_record(&rec, state, &text);
-                    self.used.push(rec);
-                    state.key = key;
-                    return Ok(CacheStatus::HitLocal);
-                }
-            }
-            let found = self.imported.iter().enumerate().find_map(|(i, c)| c.lookup(&key).map(|r| (i, r)));
-            if let Some((i, rec)) = found {
-                // Lazy: the layer stays in the registry until a step or the output needs it.
-                if let Some(l) = &rec.layer {
-                    if !self.store.has_blob(&l.descriptor.digest) {
-                        self.remote_layers.insert(l.descriptor.digest.clone(), (i, rec.clone()));
-                    }
-                }
-                if let Err(e) = self.cache.put(&rec) {
-                    self.progress.warn(&format!("could not write the local cache: {e}"));
-                }
-                self.apply_record(&rec, state, &text);
-                self.used.push(rec);
-                state.key = key;
-                return Ok(CacheStatus::HitRegistry);
+            if let Some(hit) = self.cached(&key, state, &text) {
+                return Ok(hit);
             }
             let why = self.explain(&state.key, &text, &inputs);
             if let Some(why) = why {
@@ -329,6 +311,90 @@ impl<'a> Solver<'a> {
         self.used.push(rec);
         state.key = key;
         Ok(CacheStatus::Miss)
+    }
+
+    /// A cached record for `key` (the local cache first, then the imported ones), applied to `state`.
+    fn cached(&mut self, key: &Digest, state: &mut ImageState, text: &str) -> Option<CacheStatus> {
+        if let Some(rec) = self.cache.get(key) {
+            let usable = rec.layer.as_ref().is_none_or(|l| self.store.has_blob(&l.descriptor.digest));
+            if usable {
+                self.apply_record(&rec, state, text);
+                self.used.push(rec);
+                state.key = key.clone();
+                return Some(CacheStatus::HitLocal);
+            }
+        }
+        let (i, rec) = self.imported.iter().enumerate().find_map(|(i, c)| c.lookup(key).map(|r| (i, r)))?;
+        // Lazy: the layer stays in the registry until a step or the output needs it.
+        if let Some(l) = &rec.layer {
+            if !self.store.has_blob(&l.descriptor.digest) {
+                self.remote_layers.insert(l.descriptor.digest.clone(), (i, rec.clone()));
+            }
+        }
+        if let Err(e) = self.cache.put(&rec) {
+            self.progress.warn(&format!("could not write the local cache: {e}"));
+        }
+        self.apply_record(&rec, state, text);
+        self.used.push(rec);
+        state.key = key.clone();
+        Some(CacheStatus::HitRegistry)
+    }
+
+    /// `COPY --link` / `ADD --link`, as BuildKit does it: the files go into a layer of their own,
+    /// made on an empty root, so neither its content nor its cache key depends on the layers below.
+    /// A change to an earlier step then re-uses the layer instead of copying again (two records:
+    /// the layer's own, keyed without the parent, and the step's place in this chain).
+    fn link_step(
+        &mut self,
+        stage: &str,
+        step: &Step,
+        c: &Copy,
+        plan: CopyPlan,
+        state: &mut ImageState,
+        inputs: BTreeMap<String, String>,
+    ) -> Result<CacheStatus, BuildError> {
+        let text = step.original.trim().to_string();
+        let layer_key = key_of(&Digest::sha256_of(b"kiln COPY --link: no parent"), &inputs);
+        let joined_inputs = BTreeMap::from([("link".to_string(), layer_key.to_string())]);
+        let key = key_of(&state.key, &joined_inputs);
+        if !self.opts.no_cache {
+            if let Some(hit) = self.cached(&key, state, &text) {
+                return Ok(hit);
+            }
+        }
+        // `--chown=name` is looked up in the image being built, as without --link: the empty root
+        // has no /etc/passwd.
+        let mut c = c.clone();
+        if let Some(ch) = c.chown.clone().filter(|ch| ch.split(':').any(|p| p.parse::<u32>().is_err())) {
+            self.ensure_local(&state.layers)?;
+            let lowers = self.snaps.lowers(self.store, &state.layers)?;
+            let m = self.snaps.mount(&lowers, false)?;
+            let passwd = fs::read_to_string(m.merged.join("etc/passwd")).ok();
+            let group = fs::read_to_string(m.merged.join("etc/group")).ok();
+            drop(m);
+            let id = kiln_sandbox::user::resolve(&ch, passwd.as_deref(), group.as_deref())
+                .map_err(|err| BuildError::step(at(&step.location), format!("--chown={ch}: {err}")))?;
+            c.chown = Some(format!("{}:{}", id.uid, id.gid));
+        }
+        let mut alone = ImageState {
+            layers: Vec::new(),
+            history: Vec::new(),
+            key: Digest::sha256_of(b"kiln COPY --link: no parent"),
+            ..state.clone()
+        };
+        let status = self.layer_step(stage, step, &mut alone, inputs, move |this, mounted, st| this.exec_copy(step, &c, &plan, mounted, st))?;
+        let layer = alone.layers.first().map(|l| LayerRecord { descriptor: l.descriptor.clone(), diff_id: l.diff_id.clone() });
+        let mut rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), joined_inputs, layer);
+        if let Some(inner) = self.used.last() {
+            rec.created = inner.created;
+        }
+        if let Err(e) = self.cache.put(&rec) {
+            self.progress.warn(&format!("could not write the local cache: {e}"));
+        }
+        self.apply_record(&rec, state, &text);
+        self.used.push(rec);
+        state.key = key;
+        Ok(status)
     }
 
     /// The overlay snapshotter's layer: the upper dir, converted; the upper dir itself is kept as the

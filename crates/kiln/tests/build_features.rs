@@ -191,3 +191,39 @@ fn auto_snapshotter_falls_back_to_copies_where_overlayfs_cannot_mount() {
     assert_ok(&r, "kiln run where overlayfs cannot mount");
     assert_eq!(stdout(&r), "made\nano-group\n");
 }
+
+#[test]
+fn copy_link_reuses_its_layer_when_an_earlier_step_changes() {
+    if !can_build() {
+        return;
+    }
+    let k = Kiln::new();
+    let ctx = k.path("ctx");
+    let df = |v: &str| {
+        format!("ARG BASE\nFROM ${{BASE}}\nRUN echo {v} > /a\nCOPY --link --chown=nobody:nogroup app.txt /opt/app/\nRUN cat /opt/app/app.txt /a > /b\n")
+    };
+    write_context(&ctx, &[("Dockerfile", &df("one")), ("app.txt", "app\n")]);
+    let md1 = k.build_md(&ctx, &["-t", "kiln.test/link:1"]);
+    write_context(&ctx, &[("Dockerfile", &df("two"))]);
+    let md2 = k.build_md(&ctx, &["-t", "kiln.test/link:2"]);
+    let status: Vec<(String, String)> = layer_steps(&md2).into_iter().map(|s| (s.instruction, s.cache)).collect();
+    let of = |prefix: &str| status.iter().find(|(i, _)| i.starts_with(prefix)).map(|(_, c)| c.clone()).unwrap_or_default();
+    assert_eq!(of("RUN echo"), "miss", "{status:?}");
+    assert_eq!(of("COPY --link"), "hit-local", "the --link layer does not depend on the changed RUN: {status:?}");
+    assert_eq!(of("RUN cat"), "miss", "{status:?}");
+
+    // The very same layer sits in both images, on different parents.
+    let diff_ids = |md: &serde_json::Value| -> Vec<String> {
+        let cfg = read_json(&k.store().join("blobs/sha256").join(md["containerimage.config.digest"].as_str().unwrap().trim_start_matches("sha256:")));
+        cfg["rootfs"]["diff_ids"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect()
+    };
+    let (a, b) = (diff_ids(&md1), diff_ids(&md2));
+    assert_eq!(a.len(), b.len());
+    let n = a.len();
+    assert_ne!(a[n - 3], b[n - 3], "the RUN before it changed");
+    assert_eq!(a[n - 2], b[n - 2], "the --link layer is re-used as is");
+
+    // The image is what a plain COPY would give: content, the chown resolved in the image's passwd.
+    assert_eq!(k.run("kiln.test/link:2", &["cat", "/b"]), "app\ntwo\n");
+    assert_eq!(k.run("kiln.test/link:2", &["stat", "-c", "%u:%g", "/opt/app/app.txt"]), "65534:65534\n");
+}
