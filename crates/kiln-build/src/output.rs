@@ -160,6 +160,7 @@ pub fn write_oci(store: &Store, built: &Artifact, dest: &Path, tar: bool, tags: 
         for n in &names {
             layout.tag_name(n, &built.root)?;
         }
+        layout.tidy_layout();
         Ok(())
     }
 }

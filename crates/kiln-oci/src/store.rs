@@ -125,6 +125,12 @@ impl Store {
         Ok(store)
     }
 
+    /// Removes the store's own working files from a layout other tools read (`type=oci,tar=false`,
+    /// `oci:PATH`): an empty `ingest/` and `index.lock`. Best effort; call when done writing.
+    pub fn tidy_layout(&self) {
+        tidy_layout(&self.dir);
+    }
+
     /// The layout directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -530,4 +536,10 @@ impl Drop for BlobWriter {
             let _ = fs::remove_file(&self.temp);
         }
     }
+}
+
+/// [`Store::tidy_layout`] for a layout directory not open as a store.
+pub fn tidy_layout(dir: &Path) {
+    let _ = fs::remove_dir(dir.join("ingest"));
+    let _ = fs::remove_file(dir.join("index.lock"));
 }

@@ -90,6 +90,9 @@ fn oci_layout_dir_is_accepted_by_skopeo_and_umoci() {
     let md = build_with_outputs(&k, &[format!("type=oci,dest={},tar=false", path_str(&dir))]);
     let inspect = json(&tool_ok("skopeo", &["inspect", &format!("oci:{}", path_str(&dir))]));
     assert_eq!(inspect["Digest"], digest(&md));
+    let mut top: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    top.sort();
+    assert_eq!(top, ["blobs", "index.json", "oci-layout"], "only what the image-layout spec names");
 
     // The store keeps the layers the build made as plain tar (nothing waited on gzip); the layout,
     // like anything that leaves the store, has them gzipped, with the same config (diff ids).

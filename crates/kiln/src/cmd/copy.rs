@@ -203,6 +203,12 @@ pub fn transfer(
     };
     let res = kiln_registry::copy_image(source.as_ref(), &src_ref, dest.as_ref(), dst_tag.as_deref(), &opts, &progress);
     progress.clear();
+    // OCI layouts other tools read keep only what the spec names (no ingest/ or index.lock).
+    for end in [src, dst] {
+        if let Endpoint::Oci { path, .. } = end {
+            kiln_oci::store::tidy_layout(path);
+        }
+    }
     let res = res?;
     eprintln!(
         "{verb}: {} → {}: {} blob(s), {} moved in {:.1}s",
