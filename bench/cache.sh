@@ -312,6 +312,12 @@ else bh_note="buildah storage does not work here: $(tail -2 "$work/res/setup.bui
 start_dockerd || die "dockerd did not start (log above)"
 "$DOCKER" -H "$DH" import "$work/rootfs.tar" "$BASE_REF" >/dev/null
 
+# ext4 skips inodes freed in the last 60 s (360 s while their inode-table block is dirty) when it
+# allocates, and each skip costs a buffer lookup: right after something deleted many files (a test
+# suite, the last bench run's clean-up) a 2,000-file COPY took 0.8-1.3 s instead of 0.2 s. Flush,
+# then let the 60 s pass before measuring anything.
+settle() { log "sync, then ${SETTLE:-65} s for recently freed inodes to age (SETTLE=0 skips)"; sync; sleep "${SETTLE:-65}"; }
+settle
 for c in $CASES; do
   measure_kiln "$c"
   if [[ -n "$BH_DRIVER" ]]; then measure_buildah "$c"; else note "warm.buildah.$c" "$bh_note"; fi
