@@ -282,11 +282,12 @@ for t in $TOOLS; do
   esac
   active+=" $t"
 done
-# ext4 skips inodes freed in the last 60 s (360 s while their inode-table block is dirty) when it
-# allocates, and each skip costs a buffer lookup: right after something deleted many files (a test
-# suite, the last bench run's clean-up) a 2,000-file COPY took 0.8-1.3 s instead of 0.2 s. Flush,
-# then let the 60 s pass before measuring anything.
-settle() { log "sync, then ${SETTLE:-65} s for recently freed inodes to age (SETTLE=0 skips)"; sync; sleep "${SETTLE:-65}"; }
+# ext4 skips inodes freed in the last 60 s when it allocates (360 s once their inode-table block is
+# dirty again, which the next allocation in it makes it), and each skip costs a buffer lookup: after
+# something deleted many files (a test suite, the last bench run's clean-up) a 2,000-file COPY took
+# 0.7-1.3 s instead of 0.2 s, for whichever tool's files landed in those block groups. Flush, then let
+# the 360 s pass before measuring anything (a 65 s wait did not help).
+settle() { log "sync, then ${SETTLE:-370} s for recently freed inodes to age (SETTLE=0 skips)"; sync; sleep "${SETTLE:-370}"; }
 settle
 for c in $CASES; do
   measure_work "$c"

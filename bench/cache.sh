@@ -27,11 +27,11 @@
 #
 # Needs root, hyperfine, buildah, docker.io (dockerd + /usr/bin/docker), docker-registry, skopeo,
 # busybox-static, python3, bc. Every temp dir, the registry and dockerd are removed/stopped on exit.
-# Bounded: measurements stop when BUDGET seconds (default 660) have passed; the rest is "skipped".
+# Bounded: measurements stop when BUDGET seconds (default 900, of which 370 s is the settle wait) have passed; the rest is "skipped".
 set -euo pipefail
 
 RUNS=${RUNS:-5}
-BUDGET=${BUDGET:-660}
+BUDGET=${BUDGET:-900}
 CASES=${CASES:-"multistage big-run"}
 BASE_REF=bench.local/busybox:latest
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -312,11 +312,12 @@ else bh_note="buildah storage does not work here: $(tail -2 "$work/res/setup.bui
 start_dockerd || die "dockerd did not start (log above)"
 "$DOCKER" -H "$DH" import "$work/rootfs.tar" "$BASE_REF" >/dev/null
 
-# ext4 skips inodes freed in the last 60 s (360 s while their inode-table block is dirty) when it
-# allocates, and each skip costs a buffer lookup: right after something deleted many files (a test
-# suite, the last bench run's clean-up) a 2,000-file COPY took 0.8-1.3 s instead of 0.2 s. Flush,
-# then let the 60 s pass before measuring anything.
-settle() { log "sync, then ${SETTLE:-65} s for recently freed inodes to age (SETTLE=0 skips)"; sync; sleep "${SETTLE:-65}"; }
+# ext4 skips inodes freed in the last 60 s when it allocates (360 s once their inode-table block is
+# dirty again, which the next allocation in it makes it), and each skip costs a buffer lookup: after
+# something deleted many files (a test suite, the last bench run's clean-up) a 2,000-file COPY took
+# 0.7-1.3 s instead of 0.2 s, for whichever tool's files landed in those block groups. Flush, then let
+# the 360 s pass before measuring anything (a 65 s wait did not help).
+settle() { log "sync, then ${SETTLE:-370} s for recently freed inodes to age (SETTLE=0 skips)"; sync; sleep "${SETTLE:-370}"; }
 settle
 for c in $CASES; do
   measure_kiln "$c"
