@@ -315,7 +315,7 @@ table() { # KIND
   for p in $peers; do hdr+=" kiln / $(tool_label "$p") |"; sep+=" ---: |"; done
   echo "$hdr"; echo "$sep"
   for c in $CASES; do
-    local k; k=$(val "$kind.kiln.$c"); local row="| $c | $(fmt "$k") |"
+    local k row; k=$(val "$kind.kiln.$c"); row="| $c | $(fmt "$k") |"
     for p in $peers; do row+=" $(fmt "$(val "$kind.$p.$c")") |"; done
     for p in $peers; do row+=" $(ratio "$k" "$(val "$kind.$p.$c")") |"; done
     echo "$row"

@@ -158,15 +158,15 @@ trash() { echo "{ [ ! -e '$1' ] || mv '$1' \"$work/trash/\$(date +%s%N)\"; }"; }
 
 BH_DRIVER=""
 setup_buildah() { # DRIVER
-  local d=$1 b=(buildah --root "$work/bh-base" --runroot "$work/bh-baserun" --storage-driver "$1")
+  local d=$1 bah=(buildah --root "$work/bh-base" --runroot "$work/bh-baserun" --storage-driver "$1")
   rm -rf "$work/bh-base" "$work/bh-baserun"
   local ctr
-  ctr=$("${b[@]}" from scratch) || return 1
-  "${b[@]}" add "$ctr" "$work/rootfs.tar" / >/dev/null || return 1
-  "${b[@]}" commit --quiet --format oci "$ctr" "$BASE_REF" >/dev/null || return 1
-  "${b[@]}" rm "$ctr" >/dev/null || return 1
-  "${b[@]}" bud --isolation chroot --pull=never -q --build-arg "BASE=$BASE_REF" -t probe - <<<$'ARG BASE\nFROM ${BASE}\nRUN true' >/dev/null || return 1
-  "${b[@]}" rmi -f probe >/dev/null
+  ctr=$("${bah[@]}" from scratch) || return 1
+  "${bah[@]}" add "$ctr" "$work/rootfs.tar" / >/dev/null || return 1
+  "${bah[@]}" commit --quiet --format oci "$ctr" "$BASE_REF" >/dev/null || return 1
+  "${bah[@]}" rm "$ctr" >/dev/null || return 1
+  "${bah[@]}" bud --isolation chroot --pull=never -q --build-arg "BASE=$BASE_REF" -t probe - <<<$'ARG BASE\nFROM ${BASE}\nRUN true' >/dev/null || return 1
+  "${bah[@]}" rmi -f probe >/dev/null
   findmnt -rn -o TARGET | grep "^$work/bh-base" | sort -r | while read -r m; do umount -l "$m"; done
   rm -rf "$work/bh-baserun"
   BH_DRIVER=$d

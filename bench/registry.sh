@@ -62,7 +62,7 @@ YML
 
 # make_layout DIR TOTAL_MB: an OCI layout (tag "t") with $LAYERS gzip layers of fresh random data.
 make_layout() {
-  local dir=$1 total=$2 per=$(( $2 * 1000000 / LAYERS ))
+  local dir=$1 per=$(( $2 * 1000000 / LAYERS ))
   mkdir -p "$dir/blobs/sha256" "$work/gen"
   for i in $(seq "$LAYERS"); do
     rm -rf "$work/gen/data"; mkdir -p "$work/gen/data"
