@@ -354,7 +354,8 @@ impl<'a> Solver<'a> {
         inputs: BTreeMap<String, String>,
     ) -> Result<CacheStatus, BuildError> {
         let text = step.original.trim().to_string();
-        let layer_key = key_of(&Digest::sha256_of(b"kiln COPY --link: no parent"), &inputs);
+        let no_parent = Digest::sha256_of(b"kiln COPY --link: no parent");
+        let layer_key = key_of(&no_parent, &inputs);
         let joined_inputs = BTreeMap::from([("link".to_string(), layer_key.to_string())]);
         let key = key_of(&state.key, &joined_inputs);
         if !self.opts.no_cache {
@@ -379,7 +380,7 @@ impl<'a> Solver<'a> {
         let mut alone = ImageState {
             layers: Vec::new(),
             history: Vec::new(),
-            key: Digest::sha256_of(b"kiln COPY --link: no parent"),
+            key: no_parent,
             ..state.clone()
         };
         let status = self.layer_step(stage, step, &mut alone, inputs, move |this, mounted, st| this.exec_copy(step, &c, &plan, mounted, st))?;
@@ -452,34 +453,10 @@ impl<'a> Solver<'a> {
             };
             wanted.push((d, i, rec));
         }
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let width = wanted.len().min(4);
-        let next = std::sync::atomic::AtomicUsize::new(0);
         let (imported, store) = (self.imported, self.store);
-        let failures: Vec<String> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..width)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut errs = Vec::new();
-                        loop {
-                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some((d, i, rec)) = wanted.get(k) else { break };
-                            if let Err(e) = imported[*i].fetch(rec, store) {
-                                errs.push(format!("could not fetch cached layer {d}: {e}"));
-                            }
-                        }
-                        errs
-                    })
-                })
-                .collect();
-            hs.into_iter().flat_map(|h| h.join().unwrap_or_else(|_| vec!["a download thread panicked".to_string()])).collect()
-        });
-        match failures.into_iter().next() {
-            Some(e) => Err(BuildError::Snapshot(e)),
-            None => Ok(()),
-        }
+        kiln_oci::run_parallel(&wanted, 4, |(d, i, rec)| {
+            imported[*i].fetch(rec, store).map_err(|e| BuildError::Snapshot(format!("could not fetch cached layer {d}: {e}")))
+        })
     }
 
     /// What changed against the closest cached record, in words (`None` when nothing is cached).

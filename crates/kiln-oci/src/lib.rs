@@ -21,9 +21,11 @@ pub mod reference;
 pub mod store;
 pub mod fsroot;
 pub mod layer;
+pub mod parallel;
 
 pub use config::{ContainerConfig, History, ImageConfig, RootFs};
 pub use digest::{Algorithm, Digest, DigestError, DigestWriter, Hasher, VerifyingReader};
+pub use parallel::run_parallel;
 pub use manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError, Raw};
 pub use platform::{Platform, PlatformError};
 pub use reference::{Reference, ReferenceError};

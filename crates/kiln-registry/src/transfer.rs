@@ -6,7 +6,7 @@
 //! the manifest goes last, so a destination never holds a manifest whose blobs are missing.
 
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use kiln_oci::{media, Descriptor, Digest, Manifest, Platform};
@@ -213,35 +213,10 @@ fn copy_one(
     dst.put_manifest(m, None)
 }
 
-/// Runs `f` over `items` on up to `n` threads; the first error stops the rest from starting.
+/// Runs `f` over `items` on up to `n` threads; the first error stops the rest from starting
+/// (`kiln_oci::run_parallel`, the pool the layer code shares, with this crate's error type).
 pub fn run_parallel<T: Sync>(items: &[T], n: usize, f: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let first_err: Mutex<Option<RegistryError>> = Mutex::new(None);
-    let workers = n.clamp(1, items.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(item) = items.get(i) else { break };
-                if let Err(e) = f(item) {
-                    stop.store(true, Ordering::Relaxed);
-                    let mut slot = first_err.lock().unwrap_or_else(|p| p.into_inner());
-                    if slot.is_none() {
-                        *slot = Some(e);
-                    }
-                    break;
-                }
-            });
-        }
-    });
-    match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    kiln_oci::run_parallel(items, n, f)
 }
 
 /// Reports the absolute position of a stream to a progress callback as it is read.

@@ -110,36 +110,15 @@ pub fn gzip_image(store: &Store, root: &Descriptor) -> Result<Descriptor, LayerE
     Ok(Descriptor { digest: d.digest, size: d.size, media_type: d.media_type, ..root.clone() })
 }
 
-/// [`gzip_layer`] of each of `layers`, in order, on one thread per core (each takes the next plain
-/// layer when it is done, so one big layer does not hold the small ones up).
+/// [`gzip_layer`] of each of `layers`, in order, on one thread per core (`run_parallel`).
 pub fn gzip_layers(store: &Store, layers: &[Descriptor]) -> Result<Vec<Descriptor>, LayerError> {
     let plain: Vec<usize> = (0..layers.len()).filter(|&i| is_plain_layer(&layers[i])).collect();
-    let mut out = layers.to_vec();
-    if plain.is_empty() {
-        return Ok(out);
-    }
-    let width = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, plain.len());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done: Vec<Vec<(usize, Result<Descriptor, LayerError>)>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..width)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&i) = plain.get(k) else { break };
-                        mine.push((i, gzip_layer(store, &layers[i])));
-                    }
-                    mine
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| vec![(0, Err(LayerError::Tar(io::Error::other("a compression thread panicked"))))]))
-            .collect()
-    });
-    for (i, r) in done.into_iter().flatten() {
-        out[i] = r?;
-    }
-    Ok(out)
+    let out = std::sync::Mutex::new(layers.to_vec());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    crate::run_parallel(&plain, cores, |&i| -> Result<(), LayerError> {
+        let gz = gzip_layer(store, &layers[i])?;
+        out.lock().unwrap_or_else(|p| p.into_inner())[i] = gz;
+        Ok(())
+    })?;
+    Ok(out.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
