@@ -20,6 +20,7 @@
 //! Nothing here prints: progress goes through the [`Progress`] trait, which the CLI renders.
 
 mod base;
+pub mod cancel;
 mod context;
 mod copy;
 mod error;
@@ -27,6 +28,7 @@ mod glob;
 mod native;
 pub mod output;
 pub mod push;
+pub mod reclaim;
 pub mod run;
 pub mod snapshot;
 mod solve;
@@ -47,6 +49,7 @@ use kiln_oci::layer::WriteOptions;
 use kiln_oci::{media, Descriptor, Digest, ImageConfig, ImageManifest, Manifest, Platform, RootFs, Store};
 use serde::Serialize;
 
+pub use cancel::Cancel;
 pub use context::Context;
 pub use error::BuildError;
 pub use state::{ImageState, LayerRef};
@@ -82,6 +85,8 @@ pub struct BuildOptions {
     /// Download the final image's layers that came from a registry cache into the store (needed by
     /// every output but a push, which mounts them in the registry instead).
     pub fetch_final: bool,
+    /// Stops the build from another thread (see [`cancel`]).
+    pub cancel: Cancel,
 }
 
 /// `--snapshotter`.
@@ -164,8 +169,10 @@ pub struct Built {
 
 /// Runs a build. The image lands in the local store; [`output`] exports or tags it.
 pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, BuildError> {
+    opts.cancel.check()?;
     let store = Store::open(&opts.root)?;
     let _lease = store.lease()?;
+    reclaim::reclaim(&opts.root);
     let dockerfile = opts.dockerfile.clone().unwrap_or_else(|| opts.context.join("Dockerfile"));
     let source = std::fs::read(&dockerfile).map_err(|source| BuildError::Dockerfile { path: dockerfile.clone(), source })?;
     let file_name = dockerfile.display().to_string();
@@ -264,38 +271,16 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         remote_layers: HashMap::new(),
         explain_pool: None,
         explanations: Vec::new(),
+        reached: HashMap::new(),
     };
-    // Stages in waves: each wave holds the stages whose dependencies are all built, and its stages
-    // run side by side (independent stages in parallel), each on a forked solver.
-    for wave in waves(&resolved.stages) {
-        if let [stage] = wave.as_slice() {
-            let st = solver.stage(stage)?;
-            solver.stages.insert(stage.index, st);
-            continue;
+    let final_state = match solve_stages(&mut solver, &resolved) {
+        Ok(st) => st,
+        Err(e) if opts.cancel.is_cancelled() => {
+            let _ = e;
+            return Err(cancelled(opts, &store, solver, resolved.target, progress));
         }
-        let results: Vec<_> = std::thread::scope(|s| {
-            let handles: Vec<_> = wave
-                .iter()
-                .map(|stage| {
-                    let mut sub = solver.fork();
-                    s.spawn(move || {
-                        let r = sub.stage(stage);
-                        (sub, r)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join()).collect()
-        });
-        for (stage, res) in wave.iter().zip(results) {
-            let (sub, r) = res.map_err(|_| BuildError::Usage("a stage's build thread panicked".into()))?;
-            solver.join(sub);
-            solver.stages.insert(stage.index, r?);
-        }
-    }
-    let final_state = solver
-        .stages
-        .remove(&resolved.target)
-        .ok_or_else(|| BuildError::Usage("the target stage was not built".to_string()))?;
+        Err(e) => return Err(e),
+    };
     let steps = std::mem::take(&mut solver.reports);
     // The store keeps whole images: layers that came from a remote cache are fetched now, unless the
     // image only goes to a registry (then the push mounts them from the cache's repository).
@@ -316,18 +301,110 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     built.explanations = explanations;
     built.layer_sources = sources.clone();
     if opts.policy.policy.allows_export() {
-        built.cache_exports = export_caches(opts, &store, &used, &final_key, &sources, progress)?;
+        built.cache_exports = export_caches(opts, &store, &used, std::slice::from_ref(&final_key), &sources, progress)?;
     } else if !opts.cache_to.is_empty() {
         progress.warn(&format!("--cache-to skipped: {}", opts.policy));
     }
     Ok(built)
 }
 
+/// Every stage, dependencies first; the target stage's final state. Stages in waves: each wave holds
+/// the stages whose dependencies are all built, and its stages run side by side (independent stages
+/// in parallel), each on a forked solver. Every fork is joined back, failed or not, so the records
+/// of what finished are never lost (a cancelled build exports them).
+fn solve_stages(solver: &mut solve::Solver<'_>, resolved: &kiln_dockerfile::instructions::Resolved) -> Result<ImageState, BuildError> {
+    for wave in waves(&resolved.stages) {
+        if let [stage] = wave.as_slice() {
+            let st = solver.stage(stage)?;
+            solver.stages.insert(stage.index, st);
+            continue;
+        }
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|stage| {
+                    let mut sub = solver.fork();
+                    s.spawn(move || {
+                        let r = sub.stage(stage);
+                        (sub, r)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join()).collect()
+        });
+        let mut first_err = None;
+        for (stage, res) in wave.iter().zip(results) {
+            match res {
+                Ok((sub, r)) => {
+                    solver.join(sub);
+                    match r {
+                        Ok(st) => {
+                            solver.stages.insert(stage.index, st);
+                        }
+                        // A cancel is what every stage reports once one was cancelled; a real
+                        // failure is the more useful message.
+                        Err(e) => match &first_err {
+                            None | Some(BuildError::Cancelled { .. }) => first_err = Some(e),
+                            Some(_) => {}
+                        },
+                    }
+                }
+                Err(_) => {
+                    first_err.get_or_insert(BuildError::Usage("a stage's build thread panicked".into()));
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+    }
+    solver.stages.remove(&resolved.target).ok_or_else(|| BuildError::Usage("the target stage was not built".to_string()))
+}
+
+/// A cancelled build's last act: export what finished to the caches the policy allows (the local
+/// cache has it already), and say what was kept.
+fn cancelled(opts: &BuildOptions, store: &Store, mut solver: solve::Solver<'_>, target: usize, progress: &dyn Progress) -> BuildError {
+    let used = std::mem::take(&mut solver.used);
+    // mode=min exports the chains that end at the images built; cancelled, the target stage's
+    // chain ends where it had got to.
+    let reached: Vec<Digest> = solver.reached.get(&target).cloned().into_iter().collect();
+    let mut sources = kiln_cache::LayerSources::new();
+    for c in solver.imported {
+        if let solve::Imported::Registry(rc) = c {
+            sources.extend(&rc.layer_sources());
+        }
+    }
+    drop(solver);
+    let finished = used.iter().filter(|r| r.layer.is_some()).count();
+    let mut kept = vec![format!("{finished} finished layer steps kept in the local cache")];
+    if !opts.cache_to.is_empty() && !used.is_empty() {
+        if opts.policy.policy.allows_export() {
+            match export_caches(opts, store, &used, &reached, &sources, progress) {
+                Ok(values) => kept.extend(values.iter().map(describe_export)),
+                Err(e) => kept.push(format!("cache export failed: {e}")),
+            }
+        } else {
+            kept.push(format!("--cache-to skipped: {}", opts.policy));
+        }
+    }
+    BuildError::Cancelled { kept: kept.join("; ") }
+}
+
+/// One `--cache-to` result in words, for the cancel line.
+fn describe_export(v: &serde_json::Value) -> String {
+    let place = v.get("reference").or_else(|| v.get("dest")).and_then(|r| r.as_str()).unwrap_or("the cache");
+    match (v.get("exported").and_then(|n| n.as_u64()), v.get("warning").and_then(|w| w.as_str())) {
+        (Some(n), _) => format!("{n} records exported to {place}"),
+        (None, Some(w)) => w.to_string(),
+        (None, None) => format!("exported to {place}"),
+    }
+}
+
 fn export_caches(
     opts: &BuildOptions,
     store: &Store,
     used: &[kiln_cache::Record],
-    final_key: &Digest,
+    results: &[Digest],
     sources: &kiln_cache::LayerSources,
     progress: &dyn Progress,
 ) -> Result<Vec<serde_json::Value>, BuildError> {
@@ -336,7 +413,7 @@ fn export_caches(
         match to {
             CacheTo::Registry(target) => {
                 let Some(client) = opts.registry.as_deref() else { continue };
-                let records = kiln_cache::select(target.mode, used, std::slice::from_ref(final_key));
+                let records = kiln_cache::select(target.mode, used, results);
                 match kiln_cache::export(client, target, &records, store, sources) {
                     Ok(kiln_cache::ExportOutcome::Exported(summary)) => {
                         out.push(serde_json::to_value(&summary).unwrap_or_default());
@@ -355,7 +432,7 @@ fn export_caches(
                 }
             }
             CacheTo::Local { dest, mode } => {
-                let records = kiln_cache::select(*mode, used, std::slice::from_ref(final_key));
+                let records = kiln_cache::select(*mode, used, results);
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                 match kiln_cache::export_dir(dest, &records, store, now) {
                     Ok(summary) => out.push(serde_json::to_value(&summary).unwrap_or_default()),

@@ -11,11 +11,26 @@
 //!   base images and for layers that came from a cache, where no upper dir exists.
 //!
 //! A snapshot appears by rename from a temp dir, so a half-extracted one is never used.
+//!
+//! An upper dir is only a faithful diff when overlayfs writes whole objects into it. Three kernel
+//! features break that, and each can be on by default (a Kconfig option, or a module parameter
+//! under `/sys/module/overlay/parameters/`): `redirect_dir` renames a lower directory by leaving
+//! an empty directory with a `trusted.overlay.redirect` xattr in the upper dir (its children stay
+//! below); `metacopy` copies up only the inode of a file that was chmod/chown'd (an empty file
+//! with `trusted.overlay.metacopy`); `index` ties upper inodes to lower ones. kiln mounts with all
+//! three off, whatever the defaults, so a directory rename is a real copy and a chmod copies the
+//! data up. The layer writer refuses an upper dir that still holds a redirect or metacopy xattr
+//! (e.g. a snapshot made by an older kiln): an error, never a wrong layer.
+//!
+//! Every mount is registered while it exists, so a second signal can still unmount what this
+//! process holds before exiting ([`unmount_all_now`]); what a killed process left behind is
+//! reclaimed by the next build ([`crate::reclaim`]).
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use kiln_oci::layer::{apply_layer, ApplyOptions};
 use kiln_oci::{Digest, Store};
@@ -27,6 +42,15 @@ use crate::state::LayerRef;
 const MAX_LOWERS: usize = 32;
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// The overlay mounts this process holds now (merged dirs), for [`unmount_all_now`].
+static MOUNTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The options that keep the upper dir a faithful diff (see the module doc).
+const FAITHFUL: [(&str, &str); 3] = [("redirect_dir", "off"), ("index", "off"), ("metacopy", "off")];
+
+/// Where the running kernel lists the overlay features it has (present once the module is loaded).
+const OVERLAY_PARAMS: &str = "/sys/module/overlay/parameters";
 
 /// The snapshot directory of a kiln root.
 #[derive(Debug, Clone)]
@@ -95,6 +119,8 @@ impl Snapshotter {
     pub fn temp_dir(&self, what: &str) -> Result<PathBuf, BuildError> {
         let tmp = self.dir.join("tmp");
         fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
+        // Marks this process's temp dirs as in use, so no concurrent kiln reclaims them.
+        crate::reclaim::hold_owner_lock(&self.dir)?;
         let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
         let d = tmp.join(format!("{what}-{}-{n}", std::process::id()));
         if d.exists() {
@@ -242,14 +268,15 @@ impl Snapshotter {
             data.push_str(&self.lowers_empty()?.to_string_lossy());
         }
         let flags = if writable { 0 } else { libc::MS_RDONLY };
-        sys_mount_overlay(&m.merged, &data, flags).map_err(|e| {
-            BuildError::Snapshot(format!(
-                "cannot mount overlayfs at {} ({e}); kiln needs root and a kernel with overlayfs, or use --snapshotter native",
-                m.merged.display()
-            ))
-        })?;
+        mount_faithful(&m.merged, &data, flags)?;
         m.mounted = true;
+        register(&m.merged);
         Ok(m)
+    }
+
+    /// The directory this snapshotter keeps its snapshots and temp dirs in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn lowers_empty(&self) -> Result<PathBuf, BuildError> {
@@ -280,6 +307,7 @@ impl Mounted {
         if self.mounted {
             sys_umount(&self.merged).map_err(io_err("unmount", &self.merged))?;
             self.mounted = false;
+            unregister(&self.merged);
         }
         Ok(())
     }
@@ -289,9 +317,70 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         if self.mounted {
             let _ = sys_umount(&self.merged);
+            unregister(&self.merged);
         }
         remove_tree(&self.base);
     }
+}
+
+/// Mounts overlayfs with [`FAITHFUL`] options. A kernel that rejects an option it does not know
+/// (EINVAL) lacks that feature, and so cannot have it on: the mount is retried with only the
+/// options of the features `/sys/module/overlay/parameters/` lists.
+fn mount_faithful(target: &Path, lowers_and_dirs: &str, flags: libc::c_ulong) -> Result<(), BuildError> {
+    let all: Vec<&str> = FAITHFUL.iter().map(|(k, _)| *k).collect();
+    let first = sys_mount_overlay(target, &with_options(lowers_and_dirs, &all), flags);
+    let err = match first {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let known: Vec<&str> = all.iter().copied().filter(|k| Path::new(OVERLAY_PARAMS).join(k).exists()).collect();
+            if known.len() == all.len() {
+                e
+            } else {
+                match sys_mount_overlay(target, &with_options(lowers_and_dirs, &known), flags) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                }
+            }
+        }
+        Err(e) => e,
+    };
+    Err(BuildError::Snapshot(format!(
+        "cannot mount overlayfs at {} with {} ({err}); kiln needs root and a kernel with overlayfs that takes these \
+         options (they keep each step's upper dir a faithful diff), or use --snapshotter native",
+        target.display(),
+        FAITHFUL.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    )))
+}
+
+fn with_options(data: &str, features: &[&str]) -> String {
+    let mut out = data.to_string();
+    for (k, v) in FAITHFUL.iter().filter(|(k, _)| features.contains(k)) {
+        out.push_str(&format!(",{k}={v}"));
+    }
+    out
+}
+
+fn register(merged: &Path) {
+    if let Ok(mut m) = MOUNTS.lock() {
+        m.push(merged.to_path_buf());
+    }
+}
+
+fn unregister(merged: &Path) {
+    if let Ok(mut m) = MOUNTS.lock() {
+        m.retain(|p| p != merged);
+    }
+}
+
+/// Detaches every overlay this process has mounted, at once, for an exit that cannot wait for the
+/// threads that own them (a second signal, or the cancel deadline). Their temp dirs stay: the
+/// next build reclaims them.
+pub fn unmount_all_now() -> usize {
+    let held: Vec<PathBuf> = match MOUNTS.lock() {
+        Ok(mut m) => std::mem::take(&mut *m),
+        Err(_) => return 0,
+    };
+    held.iter().filter(|p| sys_umount(p).is_ok()).count()
 }
 
 /// Removes a tree that may hold read-only dirs or immutable-looking modes; best effort.
@@ -319,7 +408,7 @@ fn sys_mount_overlay(target: &Path, data: &str, flags: libc::c_ulong) -> io::Res
     }
 }
 
-fn sys_umount(target: &Path) -> io::Result<()> {
+pub(crate) fn sys_umount(target: &Path) -> io::Result<()> {
     let t = cstr(target)?;
     // SAFETY: `t` is a valid NUL-terminated path.
     let rc = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };

@@ -46,6 +46,9 @@ pub(crate) struct Solver<'a> {
     pub explain_pool: Option<Vec<Record>>,
     /// (step, why it missed) for the summary and `kiln cache explain`.
     pub explanations: Vec<(String, String)>,
+    /// The key each stage has reached so far (its last finished step), by stage index: where a
+    /// cancelled build's `mode=min` export ends.
+    pub reached: HashMap<usize, Digest>,
 }
 
 /// A cache opened with `--cache-from`.
@@ -111,6 +114,7 @@ impl<'a> Solver<'a> {
             remote_layers: self.remote_layers.clone(),
             explain_pool: None,
             explanations: Vec::new(),
+            reached: HashMap::new(),
         }
     }
 
@@ -120,6 +124,7 @@ impl<'a> Solver<'a> {
         self.remote_layers.extend(sub.remote_layers);
         self.explanations.extend(sub.explanations);
         self.bases.extend(sub.bases);
+        self.reached.extend(sub.reached);
     }
 
     /// Builds one stage; its deps are already in `self.stages`.
@@ -154,7 +159,13 @@ impl<'a> Solver<'a> {
             self.report(&name, &p, &format!("FROM {r}"), CacheStatus::None, 0.0);
         }
         for step in &stage.steps {
-            self.step(&name, step, &mut state)?;
+            self.opts.cancel.check()?;
+            let at = at(&step.location);
+            let text = step.original.trim().to_string();
+            // A step that fails because the build was cancelled (its RUN killed, its sandbox gone)
+            // is a cancel, whatever it says.
+            self.step(&name, step, &mut state).map_err(|e| if self.opts.cancel.is_cancelled() { BuildError::Cancelled { kept: String::new() } } else { e.in_step(&at, &text) })?;
+            self.reached.insert(stage.index, state.key.clone());
         }
         Ok(state)
     }

@@ -477,6 +477,11 @@ impl BlobWriter {
         self.inner.as_ref().map(|w| w.written()).unwrap_or(0)
     }
 
+    /// The temp file the blob is written to until `commit` (for messages about a failed write).
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
     /// Flushes, fsyncs, checks against `expected` and renames into place. On a mismatch the temp file
     /// is deleted and [`StoreError::Digest`] returned.
     pub fn commit(mut self, expected: Option<&Digest>) -> Result<BlobInfo, StoreError> {

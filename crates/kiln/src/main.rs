@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod progress;
+mod signals;
 
 /// kiln: a daemonless container image builder whose build cache lives in any OCI registry.
 #[derive(Parser, Debug)]
@@ -86,10 +87,25 @@ fn main() -> ExitCode {
     if let Some(code) = kiln_sandbox::init::maybe_run() {
         return code;
     }
+    // Before any thread exists, so that every thread inherits the mask (see signals.rs).
+    signals::block();
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
+    let cancel = kiln_build::Cancel::new();
+    let mode = match cli.command {
+        Command::Build(_) | Command::Run(_) => signals::Mode::Graceful,
+        _ => signals::Mode::Immediate,
+    };
+    let grace = match kiln_build::cancel::grace() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    signals::watch(cancel.clone(), mode, grace);
     let result = match cli.command {
-        Command::Build(a) => cmd::build::run(a, &cli.global),
+        Command::Build(a) => cmd::build::run(a, &cli.global, &cancel),
         Command::Run(a) => match cmd::run::run(a, &cli.global) {
             Ok(code) => return code,
             Err(e) => Err(e),
@@ -111,10 +127,40 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if let Some(sig) = cancel.signal() {
+                // One line that says what the cancelled build kept; the exit code a shell gives a
+                // process ended by that signal.
+                let kept = e.chain().find_map(|c| match c.downcast_ref::<kiln_build::BuildError>() {
+                    Some(kiln_build::BuildError::Cancelled { kept }) => Some(kept.clone()),
+                    _ => None,
+                });
+                match kept {
+                    Some(k) => eprintln!("kiln: cancelled by {}: {k}", signals::name(sig)),
+                    None => eprintln!("kiln: cancelled by {}: {}", signals::name(sig), render(&e)),
+                }
+                return ExitCode::from(u8::try_from(128 + sig).unwrap_or(1));
+            }
+            eprintln!("error: {}", render(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, each cause said once: library errors include their cause
+/// in their own message (so a flattened one still says why), which the chain would repeat.
+fn render(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn init_logging(verbose: u8) {

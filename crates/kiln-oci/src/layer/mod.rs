@@ -50,6 +50,12 @@ pub enum LayerError {
     Tar(#[source] io::Error),
     #[error("{op} {path}: {source}")]
     Io { op: &'static str, path: PathBuf, #[source] source: io::Error },
+    #[error(
+        "{path} holds the overlayfs xattr {xattr}: overlayfs kept part of this change in a lower layer \
+         (redirect_dir or metacopy was on when it was made), so its upper dir is not a faithful diff and \
+         no layer was written; remove the root's snapshots dir (or `kiln prune`) and build again"
+    )]
+    NotFaithful { path: PathBuf, xattr: String },
     #[error("{path} changed while it was being written into a layer; retry when nothing writes to it")]
     Changed { path: PathBuf },
     #[error("layer path {0:?} is not a valid relative path inside the layer")]

@@ -218,13 +218,59 @@ pub fn write_layer_from_tar<R: Read, W: Write>(tar: R, out: W, opts: &WriteOptio
 /// Runs one of the writers straight into the store and commits the blob under its digest.
 pub fn write_layer_to_store<F>(store: &Store, write: F) -> Result<LayerInfo, LayerError>
 where
-    F: FnOnce(&mut BlobWriter) -> Result<LayerInfo, LayerError>,
+    F: FnOnce(&mut dyn Write) -> Result<LayerInfo, LayerError>,
 {
     // The writers hash exactly what they write, so the store need not hash it again.
-    let mut w = store.blob_writer_trusting()?;
-    let info = write(&mut w)?;
-    store_commit(w, &info)?;
+    let mut tracked = WriteTracker { inner: store.blob_writer_trusting()?, failed: None };
+    let info = match write(&mut tracked) {
+        Ok(info) => info,
+        // A failed write to the store (a full disk) says so, with the store's path, rather than
+        // as a failure of whichever tar entry happened to be written at the time.
+        Err(e) => {
+            return Err(match tracked.failed.take() {
+                Some(source) => {
+                    LayerError::Io { op: "write the layer into the store at", path: tracked.inner.temp_path().to_path_buf(), source }
+                }
+                None => e,
+            })
+        }
+    };
+    store_commit(tracked.inner, &info)?;
     Ok(info)
+}
+
+/// A [`BlobWriter`] that remembers the first write error it returned.
+struct WriteTracker {
+    inner: BlobWriter,
+    failed: Option<io::Error>,
+}
+
+impl WriteTracker {
+    fn remember(&mut self, e: &io::Error) {
+        if self.failed.is_none() {
+            self.failed = Some(match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            });
+        }
+    }
+}
+
+impl Write for WriteTracker {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let r = self.inner.write(buf);
+        if let Err(e) = &r {
+            self.remember(e);
+        }
+        r
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.inner.flush();
+        if let Err(e) = &r {
+            self.remember(e);
+        }
+        r
+    }
 }
 
 fn store_commit(w: BlobWriter, info: &LayerInfo) -> Result<(), LayerError> {
@@ -264,6 +310,11 @@ fn walk(root: &Path, overlay: bool) -> Result<Vec<LayerEntry>, LayerError> {
                 out.push(LayerEntry { path, source: EntrySource::Whiteout });
                 continue;
             }
+            if overlay {
+                if let Some(xattr) = unfaithful_xattr(&host) {
+                    return Err(LayerError::NotFaithful { path: host, xattr });
+                }
+            }
             if ft.is_dir() {
                 if overlay && is_opaque(&host) {
                     out.push(LayerEntry { path: path.clone(), source: EntrySource::Opaque });
@@ -274,6 +325,27 @@ fn walk(root: &Path, overlay: bool) -> Result<Vec<LayerEntry>, LayerError> {
         }
     }
     Ok(out)
+}
+
+/// An overlayfs xattr that means the object's content or children live in a lower layer: a
+/// redirected directory (renamed from below) or a metacopy file (only its inode was copied up).
+/// The kernel sets them only with `redirect_dir`/`metacopy` on, which kiln mounts with off.
+fn unfaithful_xattr(p: &Path) -> Option<String> {
+    // One syscall for the common case of no xattrs at all.
+    let n = rustix::fs::llistxattr_query(p).ok()?;
+    if n == 0 {
+        return None;
+    }
+    let mut names = vec![0u8; n];
+    let n = rustix::fs::llistxattr(p, &mut names[..]).ok()?;
+    names[..n]
+        .split(|b| *b == 0)
+        .filter_map(|raw| std::str::from_utf8(raw).ok())
+        .find(|name| {
+            let rest = name.strip_prefix("trusted.overlay.").or_else(|| name.strip_prefix("user.overlay."));
+            matches!(rest, Some("redirect" | "metacopy"))
+        })
+        .map(str::to_string)
 }
 
 fn is_opaque(dir: &Path) -> bool {

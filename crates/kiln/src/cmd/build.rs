@@ -120,7 +120,7 @@ fn parse_secret(s: &str) -> anyhow::Result<(String, PathBuf)> {
     }
 }
 
-pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
+pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<()> {
     let root = g.root();
     let platforms: Vec<Platform> = match &a.platform {
         Some(list) => {
@@ -194,6 +194,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         },
         // A push-only build with no smoke test needs no layer locally: cached ones are mounted.
         fetch_final: a.test.is_some() || outputs.iter().any(|o| !matches!(o, Output::Registry { .. })),
+        cancel: cancel.clone(),
     };
     let printer = Printer::new(a.progress);
 
@@ -210,8 +211,17 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
                 .map(|h| h.join().unwrap_or_else(|_| Err(kiln_build::BuildError::Usage("a build thread panicked".into()))))
                 .collect()
         });
-        for r in results {
-            built.push(r?);
+        // Cancelled, every platform kept something: say it all in the one line.
+        let mut kept = Vec::new();
+        for (o, r) in chunk.iter().zip(results) {
+            match r {
+                Ok(b) => built.push(b),
+                Err(kiln_build::BuildError::Cancelled { kept: k }) => kept.push(if platforms.len() > 1 { format!("{}: {k}", o.platform) } else { k }),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !kept.is_empty() {
+            return Err(kiln_build::BuildError::Cancelled { kept: kept.join("; ") }.into());
         }
     }
 

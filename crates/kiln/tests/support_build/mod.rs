@@ -44,6 +44,17 @@ impl Kiln {
         k
     }
 
+    /// Like [`Kiln::new`], with the kiln root at `root` (e.g. on a file system the test made).
+    pub fn with_root(root: PathBuf) -> Kiln {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let rootfs = tmp.path().join("busybox.tar");
+        kiln_testkit::busybox_rootfs_tar(&rootfs).expect("busybox rootfs tarball");
+        let k = Kiln { tmp, root };
+        let o = k.cmd(&["import", path_str(&rootfs), "-t", BASE]);
+        assert_ok(&o, "kiln import busybox");
+        k
+    }
+
     /// A path inside this test's temp dir.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.tmp.path().join(rel)
