@@ -9,8 +9,12 @@
 //!   its concurrency identity: PR number or branch), its [`Job`]s (one per matrix leg, with
 //!   timestamps and steps), and check-run [`Annotation`]s, which are where GitHub says *why* a job
 //!   was cancelled. A [`History`] is all of them, de-duplicated.
-//! - [`read`]: reads `gh api` output from a directory. Each file is recognised by its shape;
-//!   files of another kind are refused with a reason, broken files fail with the JSON path.
+//! - [`read`]: reads `gh api` output from a directory, in any layout of subdirectories. Each file
+//!   is recognised by its shape; files of another kind are refused with a reason, broken files fail
+//!   with the JSON path. An annotations response does not name its check run (a job's id), so
+//!   where it was saved must: `annotations/<id>.json`, `check-runs/<id>/annotations.json` or
+//!   `check-runs-<id>-annotations.json`, mixed as you like. Annotations that cannot be placed, by
+//!   name or because no job has that id, are listed once per file among the files not used.
 //! - [`live`]: fetches the same objects from the API (Link pagination, ETag revalidation kept on
 //!   disk, rate-limit waits).
 //! - [`analyze`]: classifies every job of every run (success, failure, timed out, skipped, or

@@ -5,8 +5,18 @@
 //! while a file of the right kind with a broken field fails with the JSON path of that field.
 //! `gh api --paginate` concatenates pages (`{..}{..}`) and `--slurp` wraps them in an array; both
 //! are understood.
+//!
+//! An annotations response does not say which check run it belongs to, so its place on disk has to.
+//! Three layouts are read, and may be mixed in one directory ([`ANNOTATION_LAYOUTS`]):
+//! `annotations/<id>.json`, `check-runs/<id>/annotations.json` (the API path, which is also how
+//! live mode names a response), and a file name with the id after `check-run(s)`, such as
+//! `check-runs-<id>-annotations.json` (`--save` writes `check-runs-<id>-annotations-page-1.json`).
+//! A job's check-run id is its job id.
+//! Annotations that cannot be placed, by their name or because no job in the directory has that
+//! check run, are listed in [`History::notes`], once per file.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -20,9 +30,14 @@ use crate::model::{Annotation, FileNote, History, Job, Run};
 pub enum Document {
     Runs(Vec<Run>),
     Jobs(Vec<Job>),
-    /// Annotations carry no check-run id; it comes from the file name (`…check-runs-ID-annotations…`).
+    /// Annotations carry no check-run id; it comes from where the file was saved (see the module
+    /// doc), `None` when that says nothing.
     Annotations { check_run_id: Option<u64>, items: Vec<Annotation> },
 }
+
+/// The ways of saving a check run's annotations that place them, as said to users.
+pub const ANNOTATION_LAYOUTS: &str =
+    "annotations/<JOB_ID>.json, check-runs/<JOB_ID>/annotations.json or check-runs-<JOB_ID>-annotations.json";
 
 #[derive(Deserialize)]
 struct RunsPage {
@@ -275,22 +290,60 @@ fn without_position(e: &serde_json::Error) -> String {
     }
 }
 
-/// `…check-runs-112800869472-annotations.json`, `check-run_42.json`, `check-runs/42/annotations.json`.
+/// The check run a file's annotations belong to, from its path: `annotations/42.json`,
+/// `check-runs/42/annotations.json` (or the API URL `…/check-runs/42/annotations?page=2`), or a
+/// file name such as `zlx__check-run-42-annotations.json` or `check-runs_42.json`. Only the file
+/// name and the directories just above it count: the folder the history sits in may be called
+/// anything, `check-runs-2024` included.
 fn check_run_id_from_name(path: &Path) -> Option<u64> {
-    let s = path.to_string_lossy();
-    let i = s.rfind("check-run")?;
-    let rest = &s[i + "check-run".len()..];
+    let parts: Vec<String> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
+    let (name, dirs) = parts.split_last()?;
+    if let Some(id) = id_after_check_run(name) {
+        return Some(id);
+    }
+    if dirs.last().is_some_and(|d| d == "annotations") {
+        if let Some(id) = whole_number(name.strip_suffix(".json").unwrap_or(name)) {
+            return Some(id);
+        }
+    }
+    if let [.., grand, parent] = dirs {
+        if grand == "check-runs" || grand == "check-run" {
+            return whole_number(parent);
+        }
+    }
+    None
+}
+
+/// `check-runs-42-annotations.json` → 42: the digits after the last `check-run`, `check-runs`.
+fn id_after_check_run(name: &str) -> Option<u64> {
+    let i = name.rfind("check-run")?;
+    let rest = &name[i + "check-run".len()..];
     let rest = rest.strip_prefix('s').unwrap_or(rest);
-    let rest = rest.trim_start_matches(['-', '_', '/', '.']);
+    let rest = rest.trim_start_matches(['-', '_', '.']);
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+fn whole_number(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// Read every `*.json` under `dir` (recursively, in path order) into one history.
 ///
 /// Files of another kind are listed in [`History::notes`] and skipped, so a directory that also
-/// holds, say, artifact lists still reports. A file of the right kind that is broken stops the read:
-/// a report built on half a file would be silently wrong.
+/// holds, say, artifact lists still reports. So are annotations that cannot be placed: by a name
+/// in none of the [`ANNOTATION_LAYOUTS`], or by a check-run id that no job in the directory has.
+/// A file of the right kind that is broken stops the read: a report built on half a file would be
+/// silently wrong.
 pub fn read_dir(dir: &Path) -> Result<History, ReadError> {
     let mut files = Vec::new();
     collect_json(dir, &mut files)?;
@@ -298,10 +351,22 @@ pub fn read_dir(dir: &Path) -> Result<History, ReadError> {
         return Err(ReadError::NoFiles { dir: dir.to_path_buf() });
     }
     let mut history = History::default();
+    // (file, check-run id, annotations): whether a job owns the id is known only once all is read.
+    let mut placed: Vec<(String, u64, usize)> = Vec::new();
     for file in files {
         let shown = file.strip_prefix(dir).unwrap_or(&file).display().to_string();
         match read_file(&file) {
-            Ok(docs) => add_documents(&mut history, &shown, docs),
+            Ok(docs) => {
+                for doc in &docs {
+                    if let Document::Annotations { check_run_id: Some(id), items } = doc {
+                        match placed.last_mut() {
+                            Some((f, i, n)) if *f == shown && i == id => *n += items.len(),
+                            _ => placed.push((shown.clone(), *id, items.len())),
+                        }
+                    }
+                }
+                add_documents(&mut history, &shown, docs);
+            }
             Err(e @ (ReadError::NotCiData { .. } | ReadError::Empty { .. })) => {
                 tracing::info!("skipping {}: {e}", file.display());
                 history.notes.push(FileNote { file: shown, reason: e.short_reason() });
@@ -310,25 +375,43 @@ pub fn read_dir(dir: &Path) -> Result<History, ReadError> {
         }
     }
     history.finish();
+    let owned: BTreeSet<u64> = history.jobs.iter().map(Job::check_run_id).collect();
+    for (file, id, n) in placed {
+        if !owned.contains(&id) {
+            tracing::info!("{file}: no job has check run {id}");
+            history.notes.push(FileNote {
+                file,
+                reason: format!(
+                    "{n} annotation(s) not used: no job in the input has check run {id}; save the jobs of \
+                     its run (`gh api repos/OWNER/REPO/actions/runs/RUN_ID/jobs`) beside them, or check the id \
+                     in the file name"
+                ),
+            });
+        }
+    }
     Ok(history)
 }
 
-/// Merge documents into a history; `source` names where they came from in notes.
+/// Merge documents into a history; `source` names where they came from in notes. Annotations it
+/// cannot place make one note for the whole `source`, however many pages they came in.
 pub fn add_documents(history: &mut History, source: &str, docs: Vec<Document>) {
+    let mut unplaced = None;
     for doc in docs {
         match doc {
             Document::Runs(r) => history.add_runs(r),
             Document::Jobs(j) => history.add_jobs(j),
             Document::Annotations { check_run_id: Some(id), items } => history.add_annotations(id, items),
-            Document::Annotations { check_run_id: None, items } => history.notes.push(FileNote {
-                file: source.to_string(),
-                reason: format!(
-                    "{} annotation(s) not used: the file name does not say which check run they belong to \
-                     (name it check-runs-<JOB_ID>-annotations.json)",
-                    items.len()
-                ),
-            }),
+            Document::Annotations { check_run_id: None, items } => *unplaced.get_or_insert(0) += items.len(),
         }
+    }
+    if let Some(n) = unplaced {
+        history.notes.push(FileNote {
+            file: source.to_string(),
+            reason: format!(
+                "{n} annotation(s) not used: the file name does not say which check run they belong to \
+                 (save them as {ANNOTATION_LAYOUTS})"
+            ),
+        });
     }
 }
 
@@ -365,6 +448,27 @@ mod tests {
         assert_eq!(id("a/check-runs/42/annotations.json"), Some(42));
         assert_eq!(id("check-runs_7.json"), Some(7));
         assert_eq!(id("annotations.json"), None);
+    }
+
+    #[test]
+    fn check_run_id_comes_from_every_accepted_layout() {
+        let id = |s: &str| check_run_id_from_name(Path::new(s));
+        assert_eq!(id("/h/annotations/112800869472.json"), Some(112800869472));
+        assert_eq!(id("annotations/42.json"), Some(42));
+        assert_eq!(id("Annotations/42.JSON"), Some(42));
+        assert_eq!(id("/h/check-runs/42/annotations.json"), Some(42));
+        assert_eq!(id("/h/annotations/check-runs-42-annotations.json"), Some(42));
+        // Live mode hands over the URL, first page and later ones.
+        assert_eq!(id("https://api.github.com/repos/o/r/check-runs/42/annotations?per_page=100"), Some(42));
+        assert_eq!(id("https://api.github.com/repositories/1/check-runs/42/annotations?page=2"), Some(42));
+        // The folders the history sits in say nothing about one file.
+        assert_eq!(id("/data/check-runs-2024/annotations/42.json"), Some(42));
+        assert_eq!(id("/data/check-runs-2024/probe-annotations.json"), None);
+        assert_eq!(id("/data/check-runs/42/x/annotations.json"), None);
+        assert_eq!(id("annotations/probe.json"), None);
+        assert_eq!(id("annotations/4-2.json"), None);
+        assert_eq!(id("42.json"), None);
+        assert_eq!(id("annotations/99999999999999999999999.json"), None);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use kiln_ci::synth::Synth;
-use serde_json::Value;
+use serde_json::{json, Value};
+use support::layouts::{annotated_causes, outcomes, put, write_cancelled_only, Layout};
 use support::replay::synth_server;
 use support::server::{Resp, Server};
 
@@ -164,4 +165,92 @@ fn live_mode_rate_limit_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rate limit") && err.contains("HTTP 403") && err.contains("resets at"), "{err}");
     assert_eq!(server.requests().len(), 1);
+}
+
+/// `kiln ci-report --format json` on the cancelled-only history (see `write_cancelled_only`) with
+/// its annotations laid out by `layout`: every annotated cancel gets the cause its annotation
+/// states, and the report is the one the `check-runs-<id>-annotations.json` layout gives.
+fn check_layout(layout: impl Fn(usize) -> Option<Layout> + Copy) {
+    let root = tempfile::tempdir().unwrap();
+    let s = Synth::two_arch(77);
+    let (with, flat, without) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_cancelled_only(&s, with.path(), layout);
+    write_cancelled_only(&s, flat.path(), |_| Some(Layout::Flat));
+    write_cancelled_only(&s, without.path(), |_| None);
+    let report = |dir: &Path| -> Value {
+        serde_json::from_str(&ok(&kiln(root.path(), &[dir.to_str().unwrap(), "--format", "json"]))).unwrap()
+    };
+    let (got, flat, without) = (report(with.path()), report(flat.path()), report(without.path()));
+    let (got_o, without_o) = (outcomes(&got), outcomes(&without));
+    let causes = annotated_causes(&s);
+    for (key, cause) in &causes {
+        assert_eq!(got_o.get(key), Some(cause), "{key:?}");
+    }
+    let superseded_by_annotation_only: Vec<_> = causes
+        .iter()
+        .filter(|(k, c)| c.as_str() == "cancelled/superseded" && without_o[*k] == "cancelled/unknown")
+        .collect();
+    assert!(!superseded_by_annotation_only.is_empty(), "inference alone already explains every cancel");
+    assert_eq!(got, flat);
+    assert_eq!(got["notes"], json!([]));
+}
+
+#[test]
+fn annotations_saved_as_annotations_dir_id_json_classify_the_cancels() {
+    check_layout(|_| Some(Layout::AnnotationsDir));
+}
+
+#[test]
+fn annotations_saved_as_check_runs_id_annotations_json_classify_the_cancels() {
+    check_layout(|_| Some(Layout::CheckRunsDir));
+}
+
+#[test]
+fn annotations_in_mixed_layouts_classify_the_cancels() {
+    check_layout(|i| Some(Layout::ALL[i % 3]));
+}
+
+#[test]
+fn annotations_whose_check_run_no_job_has_are_listed_once() {
+    let root = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = Synth::two_arch(77);
+    s.write_dir(data.path(), 30).unwrap();
+    assert!(s.jobs.values().flatten().all(|j| j["id"] != 123));
+    // Two pages in one file, as `gh api --paginate` saves them.
+    let page = json!([{"annotation_level": "notice", "message": "Runner image updated", "path": ".github"}]).to_string();
+    put(data.path(), "annotations/123.json", &format!("{page}\n{page}"));
+    let text = ok(&kiln(root.path(), &[data.path().to_str().unwrap()]));
+    assert!(text.contains("files not used (1):"), "{text}");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("annotations/123.json")).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].contains("annotation(s) not used: no job in the input has check run 123"), "{text}");
+    // The findings themselves do not change.
+    assert!(text.contains("arm64's red marks are mostly cancellations (13 of 14)"), "{text}");
+}
+
+#[test]
+fn malformed_annotations_file_fails_naming_it() {
+    let root = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = Synth::two_arch(77);
+    write_cancelled_only(&s, data.path(), |_| Some(Layout::AnnotationsDir));
+    let id = *s.annotations.keys().last().unwrap();
+    let rel = Layout::AnnotationsDir.path(id);
+    let text = std::fs::read_to_string(data.path().join(&rel)).unwrap();
+    std::fs::write(data.path().join(&rel), &text[..text.len() / 2]).unwrap();
+    let out = kiln(root.path(), &[data.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&rel) && err.contains("malformed JSON"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn help_names_the_annotation_layouts() {
+    let root = tempfile::tempdir().unwrap();
+    let text = ok(&kiln(root.path(), &["--help"]));
+    for layout in ["annotations/ID.json", "check-runs/ID/annotations.json", "check-runs-ID-annotations.json"] {
+        assert!(text.contains(layout), "{layout}: {text}");
+    }
 }

@@ -1,2 +1,3 @@
+pub mod layouts;
 pub mod replay;
 pub mod server;

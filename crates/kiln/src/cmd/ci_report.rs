@@ -14,6 +14,12 @@ use crate::Global;
 #[command(after_help = "Examples:\n  kiln ci-report ./runs --format markdown\n  kiln ci-report --repo owner/app --workflow ci.yml --since 30d --format html -o report.html")]
 pub struct Args {
     /// A directory of `gh api` JSON: run pages, jobs of each run, check-run annotations.
+    ///
+    /// Files are found in any subdirectory and recognised by their content. A check run's
+    /// annotations (a job's check-run id is its job id) are placed by where they were saved:
+    /// annotations/ID.json, check-runs/ID/annotations.json, or a file name with the id after
+    /// check-runs- (check-runs-ID-annotations.json, and what --save writes), mixed as you like.
+    /// Annotations that cannot be placed, or whose id no job has, are listed under "files not used".
     #[arg(value_name = "DIR", conflicts_with = "repo", required_unless_present = "repo")]
     pub dir: Option<PathBuf>,
     /// Fetch live from the GitHub API instead: OWNER/NAME.
