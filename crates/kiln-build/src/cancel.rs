@@ -32,19 +32,7 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 pub struct Cancel {
     /// The signal that cancelled the build (0 while it runs).
     signal: Arc<AtomicI32>,
-    sandbox: SandboxCancel,
-}
-
-// LEAD-PENDING: kiln_sandbox::Cancel lands with the sandbox work; until then a placeholder.
-#[derive(Debug, Clone, Default)]
-struct SandboxCancel(Arc<std::sync::atomic::AtomicBool>);
-impl SandboxCancel {
-    fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst)
-    }
-    fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
+    sandbox: kiln_sandbox::Cancel,
 }
 
 impl Cancel {
@@ -69,8 +57,7 @@ impl Cancel {
     }
 
     /// The handle the sandbox runs of this build are stopped with.
-    #[allow(dead_code)]
-    fn sandbox(&self) -> SandboxCancel {
+    pub fn sandbox(&self) -> kiln_sandbox::Cancel {
         self.sandbox.clone()
     }
 

@@ -219,7 +219,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     let sandbox = match &opts.init_binary {
         Some(b) => kiln_sandbox::Sandbox::with_init_binary(b),
         None => kiln_sandbox::Sandbox::new().map_err(|e| BuildError::Usage(e.to_string()))?,
-    };
+    }
+    .with_cancel(opts.cancel.sandbox());
     let client = opts.registry.as_deref();
     let mut imported = Vec::new();
     if opts.policy.policy.allows_import() {

@@ -262,7 +262,7 @@ fn cancel_keeps_finished_steps(sig: i32, code: i32, name: &str, setup: impl FnOn
     }
     let reg = kiln_testkit::Registry::start_plain().expect("registry");
     let cache = format!("{}/cache/app:{}", reg.host(), name.to_lowercase());
-    let k = Kiln::new();
+    let k = Kiln::reproducible();
     let ctx = k.path("ctx");
     let marker = format!("kiln-cancel-{}", unique());
     write_context(&ctx, &[("Dockerfile", &long_dockerfile(&marker))]);
@@ -281,13 +281,13 @@ fn cancel_keeps_finished_steps(sig: i32, code: i32, name: &str, setup: impl FnOn
     assert_eq!(mounts_under(&k.root), Vec::<String>::new(), "mounts left under the root after {name}");
 
     // The next run of the job, on a fresh machine, starts from the finished steps.
-    let warm = Kiln::new();
+    let warm = Kiln::reproducible();
     let wctx = warm.path("ctx");
     write_context(&wctx, &[("Dockerfile", "ARG BASE\nFROM ${BASE}\nRUN echo one > /one\nRUN echo two > /two\nRUN cat /one /two\n")]);
     let from = format!("type=registry,ref={cache}");
     let md = warm.build_md(&wctx, &["--cache-from", &from]);
     let cached: Vec<String> = layer_steps(&md).into_iter().map(|s| format!("{} {}", s.cache, s.instruction)).collect();
-    assert_eq!(cached, ["hit-registry RUN echo one > /one", "hit-registry RUN echo two > /two", "miss RUN cat /one /two"], "{md:#}");
+    assert_eq!(cached, ["hit-registry RUN echo one > /one", "hit-registry RUN echo two > /two", "miss RUN cat /one /two"], "cancelled build:\n{err}\nwarm build: {md:#}");
 }
 
 #[test]

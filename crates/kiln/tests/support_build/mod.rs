@@ -44,6 +44,25 @@ impl Kiln {
         k
     }
 
+    /// A machine whose base has the same digest on every machine (the same bytes imported under
+    /// the same name with `SOURCE_DATE_EPOCH=0`), so cache keys agree across machines: what a
+    /// wiped CI runner is.
+    pub fn reproducible() -> Kiln {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let root = tmp.path().join("root");
+        let rootfs = tmp.path().join("busybox.tar");
+        kiln_testkit::busybox_rootfs_tar(&rootfs).expect("busybox rootfs tarball");
+        let o = Command::new(KILN)
+            .arg("--root")
+            .arg(&root)
+            .args(["import", path_str(&rootfs), "-t", BASE])
+            .env("SOURCE_DATE_EPOCH", "0")
+            .output()
+            .expect("run kiln import");
+        assert_ok(&o, "kiln import busybox");
+        Kiln { tmp, root }
+    }
+
     /// Like [`Kiln::new`], with the kiln root at `root` (e.g. on a file system the test made).
     pub fn with_root(root: PathBuf) -> Kiln {
         let tmp = tempfile::tempdir().expect("temp dir");
