@@ -33,6 +33,9 @@ pub enum Error {
         command: String,
         status: String,
     },
+    /// The run was stopped by a [`crate::Cancel`], or not started because it had fired.
+    #[error("{command}: cancelled")]
+    Cancelled { command: String },
     #[error("`{command}` failed with {status}{}", render_tail(tail))]
     Failed {
         command: String,

@@ -1,7 +1,8 @@
 //! The re-executed side: kiln's own binary started in a hidden init mode.
 //!
 //! Two processes live here:
-//! - the *outer init* (in the host PID namespace) reads the spec, unshares a PID namespace and
+//! - the *outer init* (in the host PID namespace) ties its life to the caller's (parent-death
+//!   signal), leaves the caller's process group, reads the spec, unshares a PID namespace and
 //!   forks; it then only waits, and reports how its child ended;
 //! - the *child* becomes PID 1 of the new PID namespace. It unshares mount, UTS, IPC (and, for
 //!   `Network::None`, network) namespaces, builds the mounts under the root, pivots into it,
@@ -22,7 +23,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::protocol::{
-    CreatedPath, Report, INIT_ARG, INIT_ENV, PROTOCOL_VERSION, REPORT_FD, SPEC_FD,
+    CreatedPath, Report, INIT_ARG, INIT_ENV, PARENT_ENV, PROTOCOL_VERSION, REPORT_FD, SPEC_FD,
 };
 use crate::spec::{Mount, Network, Spec};
 use crate::sys;
@@ -64,13 +65,61 @@ fn send(report: &File, msg: &Report) {
     }
 }
 
+/// Exit code of an init that found its caller already gone, as if the parent-death signal had
+/// killed it.
+const PARENT_GONE: u8 = 137;
+
+/// Makes the kernel SIGKILL us when the caller dies, so that a SIGKILLed kiln takes every `RUN`
+/// process with it (PID 1 has the same signal towards us, and its death kills the namespace).
+///
+/// The signal fires when the *thread* that forked us exits, not the process. That thread is the
+/// one in [`crate::Sandbox::run`]: it spawns us and then blocks until it has reaped us, so it
+/// outlives us unless the whole caller dies, which is the case we want.
+///
+/// A caller that died between forking us and the `prctl` would never signal us: by then we have
+/// been re-parented to a reaper. [`PARENT_ENV`] names the pid that started us; any other parent
+/// means that has happened, and we leave without doing anything.
+fn tie_to_parent() -> Result<(), u8> {
+    sys::kill_me_with_parent().map_err(|_| 125u8)?;
+    let expected = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<libc::pid_t>().ok())
+        .ok_or(125u8)?;
+    if sys::getppid() != expected {
+        return Err(PARENT_GONE);
+    }
+    Ok(())
+}
+
 fn outer_main() -> u8 {
+    if let Err(code) = tie_to_parent() {
+        return code;
+    }
     let Ok(report) = sys::adopt_fd(REPORT_FD).map(File::from) else {
         return 125;
     };
     // The child's exec must close its copy so the parent sees EOF only from us.
     if sys::set_cloexec(REPORT_FD).is_err() {
         return 125;
+    }
+    // Our own process group: a terminal's Ctrl-C (SIGINT to the foreground process group, which
+    // is kiln's) must reach kiln alone. kiln decides what an interrupt means (cancel every step
+    // through `Cancel`, export what finished, unmount, then exit); an init killed behind its back
+    // would turn each running step into an "init died" error before kiln had a say. `Sandbox`
+    // already starts us in a new group (`process_group(0)`, which also covers the moment before
+    // this line); this keeps the property for any other caller. PID 1 has its own session anyway.
+    if let Err(e) = sys::setpgid_self() {
+        // EPERM means we lead a session (a caller used setsid), so our group is ours already.
+        if e.raw_os_error() != Some(libc::EPERM) {
+            send(
+                &report,
+                &Report::SetupFailed {
+                    stage: "leave the caller's process group".into(),
+                    message: e.to_string(),
+                },
+            );
+            return 125;
+        }
     }
     let spec = match read_spec() {
         Ok(s) => s,
@@ -111,6 +160,7 @@ fn outer_main() -> u8 {
         }
         sys::Forked::Parent(pid) => {
             drop(alive_r);
+            send(&report, &Report::Started { pid });
             let ended = sys::wait_for(pid);
             drop(alive_w);
             match ended {
@@ -157,25 +207,21 @@ fn read_spec() -> Result<Spec, Failure> {
 }
 
 /// PID 1 of the new namespace. Returns only on failure (or with the exec'd command's code).
+///
+/// `alive` is the read end of a pipe whose only writer is the outer init: it hangs up when the
+/// outer init dies, which tells whether it died before a parent-death signal was armed.
 fn child_main(spec: &Spec, report: &File, alive: OwnedFd) -> i32 {
     if sys::kill_me_with_parent().is_err() || sys::peer_closed(alive.as_fd()) {
-        return 137;
+        return i32::from(PARENT_GONE);
     }
-    drop(alive);
     let mut mounts = Mounter {
         root_fd: None,
         root_host: PathBuf::new(),
-        created: Vec::new(),
+        report,
     };
     let setup = prepare(spec, &mut mounts);
-    if !mounts.created.is_empty() {
-        send(
-            report,
-            &Report::Created(std::mem::take(&mut mounts.created)),
-        );
-    }
     let err = match setup {
-        Ok(()) => match exec_command(spec) {
+        Ok(()) => match exec_command(spec, &alive) {
             Ok(never) => match never {},
             Err(f) => f,
         },
@@ -192,9 +238,10 @@ fn child_main(spec: &Spec, report: &File, alive: OwnedFd) -> i32 {
 }
 
 /// Namespaces, mounts and the pivot into the root.
-fn prepare(spec: &Spec, m: &mut Mounter) -> Result<(), Failure> {
-    // Our own session: terminal signals meant for kiln's process group do not reach the step
-    // directly; they kill the outer init instead, whose death kills us (PDEATHSIG).
+fn prepare(spec: &Spec, m: &mut Mounter<'_>) -> Result<(), Failure> {
+    // Our own session, without a controlling terminal: nothing the terminal sends (SIGINT,
+    // SIGHUP, SIGTSTP) reaches the step directly. kiln handles an interrupt and stops the step
+    // through the outer init, whose death kills us (PDEATHSIG).
     sys::setsid().map_err(fail("setsid"))?;
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     if spec.network == Network::None {
@@ -280,7 +327,7 @@ fn mount_name(m: &Mount) -> String {
 }
 
 /// Inside the root: user, working dir, signals, exec. Returns only on failure.
-fn exec_command(spec: &Spec) -> Result<std::convert::Infallible, Failure> {
+fn exec_command(spec: &Spec, alive: &OwnedFd) -> Result<std::convert::Infallible, Failure> {
     let passwd = read_optional("/etc/passwd")?;
     let group = read_optional("/etc/group")?;
     let id = user::resolve(&spec.user, passwd.as_deref(), group.as_deref())
@@ -316,8 +363,12 @@ fn exec_command(spec: &Spec) -> Result<std::convert::Infallible, Failure> {
     let envp: Vec<CString> = env.iter().map(|e| to_c(e)).collect::<Result<_, _>>()?;
 
     sys::set_identity(id.uid, id.gid, &id.groups).map_err(fail("switch to the user"))?;
-    // Changing credentials clears the parent-death signal; arm it again.
+    // Changing credentials clears the parent-death signal; arm it again, and make sure the outer
+    // init did not die while it was off (`alive` is close-on-exec: the command never sees it).
     sys::kill_me_with_parent().map_err(fail("prctl"))?;
+    if sys::peer_closed(alive.as_fd()) {
+        std::process::exit(i32::from(PARENT_GONE));
+    }
     let program = spec.argv.first().map(String::as_str).unwrap_or_default();
     let exe = find_executable(program, &path_var)?;
     sys::reset_signals();
@@ -437,16 +488,16 @@ enum Kind {
 
 /// Builds the mounts under the root before the pivot. Targets are resolved with
 /// `openat2(RESOLVE_IN_ROOT)` and mounted through `/proc/self/fd/N`, so a symlink in the image
-/// can never redirect a mount onto the host.
-struct Mounter {
+/// can never redirect a mount onto the host. Each path it creates is reported at once.
+struct Mounter<'a> {
     root_fd: Option<OwnedFd>,
     root_host: PathBuf,
-    created: Vec<CreatedPath>,
+    report: &'a File,
 }
 
 const SYMLINK_LIMIT: u32 = 40;
 
-impl Mounter {
+impl Mounter<'_> {
     fn root(&self) -> io::Result<BorrowedFd<'_>> {
         self.root_fd
             .as_ref()
@@ -523,12 +574,15 @@ impl Mounter {
         }
         let after = sys::lstatat(pfd.as_fd(), OsStr::new(""))?;
         let path = self.inner_path(pfd.as_fd())?.join(name);
-        self.created.push(CreatedPath {
+        // Now rather than after setup: when a cancelled run kills us half-way through it, the
+        // caller still knows what to remove.
+        let created = CreatedPath {
             path,
             is_dir: kind == Kind::Dir,
             parent_times_before: (before.atime, before.mtime),
             parent_mtime_after: after.mtime,
-        });
+        };
+        send(self.report, &Report::Created(vec![created]));
         let dir_flag = if kind == Kind::Dir {
             libc::O_DIRECTORY
         } else {

@@ -9,15 +9,30 @@
 //! inherited pipe, streams the command's stdout and stderr back line by line, and returns an
 //! [`Outcome`] with the exit status.
 //!
-//! Inside, the init process unshares a PID namespace and forks; the child, PID 1 of that
+//! Inside, the init process (the *outer init*) first asks the kernel to SIGKILL it when its
+//! caller dies, and moves to a process group of its own so that a terminal's Ctrl-C reaches
+//! kiln alone; then it unshares a PID namespace and forks; the child, PID 1 of that
 //! namespace, unshares mount, UTS and IPC namespaces (and a network namespace with only `lo`
 //! for [`Network::None`]), makes every mount private, mounts a fresh `/proc`, a minimal `/dev`
 //! (tmpfs with the usual nodes, `pts`, `shm`), a read-only `/sys`, the host's `/etc/hosts` and
 //! `/etc/resolv.conf` read-only, then the step's mounts, pivots into the root, switches to the
-//! user resolved from the *image's* `/etc/passwd` and `/etc/group`, creates the working dir and
+//! user resolved from the *image's* `/etc/passwd` and `/etc/group` (with the primary gid among
+//! the supplementary groups, as runc is given them; see [`user`]), creates the working dir and
 //! execs the command, which thus runs as PID 1, as under Docker. No capability is dropped (like
 //! BuildKit's default for build steps). When the command exits, the kernel kills whatever it left
 //! running in the namespace, so the call returns as soon as the command is done.
+//!
+//! Every link of that chain dies with the one before it: PID 1 has a parent-death signal towards
+//! the outer init, the outer init towards kiln, and the rest of the namespace dies with PID 1.
+//! So a SIGKILLed kiln leaves no step running.
+//!
+//! # Cancelling
+//!
+//! A [`Cancel`] handle given to [`Sandbox::with_cancel`] stops runs from another thread (kiln's
+//! signal-handling thread, on the first SIGINT or SIGTERM): [`Cancel::cancel`] SIGKILLs the
+//! outer init of every run in progress, which takes the namespace down as above, and every later
+//! run fails at once without starting anything. A stopped run still removes the mount points it
+//! created, waits until no process of the step is left, and returns [`Error::Cancelled`].
 //!
 //! Mount targets that did not exist are created for the run and removed afterwards (only if
 //! still empty, never following symlinks, with the parent's times restored), so they do not end
@@ -43,6 +58,7 @@
 //! [`arch`] tells whether binaries of a foreign architecture can run (via QEMU and
 //! `binfmt_misc`), for multi-platform builds.
 
+mod cancel;
 mod cleanup;
 mod error;
 mod output;
@@ -55,6 +71,7 @@ pub mod arch;
 pub mod init;
 pub mod user;
 
+pub use cancel::Cancel;
 pub use cleanup::MountPoint;
 pub use error::Error;
 pub use output::{LineSplitter, Stream};

@@ -4,20 +4,30 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
+use std::time::Duration;
 
+use crate::cancel::Cancel;
 use crate::cleanup::{remove_created, MountPoint};
 use crate::error::Error;
 use crate::output::{LineSplitter, Stream, Tail};
-use crate::protocol::{Report, INIT_ARG, INIT_ENV, PROTOCOL_VERSION, REPORT_FD, SPEC_FD};
+use crate::protocol::{
+    Report, INIT_ARG, INIT_ENV, PARENT_ENV, PROTOCOL_VERSION, REPORT_FD, SPEC_FD,
+};
 use crate::spec::{Mount, Spec};
 use crate::sys;
 
 /// How many trailing output lines a failure carries.
 pub const TAIL_LINES: usize = 20;
+
+/// How long a run whose outer init was killed waits for the rest of the sandbox to be gone.
+/// SIGKILL is normally handled at once; only a process stuck in the kernel (a hung FUSE or NFS
+/// mount) takes longer, and then the run returns anyway, with a warning.
+const NAMESPACE_EXIT_WAIT: Duration = Duration::from_secs(10);
 
 /// How the command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +83,7 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     init_binary: PathBuf,
+    cancel: Cancel,
 }
 
 impl Sandbox {
@@ -82,14 +93,23 @@ impl Sandbox {
             binary: PathBuf::from("/proc/self/exe"),
             source,
         })?;
-        Ok(Sandbox { init_binary: exe })
+        Ok(Sandbox {
+            init_binary: exe,
+            cancel: Cancel::default(),
+        })
     }
 
     /// Re-executes `binary` instead (tests use the built `kiln` binary).
     pub fn with_init_binary(binary: impl Into<PathBuf>) -> Sandbox {
         Sandbox {
             init_binary: binary.into(),
+            cancel: Cancel::default(),
         }
+    }
+
+    /// Runs of this sandbox stop when `cancel` fires.
+    pub fn with_cancel(self, cancel: Cancel) -> Sandbox {
+        Sandbox { cancel, ..self }
     }
 
     pub fn init_binary(&self) -> &Path {
@@ -98,11 +118,17 @@ impl Sandbox {
 
     /// Runs `spec` to completion. Each line of output goes to `sink` as it arrives. Returns the
     /// outcome whatever the exit status (see [`Outcome::check`]); errors mean the command could
-    /// not be run at all. Mount points the sandbox created are removed before returning.
+    /// not be run at all, or, for [`Error::Cancelled`], that the handle given to
+    /// [`Sandbox::with_cancel`] stopped it (or had fired before: then nothing is started). Mount
+    /// points the sandbox created are removed before returning, and no process of the run is
+    /// left.
     pub fn run(&self, spec: &Spec, sink: &mut dyn FnMut(Stream, &[u8])) -> Result<Outcome, Error> {
+        let command = spec.command_line();
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled { command });
+        }
         let mut spec = spec.clone();
         validate(&mut spec)?;
-        let command = spec.command_line();
         let io_err = |source| Error::Io {
             command: command.clone(),
             source,
@@ -116,9 +142,13 @@ impl Sandbox {
         cmd.arg(INIT_ARG)
             .env_clear()
             .env(INIT_ENV, PROTOCOL_VERSION)
+            .env(PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // Out of kiln's process group from the fork on, so that a Ctrl-C reaches kiln only
+            // (the init repeats it itself; see `init::outer_main`).
+            .process_group(0);
         sys::pass_fds(
             &mut cmd,
             [
@@ -126,10 +156,14 @@ impl Sandbox {
                 (report_w.as_raw_fd(), REPORT_FD),
             ],
         );
+        // This thread forks the init and then blocks until it has reaped it: the init's
+        // parent-death signal, which is tied to the forking thread, fires only if kiln dies.
         let mut child = cmd.spawn().map_err(|source| Error::Spawn {
             binary: self.init_binary.clone(),
             source,
         })?;
+        // Kills the child at once if the handle fired since the check above.
+        let registration = self.cancel.register(child.id() as libc::pid_t);
         // Our copies must go, or EOF never comes.
         drop(spec_r);
         drop(report_w);
@@ -202,13 +236,17 @@ impl Sandbox {
             }
             (reports.join().unwrap_or_default(), panicked)
         });
-        let waited = child.wait().map_err(io_err)?;
+        // Before reaping: until then the pid cannot be reused, so a cancel can only hit ours.
+        let cancelled = registration.finish();
+        let waited = child.wait();
 
         let mut created = Vec::new();
         let mut setup_failure = None;
         let mut status = None;
+        let mut pid1 = None;
         for r in reports {
             match r {
+                Report::Started { pid } => pid1 = Some(pid),
                 Report::Created(c) => created.extend(c),
                 Report::SetupFailed { stage, message } => {
                     setup_failure.get_or_insert((stage, message));
@@ -222,10 +260,22 @@ impl Sandbox {
                 }
             }
         }
+        if status.is_none() {
+            if let Some(pid) = pid1 {
+                wait_for_namespace(pid, &command);
+            }
+        }
         let mount_points = remove_created(&spec.root, &created);
         if let Some(p) = panicked {
             std::panic::resume_unwind(p);
         }
+        // Killed by the handle before it could report how the command ended. (A command that
+        // ended on its own just as the handle fired still gets its outcome.)
+        if cancelled && status.is_none() {
+            tracing::debug!(command = %command, "sandbox cancelled");
+            return Err(Error::Cancelled { command });
+        }
+        let waited = waited.map_err(io_err)?;
         if let Some((stage, message)) = setup_failure {
             return Err(Error::Setup {
                 command,
@@ -250,6 +300,30 @@ impl Sandbox {
             mount_points,
             command,
         })
+    }
+}
+
+/// The outer init died without waiting for PID 1 (killed by a cancel, or after a panicking
+/// sink): PID 1 gets its parent-death signal, and the kernel kills and reaps everything else in
+/// the namespace before PID 1's own exit completes. Waiting for that exit means that nothing of
+/// the step still runs, holds the root busy or writes into it once `run` returns, and that the
+/// sandbox's mount namespace is gone, whatever the caller does next (remove the mount points,
+/// unmount the root).
+///
+/// The pid came from the outer init, which was PID 1's parent: if PID 1 has been reaped since,
+/// `pidfd_open` fails with ESRCH (gone, fine); a reuse of the number in between would need the
+/// whole pid space to wrap within moments, and costs at most the bounded wait.
+fn wait_for_namespace(pid: libc::pid_t, command: &str) {
+    match sys::pidfd_open(pid) {
+        Ok(fd) => {
+            if !sys::wait_readable(fd.as_fd(), NAMESPACE_EXIT_WAIT) {
+                tracing::warn!(command = %command, pid, "the sandbox's PID 1 was killed but has not exited yet");
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+        Err(e) => {
+            tracing::warn!(command = %command, pid, error = %e, "cannot wait for the sandbox's PID 1")
+        }
     }
 }
 
@@ -318,4 +392,44 @@ fn validate(spec: &mut Spec) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_run_after_cancel_starts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let spawned = dir.path().join("spawned");
+        // An "init" that only leaves a trace: if the run started anything, it would be this.
+        let init = dir.path().join("init");
+        std::fs::write(&init, format!("#!/bin/sh\ntouch '{}'\n", spawned.display())).unwrap();
+        std::fs::set_permissions(&init, PermissionsExt::from_mode(0o755)).unwrap();
+        let cancel = Cancel::new();
+        cancel.cancel();
+        let sandbox = Sandbox::with_init_binary(&init).with_cancel(cancel.clone());
+        // Validation (which creates cache dirs) does not happen either.
+        let cache = dir.path().join("cache");
+        let mut spec = Spec::new(dir.path(), vec!["echo".into(), "a b".into()]);
+        spec.mounts = vec![Mount::Cache {
+            source: cache.clone(),
+            target: "/cache".into(),
+        }];
+        let err = sandbox
+            .run(&spec, &mut |_, _| panic!("a cancelled run has no output"))
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Cancelled { command } if command == "echo 'a b'"),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "echo 'a b': cancelled");
+        assert!(!spawned.exists(), "the init binary was started");
+        assert!(!cache.exists(), "the spec was acted upon");
+        // A clone of the sandbox keeps the handle.
+        let again = sandbox.clone().run(&spec, &mut |_, _| {});
+        assert!(matches!(again, Err(Error::Cancelled { .. })), "{again:?}");
+        assert!(!spawned.exists());
+    }
 }

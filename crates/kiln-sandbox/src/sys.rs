@@ -169,6 +169,60 @@ pub fn peer_closed(fd: BorrowedFd<'_>) -> bool {
     r > 0 && (pfd.revents & (libc::POLLHUP | libc::POLLIN)) != 0
 }
 
+/// The parent's pid, or the reaper's once the parent has died (0 when the parent is outside our
+/// PID namespace).
+pub fn getppid() -> libc::pid_t {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::getppid() }
+}
+
+/// `setpgid(0, 0)`: makes this process the leader of a new process group.
+pub fn setpgid_self() -> io::Result<()> {
+    // SAFETY: integer arguments.
+    check(unsafe { libc::setpgid(0, 0) }).map(|_| ())
+}
+
+/// kill(2); a process that is already gone is not an error.
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    match check(unsafe { libc::kill(pid, sig) }) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// pidfd_open(2): an fd that refers to this very process (not to whichever later reuses the
+/// number), and becomes readable when it exits.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments.
+    let fd = check_long(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the syscall returned a new fd (close-on-exec) that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Waits until `fd` is readable (or hung up), for at most `timeout`; true when it is.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r > 0 {
+            return true;
+        }
+        if r == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
+}
+
 pub fn setsid() -> io::Result<()> {
     // SAFETY: no arguments.
     check(unsafe { libc::setsid() }).map(|_| ())
@@ -406,7 +460,9 @@ pub fn loopback_up() -> io::Result<()> {
 }
 
 /// Switches to the given identity: supplementary groups first (needs root), then the group, then
-/// the user, which drops the right to change the other two.
+/// the user, which drops the right to change the other two. `groups` is set exactly as given
+/// (the kernel sorts it); [`crate::user::resolve`] already put `gid` in it, as runc is handed
+/// it by Docker and BuildKit, so an empty list really means no supplementary group at all.
 pub fn set_identity(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
     let groups: Vec<libc::gid_t> = groups.to_vec();
     // SAFETY: pointer and length describe `groups`.

@@ -2,14 +2,23 @@
 //!
 //! The rules are BuildKit's (`executor/oci/user.go` on top of libcontainer's `GetExecUser`),
 //! which is what `docker build` does:
-//! - `""` is root (0:0) with no supplementary groups;
+//! - `""` is uid 0, looked up like any numeric uid (so root's passwd gid and member groups
+//!   count), and 0:0 when passwd has no such entry;
 //! - `uid:gid` with both parts numeric (or `root`) is taken as is, with no lookup at all;
 //! - otherwise the user part is looked up in the image's `/etc/passwd` by name, or by uid when
 //!   numeric (an unknown numeric uid is fine, with gid 0); an unknown name is an error;
 //! - an explicit group is looked up in `/etc/group` by name or gid (unknown numeric gids are
-//!   fine) and then no supplementary groups are set;
+//!   fine) and then no member groups are added;
 //! - without an explicit group, a user found in passwd gets its passwd gid plus every group of
 //!   `/etc/group` that lists the user's name as a member.
+//!
+//! The supplementary groups always contain the primary gid, first, then the member groups in
+//! `/etc/group` order, each gid once. That is what the process gets under Docker, BuildKit and
+//! buildah: Docker's daemon and BuildKit (`ensureAdditionalGids`, taken from containerd) put the
+//! gid into the OCI spec's `additionalGids`, which runc hands to `setgroups`, so `id` in a `RUN`
+//! prints `groups=1000(app)` even when `/etc/group` lists nobody in `app`. The kernel sorts the
+//! list, so only membership is visible; a gid named twice in `/etc/group` is set once, as
+//! buildah does.
 //!
 //! The files are read by the caller from inside the root (never the host's).
 
@@ -20,7 +29,8 @@ use thiserror::Error;
 pub struct Identity {
     pub uid: u32,
     pub gid: u32,
-    /// Supplementary groups, in `/etc/group` order.
+    /// Supplementary groups: `gid` first, then the member groups in `/etc/group` order, each
+    /// gid once (see the module doc).
     pub groups: Vec<u32>,
     /// Home directory from passwd (by name, else by uid), else `/`: becomes `HOME` when unset.
     pub home: String,
@@ -117,14 +127,9 @@ pub fn resolve(
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "/".to_string())
     };
-    if spec.is_empty() {
-        return Ok(Identity {
-            uid: 0,
-            gid: 0,
-            groups: Vec::new(),
-            home: home_of(0),
-        });
-    }
+    // BuildKit looks the default user up as uid "0", so root gets its member groups too (as in
+    // `docker run alpine id`: wheel and the rest); that lookup cannot fail.
+    let spec = if spec.is_empty() { "0" } else { spec };
     let (user_arg, group_arg) = match spec.split_once(':') {
         Some((u, g)) => (u, g.split(':').next().unwrap_or(g)),
         None => (spec, ""),
@@ -139,7 +144,7 @@ pub fn resolve(
             return Ok(Identity {
                 uid,
                 gid,
-                groups: Vec::new(),
+                groups: vec![gid],
                 home: home_of(uid),
             });
         }
@@ -164,7 +169,7 @@ pub fn resolve(
     };
     let home = if home.is_empty() { home_of(uid) } else { home };
 
-    let mut groups = Vec::new();
+    let mut members = Vec::new();
     if !group_arg.is_empty() {
         let numeric_group = group_arg.parse::<u32>().ok();
         let g = group.and_then(|g| {
@@ -182,10 +187,16 @@ pub fn resolve(
             (None, None) => return Err(UserError::UnknownGroup(group_arg.to_string())),
         };
     } else if let (Some(name), Some(g)) = (matched_name, group) {
-        groups = group_entries(g)
+        members = group_entries(g)
             .filter(|e| e.members.contains(&name))
             .map(|e| e.gid)
             .collect();
+    }
+    let mut groups = vec![gid];
+    for m in members {
+        if !groups.contains(&m) {
+            groups.push(m);
+        }
     }
     Ok(Identity {
         uid,
@@ -211,47 +222,74 @@ mod tests {
     }
 
     #[test]
-    fn empty_is_root_without_groups() {
+    fn empty_is_root_with_its_gid_and_member_groups() {
         let id = r("").unwrap();
-        assert_eq!((id.uid, id.gid, id.groups.clone()), (0, 0, vec![]));
+        assert_eq!((id.uid, id.gid, id.groups.clone()), (0, 0, vec![0, 10]));
         assert_eq!(id.home, "/root");
+        // No user database at all: still root, still in group 0.
+        let id = resolve("", None, None).unwrap();
+        assert_eq!((id.uid, id.gid, id.groups.clone()), (0, 0, vec![0]));
+        assert_eq!(id.home, "/");
     }
 
     #[test]
-    fn name_gets_passwd_gid_and_member_groups() {
+    fn name_gets_passwd_gid_first_then_member_groups() {
         let id = r("app").unwrap();
         assert_eq!((id.uid, id.gid), (1000, 1000));
-        assert_eq!(id.groups, vec![10, 2000]);
+        assert_eq!(id.groups, vec![1000, 10, 2000]);
         assert_eq!(id.home, "/home/app");
+    }
+
+    #[test]
+    fn primary_gid_is_a_supplementary_group_even_when_no_group_lists_the_user() {
+        // `app:x:1000:` has no member list and nothing else names app: runc still gives 1000.
+        let id = resolve("app", Some(PASSWD), Some("root:x:0:\napp:x:1000:\n")).unwrap();
+        assert_eq!((id.uid, id.gid, id.groups), (1000, 1000, vec![1000]));
+        // A group file that does not exist changes nothing about that.
+        let id = resolve("app", Some(PASSWD), None).unwrap();
+        assert_eq!(id.groups, vec![1000]);
+    }
+
+    #[test]
+    fn each_gid_appears_once() {
+        // app is listed in its own primary group, and two group names share gid 2000.
+        let group = "app:x:1000:app\nzeta:x:2500:app\nextra:x:2000:app\nextra2:x:2000:app\n";
+        let id = resolve("app", Some(PASSWD), Some(group)).unwrap();
+        assert_eq!(id.groups, vec![1000, 2500, 2000]);
     }
 
     #[test]
     fn numeric_uid_found_in_passwd_behaves_like_the_name() {
         let id = r("1000").unwrap();
-        assert_eq!((id.uid, id.gid, id.groups), (1000, 1000, vec![10, 2000]));
+        assert_eq!((id.uid, id.gid, id.groups), (1000, 1000, vec![1000, 10, 2000]));
     }
 
     #[test]
     fn numeric_uid_unknown_gets_gid_zero_and_root_home() {
         let id = r("4242").unwrap();
-        assert_eq!((id.uid, id.gid, id.groups.len()), (4242, 0, 0));
+        assert_eq!((id.uid, id.gid, id.groups), (4242, 0, vec![0]));
         assert_eq!(id.home, "/");
     }
 
     #[test]
-    fn numeric_pair_skips_lookup() {
+    fn numeric_pair_skips_lookup_and_has_only_its_gid() {
         let id = resolve("1000:2000", None, None).unwrap();
-        assert_eq!((id.uid, id.gid, id.groups.len()), (1000, 2000, 0));
+        assert_eq!((id.uid, id.gid, id.groups), (1000, 2000, vec![2000]));
+        // Even for a user with member groups: the explicit form never adds them.
+        let id = r("1000:1000").unwrap();
+        assert_eq!(id.groups, vec![1000]);
         let id = r("root:root").unwrap();
-        assert_eq!((id.uid, id.gid), (0, 0));
+        assert_eq!((id.uid, id.gid, id.groups), (0, 0, vec![0]));
     }
 
     #[test]
-    fn explicit_group_by_name_and_no_supplementary_groups() {
+    fn explicit_group_is_the_only_supplementary_group() {
         let id = r("app:extra").unwrap();
-        assert_eq!((id.uid, id.gid, id.groups.len()), (1000, 2000, 0));
+        assert_eq!((id.uid, id.gid, id.groups), (1000, 2000, vec![2000]));
         let id = r("app:77").unwrap();
-        assert_eq!(id.gid, 77);
+        assert_eq!((id.gid, id.groups), (77, vec![77]));
+        let id = r("root").unwrap();
+        assert_eq!(id.groups, vec![0, 10]);
     }
 
     #[test]

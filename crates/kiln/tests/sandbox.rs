@@ -4,8 +4,11 @@
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use kiln_sandbox::{Error, ExitStatus, Mount, Network, Outcome, Sandbox, Spec, Stream};
+use kiln_sandbox::{Cancel, Error, ExitStatus, Mount, Network, Outcome, Sandbox, Spec, Stream};
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -142,6 +145,103 @@ fn host_processes_with(needle: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// A host process as `/proc/PID/stat` describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcStat {
+    pid: u32,
+    state: char,
+    ppid: u32,
+    pgrp: u32,
+    /// Clock ticks after boot: with the pid, names one process even if the pid is reused.
+    start: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain anything; fields after it
+    // are plain, starting with field 3 (state).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcStat {
+        pid,
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        start: f.get(19)?.parse().ok()?,
+    })
+}
+
+/// Live (not zombie) children of `ppid` whose command line contains `needle`.
+fn children_with(ppid: u32, needle: &str) -> Vec<ProcStat> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Some(st) = proc_stat(pid) else { continue };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if st.ppid == ppid && st.state != 'Z' && String::from_utf8_lossy(&cmd).contains(needle) {
+            found.push(st);
+        }
+    }
+    found
+}
+
+/// Whether the very process `p` names still runs (a zombie has finished running).
+fn still_running(p: &ProcStat) -> bool {
+    proc_stat(p.pid).is_some_and(|now| now.start == p.start && now.state != 'Z')
+}
+
+/// Polls `check` every 20 ms until it gives a value, for at most `limit`.
+fn poll<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Host processes in the PID namespace `ns` (a `/proc/PID/ns/pid` link target) that still run.
+/// A zombie does not: the sandbox's PID 1, re-parented to the host's reaper once the outer init
+/// is killed, lingers as one until that reaper gets to it.
+fn in_namespace(ns: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !matches!(proc_stat(pid), Some(st) if st.state != 'Z') {
+            continue;
+        }
+        if std::fs::read_link(e.path().join("ns/pid")).is_ok_and(|l| l == ns) {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// SIGKILLs pids, for cleaning up after a failed test.
+fn kill_all(pids: impl IntoIterator<Item = u32>) {
+    let pids: Vec<String> = pids.into_iter().map(|p| p.to_string()).collect();
+    if !pids.is_empty() {
+        let _ = Command::new("kill").arg("-9").args(&pids).status();
+    }
+}
+
+fn pids_of(lines: &[String]) -> Vec<u32> {
+    lines
+        .iter()
+        .filter_map(|l| l.split(':').next()?.parse().ok())
+        .collect()
 }
 
 #[test]
@@ -665,5 +765,228 @@ fn sandbox_panicking_sink_stops_the_step() {
         std::panic::catch_unwind(|| sandbox().run(&spec, &mut |_, _| panic!("sink gave up")));
     assert!(result.is_err(), "the sink's panic must reach the caller");
     assert_eq!(host_processes_with("sleep 987653"), Vec::<String>::new());
+    assert_eq!(tree(root.path()), before);
+}
+
+#[test]
+fn sandbox_supplementary_groups_include_the_primary_gid() {
+    if !can_run() {
+        return;
+    }
+    // busybox_root: app (1000) is named in no group but `extra` (2000); root in none.
+    let root = busybox_root();
+    let groups_of = |user: &str| -> String {
+        let mut spec = sh(root.path(), "grep '^Groups:' /proc/self/status");
+        spec.user = user.into();
+        let ran = run_ok(&spec);
+        let line = ran.stdout.first().cloned().unwrap_or_default();
+        let groups: Vec<&str> = line
+            .trim_start_matches("Groups:")
+            .split_whitespace()
+            .collect();
+        groups.join(" ")
+    };
+    // What runc is given by Docker and BuildKit (and what buildah sets): the primary gid always,
+    // the member groups only when the group was not given explicitly.
+    for (user, want) in [
+        ("app", "1000 2000"),
+        ("1000", "1000 2000"),
+        ("app:extra", "2000"),
+        ("app:1000", "1000"),
+        ("1234:5678", "5678"),
+        ("4242", "0"),
+        ("", "0"),
+        ("root", "0"),
+    ] {
+        assert_eq!(groups_of(user), want, "USER {user:?}");
+    }
+}
+
+/// Set for the copy of this test binary that `sandbox_dies_with_its_sigkilled_parent` starts as
+/// the sandbox's parent process; names the root file system.
+const PARENT_ROOT_ENV: &str = "KILN_TEST_SANDBOX_PARENT_ROOT";
+
+/// The step under a parent that gets SIGKILLed: PID 1 (`sh`) waits for a long sleep, next to a
+/// grandchild that left the session and every inherited fd. Each has the marker in its argv.
+const ORPHAN_MARKER: &str = "98766";
+const ORPHAN_SCRIPT: &str =
+    "setsid sleep 987661 </dev/null >/dev/null 2>&1 & sleep 987662 & echo started; wait";
+
+/// Not a test of its own: the parent process for `sandbox_dies_with_its_sigkilled_parent`, which
+/// runs this test binary again, filtered to this function, with [`PARENT_ROOT_ENV`] set.
+/// Everywhere else it returns at once.
+#[test]
+fn sandbox_sigkilled_parent_helper() {
+    let Some(root) = std::env::var_os(PARENT_ROOT_ENV) else {
+        return;
+    };
+    let result = sandbox().run(&sh(Path::new(&root), ORPHAN_SCRIPT), &mut |_, _| {});
+    // Only reached if something went wrong: the test kills this process while the step runs.
+    eprintln!("sandbox_sigkilled_parent_helper: the step ended: {result:?}");
+}
+
+#[test]
+fn sandbox_dies_with_its_sigkilled_parent() {
+    if !can_run() {
+        return;
+    }
+    let root = busybox_root();
+    let mut parent = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sandbox_sigkilled_parent_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PARENT_ROOT_ENV, root.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let parent_pid = parent.id();
+    // Running: sh and both sleeps, and the outer init as the parent's child.
+    let started = poll(Duration::from_secs(30), || {
+        let step = host_processes_with(ORPHAN_MARKER);
+        let inits = children_with(parent_pid, "__kiln-sandbox-init");
+        (step.len() == 3 && !inits.is_empty()).then_some(inits)
+    });
+    let Some(inits) = started else {
+        let step = host_processes_with(ORPHAN_MARKER);
+        let _ = parent.kill();
+        let _ = parent.wait();
+        kill_all(pids_of(&step));
+        panic!("the step did not start under the helper process: {step:?}");
+    };
+    // Its own process group: a terminal's Ctrl-C to the caller's group does not reach it.
+    let shared: Vec<&ProcStat> = inits.iter().filter(|p| p.pgrp != p.pid).collect();
+    if !shared.is_empty() {
+        let _ = parent.kill();
+        let _ = parent.wait();
+        kill_all(inits.iter().map(|p| p.pid));
+        panic!("the outer init is not in a process group of its own: {shared:?}");
+    }
+
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    // SIGKILL leaves no chance to clean up: only the parent-death signals can do it.
+    let left = || {
+        let mut left = host_processes_with(ORPHAN_MARKER);
+        for init in inits.iter().filter(|p| still_running(p)) {
+            left.push(format!("{}: the outer init", init.pid));
+        }
+        left
+    };
+    if poll(Duration::from_secs(10), || left().is_empty().then_some(())).is_none() {
+        let left = left();
+        // Killing the outer init takes PID 1, and so the namespace, with it.
+        kill_all(inits.iter().map(|p| p.pid).chain(pids_of(&left)));
+        panic!("processes of the sandbox outlived their SIGKILLed parent: {left:?}");
+    }
+}
+
+#[test]
+fn sandbox_init_whose_parent_already_died_does_nothing() {
+    if !can_run() {
+        return;
+    }
+    // The init exactly as `Sandbox::run` starts it (markers from kiln-sandbox's protocol.rs),
+    // but told that its parent is pid 1: what it sees when the caller died before the init armed
+    // its parent-death signal, and it was re-parented. It must stop before doing anything.
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("__kiln-sandbox-init")
+        .env_clear()
+        .env("_KILN_SANDBOX_INIT", "2")
+        .env("_KILN_SANDBOX_PARENT", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "{:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+}
+
+#[test]
+fn sandbox_cancel_stops_the_step_and_every_later_run() {
+    if !can_run() {
+        return;
+    }
+    let root = busybox_root();
+    let before = tree(root.path());
+    let marker = "98767";
+    // The trailing `:` keeps sh (and the marker in its argv) from exec'ing into `sleep 1000`.
+    let mut spec = sh(
+        root.path(),
+        "setsid sleep 987671 </dev/null >/dev/null 2>&1 & sleep 987672 & echo started; \
+         sleep 1000; : 987670",
+    );
+    // A mount point that does not exist in the image: created for the run, removed after it.
+    spec.mounts = vec![Mount::Tmpfs {
+        target: "/scratch/deep".into(),
+        size_bytes: None,
+    }];
+    let cancel = Cancel::new();
+    let sandbox = sandbox().with_cancel(cancel.clone());
+    let (started_tx, started_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    let (sb, sp) = (sandbox.clone(), spec.clone());
+    std::thread::spawn(move || {
+        let result = sb.run(&sp, &mut |_, line| {
+            if line == b"started" {
+                let _ = started_tx.send(());
+            }
+        });
+        let _ = done_tx.send(result);
+    });
+    started_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the step did not start");
+    let all_up = poll(Duration::from_secs(10), || {
+        let step = host_processes_with(marker);
+        (step.len() == 3).then_some(step)
+    });
+    let step = all_up.unwrap_or_else(|| panic!("{:?}", host_processes_with(marker)));
+    // `sleep 1000` has no marker: it is found by its PID namespace, the sandbox's.
+    let ns = pids_of(&step)
+        .into_iter()
+        .find_map(|p| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok())
+        .expect("the step's PID namespace");
+    let all_four = poll(Duration::from_secs(10), || {
+        (in_namespace(&ns).len() == 4).then_some(())
+    });
+    assert!(
+        all_four.is_some(),
+        "want sh, two sleeps and sleep 1000: {:?}",
+        in_namespace(&ns)
+    );
+
+    // From this (test) thread, as kiln's signal-handling thread would.
+    cancel.cancel();
+    let Ok(result) = done_rx.recv_timeout(Duration::from_secs(30)) else {
+        kill_all(pids_of(&host_processes_with(marker)));
+        panic!("the run did not return after the cancel");
+    };
+    let err = result.expect_err("a cancelled run is an error");
+    assert!(
+        matches!(&err, Error::Cancelled { command } if command.contains("sleep 1000")),
+        "{err:?}"
+    );
+    assert!(err.to_string().ends_with(": cancelled"), "{err}");
+    assert!(cancel.is_cancelled());
+    // At once: the run waits until the namespace is gone before returning.
+    assert_eq!(host_processes_with(marker), Vec::<String>::new());
+    assert_eq!(in_namespace(&ns), Vec::<String>::new());
+    assert_eq!(tree(root.path()), before, "mount points were left behind");
+
+    // Any later run fails at once, without starting anything.
+    let err = sandbox
+        .run(&sh(root.path(), "touch /ran-987673"), &mut |_, _| {})
+        .expect_err("a run after the cancel");
+    assert!(matches!(err, Error::Cancelled { .. }), "{err:?}");
     assert_eq!(tree(root.path()), before);
 }
