@@ -1074,6 +1074,7 @@ cases! {
     symlinks,
     target_stage,
     user_numeric_and_groups,
+    user_supplementary_groups,
     user_workdir,
     whiteout_files,
     whiteout_opaque_dir,
