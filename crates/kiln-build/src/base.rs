@@ -1,6 +1,7 @@
-//! Base images: what `FROM <image>` starts from, read from the local store.
+//! Base images: what `FROM <image>` starts from, read from the local store for one platform and
+//! pulled into it (that platform only, the index kept whole) when it is not there.
 
-use kiln_oci::{media, Descriptor, ImageConfig, Manifest, Platform, Reference, Store};
+use kiln_oci::{media, Descriptor, ImageConfig, Manifest, Platform, Reference, Store, StoreError};
 
 use crate::error::BuildError;
 use crate::state::{default_shell, ImageState, LayerRef};
@@ -19,7 +20,14 @@ pub struct BaseImage {
 pub struct Bases {
     store: Store,
     client: Option<std::sync::Arc<kiln_registry::Client>>,
-    memo: std::sync::Mutex<std::collections::HashMap<(String, String), Result<BaseImage, String>>>,
+    memo: std::sync::Mutex<std::collections::HashMap<(String, String), Result<BaseImage, Remembered>>>,
+}
+
+/// A failure as it is given again: the same variant where that matters to its message.
+#[derive(Clone)]
+enum Remembered {
+    Base(String),
+    Other(String),
 }
 
 impl Bases {
@@ -29,14 +37,18 @@ impl Bases {
 
     pub fn get(&self, image: &str, platform: &Platform) -> Result<BaseImage, BuildError> {
         let k = (image.to_string(), platform.to_string());
+        let again = |r: Remembered| match r {
+            Remembered::Base(message) => BuildError::Base { reference: image.to_string(), message },
+            Remembered::Other(message) => BuildError::Usage(message),
+        };
         if let Some(r) = self.memo.lock().ok().and_then(|m| m.get(&k).cloned()) {
-            return r.map_err(|message| BuildError::Base { reference: image.to_string(), message });
+            return r.map_err(again);
         }
         let r = ensure(&self.store, self.client.as_deref(), image, platform);
         let remembered = match &r {
             Ok(b) => Ok(b.clone()),
-            Err(BuildError::Base { message, .. }) => Err(message.clone()),
-            Err(e) => Err(e.to_string()),
+            Err(BuildError::Base { message, .. }) => Err(Remembered::Base(message.clone())),
+            Err(e) => Err(Remembered::Other(e.to_string())),
         };
         if let Ok(mut m) = self.memo.lock() {
             m.insert(k, remembered);
@@ -45,9 +57,12 @@ impl Bases {
     }
 }
 
-/// Finds `image` for `platform` in the store, pulling it from its registry when it is not there (or
-/// has no image for the platform). A pulled image is tagged with its reference unless that tag
-/// already names something else (e.g. another platform's pull); then it is used by digest.
+/// Finds `image` for `platform` in the store, pulling it from its registry when it is not there, or
+/// has no image for the platform here. The pull keeps an index whole and only adds the platform's
+/// image to it: a tag that names an index listing the platform is completed by that index's digest
+/// and stays where it is, and a tag moves to what the registry names only when that loses none of
+/// the images the store had (see [`kiln_registry::Tagging::Keep`]); otherwise the pull is used by
+/// digest.
 pub fn ensure(store: &Store, client: Option<&kiln_registry::Client>, image: &str, platform: &Platform) -> Result<BaseImage, BuildError> {
     let local_err = match load(store, image, platform) {
         Ok(b) => return Ok(b),
@@ -60,77 +75,58 @@ pub fn ensure(store: &Store, client: Option<&kiln_registry::Client>, image: &str
         // kiln's own namespace for imported images never names a real registry.
         return Err(local_err);
     }
-    let src = kiln_registry::RegistrySource {
-        client,
-        repo: kiln_registry::Repo::new(reference.registry(), reference.repository()),
+    let why = match &local_err {
+        BuildError::Store(StoreError::PlatformAbsent(_)) => format!("has no image for {platform} in the local store"),
+        _ => "not in the local store".to_string(),
     };
-    let src_ref = match (reference.digest(), reference.tag()) {
-        (Some(d), _) => d.to_string(),
-        (None, Some(t)) => t.to_string(),
-        (None, None) => "latest".to_string(),
-    };
-    let tagged = store.resolve(&reference)?.is_some();
-    let dst = kiln_registry::LocalImages::new(store.clone(), "store", true).map_err(|e| err(e.to_string()))?;
-    let tag = if tagged { None } else { Some(reference.to_string()) };
-    let opts = kiln_registry::CopyOptions { platform: Some(platform.clone()), parallel: client.options().parallel };
-    let res = kiln_registry::copy_image(&src, &src_ref, &dst, tag.as_deref(), &opts, &kiln_registry::NoProgress)
+    let selection = kiln_registry::PlatformSelection::Only(vec![platform.clone()]);
+    let pulled = kiln_registry::pull_to_store(client, store, &reference, &selection, kiln_registry::Tagging::Keep, &kiln_registry::NoProgress)
         .map_err(|e| {
             err(format!(
-                "not in the local store, and pulling it failed: {e}. Pull it with `kiln pull {image}` (kiln login first if it is private) or import it with `kiln import ROOTFS.tar -t {image}`"
+                "{why}, and pulling it failed: {e}. Pull it with `kiln pull --platform {platform} {image}` (kiln login first if it is private) or import it with `kiln import --platform {platform} ROOTFS.tar -t {image}`"
             ))
         })?;
-    let by_digest = reference.with_digest(res.digest.clone()).to_string();
-    load(store, if tagged { &by_digest } else { image }, platform)
+    load(store, &reference.with_digest(pulled.root.digest).to_string(), platform)
 }
 
-/// Finds `image` in the store for `platform` (an index is narrowed to the platform's manifest).
+/// Finds `image` in the store for `platform`: an index is narrowed to the platform's image, which
+/// must have been fetched; an image manifest must be for the platform (or name none in its config).
 pub fn load(store: &Store, image: &str, platform: &Platform) -> Result<BaseImage, BuildError> {
     let err = |message: String| BuildError::Base { reference: image.to_string(), message };
     let reference = Reference::parse(image).map_err(|e| err(e.to_string()))?;
-    let Some(mut desc) = store.resolve(&reference)? else {
+    let Some(root) = store.resolve(&reference)? else {
         return Err(err(format!(
             "not in the local store ({}); run `kiln pull {image}` or `kiln import ROOTFS.tar -t {image}` first",
             reference
         )));
     };
-    for _ in 0..4 {
-        let raw = store.read_manifest(&desc)?;
-        match &raw.value {
-            Manifest::Index(index) => {
-                let Some(child) = index.find_platform(platform) else {
-                    let have: Vec<String> = index
-                        .manifests
-                        .iter()
-                        .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
-                        .collect();
-                    return Err(err(format!("has no image for {platform} (it has: {})", have.join(", "))));
-                };
-                desc = child.clone();
-            }
-            Manifest::Image(m) => {
-                let config = store.read_config(&m.config.digest)?.value;
-                let ids = &config.rootfs.diff_ids;
-                if ids.len() != m.layers.len() {
-                    return Err(err(format!(
-                        "its config lists {} layers but its manifest {}",
-                        ids.len(),
-                        m.layers.len()
-                    )));
-                }
-                let layers = m
-                    .layers
-                    .iter()
-                    .zip(ids)
-                    .map(|(d, id)| LayerRef { descriptor: d.clone(), diff_id: id.clone() })
-                    .collect();
-                if desc.media_type.is_empty() {
-                    desc.media_type = media::OCI_MANIFEST.to_string();
-                }
-                return Ok(BaseImage { manifest: desc, config, layers });
-            }
-        }
+    // Named as the user wrote it, so the suggested `kiln pull` is the command they would type.
+    let desc = store.select_platform(image, &root, platform)?;
+    load_manifest(store, image, desc)
+}
+
+/// The layers and config of the image manifest `desc`.
+pub(crate) fn load_manifest(store: &Store, image: &str, mut desc: Descriptor) -> Result<BaseImage, BuildError> {
+    let err = |message: String| BuildError::Base { reference: image.to_string(), message };
+    let raw = store.read_manifest(&desc)?;
+    let Manifest::Image(m) = &raw.value else {
+        return Err(err(format!("{} is an index where an image manifest was expected", desc.digest)));
+    };
+    let config = store.read_config(&m.config.digest)?.value;
+    let ids = &config.rootfs.diff_ids;
+    if ids.len() != m.layers.len() {
+        return Err(err(format!("its config lists {} layers but its manifest {}", ids.len(), m.layers.len())));
     }
-    Err(err("indexes nest too deeply".to_string()))
+    let layers = m
+        .layers
+        .iter()
+        .zip(ids)
+        .map(|(d, id)| LayerRef { descriptor: d.clone(), diff_id: id.clone() })
+        .collect();
+    if desc.media_type.is_empty() {
+        desc.media_type = media::OCI_MANIFEST.to_string();
+    }
+    Ok(BaseImage { manifest: desc, config, layers })
 }
 
 impl BaseImage {

@@ -1,4 +1,5 @@
-//! Running a command in an image of the store (`kiln run`, and `kiln build --test`).
+//! Running a command in an image of the store (`kiln run`, and `kiln build --test`), pulling it first
+//! when `kiln run` asks for that ([`ensure_image`]).
 //!
 //! The image's layers are stacked read-only with a throwaway upper dir, so a run never changes the
 //! image; the process gets the image's ENV, USER and WORKDIR, like `docker run`.
@@ -26,11 +27,114 @@ pub struct RunRequest<'a> {
     pub init_binary: Option<PathBuf>,
 }
 
+/// When `kiln run` pulls, as `docker run --pull`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// When the store lacks the image, or the platform's image of it.
+    Missing,
+    /// Every time: the tag is resolved again at its registry and follows it.
+    Always,
+    /// Never: only the store is asked.
+    Never,
+}
+
+/// The image [`ensure_image`] found: what to put in [`RunRequest::image`] and
+/// [`RunRequest::platform`], and what was pulled for it.
+pub struct RunTarget {
+    /// The tag, or the reference pinned by digest when a pull could not move the tag.
+    pub image: String,
+    pub platform: Platform,
+    pub pulled: Option<kiln_registry::StorePull>,
+    /// Keeps `kiln prune` away from an image pulled but not tagged until it has been run.
+    pub lease: kiln_oci::Lease,
+}
+
+/// Finds `image` in the store for `platform`, pulling it per `policy`. With no platform asked for,
+/// an index gives this machine's image and a lone image manifest is taken whatever its platform (as
+/// `docker run` does); with one asked for, a lone image for another platform is an error. Messages
+/// say "image", not "base image": nothing is being built.
+pub fn ensure_image(
+    root: &Path,
+    client: Option<&kiln_registry::Client>,
+    image: &str,
+    platform: Option<&Platform>,
+    policy: PullPolicy,
+    progress: &dyn kiln_registry::Progress,
+) -> Result<RunTarget, BuildError> {
+    let store = Store::open(root)?;
+    let lease = store.lease()?;
+    let reference = kiln_oci::Reference::parse(image).map_err(|e| BuildError::Usage(format!("image {image}: {e}")))?;
+    let local = |name: &str| -> Result<Option<Platform>, BuildError> {
+        let r = kiln_oci::Reference::parse(name).map_err(|e| BuildError::Usage(format!("image {name}: {e}")))?;
+        let Some(root) = store.resolve(&r)? else { return Ok(None) };
+        if platform.is_none() {
+            if let Some(only) = lone_image_platform(&store, &root)? {
+                return Ok(Some(only));
+            }
+        }
+        let want = platform.cloned().unwrap_or_else(Platform::host);
+        store.select_platform(image, &root, &want)?;
+        Ok(Some(want))
+    };
+    let not_here = |how: &str| {
+        BuildError::Usage(format!(
+            "image {image} is not in the local store{how}; pull it (kiln pull {image}), or run without --pull never to let kiln run pull it"
+        ))
+    };
+    let kiln_local = reference.registry() == "kiln.local";
+    let local_first = match policy {
+        PullPolicy::Always if !kiln_local => None,
+        _ => Some(local(image)),
+    };
+    match local_first {
+        Some(Ok(Some(p))) => return Ok(RunTarget { image: image.to_string(), platform: p, pulled: None, lease }),
+        Some(Ok(None)) if policy == PullPolicy::Never => return Err(not_here("")),
+        Some(Ok(None)) if kiln_local => {
+            return Err(BuildError::Usage(format!(
+                "image {image} is not in the local store, and kiln.local names are never pulled: build it, or import it with `kiln import ROOTFS.tar -t {image}`"
+            )))
+        }
+        Some(Err(e)) if policy == PullPolicy::Never || kiln_local => return Err(e),
+        _ => {}
+    }
+    let Some(client) = client else { return Err(not_here("")) };
+    let selection = match platform {
+        Some(p) => kiln_registry::PlatformSelection::Only(vec![p.clone()]),
+        None => kiln_registry::PlatformSelection::Host(Platform::host()),
+    };
+    let tagging = if policy == PullPolicy::Always { kiln_registry::Tagging::Follow } else { kiln_registry::Tagging::Keep };
+    let pulled = kiln_registry::pull_to_store(client, &store, &reference, &selection, tagging, progress).map_err(|e| {
+        let had = match &local_first {
+            Some(Err(local)) => format!("{local}; and pulling it failed: "),
+            Some(_) => "not in the local store, and pulling it failed: ".to_string(),
+            None => "pulling it failed: ".to_string(),
+        };
+        BuildError::Usage(format!("image {image}: {had}{e}"))
+    })?;
+    let name = if pulled.tagged { image.to_string() } else { reference.with_digest(pulled.root.digest.clone()).to_string() };
+    match local(&name)? {
+        Some(p) => Ok(RunTarget { image: name, platform: p, pulled: Some(pulled), lease }),
+        None => Err(not_here(" after pulling it")),
+    }
+}
+
+/// The platform of `root` when it is a lone image manifest (the host's when its config names none).
+fn lone_image_platform(store: &Store, root: &kiln_oci::Descriptor) -> Result<Option<Platform>, BuildError> {
+    if !matches!(store.read_manifest(root)?.value, kiln_oci::Manifest::Image(_)) {
+        return Ok(None);
+    }
+    let platform = store.platform_images(root)?.into_iter().next().and_then(|i| i.platform);
+    Ok(Some(platform.unwrap_or_else(Platform::host)))
+}
+
 /// Runs the request, sending each output line to `sink`; returns how the process ended.
 pub fn run_image(req: &RunRequest<'_>, sink: &mut dyn FnMut(Stream, &[u8])) -> Result<ExitStatus, BuildError> {
     let store = Store::open(req.root)?;
     let _lease = store.lease()?;
-    let base = crate::base::load(&store, req.image, req.platform)?;
+    let base = crate::base::load(&store, req.image, req.platform).map_err(|e| match e {
+        BuildError::Base { reference, message } => BuildError::Usage(format!("image {reference}: {message}")),
+        e => e,
+    })?;
     let layers: Vec<LayerRef> = base.layers.clone();
     let rc = base.config.config.clone().unwrap_or_default();
     let argv: Vec<String> = if req.shell {

@@ -7,7 +7,8 @@
 //!   OCI and Docker schema2 documents. Anything read from elsewhere is kept as raw bytes beside the
 //!   parsed value ([`Raw`]), because digests are over bytes, not over values.
 //! * [`Store`] — an OCI image layout under `<root>/store`, with atomic writes, tags in `index.json`,
-//!   and garbage collection.
+//!   and garbage collection. A tag may name an index of which only some platforms' images were
+//!   fetched; [`Store::select_platform`] picks one platform's image and says what is missing.
 //! * [`layer`] — applying layer tarballs to a directory safely and writing layers deterministically.
 //!
 //! Nothing here prints; failures are typed errors that name the digest, reference or path involved.
@@ -18,6 +19,7 @@ pub mod manifest;
 pub mod media;
 pub mod platform;
 pub mod reference;
+pub mod select;
 pub mod store;
 pub mod fsroot;
 pub mod layer;
@@ -29,7 +31,8 @@ pub use parallel::run_parallel;
 pub use manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError, Raw};
 pub use platform::{Platform, PlatformError};
 pub use reference::{Reference, ReferenceError};
-pub use store::{BlobInfo, BlobWriter, GcReport, Lease, Store, StoreEntry, StoreError};
+pub use select::PlatformImage;
+pub use store::{BlobInfo, BlobWriter, GcReport, Lease, PlatformMiss, Store, StoreEntry, StoreError};
 
 /// How a layer is compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

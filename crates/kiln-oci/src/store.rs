@@ -4,6 +4,15 @@
 //! Tags are entries of `index.json` whose `org.opencontainers.image.ref.name` annotation holds the full
 //! normalised reference (`docker.io/library/busybox:latest`).
 //!
+//! A tag names an image manifest or an index. An index pulled from a registry is kept verbatim (its
+//! digest is the registry's, so a push gives back the same index), and only the images of the
+//! platforms that were asked for are fetched: the others stay listed in it while their manifests,
+//! configs and layers are absent from `blobs/`. A platform is *in the store* when its image
+//! manifest blob is (a manifest is written after its config and layers, so its presence vouches for
+//! theirs). Pulling another platform of the same index fetches that child and leaves the tag where it
+//! is; [`Store::select_platform`] picks the image for a platform out of a tag and names what is
+//! missing when it is not there (see `select.rs`). `gc` walks what is present and ignores what is not.
+//!
 //! Crash safety: every blob is streamed into `ingest/` (a temp file in the store dir, so the final rename
 //! stays on one file system), verified, fsynced and renamed into place; a blob path therefore only ever
 //! holds complete, verified content, and files left in `ingest/` are never read. `index.json` is replaced
@@ -43,6 +52,34 @@ pub enum StoreError {
     Manifest { digest: Digest, #[source] source: ManifestError },
     #[error("config {digest} in the store is not valid JSON: {source}")]
     Config { digest: Digest, #[source] source: serde_json::Error },
+    /// The tag names an index that lists the platform, or an image for another platform, but that
+    /// platform's image was never fetched: a pull of it fixes that.
+    #[error("{} has no image for {} in the local store (it has: {}); {}", .0.reference, .0.wanted.join(", "), list_or_none(&.0.have), .0.hint)]
+    PlatformAbsent(Box<PlatformMiss>),
+    /// The tag names an index that does not list the platform at all (`have`: what it lists).
+    #[error("{} has no image for {} (its index lists: {}); {}", .0.reference, .0.wanted.join(", "), list_or_none(&.0.have), .0.hint)]
+    PlatformUnlisted(Box<PlatformMiss>),
+}
+
+/// A platform a tag lacks in the store (boxed in [`StoreError`], which every store call returns).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformMiss {
+    /// The tag as the user named it.
+    pub reference: String,
+    /// The platforms asked for and not there.
+    pub wanted: Vec<String>,
+    /// The platforms that are there (or, for [`StoreError::PlatformUnlisted`], listed).
+    pub have: Vec<String>,
+    /// What to do about it.
+    pub hint: String,
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".to_string()
+    } else {
+        v.join(", ")
+    }
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {

@@ -82,6 +82,13 @@ pub enum RegistryError {
         platform: String,
         available: String,
     },
+    /// A platform was asked for, and the reference names a single image for another one.
+    #[error("{reference}: the image is for {actual}, not {wanted} (the reference names one image, not a multi-platform index); pull it without --platform, or use a reference that has an image for {wanted}")]
+    WrongPlatform {
+        reference: String,
+        wanted: String,
+        actual: String,
+    },
     /// Reading credentials, running a credential helper or writing config.json failed.
     #[error("credentials for {registry}: {message}")]
     Credentials { registry: String, message: String },

@@ -12,7 +12,9 @@
 //! digest at the end; [`Client::push_blob`] skips, mounts, or uploads monolithically or in chunks),
 //! manifests ([`Client::get_manifest`] verifies what it got), and the image copier
 //! ([`copy_image`]) that moves an image between any [`ImageSource`] and [`ImageDest`]: registry
-//! repositories, the local store, OCI layouts.
+//! repositories, the local store, OCI layouts. A pull ([`pull_image`], [`pull_to_store`]) keeps an
+//! index verbatim and fetches only the platforms asked for; [`Tagging`] says when the store's tag
+//! may move to what the registry names.
 //!
 //! Why blocking I/O (`ureq` 2 with rustls) and threads rather than async: a transfer is a handful of
 //! long streams (one per layer, at most `parallel` at once), which threads handle with no runtime,
@@ -26,6 +28,7 @@ pub mod credentials;
 pub mod error;
 pub mod local;
 pub mod manifest;
+pub mod pull;
 pub mod transfer;
 
 pub use blob::{copy_large, BlobReader, PushOutcome};
@@ -34,7 +37,8 @@ pub use credentials::Credentials;
 pub use error::{RegistryError, Result};
 pub use local::LocalImages;
 pub use manifest::FetchedManifest;
+pub use pull::{pull_to_store, StorePull, Tagging};
 pub use transfer::{
-    copy_image, run_parallel, CopyOptions, CopyResult, ImageDest, ImageSource, NoProgress, Progress, ProgressReader,
-    RegistryDest, RegistrySource,
+    copy_image, pull_image, run_parallel, CopyOptions, CopyResult, ImageDest, ImageSource, NoProgress, PlatformSelection,
+    Progress, ProgressReader, PullResult, RegistryDest, RegistrySource,
 };

@@ -66,7 +66,7 @@ impl LocalImages {
     }
 }
 
-fn store_err(label: &str, e: StoreError) -> RegistryError {
+pub(crate) fn store_err(label: &str, e: StoreError) -> RegistryError {
     match e {
         StoreError::Io { action, path, source } => {
             from_io(source, format!("{label}: {action} {}", path.display()))

@@ -25,6 +25,24 @@ pub struct FetchedManifest {
 impl Client {
     /// GETs a manifest or index by tag or digest (`reference` is the tag or `sha256:...`).
     pub fn get_manifest(&self, repo: &Repo, reference: &str) -> Result<FetchedManifest> {
+        // A body cut off mid-read is as transient as a refused connection: ask again, within the
+        // same bound on attempts (send_retrying only covers getting the response's head).
+        let mut attempt = 1;
+        loop {
+            let mut body_failed = false;
+            match self.get_manifest_once(repo, reference, &mut body_failed) {
+                Err(e) if body_failed && attempt < self.options().max_attempts => {
+                    tracing::debug!(error = %e, attempt, "manifest body cut off; retrying");
+                    self.backoff(attempt, None);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One GET (its head retried by `send_retrying`); `body_failed` says the body was cut off.
+    fn get_manifest_once(&self, repo: &Repo, reference: &str, body_failed: &mut bool) -> Result<FetchedManifest> {
         let display = display_ref(repo, reference);
         let url = format!("{}/v2/{}/manifests/{}", self.base_url(&repo.registry), repo.name, reference);
         let resp = self.send_retrying(
@@ -51,10 +69,13 @@ impl Client {
         resp.into_reader()
             .take(MAX_MANIFEST + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| RegistryError::Transport {
-                registry: repo.registry.clone(),
-                reference: display.clone(),
-                message: format!("reading the manifest: {e}"),
+            .map_err(|e| {
+                *body_failed = true;
+                RegistryError::Transport {
+                    registry: repo.registry.clone(),
+                    reference: display.clone(),
+                    message: format!("reading the manifest: {e}"),
+                }
             })?;
         if bytes.len() as u64 > MAX_MANIFEST {
             return Err(RegistryError::InvalidManifest {

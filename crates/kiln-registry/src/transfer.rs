@@ -1,7 +1,8 @@
 //! Moving whole images between places: a registry repository, the local store, an OCI layout.
 //!
 //! A copy reads the root manifest from an [`ImageSource`]; an index is either narrowed to one
-//! platform (pull) or copied whole with all its images (copy). For each image the config and layers
+//! platform (`copy --platform`) or copied whole with all its images (copy); [`pull_image`] keeps an
+//! index whole but fetches only the images of the platforms asked for. For each image the config and layers
 //! go first, in parallel on `parallel` threads, each skipped when the [`ImageDest`] has it already;
 //! the manifest goes last, so a destination never holds a manifest whose blobs are missing.
 
@@ -141,6 +142,171 @@ pub fn copy_image(
         blobs_moved: stats.blobs.load(Ordering::Relaxed),
         bytes_moved,
     })
+}
+
+/// Which images of an index a pull fetches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlatformSelection {
+    /// Every image of the index.
+    All,
+    /// The images for these platforms: each must be listed in the index, and a lone image manifest
+    /// must be for one of them.
+    Only(Vec<Platform>),
+    /// This machine's platform, from an index; a lone image manifest is taken whatever its platform,
+    /// as `docker pull` without `--platform` takes it.
+    Host(Platform),
+}
+
+impl PlatformSelection {
+    /// The platforms asked for by name (none for [`PlatformSelection::All`]).
+    pub fn platforms(&self) -> &[Platform] {
+        match self {
+            PlatformSelection::All => &[],
+            PlatformSelection::Only(v) => v,
+            PlatformSelection::Host(p) => std::slice::from_ref(p),
+        }
+    }
+}
+
+/// What [`pull_image`] stored.
+#[derive(Clone, Debug)]
+pub struct PullResult {
+    /// The root manifest, stored as fetched (an index stays an index), and the transfer's counts.
+    pub root: CopyResult,
+    /// The image manifests fetched: index entries (with their platforms), or the lone image.
+    pub images: Vec<Descriptor>,
+}
+
+/// The annotation by which BuildKit ties an attestation manifest to the image it describes.
+const ATTESTATION_OF: &str = "vnd.docker.reference.digest";
+
+/// Pulls `src_ref` of `src` into `dst` keeping its root as it is: an index is stored verbatim (same
+/// bytes, same digest) with only the images `selection` asks for (and the attestations that
+/// describe them) fetched; the other entries stay listed but absent. Children go first, the root
+/// last, named `dst_tag` when given. A platform the index does not list, or a lone image for another
+/// platform than the one asked for, is an error before anything is fetched.
+pub fn pull_image(
+    src: &dyn ImageSource,
+    src_ref: &str,
+    dst: &dyn ImageDest,
+    dst_tag: Option<&str>,
+    selection: &PlatformSelection,
+    opts: &CopyOptions,
+    progress: &dyn Progress,
+) -> Result<PullResult> {
+    let root = src.manifest(src_ref)?;
+    let reference = format!("{}:{src_ref}", src.describe());
+    let stats = Stats::default();
+    let mut images = Vec::new();
+    match parse(&root, &reference)? {
+        Manifest::Image(img) => {
+            if let PlatformSelection::Only(wanted) = selection {
+                if let Some(actual) = config_platform(src, &img.config, &reference)? {
+                    if !wanted.iter().any(|w| w.matches(&actual)) {
+                        return Err(RegistryError::WrongPlatform {
+                            reference,
+                            wanted: wanted.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+                            actual: actual.to_string(),
+                        });
+                    }
+                }
+            }
+            copy_one(src, &root, dst, opts, progress, &stats, &reference)?;
+            images.push(Descriptor::new(&root.media_type, root.digest.clone(), root.bytes.len() as u64));
+        }
+        Manifest::Index(idx) => {
+            let is_manifest = |d: &Descriptor| media::is_image_manifest(&d.media_type) || media::is_index(&d.media_type);
+            let chosen: Vec<&Descriptor> = match selection {
+                PlatformSelection::All => idx.manifests.iter().filter(|d| is_manifest(d)).collect(),
+                PlatformSelection::Only(_) | PlatformSelection::Host(_) => {
+                    let mut v: Vec<&Descriptor> = Vec::new();
+                    for want in selection.platforms() {
+                        let Some(d) = idx.find_platform(want) else {
+                            let available: Vec<String> = idx
+                                .manifests
+                                .iter()
+                                .filter_map(|d| d.platform.as_ref())
+                                .filter(|p| p.os != "unknown" && p.architecture != "unknown")
+                                .map(|p| p.to_string())
+                                .collect();
+                            return Err(RegistryError::NoPlatform {
+                                reference,
+                                platform: want.to_string(),
+                                available: available.join(", "),
+                            });
+                        };
+                        if !v.iter().any(|x| x.digest == d.digest) {
+                            v.push(d);
+                        }
+                    }
+                    // Attestations ride along with the image they describe: pushing the index later
+                    // needs every entry of it that is here.
+                    let attestations: Vec<&Descriptor> = idx
+                        .manifests
+                        .iter()
+                        .filter(|a| a.annotation(ATTESTATION_OF).is_some_and(|of| v.iter().any(|x| x.digest.to_string() == of)))
+                        .collect();
+                    v.extend(attestations);
+                    v
+                }
+            };
+            for d in chosen {
+                let child = src.manifest(&d.digest.to_string())?;
+                check_child(&child, d, &reference)?;
+                if matches!(parse(&child, &reference)?, Manifest::Index(_)) {
+                    return Err(RegistryError::InvalidManifest {
+                        reference,
+                        message: "nested indexes are not supported".into(),
+                    });
+                }
+                copy_one(src, &child, dst, opts, progress, &stats, &reference)?;
+                images.push(d.clone());
+            }
+        }
+    }
+    dst.put_manifest(&root, dst_tag)?;
+    let bytes_moved = *stats.bytes.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(PullResult {
+        root: CopyResult {
+            digest: root.digest.clone(),
+            media_type: root.media_type.clone(),
+            size: root.bytes.len() as u64,
+            blobs_moved: stats.blobs.load(Ordering::Relaxed),
+            bytes_moved,
+        },
+        images,
+    })
+}
+
+/// The platform an image's config declares (`None` when it names no os or architecture), read
+/// from the source and verified before anything is trusted.
+fn config_platform(src: &dyn ImageSource, config: &Descriptor, reference: &str) -> Result<Option<Platform>> {
+    let limit = crate::manifest::MAX_MANIFEST;
+    if config.size > limit {
+        return Err(RegistryError::InvalidManifest {
+            reference: reference.to_string(),
+            message: format!("its config {} is {} bytes, more than the {limit} kiln reads", config.digest, config.size),
+        });
+    }
+    let mut bytes = Vec::new();
+    src.open_blob(config, 0)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| crate::error::from_io(e, format!("{reference}: reading the config {}", config.digest)))?;
+    let actual = Digest::sha256_of(&bytes);
+    if config.digest.algorithm() == actual.algorithm() && actual != config.digest {
+        return Err(RegistryError::DigestMismatch {
+            reference: reference.to_string(),
+            what: "config".into(),
+            expected: config.digest.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    let cfg = kiln_oci::ImageConfig::parse(&bytes).map_err(|e| RegistryError::InvalidManifest {
+        reference: reference.to_string(),
+        message: format!("its config {} is not an image config: {e}", config.digest),
+    })?;
+    Ok((!cfg.os.is_empty() && !cfg.architecture.is_empty()).then(|| cfg.platform()))
 }
 
 #[derive(Default)]

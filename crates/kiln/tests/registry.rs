@@ -270,9 +270,30 @@ fn multi_arch_index_pull_by_platform_and_copy_whole() {
     let (amd64, arm64) = (by_arch("amd64"), by_arch("arm64"));
 
     let k = Kiln::new();
+    // A one-platform pull prints that platform's image; the tag names the registry's index, in which
+    // only that image was fetched.
     assert_eq!(digest_of_stdout(&k.ok(&["pull", "--platform", "linux/arm64", &image])), arm64);
-    assert_eq!(k.inspect(&image, false)["config"]["architecture"], "arm64");
+    let stored = k.inspect(&image, false);
+    assert_eq!(stored["digest"].as_str().unwrap(), index_digest);
+    let present = |j: &serde_json::Value| -> Vec<(String, bool)> {
+        j["platforms"].as_array().unwrap().iter().map(|p| (p["platform"].as_str().unwrap().to_string(), p["present"].as_bool().unwrap())).collect()
+    };
+    assert_eq!(present(&stored), vec![("linux/amd64".to_string(), false), ("linux/arm64".to_string(), true)]);
+    let arm = serde_json::from_str::<serde_json::Value>(&k.ok(&["inspect", "--platform", "linux/arm64", &image])).unwrap();
+    assert_eq!(arm["config"]["architecture"], "arm64");
+    assert_eq!(arm["digest"].as_str().unwrap(), arm64);
+    let e = k.fails(&["inspect", "--platform", "linux/amd64", &image]);
+    assert!(e.contains("has no image for linux/amd64 in the local store (it has: linux/arm64)"), "{e}");
+    // The second platform joins the same index (the tag stays on it).
     assert_eq!(digest_of_stdout(&k.ok(&["pull", "--platform", "linux/amd64", &image])), amd64);
+    let stored = k.inspect(&image, false);
+    assert_eq!(stored["digest"].as_str().unwrap(), index_digest);
+    assert_eq!(present(&stored), vec![("linux/amd64".to_string(), true), ("linux/arm64".to_string(), true)]);
+    // Two platforms at once print the index.
+    let both = Kiln::new();
+    assert_eq!(digest_of_stdout(&both.ok(&["pull", "--platform", "linux/arm64,linux/amd64", &image])), index_digest);
+    let remote = serde_json::from_str::<serde_json::Value>(&both.ok(&["inspect", "--remote", "--platform", "linux/amd64", &image])).unwrap();
+    assert_eq!(remote["digest"].as_str().unwrap(), amd64);
     let e = k.fails(&["pull", "--platform", "linux/s390x", &image]);
     assert!(e.contains("linux/s390x") && e.contains("linux/arm64"), "{e}");
 

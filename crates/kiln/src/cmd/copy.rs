@@ -21,7 +21,8 @@ pub struct Args {
     pub src: String,
     /// Destination, in the same forms.
     pub dst: String,
-    /// Copy only this platform's image of a multi-platform index (default: all of them).
+    /// Copy only this platform's image of a multi-platform index (default: all of them; from the
+    /// store, all of them must have been pulled).
     #[arg(long)]
     pub platform: Option<String>,
     /// Write the digest of the copied manifest to this file.
@@ -143,11 +144,28 @@ pub fn transfer(
                 (Some(d), None) => d.to_string(),
                 _ => store_ref(r),
             };
+            let Some(desc) = images.find(&name)? else {
+                anyhow::bail!("{r} is not in the local store; pull, import or build it first (see kiln images)");
+            };
+            // What is sent must all be here: one platform's image when one is asked for, else every
+            // image of an index (a pulled index may list platforms that were never fetched).
+            let desc = match &platform {
+                Some(p) => images.store.select_platform(&r.to_string(), &desc, p)?,
+                None if matches!(dst, Endpoint::Store(_)) => {
+                    // Within the store a copy is a second tag for the same manifest, fetched
+                    // platforms or not: nothing moves.
+                    return retag(&images.store, &desc, dst);
+                }
+                None => {
+                    images.store.require_all_platforms(&r.to_string(), &desc)?;
+                    desc
+                }
+            };
             // Layers kiln built are stored as plain tar; what leaves the store is gzipped (the same
             // remembered blobs `kiln build --push` names), so it is sent by that form's digest.
-            src_ref = match (dst, images.find(&name)?) {
-                (Endpoint::Store(_), _) | (_, None) => name,
-                (_, Some(desc)) => kiln_oci::layer::gzip_image(&images.store, &desc)
+            src_ref = match dst {
+                Endpoint::Store(_) => desc.digest.to_string(),
+                _ => kiln_oci::layer::gzip_image(&images.store, &desc)
                     .with_context(|| format!("compressing {} for export", r))?
                     .digest
                     .to_string(),
@@ -210,22 +228,34 @@ pub fn transfer(
         }
     }
     let res = res?;
-    eprintln!(
-        "{verb}: {} → {}: {} blob(s), {} moved in {:.1}s",
-        source.describe(),
-        dest.describe(),
-        res.blobs_moved,
-        human(res.bytes_moved),
-        started.elapsed().as_secs_f64()
-    );
+    summary(verb, &source.describe(), &dest.describe(), res.blobs_moved, res.bytes_moved, started);
     Ok(res)
+}
+
+/// `kiln copy store:A store:B` without `--platform`: B names what A names.
+fn retag(store: &Store, desc: &kiln_oci::Descriptor, dst: &Endpoint) -> anyhow::Result<CopyResult> {
+    let Endpoint::Store(r) = dst else { anyhow::bail!("internal: retag to a destination other than the store") };
+    let plain = kiln_oci::Descriptor::new(&desc.media_type, desc.digest.clone(), desc.size);
+    store.tag(r, &plain).with_context(|| format!("tagging {r}"))?;
+    eprintln!("copy: store → store: tagged {r} (nothing moved)");
+    Ok(CopyResult { digest: desc.digest.clone(), media_type: desc.media_type.clone(), size: desc.size, blobs_moved: 0, bytes_moved: 0 })
+}
+
+/// The one line every transfer ends with.
+pub fn summary(verb: &str, src: &str, dst: &str, blobs: usize, bytes: u64, started: Instant) {
+    eprintln!("{verb}: {src} → {dst}: {blobs} blob(s), {} moved in {:.1}s", human(bytes), started.elapsed().as_secs_f64());
 }
 
 /// Prints the resulting digest and writes it to `--digest-file`.
 pub fn finish(res: &CopyResult, what: &str, digest_file: Option<&PathBuf>) -> anyhow::Result<()> {
-    println!("{what} {}", res.digest);
+    print_digest(&res.digest, what, digest_file)
+}
+
+/// Prints `what digest` and writes the digest to `--digest-file`.
+pub fn print_digest(digest: &Digest, what: &str, digest_file: Option<&PathBuf>) -> anyhow::Result<()> {
+    println!("{what} {digest}");
     if let Some(p) = digest_file {
-        write_digest(p, &res.digest)?;
+        write_digest(p, digest)?;
     }
     Ok(())
 }

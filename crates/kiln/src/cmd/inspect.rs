@@ -1,10 +1,11 @@
 //! `kiln inspect REF`: an image's manifest and config as JSON, from the local store, or from the
-//! registry with `--remote`.
+//! registry with `--remote`. A local index also lists its platforms and which of them were fetched;
+//! `--platform` shows one platform's image instead.
 
 use std::io::Write;
 
 use anyhow::Context;
-use kiln_oci::{Manifest, Store};
+use kiln_oci::{media, Manifest, Platform, Store};
 use kiln_registry::{ImageSource, LocalImages, RegistrySource};
 
 use super::copy::{parse_ref, repo_of, NetArgs};
@@ -23,15 +24,21 @@ pub struct Args {
     /// Ask the registry instead of the local store.
     #[arg(long)]
     pub remote: bool,
+    /// Show this platform's image of a multi-platform index instead of the index.
+    #[arg(long)]
+    pub platform: Option<String>,
     #[command(flatten)]
     pub net: NetArgs,
 }
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let r = parse_ref(&a.reference)?;
+    let platform = a.platform.as_deref().map(Platform::parse).transpose().context("--platform")?;
     let client = a.net.client();
     let source: Box<dyn ImageSource + '_>;
-    let name: String;
+    let mut name: String;
+    // For a local index: which of its images were fetched (see the store's doc).
+    let mut platforms: Option<serde_json::Value> = None;
     if a.remote {
         source = Box::new(RegistrySource {
             client: &client,
@@ -50,12 +57,32 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
             (Some(d), None) => d.to_string(),
             _ => r.to_string(),
         };
-        if local.find(&name)?.is_none() {
+        let Some(desc) = local.find(&name)? else {
             anyhow::bail!("{r} is not in the local store; pull it first (kiln pull {r}) or ask the registry with --remote");
+        };
+        if let Some(p) = &platform {
+            name = local.store.select_platform(&r.to_string(), &desc, p)?.digest.to_string();
+        } else if media::is_index(&desc.media_type) {
+            let images = local.store.platform_images(&desc)?;
+            platforms = Some(serde_json::Value::Array(
+                images
+                    .iter()
+                    .map(|i| serde_json::json!({"platform": i.label(), "digest": i.descriptor.digest.to_string(), "present": i.present}))
+                    .collect(),
+            ));
         }
         source = Box::new(local);
     }
-    let m = source.manifest(&name)?;
+    let mut m = source.manifest(&name)?;
+    if let (true, Some(p)) = (a.remote, &platform) {
+        if let Manifest::Index(ix) = Manifest::parse(&m.bytes, Some(&m.media_type)).with_context(|| format!("{r}: unusable manifest"))? {
+            let Some(d) = ix.find_platform(p) else {
+                let listed: Vec<String> = ix.manifests.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect();
+                anyhow::bail!("{r} has no image for {p} (its index lists: {})", listed.join(", "));
+            };
+            m = source.manifest(&d.digest.to_string())?;
+        }
+    }
     let mut out = std::io::stdout().lock();
     if a.raw {
         out.write_all(&m.bytes)?;
@@ -71,6 +98,9 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         "size": m.bytes.len(),
         "manifest": manifest_json,
     });
+    if let Some(p) = platforms {
+        doc["platforms"] = p;
+    }
     let parsed = Manifest::parse(&m.bytes, Some(&m.media_type)).with_context(|| format!("{r}: unusable manifest"))?;
     if let Manifest::Image(img) = parsed {
         if img.config.size > MAX_CONFIG {

@@ -1,4 +1,5 @@
-//! `kiln push REF`: uploads an image of the local store to the registry its reference names.
+//! `kiln push REF`: uploads an image of the local store to the registry its reference names. An index
+//! goes whole, so every platform it lists must have been pulled (the error names the missing ones).
 
 use super::copy::{finish, parse_ref, transfer, Endpoint, NetArgs};
 use crate::Global;
