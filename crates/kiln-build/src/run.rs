@@ -25,6 +25,9 @@ pub struct RunRequest<'a> {
     /// Wrap `command` in the image's shell (`--test 'CMD'`) instead of appending it to ENTRYPOINT.
     pub shell: bool,
     pub init_binary: Option<PathBuf>,
+    /// Stops the run from another thread (a signal): the command's process tree is killed and
+    /// [`BuildError::Cancelled`] returned, with the overlay unmounted.
+    pub cancel: crate::Cancel,
 }
 
 /// When `kiln run` pulls, as `docker run --pull`.
@@ -129,8 +132,10 @@ fn lone_image_platform(store: &Store, root: &kiln_oci::Descriptor) -> Result<Opt
 
 /// Runs the request, sending each output line to `sink`; returns how the process ended.
 pub fn run_image(req: &RunRequest<'_>, sink: &mut dyn FnMut(Stream, &[u8])) -> Result<ExitStatus, BuildError> {
+    req.cancel.check()?;
     let store = Store::open(req.root)?;
     let _lease = store.lease()?;
+    crate::reclaim::reclaim(req.root);
     let base = crate::base::load(&store, req.image, req.platform).map_err(|e| match e {
         BuildError::Base { reference, message } => BuildError::Usage(format!("image {reference}: {message}")),
         e => e,
@@ -174,8 +179,12 @@ pub fn run_image(req: &RunRequest<'_>, sink: &mut dyn FnMut(Stream, &[u8])) -> R
     let sandbox = match &req.init_binary {
         Some(b) => Sandbox::with_init_binary(b),
         None => Sandbox::new().map_err(|e| BuildError::Usage(e.to_string()))?,
-    };
-    let outcome = sandbox.run(&spec, sink).map_err(|e| BuildError::Usage(format!("{}: {e}", req.image)))?;
+    }
+    .with_cancel(req.cancel.sandbox());
+    let outcome = sandbox.run(&spec, sink).map_err(|e| match e {
+        kiln_sandbox::Error::Cancelled { .. } => BuildError::Cancelled { kept: format!("{} stopped", req.image) },
+        e => BuildError::Usage(format!("{}: {e}", req.image)),
+    })?;
     drop(mounted);
     Ok(outcome.status)
 }

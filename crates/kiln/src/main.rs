@@ -106,7 +106,7 @@ fn main() -> ExitCode {
     signals::watch(cancel.clone(), mode, grace);
     let result = match cli.command {
         Command::Build(a) => cmd::build::run(a, &cli.global, &cancel),
-        Command::Run(a) => match cmd::run::run(a, &cli.global) {
+        Command::Run(a) => match cmd::run::run(a, &cli.global, &cancel) {
             Ok(code) => return code,
             Err(e) => Err(e),
         },

@@ -471,3 +471,35 @@ fn a_full_disk_names_the_step_the_operation_and_the_path_once() {
     assert_eq!(after.1, before.1, "the store's index changed");
     assert!(list_files(&k.root.join("store/ingest")).is_empty(), "temp files left in the store");
 }
+
+/// `kiln run` is cancelled the same way: the command's processes and the run's overlay go.
+#[test]
+fn sigterm_stops_kiln_run_and_its_command() {
+    if !can_build() {
+        return;
+    }
+    let k = Kiln::new();
+    let marker = format!("kiln-run-{}", unique());
+    let script = format!("sleep 1000 & sleep 1000; : {marker}");
+    let mut child = Command::new(KILN)
+        .arg("--root")
+        .arg(&k.root)
+        .args(["run", BASE, "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kiln run");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids_with(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    send(child.id() as i32, libc::SIGTERM);
+    let st = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(st.code(), Some(143), "{err}");
+    assert!(err.contains("kiln: cancelled by SIGTERM"), "{err}");
+    assert_eq!(processes_gone(&marker), Vec::<u32>::new(), "{err}");
+    assert_eq!(mounts_under(&k.root), Vec::<String>::new(), "{err}");
+}

@@ -240,6 +240,7 @@ pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<(
                 command: vec![cmd.clone()],
                 shell: true,
                 init_binary: None,
+                cancel: cancel.clone(),
             };
             let status = kiln_build::run::run_image(&req, &mut |_s, line| printer.output(cmd, line));
             let _ = store.untag_name(&name);

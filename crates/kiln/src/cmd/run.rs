@@ -41,7 +41,7 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
-pub fn run(a: Args, g: &Global) -> anyhow::Result<ExitCode> {
+pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<ExitCode> {
     let root = g.root();
     let platform = match &a.platform {
         Some(p) => Some(Platform::parse(p).with_context(|| format!("--platform {p}"))?.normalized()),
@@ -76,6 +76,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<ExitCode> {
         command: a.command.clone(),
         shell: false,
         init_binary: None,
+        cancel: cancel.clone(),
     };
     let status = kiln_build::run::run_image(&req, &mut |s, line| {
         // The sandbox hands over whole lines without their newline.
