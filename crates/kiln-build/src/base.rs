@@ -117,12 +117,7 @@ pub(crate) fn load_manifest(store: &Store, image: &str, mut desc: Descriptor) ->
     if ids.len() != m.layers.len() {
         return Err(err(format!("its config lists {} layers but its manifest {}", ids.len(), m.layers.len())));
     }
-    let layers = m
-        .layers
-        .iter()
-        .zip(ids)
-        .map(|(d, id)| LayerRef { descriptor: d.clone(), diff_id: id.clone() })
-        .collect();
+    let layers = m.layers.iter().zip(ids).map(|(d, id)| LayerRef { descriptor: d.clone(), diff_id: id.clone() }).collect();
     if desc.media_type.is_empty() {
         desc.media_type = media::OCI_MANIFEST.to_string();
     }
@@ -132,12 +127,7 @@ pub(crate) fn load_manifest(store: &Store, image: &str, mut desc: Descriptor) ->
 impl BaseImage {
     /// The stage state a `FROM` of this image starts with.
     pub fn state(&self, platform: &Platform) -> ImageState {
-        let created = self
-            .config
-            .created
-            .as_deref()
-            .and_then(crate::time::parse_rfc3339)
-            .unwrap_or(0);
+        let created = self.config.created.as_deref().and_then(crate::time::parse_rfc3339).unwrap_or(0);
         let mut config = self.config.clone();
         let history = config.history.take().unwrap_or_default();
         let shell = config.config.as_ref().and_then(|c| c.shell.clone()).unwrap_or_else(default_shell);

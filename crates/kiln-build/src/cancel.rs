@@ -81,7 +81,8 @@ pub fn grace() -> Result<Duration, String> {
 }
 
 fn parse_grace(v: &str) -> Result<Duration, String> {
-    let secs: f64 = v.trim().trim_end_matches('s').parse().map_err(|_| format!("KILN_CANCEL_GRACE={v:?}: expected seconds, e.g. 5 or 2.5"))?;
+    let secs: f64 =
+        v.trim().trim_end_matches('s').parse().map_err(|_| format!("KILN_CANCEL_GRACE={v:?}: expected seconds, e.g. 5 or 2.5"))?;
     if !(0.0..=3600.0).contains(&secs) {
         return Err(format!("KILN_CANCEL_GRACE={v:?}: expected 0 to 3600 seconds"));
     }

@@ -151,11 +151,7 @@ impl Context {
     }
 
     fn walk_dir(&self, rel: &str, host: &Path, out: &mut Vec<Entry>) -> Result<(), BuildError> {
-        let mut names: Vec<_> = fs::read_dir(host)
-            .map_err(io_err("list", host))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .collect();
+        let mut names: Vec<_> = fs::read_dir(host).map_err(io_err("list", host))?.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
         names.sort();
         for name in names {
             let name = name.to_string_lossy().into_owned();

@@ -58,11 +58,8 @@ fn root_err(e: kiln_oci::fsroot::RootError) -> BuildError {
 pub fn copy_into(root: &Path, sources: &[Source<'_>], dest: &str, dest_is_dir: bool, attrs: Attrs) -> Result<(), BuildError> {
     let rootdir = RootDir::open(root).map_err(root_err)?;
     let dest_path = PathBuf::from(dest);
-    let dest_exists_dir = rootdir
-        .resolve(&dest_path, true, Missing::Fail)
-        .ok()
-        .and_then(|r| fs::metadata(&r.host_path).ok())
-        .is_some_and(|m| m.is_dir());
+    let dest_exists_dir =
+        rootdir.resolve(&dest_path, true, Missing::Fail).ok().and_then(|r| fs::metadata(&r.host_path).ok()).is_some_and(|m| m.is_dir());
     for src in sources {
         let Some(top) = src.entries.first() else { continue };
         let top_is_dir = top.kind == Kind::Dir;
@@ -192,9 +189,9 @@ fn copy_mtime(src: &Path, dst: &Path) {
 pub fn walk_root(root: &Path, rel: &str) -> Result<(PathBuf, Vec<Entry>), BuildError> {
     use std::os::unix::fs::MetadataExt;
     let rootdir = RootDir::open(root).map_err(root_err)?;
-    let r = rootdir.resolve(Path::new(&format!("/{rel}")), true, Missing::Fail).map_err(|e| {
-        BuildError::Usage(format!("\"{rel}\": not found in the source image ({e})"))
-    })?;
+    let r = rootdir
+        .resolve(Path::new(&format!("/{rel}")), true, Missing::Fail)
+        .map_err(|e| BuildError::Usage(format!("\"{rel}\": not found in the source image ({e})")))?;
     let host = r.host_path;
     let base_rel = host.strip_prefix(root).unwrap_or(&host).to_string_lossy().into_owned();
     let mut out = Vec::new();
@@ -210,9 +207,16 @@ pub fn walk_root(root: &Path, rel: &str) -> Result<(PathBuf, Vec<Entry>), BuildE
         } else {
             return Ok(()); // devices and fifos are not copied between stages
         };
-        out.push(Entry { rel: rel.to_string(), kind: kind.clone(), mode: meta.permissions().mode() & 0o7777, uid: meta.uid(), gid: meta.gid() });
+        out.push(Entry {
+            rel: rel.to_string(),
+            kind: kind.clone(),
+            mode: meta.permissions().mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        });
         if kind == Kind::Dir {
-            let mut names: Vec<_> = fs::read_dir(host).map_err(io_err("list", host))?.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+            let mut names: Vec<_> =
+                fs::read_dir(host).map_err(io_err("list", host))?.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
             names.sort();
             for n in names {
                 let n = n.to_string_lossy().into_owned();

@@ -41,12 +41,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_cache::{CacheFrom, CacheTo, LocalCache, ResolvedPolicy};
-use kiln_registry::Client;
 use kiln_dockerfile::dockerignore::Matcher;
 use kiln_dockerfile::instructions::resolve::BaseConfig;
 use kiln_dockerfile::instructions::{parse_build, resolve, Build, PlatformArgs, ResolveOptions};
 use kiln_oci::layer::WriteOptions;
 use kiln_oci::{media, Descriptor, Digest, ImageConfig, ImageManifest, Manifest, Platform, RootFs, Store};
+use kiln_registry::Client;
 use serde::Serialize;
 
 pub use cancel::Cancel;
@@ -98,7 +98,6 @@ pub enum SnapshotterKind {
     Overlay,
     Native,
 }
-
 
 /// How a step was satisfied (the `cache` field of `kiln.steps` in the metadata file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -484,7 +483,9 @@ fn splice_onbuild(build: &mut Build, bases: &base::Bases, opts: &BuildOptions) -
                 for t in on_build {
                     let text = format!("FROM scratch\n{t}\n");
                     let loc = build.stages[i].location.clone();
-                    let bad = |m: String| BuildError::step(format!("{}:{}", loc.file, loc.start_line), format!("ONBUILD trigger {t:?} of {image}: {m}"));
+                    let bad = |m: String| {
+                        BuildError::step(format!("{}:{}", loc.file, loc.start_line), format!("ONBUILD trigger {t:?} of {image}: {m}"))
+                    };
                     let df = kiln_dockerfile::parse_str(&text).map_err(|e| bad(e.to_string()))?;
                     let b = parse_build(&df, &loc.file).map_err(|e| bad(e.to_string()))?;
                     for mut c in b.stages.into_iter().flat_map(|s| s.commands) {

@@ -106,11 +106,8 @@ mod tests {
         fs::remove_dir_all(n.join("gone")).unwrap();
         fs::create_dir_all(n.join("fresh/a")).unwrap();
         fs::write(n.join("fresh/a/b"), "b").unwrap();
-        let got: Vec<(String, bool)> = diff(o, &n)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.path, matches!(e.source, EntrySource::Whiteout)))
-            .collect();
+        let got: Vec<(String, bool)> =
+            diff(o, &n).unwrap().into_iter().map(|e| (e.path, matches!(e.source, EntrySource::Whiteout))).collect();
         let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
         assert!(paths.contains(&"keep/edit.txt"), "{got:?}");
         assert!(paths.contains(&"fresh") && paths.contains(&"fresh/a") && paths.contains(&"fresh/a/b"), "{got:?}");

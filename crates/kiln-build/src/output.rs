@@ -47,7 +47,12 @@ impl Artifact {
         }
         let root = store.put_manifest(&kiln_oci::Manifest::Index(index))?;
         all.insert(0, root.digest.clone());
-        Ok(Artifact { root, blobs: all, images: built.iter().map(image_of).collect(), manifests: built.iter().map(|b| b.manifest.clone()).collect() })
+        Ok(Artifact {
+            root,
+            blobs: all,
+            images: built.iter().map(image_of).collect(),
+            manifests: built.iter().map(|b| b.manifest.clone()).collect(),
+        })
     }
 
     /// The form that leaves the machine: every layer the build stored as plain tar gzipped (see
@@ -93,10 +98,17 @@ fn image_of(b: &Built) -> (Digest, Vec<Digest>) {
 pub enum Output {
     /// Tag the image in the local store.
     Image,
-    Oci { dest: PathBuf, tar: bool },
-    Docker { dest: PathBuf },
+    Oci {
+        dest: PathBuf,
+        tar: bool,
+    },
+    Docker {
+        dest: PathBuf,
+    },
     /// Push to the registry named by the tags (`push-by-digest` pushes without a tag).
-    Registry { push_by_digest: bool },
+    Registry {
+        push_by_digest: bool,
+    },
 }
 
 impl Output {

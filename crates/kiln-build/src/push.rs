@@ -51,7 +51,14 @@ pub fn push_artifact(
     client.put_manifest(&repo, &reference, &art.root.media_type, &bytes).map_err(|e| err(target, e))
 }
 
-fn push_blob(client: &Client, store: &Store, repo: &Repo, d: &Digest, sources: &LayerSources, target: &Reference) -> Result<(), BuildError> {
+fn push_blob(
+    client: &Client,
+    store: &Store,
+    repo: &Repo,
+    d: &Digest,
+    sources: &LayerSources,
+    target: &Reference,
+) -> Result<(), BuildError> {
     let source = sources.get(d).filter(|s| s.registry == repo.registry);
     let mount_from = source.map(|s| s.name.as_str());
     if store.has_blob(d) {
@@ -72,9 +79,7 @@ fn push_blob(client: &Client, store: &Store, repo: &Repo, d: &Digest, sources: &
         return Err(err(target, format!("layer {d} is neither in the local store nor in a known cache repository")));
     };
     let size = client.blob_exists(&src, d, &kiln_registry_scopes(&src)).map_err(|e| err(target, e))?.unwrap_or(0);
-    let open = |offset: u64| -> io::Result<Box<dyn Read + Send + '_>> {
-        Ok(Box::new(client.blob_reader_at(&src, d, Some(size), offset)))
-    };
+    let open = |offset: u64| -> io::Result<Box<dyn Read + Send + '_>> { Ok(Box::new(client.blob_reader_at(&src, d, Some(size), offset))) };
     client.push_blob(repo, d, size, mount_from, &open).map_err(|e| err(target, e))?;
     Ok(())
 }

@@ -44,12 +44,11 @@ pub(crate) fn hold_owner_lock(snap_dir: &Path) -> Result<(), BuildError> {
     let owners = snap_dir.join("owners");
     fs::create_dir_all(&owners).map_err(|source| BuildError::Io { action: "create", path: owners.clone(), source })?;
     let path = owners.join(format!("{}.lock", std::process::id()));
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| BuildError::Io { action: "open", path: path.clone(), source })?;
+    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|source| BuildError::Io {
+        action: "open",
+        path: path.clone(),
+        source,
+    })?;
     // SAFETY: flock on a descriptor this function owns; no memory is passed.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let source = std::io::Error::last_os_error();
@@ -178,11 +177,7 @@ mod tests {
         fs::create_dir_all(&live).unwrap();
         let lock = snaps.join("owners/4000002.lock");
         fs::write(&lock, "").unwrap();
-        let mut holder = std::process::Command::new("flock")
-            .arg(&lock)
-            .args(["sleep", "30"])
-            .spawn()
-            .unwrap();
+        let mut holder = std::process::Command::new("flock").arg(&lock).args(["sleep", "30"]).spawn().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while owner_is_dead(&snaps, 4000002) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));

@@ -139,13 +139,12 @@ impl<'a> Solver<'a> {
         };
         let mut state = match &stage.base {
             Source::Scratch => ImageState::scratch(&platform),
-            Source::Stage(i) => self.stages.get(i).cloned().ok_or_else(|| {
-                BuildError::step(at(&stage.location), format!("stage {i} was not built before this one"))
-            })?,
-            Source::Image(r) => self
-                .base(r, &platform)
-                .map_err(|e| BuildError::step(at(&stage.location), e.to_string()))?
-                .state(&platform),
+            Source::Stage(i) => self
+                .stages
+                .get(i)
+                .cloned()
+                .ok_or_else(|| BuildError::step(at(&stage.location), format!("stage {i} was not built before this one")))?,
+            Source::Image(r) => self.base(r, &platform).map_err(|e| BuildError::step(at(&stage.location), e.to_string()))?.state(&platform),
         };
         state.cmd_set = false;
         // The base's ONBUILD triggers ran as this stage's first steps (spliced in before
@@ -164,7 +163,13 @@ impl<'a> Solver<'a> {
             let text = step.original.trim().to_string();
             // A step that fails because the build was cancelled (its RUN killed, its sandbox gone)
             // is a cancel, whatever it says.
-            self.step(&name, step, &mut state).map_err(|e| if self.opts.cancel.is_cancelled() { BuildError::Cancelled { kept: String::new() } } else { e.in_step(&at, &text) })?;
+            self.step(&name, step, &mut state).map_err(|e| {
+                if self.opts.cancel.is_cancelled() {
+                    BuildError::Cancelled { kept: String::new() }
+                } else {
+                    e.in_step(&at, &text)
+                }
+            })?;
             self.reached.insert(stage.index, state.key.clone());
         }
         Ok(state)
@@ -180,13 +185,8 @@ impl<'a> Solver<'a> {
     }
 
     fn report(&mut self, stage: &str, platform: &kiln_oci::Platform, instruction: &str, cache: CacheStatus, seconds: f64) {
-        let r = StepReport {
-            stage: stage.to_string(),
-            platform: platform.to_string(),
-            instruction: instruction.to_string(),
-            cache,
-            seconds,
-        };
+        let r =
+            StepReport { stage: stage.to_string(), platform: platform.to_string(), instruction: instruction.to_string(), cache, seconds };
         self.progress.step_done(&r);
         self.reports.push(r);
     }
@@ -388,13 +388,9 @@ impl<'a> Solver<'a> {
                 .map_err(|err| BuildError::step(at(&step.location), format!("--chown={ch}: {err}")))?;
             c.chown = Some(format!("{}:{}", id.uid, id.gid));
         }
-        let mut alone = ImageState {
-            layers: Vec::new(),
-            history: Vec::new(),
-            key: no_parent,
-            ..state.clone()
-        };
-        let status = self.layer_step(stage, step, &mut alone, inputs, move |this, mounted, st| this.exec_copy(step, &c, &plan, mounted, st))?;
+        let mut alone = ImageState { layers: Vec::new(), history: Vec::new(), key: no_parent, ..state.clone() };
+        let status =
+            self.layer_step(stage, step, &mut alone, inputs, move |this, mounted, st| this.exec_copy(step, &c, &plan, mounted, st))?;
         let layer = alone.layers.first().map(|l| LayerRecord { descriptor: l.descriptor.clone(), diff_id: l.diff_id.clone() });
         let mut rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), joined_inputs, layer);
         if let Some(inner) = self.used.last() {
@@ -567,8 +563,7 @@ impl<'a> Solver<'a> {
         if c.exclude.is_empty() {
             return Ok(entries);
         }
-        let m = kiln_dockerfile::dockerignore::Matcher::new(&c.exclude)
-            .map_err(|e| BuildError::Usage(format!("--exclude: {e}")))?;
+        let m = kiln_dockerfile::dockerignore::Matcher::new(&c.exclude).map_err(|e| BuildError::Usage(format!("--exclude: {e}")))?;
         Ok(entries
             .into_iter()
             .enumerate()
@@ -600,7 +595,13 @@ impl<'a> Solver<'a> {
         Ok(format!("{} {:o} {}\n", e.rel, e.mode, content))
     }
 
-    fn exec_run(&mut self, step: &Step, run: &kiln_dockerfile::instructions::Run, mounted: &Mounted, state: &ImageState) -> Result<(), BuildError> {
+    fn exec_run(
+        &mut self,
+        step: &Step,
+        run: &kiln_dockerfile::instructions::Run,
+        mounted: &Mounted,
+        state: &ImageState,
+    ) -> Result<(), BuildError> {
         // A foreign platform's binaries run through binfmt_misc (qemu-user-static); say how to get it.
         if let Some(arch) = kiln_sandbox::arch::Arch::from_oci(&state.platform.architecture) {
             if !arch.runs_natively_on(kiln_sandbox::arch::Arch::host()) {
@@ -692,17 +693,27 @@ impl<'a> Solver<'a> {
                 kiln_sandbox::Mount::Cache { source, target }
             }
             MountType::Secret => {
-                let id = m.id.clone().unwrap_or_else(|| {
-                    Path::new(&m.target).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
-                });
+                let id =
+                    m.id.clone()
+                        .unwrap_or_else(|| Path::new(&m.target).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
                 let Some(path) = self.opts.secrets.get(&id) else {
                     if m.required {
-                        return Err(BuildError::step(at(&step.location), format!("secret {id:?} is required: pass --secret id={id},src=PATH")));
+                        return Err(BuildError::step(
+                            at(&step.location),
+                            format!("secret {id:?} is required: pass --secret id={id},src=PATH"),
+                        ));
                     }
                     return Ok(None);
                 };
                 let target = if m.target.is_empty() { None } else { Some(target) };
-                kiln_sandbox::Mount::Secret { id, source: path.clone(), target, mode: m.mode, uid: m.uid.unwrap_or(0), gid: m.gid.unwrap_or(0) }
+                kiln_sandbox::Mount::Secret {
+                    id,
+                    source: path.clone(),
+                    target,
+                    mode: m.mode,
+                    uid: m.uid.unwrap_or(0),
+                    gid: m.gid.unwrap_or(0),
+                }
             }
             MountType::Bind => {
                 let source_rel = m.source.clone().unwrap_or_else(|| "/".to_string());
@@ -734,17 +745,12 @@ impl<'a> Solver<'a> {
 
     fn source_layers(&mut self, step: &Step, s: &Source) -> Result<Vec<LayerRef>, BuildError> {
         Ok(match s {
-            Source::Stage(i) => self
-                .stages
-                .get(i)
-                .ok_or_else(|| BuildError::step(at(&step.location), format!("stage {i} is not built")))?
-                .layers
-                .clone(),
+            Source::Stage(i) => {
+                self.stages.get(i).ok_or_else(|| BuildError::step(at(&step.location), format!("stage {i} is not built")))?.layers.clone()
+            }
             Source::Image(r) => self
                 .base(r, &self.opts.platform.clone())
-                .map_err(|e| {
-                    BuildError::step(at(&step.location), format!("no stage is named {r:?}, so it was taken as an image: {e}"))
-                })?
+                .map_err(|e| BuildError::step(at(&step.location), format!("no stage is named {r:?}, so it was taken as an image: {e}")))?
                 .layers
                 .clone(),
             Source::Scratch => Vec::new(),
@@ -752,7 +758,13 @@ impl<'a> Solver<'a> {
     }
 
     /// Resolves COPY's sources and puts their content into the key.
-    fn copy_inputs(&mut self, step: &Step, c: &Copy, state: &ImageState, inputs: &mut BTreeMap<String, String>) -> Result<CopyPlan, BuildError> {
+    fn copy_inputs(
+        &mut self,
+        step: &Step,
+        c: &Copy,
+        state: &ImageState,
+        inputs: &mut BTreeMap<String, String>,
+    ) -> Result<CopyPlan, BuildError> {
         let mut plan = CopyPlan { items: Vec::new(), from: None };
         if let Some(src) = &step.copy_from {
             let layers = self.source_layers(step, src)?;
@@ -764,7 +776,8 @@ impl<'a> Solver<'a> {
         for (i, s) in c.sources.iter().enumerate() {
             match s {
                 CopySource::Heredoc(h) => {
-                    inputs.insert(format!("src:{i}"), format!("heredoc {} {}", h.name, Digest::sha256_of(h.effective_content().as_bytes())));
+                    inputs
+                        .insert(format!("src:{i}"), format!("heredoc {} {}", h.name, Digest::sha256_of(h.effective_content().as_bytes())));
                     plan.items.push(CopyItem::Heredoc(h.name.clone(), h.effective_content()));
                 }
                 CopySource::Path(p) if c.add && (p.starts_with("http://") || p.starts_with("https://")) => {
@@ -786,7 +799,8 @@ impl<'a> Solver<'a> {
                     plan.items.push(CopyItem::Url(dir, name));
                 }
                 CopySource::Path(p) if plan.from.is_none() => {
-                    let matches = self.context.expand_source(p).map_err(|m| BuildError::step(at(&step.location), format!("COPY failed: {m}")))?;
+                    let matches =
+                        self.context.expand_source(p).map_err(|m| BuildError::step(at(&step.location), format!("COPY failed: {m}")))?;
                     for rel in matches {
                         let entries = self.context_entries(&rel, c)?;
                         let mut s = String::new();
@@ -816,7 +830,8 @@ impl<'a> Solver<'a> {
         if let Some(ch) = &c.chown {
             let passwd = fs::read_to_string(mounted.merged.join("etc/passwd")).ok();
             let group = fs::read_to_string(mounted.merged.join("etc/group")).ok();
-            let id = kiln_sandbox::user::resolve(ch, passwd.as_deref(), group.as_deref()).map_err(|err| e(format!("--chown={ch}: {err}")))?;
+            let id =
+                kiln_sandbox::user::resolve(ch, passwd.as_deref(), group.as_deref()).map_err(|err| e(format!("--chown={ch}: {err}")))?;
             attrs.chown = Some((id.uid, id.gid));
         }
         if let Some(m) = &c.chmod {
@@ -865,18 +880,24 @@ impl<'a> Solver<'a> {
                     }
                     CopyItem::Stage(p) => {
                         let Some(m) = &src_mount else { continue };
-                        let (_, entries) = copy::walk_root(&m.merged, p.trim_start_matches('/'))
-                            .map_err(|err| e(format!("COPY --from: {err}")))?;
+                        let (_, entries) =
+                            copy::walk_root(&m.merged, p.trim_start_matches('/')).map_err(|err| e(format!("COPY --from: {err}")))?;
                         let rel = entries.first().map(|x| x.rel.clone()).unwrap_or_default();
                         sources.push(copy::Source { root: SourceRoot { dir: &m.merged, keep_owner: true }, rel, entries, parents: false });
                     }
                     CopyItem::Url(dir, name) => {
                         let meta = fs::metadata(dir.join(name)).map_err(|err| e(err.to_string()))?;
                         let entry = Entry { rel: name.clone(), kind: Kind::File { size: meta.len() }, mode: 0o600, uid: 0, gid: 0 };
-                        sources.push(copy::Source { root: SourceRoot { dir, keep_owner: false }, rel: name.clone(), entries: vec![entry], parents: false });
+                        sources.push(copy::Source {
+                            root: SourceRoot { dir, keep_owner: false },
+                            rel: name.clone(),
+                            entries: vec![entry],
+                            parents: false,
+                        });
                     }
                     CopyItem::Heredoc(name, content) => {
-                        let entry = Entry { rel: name.clone(), kind: Kind::File { size: content.len() as u64 }, mode: 0o644, uid: 0, gid: 0 };
+                        let entry =
+                            Entry { rel: name.clone(), kind: Kind::File { size: content.len() as u64 }, mode: 0o644, uid: 0, gid: 0 };
                         sources.push(copy::Source {
                             root: SourceRoot { dir: &heredoc_dirs[i], keep_owner: false },
                             rel: name.clone(),
@@ -931,16 +952,13 @@ fn url_file_name(url: &str) -> String {
 /// Streams `url` to `dest`, returning the content's sha256. Redirects are followed; a non-2xx
 /// answer is an error naming the status.
 fn fetch_url(url: &str, dest: &Path) -> Result<Digest, String> {
-    let resp = ureq::AgentBuilder::new()
-        .timeout_connect(std::time::Duration::from_secs(30))
-        .redirects(10)
-        .build()
-        .get(url)
-        .call()
-        .map_err(|e| match e {
-            ureq::Error::Status(code, r) => format!("HTTP {code} {}", r.status_text()),
-            other => other.to_string(),
-        })?;
+    let resp =
+        ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(30)).redirects(10).build().get(url).call().map_err(
+            |e| match e {
+                ureq::Error::Status(code, r) => format!("HTTP {code} {}", r.status_text()),
+                other => other.to_string(),
+            },
+        )?;
     let f = fs::File::create(dest).map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
     let mut w = kiln_oci::DigestWriter::new(std::io::BufWriter::new(f));
     std::io::copy(&mut resp.into_reader(), &mut w).map_err(|e| format!("download broke off: {e}"))?;
@@ -974,12 +992,11 @@ impl Drop for StepHolds {
 fn lock_file(dir: &Path, wait: bool) -> Result<Option<fs::File>, BuildError> {
     use std::os::fd::AsRawFd;
     let path = dir.with_extension("lock");
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| BuildError::Io { action: "open", path: path.clone(), source: e })?;
+    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| BuildError::Io {
+        action: "open",
+        path: path.clone(),
+        source: e,
+    })?;
     let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
     // SAFETY: flock on a descriptor this function owns; no memory is passed.
     if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {

@@ -64,12 +64,7 @@ impl ImageState {
     }
 
     pub fn workdir(&self) -> String {
-        self.config
-            .config
-            .as_ref()
-            .and_then(|c| c.working_dir.clone())
-            .filter(|w| !w.is_empty())
-            .unwrap_or_else(|| "/".to_string())
+        self.config.config.as_ref().and_then(|c| c.working_dir.clone()).filter(|w| !w.is_empty()).unwrap_or_else(|| "/".to_string())
     }
 }
 

@@ -26,9 +26,14 @@ pub const DIR_TAG: &str = "kiln-cache";
 pub enum DirImport {
     Ready(DirCache),
     /// No cache there yet: a cold build, with one warning.
-    Missing { warning: String },
+    Missing {
+        warning: String,
+    },
     /// Something is there but cannot be used, with a warning.
-    Unusable { warning: String, error: RegistryCacheError },
+    Unusable {
+        warning: String,
+        error: RegistryCacheError,
+    },
 }
 
 impl DirImport {
@@ -67,8 +72,7 @@ type DirContent = (Vec<Entry>, BTreeSet<Digest>);
 fn read_dir_entries(dir: &Path, layout: &Store) -> Result<Option<DirContent>, RegistryCacheError> {
     let shown = dir.display().to_string();
     let index = layout.read_index().map_err(store_err(dir, "reading index.json"))?;
-    let Some(desc) = index.manifests.iter().find(|d| d.annotation("org.opencontainers.image.ref.name") == Some(DIR_TAG))
-    else {
+    let Some(desc) = index.manifests.iter().find(|d| d.annotation("org.opencontainers.image.ref.name") == Some(DIR_TAG)) else {
         return Ok(None);
     };
     let raw = layout.read_manifest(desc).map_err(store_err(dir, "reading the cache manifest"))?;
@@ -77,8 +81,7 @@ fn read_dir_entries(dir: &Path, layout: &Store) -> Result<Option<DirContent>, Re
         return Err(RegistryCacheError::ConfigTooLarge { reference: shown, size: image.config.size });
     }
     let config = layout.read_blob(&image.config.digest).map_err(store_err(dir, "reading the cache config"))?;
-    let (entries, dropped) =
-        decode(image, &config).map_err(|source| RegistryCacheError::Format { reference: shown.clone(), source })?;
+    let (entries, dropped) = decode(image, &config).map_err(|source| RegistryCacheError::Format { reference: shown.clone(), source })?;
     if dropped > 0 {
         tracing::warn!(dir = %shown, dropped, "cache records that contradict their manifest were ignored");
     }
@@ -176,10 +179,8 @@ pub fn export_dir(dest: &Path, records: &[Record], store: &Store, now: u64) -> R
         bytes += d.size;
     }
     layout.put_blob_bytes(&encoded.config).map_err(store_err(dest, "writing the cache config"))?;
-    let manifest = Manifest::parse(&encoded.manifest, None).map_err(|e| RegistryCacheError::BadManifest {
-        reference: dest.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let manifest = Manifest::parse(&encoded.manifest, None)
+        .map_err(|e| RegistryCacheError::BadManifest { reference: dest.display().to_string(), message: e.to_string() })?;
     let desc = layout.put_manifest(&manifest).map_err(store_err(dest, "writing the cache manifest"))?;
     layout.tag_name(DIR_TAG, &desc).map_err(store_err(dest, "tagging the cache manifest"))?;
     Ok(ExportSummary {
@@ -244,10 +245,16 @@ mod tests {
 
         // A record whose layer is nowhere is left out, with what is built on it.
         let empty = Store::open(&tmp.path().join("empty")).unwrap();
-        let orphan_base = Record::new(key("x"), None, "RUN x".into(), BTreeMap::new(), c.layer.clone().map(|mut l| {
-            l.descriptor.digest = key("nowhere");
-            l
-        }));
+        let orphan_base = Record::new(
+            key("x"),
+            None,
+            "RUN x".into(),
+            BTreeMap::new(),
+            c.layer.clone().map(|mut l| {
+                l.descriptor.digest = key("nowhere");
+                l
+            }),
+        );
         let orphan_top = Record::new(key("y"), Some(key("x")), "ENV y".into(), BTreeMap::new(), None);
         let s = export_dir(&dest, &[orphan_base, orphan_top], &empty, 300).unwrap();
         assert_eq!((s.unavailable, s.records), (2, 3));

@@ -87,12 +87,7 @@ pub struct Explanation {
 
 /// Explains the miss of a step (its `parent` key, expanded `instruction` and named `inputs`) against
 /// `records` (the local cache and any imported refs, together).
-pub fn explain_miss(
-    parent: Option<&Digest>,
-    instruction: &str,
-    inputs: &BTreeMap<String, String>,
-    records: &[Record],
-) -> Explanation {
+pub fn explain_miss(parent: Option<&Digest>, instruction: &str, inputs: &BTreeMap<String, String>, records: &[Record]) -> Explanation {
     let best = records
         .iter()
         .filter(|r| r.parent.as_ref() == parent)
@@ -162,10 +157,8 @@ mod tests {
 
     #[test]
     fn names_an_arg_or_the_instruction_and_prefers_the_newest() {
-        let records = vec![
-            rec("v1", "p", "RUN build", &[("arg:VERSION", "1")], 10),
-            rec("v2", "p", "RUN build", &[("arg:VERSION", "2")], 20),
-        ];
+        let records =
+            vec![rec("v1", "p", "RUN build", &[("arg:VERSION", "1")], 10), rec("v2", "p", "RUN build", &[("arg:VERSION", "2")], 20)];
         let e = explain_miss(Some(&key("p")), "RUN build", &inputs(&[("arg:VERSION", "3")]), &records);
         assert_eq!(e.closest, Some(key("v2")), "ties go to the newest record");
         assert_eq!(e.changes[0].to_string(), "build arg VERSION changed: was \"2\", now \"3\"");

@@ -195,10 +195,9 @@ pub fn decode(manifest: &ImageManifest, config: &[u8]) -> Result<(Vec<Entry>, us
         let layer = match w.layer {
             None => None,
             Some(l) => match manifest.layers.get(l.index) {
-                Some(d) if d.digest == l.digest => Some(LayerRecord {
-                    descriptor: Descriptor::new(&d.media_type, d.digest.clone(), d.size),
-                    diff_id: l.diff_id,
-                }),
+                Some(d) if d.digest == l.digest => {
+                    Some(LayerRecord { descriptor: Descriptor::new(&d.media_type, d.digest.clone(), d.size), diff_id: l.diff_id })
+                }
                 _ => {
                     bad += 1;
                     continue;
@@ -207,14 +206,7 @@ pub fn decode(manifest: &ImageManifest, config: &[u8]) -> Result<(Vec<Entry>, us
         };
         let last_used = w.last_used.max(w.created);
         out.push(Entry {
-            record: Record {
-                key: w.key,
-                parent: w.parent,
-                instruction: w.instruction,
-                inputs: w.inputs,
-                layer,
-                created: w.created,
-            },
+            record: Record { key: w.key, parent: w.parent, instruction: w.instruction, inputs: w.inputs, layer, created: w.created },
             platform: w.platform,
             last_used,
         });
@@ -253,8 +245,7 @@ pub fn select(mode: CacheMode, records: &[Record], results: &[Digest]) -> Vec<Re
 /// Used to keep a record set consistent: a record is useless once a step below it is gone, since
 /// the image it describes needs every layer of its chain.
 pub(crate) fn descendants_of(entries: &[Entry], dropped: &BTreeSet<Digest>) -> BTreeSet<Digest> {
-    let parent: HashMap<&Digest, Option<&Digest>> =
-        entries.iter().map(|e| (&e.record.key, e.record.parent.as_ref())).collect();
+    let parent: HashMap<&Digest, Option<&Digest>> = entries.iter().map(|e| (&e.record.key, e.record.parent.as_ref())).collect();
     let mut out = BTreeSet::new();
     for e in entries {
         let mut seen: HashSet<&Digest> = HashSet::new();

@@ -50,7 +50,5 @@ pub use format::{select, Entry, FormatError, CACHE_CONFIG_MEDIA_TYPE};
 pub use local::{CacheError, LayerRecord, LocalCache, Record};
 pub use merge::{merge, Merged, PruneRules};
 pub use policy::{resolve as resolve_policy, resolve_from_process, CachePolicy, PolicyChoice, ResolvedPolicy};
-pub use registry::{
-    export, export_at, ExportOutcome, ExportSummary, ImportOutcome, LayerSources, RegistryCache, RegistryCacheError,
-};
+pub use registry::{export, export_at, ExportOutcome, ExportSummary, ImportOutcome, LayerSources, RegistryCache, RegistryCacheError};
 pub use spec::{parse_go_duration, parse_size, CacheFrom, CacheMode, CacheTo, RegistryExport, SpecError, DEFAULT_TTL};

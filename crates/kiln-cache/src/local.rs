@@ -63,10 +63,7 @@ impl Record {
         inputs: BTreeMap<String, String>,
         layer: Option<LayerRecord>,
     ) -> Record {
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         Record { key, parent, instruction, inputs, layer, created }
     }
 }
@@ -118,8 +115,7 @@ impl LocalCache {
             move |source| CacheError::Io { action, path, source }
         };
         fs::create_dir_all(&self.dir).map_err(io_err("create", &self.dir))?;
-        let bytes = serde_json::to_vec_pretty(record)
-            .map_err(|source| CacheError::Encode { key: record.key.to_string(), source })?;
+        let bytes = serde_json::to_vec_pretty(record).map_err(|source| CacheError::Encode { key: record.key.to_string(), source })?;
         let path = self.path(&record.key);
         let tmp = self.dir.join(format!(".tmp-{}-{}", std::process::id(), record.key.hex()));
         let mut f = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
@@ -174,10 +170,7 @@ mod tests {
         assert!(cache.get(&key("a")).is_none());
         let mut inputs = BTreeMap::new();
         inputs.insert("arg:X".to_string(), "1".to_string());
-        let layer = LayerRecord {
-            descriptor: Descriptor::new(kiln_oci::media::OCI_LAYER_GZIP, key("blob"), 42),
-            diff_id: key("tar"),
-        };
+        let layer = LayerRecord { descriptor: Descriptor::new(kiln_oci::media::OCI_LAYER_GZIP, key("blob"), 42), diff_id: key("tar") };
         let rec = Record::new(key("a"), Some(key("p")), "RUN true".into(), inputs, Some(layer));
         cache.put(&rec).unwrap();
         assert_eq!(cache.get(&key("a")), Some(rec.clone()));

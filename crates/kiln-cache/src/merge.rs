@@ -54,8 +54,7 @@ pub fn merge(existing: Vec<Entry>, incoming: Vec<Entry>, rules: &PruneRules, now
     let mut pruned_ttl = 0;
     if let Some(ttl) = rules.ttl {
         let cutoff = now.saturating_sub(ttl.as_secs());
-        let aged: BTreeSet<Digest> =
-            entries.iter().filter(|e| e.last_used < cutoff).map(|e| e.key().clone()).collect();
+        let aged: BTreeSet<Digest> = entries.iter().filter(|e| e.last_used < cutoff).map(|e| e.key().clone()).collect();
         if !aged.is_empty() {
             let orphans = descendants_of(&entries, &aged);
             let before = entries.len();
@@ -86,12 +85,7 @@ fn insert_newer(map: &mut BTreeMap<Digest, Entry>, e: Entry) {
 
 fn distinct_layer_bytes(entries: &[Entry]) -> u64 {
     let mut seen: HashSet<&Digest> = HashSet::new();
-    entries
-        .iter()
-        .filter_map(|e| e.record.layer.as_ref())
-        .filter(|l| seen.insert(&l.descriptor.digest))
-        .map(|l| l.descriptor.size)
-        .sum()
+    entries.iter().filter_map(|e| e.record.layer.as_ref()).filter(|l| seen.insert(&l.descriptor.digest)).map(|l| l.descriptor.size).sum()
 }
 
 /// Greedy newest-first admission of whole chains. Returns the kept entries (sorted by key) and the
@@ -101,9 +95,7 @@ fn fit_budget(entries: Vec<Entry>, budget: u64) -> (Vec<Entry>, usize) {
     let idx: HashMap<Digest, usize> = entries.iter().enumerate().map(|(i, e)| (e.key().clone(), i)).collect();
     let mut order: Vec<usize> = (0..entries.len()).collect();
     // Newest first; ties broken by key so the outcome never depends on input order.
-    order.sort_by(|&a, &b| {
-        entries[b].last_used.cmp(&entries[a].last_used).then_with(|| entries[a].key().cmp(entries[b].key()))
-    });
+    order.sort_by(|&a, &b| entries[b].last_used.cmp(&entries[a].last_used).then_with(|| entries[a].key().cmp(entries[b].key())));
     let mut kept: Vec<bool> = vec![false; entries.len()];
     let mut refused: Vec<bool> = vec![false; entries.len()];
     let mut layers: HashSet<Digest> = HashSet::new();
@@ -166,8 +158,7 @@ mod tests {
     }
 
     fn names(m: &Merged) -> Vec<String> {
-        let mut v: Vec<String> =
-            m.entries.iter().map(|e| e.record.instruction.trim_start_matches("RUN ").to_string()).collect();
+        let mut v: Vec<String> = m.entries.iter().map(|e| e.record.instruction.trim_start_matches("RUN ").to_string()).collect();
         v.sort();
         v
     }

@@ -119,11 +119,7 @@ fn truthy(v: Option<String>) -> bool {
 /// Resolves `choice` against an environment (`env("NAME")`) and a file reader (for GitHub's event
 /// payload at `GITHUB_EVENT_PATH`). Never fails: an unreadable payload only makes the reason vaguer
 /// (and never makes a pull request writable, since the event name alone decides that).
-pub fn resolve(
-    choice: PolicyChoice,
-    env: &dyn Fn(&str) -> Option<String>,
-    read_file: &dyn Fn(&Path) -> Option<String>,
-) -> ResolvedPolicy {
+pub fn resolve(choice: PolicyChoice, env: &dyn Fn(&str) -> Option<String>, read_file: &dyn Fn(&Path) -> Option<String>) -> ResolvedPolicy {
     match choice {
         PolicyChoice::ReadWrite => return rp(CachePolicy::ReadWrite, None, "--cache-policy read-write was given".into()),
         PolicyChoice::ReadOnly => return rp(CachePolicy::ReadOnly, None, "--cache-policy read-only was given".into()),
@@ -186,9 +182,7 @@ fn github(env: &dyn Fn(&str) -> Option<String>, read_file: &dyn Fn(&Path) -> Opt
             _ => {
                 let mut fork_path = head.to_vec();
                 fork_path.push("fork");
-                bool_at(&payload, &fork_path)
-                    .filter(|f| *f)
-                    .map(|_| full.unwrap_or("another repository").to_string())
+                bool_at(&payload, &fork_path).filter(|f| *f).map(|_| full.unwrap_or("another repository").to_string())
             }
         }
     };
@@ -198,23 +192,17 @@ fn github(env: &dyn Fn(&str) -> Option<String>, read_file: &dyn Fn(&Path) -> Opt
         "pull_request" | "pull_request_target" | "pull_request_review" | "pull_request_review_comment" => {
             match fork_of(&["pull_request", "head", "repo"]) {
                 Some(f) => ro(format!("GitHub Actions {event} event from a fork ({f}): cache is read-only")),
-                None => ro(format!(
-                    "GitHub Actions {event} event: cache is read-only (pull requests read the cache; pushes write it)"
-                )),
+                None => ro(format!("GitHub Actions {event} event: cache is read-only (pull requests read the cache; pushes write it)")),
             }
         }
-        "issue_comment" => ro(
-            "GitHub Actions issue_comment event (may build a pull request's code): cache is read-only".into(),
-        ),
+        "issue_comment" => ro("GitHub Actions issue_comment event (may build a pull request's code): cache is read-only".into()),
         "push" => {
             if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
                 return rw(format!("GitHub Actions push of tag {tag}: cache is read-write"));
             }
             let branch = git_ref.strip_prefix("refs/heads/").unwrap_or(&git_ref);
             match str_at(&payload, &["repository", "default_branch"]) {
-                Some(d) if d == branch => {
-                    rw(format!("GitHub Actions push to the default branch {branch}: cache is read-write"))
-                }
+                Some(d) if d == branch => rw(format!("GitHub Actions push to the default branch {branch}: cache is read-write")),
                 Some(_) => rw(format!(
                     "GitHub Actions push to branch {branch} of this repository: cache is read-write \
                      (the default branch's records are kept by the merge)"
@@ -228,19 +216,14 @@ fn github(env: &dyn Fn(&str) -> Option<String>, read_file: &dyn Fn(&Path) -> Opt
         }
         "workflow_run" => {
             if let Some(f) = fork_of(&["workflow_run", "head_repository"]) {
-                return ro(format!(
-                    "GitHub Actions workflow_run event triggered from a fork ({f}): cache is read-only"
-                ));
+                return ro(format!("GitHub Actions workflow_run event triggered from a fork ({f}): cache is read-only"));
             }
             match str_at(&payload, &["workflow_run", "event"]) {
-                Some(e) if e.starts_with("pull_request") => ro(format!(
-                    "GitHub Actions workflow_run event triggered by a {e} run: cache is read-only"
-                )),
+                Some(e) if e.starts_with("pull_request") => {
+                    ro(format!("GitHub Actions workflow_run event triggered by a {e} run: cache is read-only"))
+                }
                 Some(e) => rw(format!("GitHub Actions workflow_run event triggered by a {e} run: cache is read-write")),
-                None => ro(
-                    "GitHub Actions workflow_run event whose trigger is unknown (no event payload): cache is read-only"
-                        .into(),
-                ),
+                None => ro("GitHub Actions workflow_run event whose trigger is unknown (no event payload): cache is read-only".into()),
             }
         }
         "" => ro("GitHub Actions without GITHUB_EVENT_NAME: cache is read-only to be safe".into()),
@@ -351,11 +334,7 @@ mod tests {
 
     fn run(vars: &[(&str, &str)], payload: Option<String>) -> ResolvedPolicy {
         let env: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        resolve(
-            PolicyChoice::Auto,
-            &|k| env.get(k).cloned(),
-            &|p| (p == Path::new(EVENT_PATH)).then(|| payload.clone()).flatten(),
-        )
+        resolve(PolicyChoice::Auto, &|k| env.get(k).cloned(), &|p| (p == Path::new(EVENT_PATH)).then(|| payload.clone()).flatten())
     }
 
     fn gh(event: &str, git_ref: &str) -> Vec<(&'static str, String)> {
@@ -378,16 +357,46 @@ mod tests {
         use CachePolicy::*;
         let cases: Vec<(&str, &str, Option<String>, CachePolicy, &str)> = vec![
             ("pull_request", "refs/pull/7/merge", Some(pr_payload("octo/app", false)), ReadOnly, "pull_request event: cache is read-only"),
-            ("pull_request", "refs/pull/7/merge", Some(pr_payload("alice/app", true)), ReadOnly, "pull_request event from a fork (alice/app)"),
-            ("pull_request_target", "refs/heads/main", Some(pr_payload("alice/app", true)), ReadOnly, "pull_request_target event from a fork"),
-            ("pull_request_target", "refs/heads/main", Some(pr_payload("octo/app", false)), ReadOnly, "pull_request_target event: cache is read-only"),
+            (
+                "pull_request",
+                "refs/pull/7/merge",
+                Some(pr_payload("alice/app", true)),
+                ReadOnly,
+                "pull_request event from a fork (alice/app)",
+            ),
+            (
+                "pull_request_target",
+                "refs/heads/main",
+                Some(pr_payload("alice/app", true)),
+                ReadOnly,
+                "pull_request_target event from a fork",
+            ),
+            (
+                "pull_request_target",
+                "refs/heads/main",
+                Some(pr_payload("octo/app", false)),
+                ReadOnly,
+                "pull_request_target event: cache is read-only",
+            ),
             // No payload: the event name alone keeps a pull request read-only.
             ("pull_request", "refs/pull/7/merge", None, ReadOnly, "pull_request event"),
             ("push", "refs/heads/main", Some(push_payload("refs/heads/main")), ReadWrite, "push to the default branch main"),
-            ("push", "refs/heads/feature/x", Some(push_payload("refs/heads/feature/x")), ReadWrite, "push to branch feature/x of this repository"),
+            (
+                "push",
+                "refs/heads/feature/x",
+                Some(push_payload("refs/heads/feature/x")),
+                ReadWrite,
+                "push to branch feature/x of this repository",
+            ),
             ("push", "refs/tags/v1.2.0", Some(push_payload("refs/tags/v1.2.0")), ReadWrite, "push of tag v1.2.0"),
             ("push", "refs/heads/main", None, ReadWrite, "push to refs/heads/main"),
-            ("release", "refs/tags/v1.2.0", Some(r#"{"action":"published","release":{"tag_name":"v1.2.0"}}"#.into()), ReadWrite, "release event"),
+            (
+                "release",
+                "refs/tags/v1.2.0",
+                Some(r#"{"action":"published","release":{"tag_name":"v1.2.0"}}"#.into()),
+                ReadWrite,
+                "release event",
+            ),
             ("schedule", "refs/heads/main", None, ReadWrite, "schedule event"),
             ("workflow_dispatch", "refs/heads/main", None, ReadWrite, "workflow_dispatch event"),
             ("issue_comment", "refs/heads/main", None, ReadOnly, "issue_comment"),
@@ -439,41 +448,84 @@ mod tests {
         type Case = (Vec<(&'static str, &'static str)>, CachePolicy, &'static str, Option<&'static str>);
         let cases: Vec<Case> = vec![
             (
-                vec![("CI", "true"), ("GITLAB_CI", "true"), ("CI_PIPELINE_SOURCE", "merge_request_event"),
-                     ("CI_MERGE_REQUEST_IID", "3"), ("CI_MERGE_REQUEST_SOURCE_PROJECT_ID", "99"), ("CI_PROJECT_ID", "12"),
-                     ("CI_MERGE_REQUEST_SOURCE_PROJECT_PATH", "alice/app")],
-                ReadOnly, "merge request pipeline from a fork (alice/app)", Some("gitlab-ci"),
+                vec![
+                    ("CI", "true"),
+                    ("GITLAB_CI", "true"),
+                    ("CI_PIPELINE_SOURCE", "merge_request_event"),
+                    ("CI_MERGE_REQUEST_IID", "3"),
+                    ("CI_MERGE_REQUEST_SOURCE_PROJECT_ID", "99"),
+                    ("CI_PROJECT_ID", "12"),
+                    ("CI_MERGE_REQUEST_SOURCE_PROJECT_PATH", "alice/app"),
+                ],
+                ReadOnly,
+                "merge request pipeline from a fork (alice/app)",
+                Some("gitlab-ci"),
             ),
             (
-                vec![("CI", "true"), ("GITLAB_CI", "true"), ("CI_PIPELINE_SOURCE", "merge_request_event"),
-                     ("CI_MERGE_REQUEST_SOURCE_PROJECT_ID", "12"), ("CI_PROJECT_ID", "12")],
-                ReadOnly, "GitLab CI merge request pipeline: cache is read-only", Some("gitlab-ci"),
+                vec![
+                    ("CI", "true"),
+                    ("GITLAB_CI", "true"),
+                    ("CI_PIPELINE_SOURCE", "merge_request_event"),
+                    ("CI_MERGE_REQUEST_SOURCE_PROJECT_ID", "12"),
+                    ("CI_PROJECT_ID", "12"),
+                ],
+                ReadOnly,
+                "GitLab CI merge request pipeline: cache is read-only",
+                Some("gitlab-ci"),
             ),
             (
-                vec![("CI", "true"), ("GITLAB_CI", "true"), ("CI_PIPELINE_SOURCE", "push"),
-                     ("CI_COMMIT_BRANCH", "main"), ("CI_DEFAULT_BRANCH", "main")],
-                ReadWrite, "default branch main", Some("gitlab-ci"),
+                vec![
+                    ("CI", "true"),
+                    ("GITLAB_CI", "true"),
+                    ("CI_PIPELINE_SOURCE", "push"),
+                    ("CI_COMMIT_BRANCH", "main"),
+                    ("CI_DEFAULT_BRANCH", "main"),
+                ],
+                ReadWrite,
+                "default branch main",
+                Some("gitlab-ci"),
             ),
             (
                 vec![("CI", "true"), ("GITLAB_CI", "true"), ("CI_PIPELINE_SOURCE", "push"), ("CI_COMMIT_TAG", "v2")],
-                ReadWrite, "tag v2", Some("gitlab-ci"),
+                ReadWrite,
+                "tag v2",
+                Some("gitlab-ci"),
             ),
             (
-                vec![("CI", "true"), ("BUILDKITE", "true"), ("BUILDKITE_PULL_REQUEST", "42"),
-                     ("BUILDKITE_PULL_REQUEST_REPO", "https://github.com/alice/app.git"),
-                     ("BUILDKITE_REPO", "git@github.com:octo/app.git")],
-                ReadOnly, "pull request #42 from a fork", Some("buildkite"),
+                vec![
+                    ("CI", "true"),
+                    ("BUILDKITE", "true"),
+                    ("BUILDKITE_PULL_REQUEST", "42"),
+                    ("BUILDKITE_PULL_REQUEST_REPO", "https://github.com/alice/app.git"),
+                    ("BUILDKITE_REPO", "git@github.com:octo/app.git"),
+                ],
+                ReadOnly,
+                "pull request #42 from a fork",
+                Some("buildkite"),
             ),
             (
-                vec![("CI", "true"), ("BUILDKITE", "true"), ("BUILDKITE_PULL_REQUEST", "42"),
-                     ("BUILDKITE_PULL_REQUEST_REPO", "https://github.com/octo/app.git"),
-                     ("BUILDKITE_REPO", "git@github.com:octo/app.git")],
-                ReadOnly, "Buildkite pull request #42: cache", Some("buildkite"),
+                vec![
+                    ("CI", "true"),
+                    ("BUILDKITE", "true"),
+                    ("BUILDKITE_PULL_REQUEST", "42"),
+                    ("BUILDKITE_PULL_REQUEST_REPO", "https://github.com/octo/app.git"),
+                    ("BUILDKITE_REPO", "git@github.com:octo/app.git"),
+                ],
+                ReadOnly,
+                "Buildkite pull request #42: cache",
+                Some("buildkite"),
             ),
             (
-                vec![("CI", "true"), ("BUILDKITE", "true"), ("BUILDKITE_PULL_REQUEST", "false"),
-                     ("BUILDKITE_BRANCH", "main"), ("BUILDKITE_PIPELINE_DEFAULT_BRANCH", "main")],
-                ReadWrite, "default branch main", Some("buildkite"),
+                vec![
+                    ("CI", "true"),
+                    ("BUILDKITE", "true"),
+                    ("BUILDKITE_PULL_REQUEST", "false"),
+                    ("BUILDKITE_BRANCH", "main"),
+                    ("BUILDKITE_PIPELINE_DEFAULT_BRANCH", "main"),
+                ],
+                ReadWrite,
+                "default branch main",
+                Some("buildkite"),
             ),
             (vec![("CI", "true")], ReadWrite, "without a recognised provider", Some("ci")),
             (vec![("CI", "1")], ReadWrite, "without a recognised provider", Some("ci")),

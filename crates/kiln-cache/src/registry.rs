@@ -39,7 +39,9 @@ pub enum RegistryCacheError {
         #[source]
         source: FormatError,
     },
-    #[error("cache {reference}: config blob is {size} bytes, more than the {MAX_CONFIG} a kiln cache config may have; export to a new tag")]
+    #[error(
+        "cache {reference}: config blob is {size} bytes, more than the {MAX_CONFIG} a kiln cache config may have; export to a new tag"
+    )]
     ConfigTooLarge { reference: String, size: u64 },
     #[error("cache {reference}: manifest does not parse: {message}")]
     BadManifest { reference: String, message: String },
@@ -90,9 +92,7 @@ impl RegistryCacheError {
         matches!(
             self,
             RegistryCacheError::Registry(
-                RegistryError::Unauthorized { .. }
-                    | RegistryError::Forbidden { .. }
-                    | RegistryError::Status { status: 405, .. }
+                RegistryError::Unauthorized { .. } | RegistryError::Forbidden { .. } | RegistryError::Status { status: 405, .. }
             )
         )
     }
@@ -168,8 +168,7 @@ fn read_current(client: &Client, reference: &Reference) -> Result<Option<Current
     };
     let manifest = Manifest::parse(&fetched.bytes, Some(&fetched.media_type))
         .map_err(|e| RegistryCacheError::BadManifest { reference: shown.clone(), message: e.to_string() })?;
-    let image =
-        check_manifest(&manifest).map_err(|source| RegistryCacheError::Format { reference: shown.clone(), source })?;
+    let image = check_manifest(&manifest).map_err(|source| RegistryCacheError::Format { reference: shown.clone(), source })?;
     if image.config.size > MAX_CONFIG {
         return Err(RegistryCacheError::ConfigTooLarge { reference: shown, size: image.config.size });
     }
@@ -182,12 +181,7 @@ fn read_current(client: &Client, reference: &Reference) -> Result<Option<Current
     if dropped > 0 {
         tracing::warn!(reference = %shown, dropped, "cache records that contradict their manifest were ignored");
     }
-    Ok(Some(Current {
-        digest: fetched.digest,
-        entries,
-        layers: image.layers.iter().map(|d| d.digest.clone()).collect(),
-        dropped,
-    }))
+    Ok(Some(Current { digest: fetched.digest, entries, layers: image.layers.iter().map(|d| d.digest.clone()).collect(), dropped }))
 }
 
 /// The result of opening a `--cache-from type=registry` ref.
@@ -246,9 +240,7 @@ impl<'c> RegistryCache<'c> {
                 })
             }
             Ok(None) => ImportOutcome::Missing {
-                warning: format!(
-                    "cache {reference} not found (HTTP 404): building without it; a --cache-to export will create it"
-                ),
+                warning: format!("cache {reference} not found (HTTP 404): building without it; a --cache-to export will create it"),
             },
             Err(error) => ImportOutcome::Unusable { warning: format!("cache {reference} not used: {error}"), error },
         }
@@ -357,9 +349,13 @@ pub struct ExportSummary {
 pub enum ExportOutcome {
     Exported(ExportSummary),
     /// The credentials cannot write the ref (401/403/denied): export is off for this build.
-    Denied { warning: String },
+    Denied {
+        warning: String,
+    },
     /// Any other failure, downgraded to a warning (`ignore-error=true`, the default).
-    Failed { warning: String },
+    Failed {
+        warning: String,
+    },
 }
 
 impl ExportOutcome {
@@ -408,10 +404,7 @@ pub fn export_at(
     }
 }
 
-fn open_store_blob<'a>(
-    store: &'a Store,
-    digest: &'a Digest,
-) -> impl Fn(u64) -> io::Result<Box<dyn Read + Send + 'a>> + Sync + 'a {
+fn open_store_blob<'a>(store: &'a Store, digest: &'a Digest) -> impl Fn(u64) -> io::Result<Box<dyn Read + Send + 'a>> + Sync + 'a {
     move |offset| {
         let mut f = store.open_blob(digest).map_err(io::Error::other)?;
         f.seek(SeekFrom::Start(offset))?;
@@ -575,8 +568,7 @@ fn export_inner(
         // Wait long enough for such a write to land, then check that ours survived.
         std::thread::sleep(jitter(Duration::from_millis(150), Duration::from_millis(400)));
         let after = read_current(client, reference)?;
-        let survived: BTreeSet<&Digest> =
-            merged.entries.iter().map(|e| e.key()).filter(|k| incoming_keys.contains(*k)).collect();
+        let survived: BTreeSet<&Digest> = merged.entries.iter().map(|e| e.key()).filter(|k| incoming_keys.contains(*k)).collect();
         match after {
             Some(a) if a.digest == ours => return Ok(summary(ours, attempts)),
             Some(a) => {
@@ -615,13 +607,7 @@ fn retry_or_give_up(reference: &str, attempts: u32) -> Result<(), RegistryCacheE
     Ok(())
 }
 
-fn push_layer(
-    client: &Client,
-    repo: &Repo,
-    d: &Descriptor,
-    store: &Store,
-    sources: &LayerSources,
-) -> Result<PushOutcome, RegistryError> {
+fn push_layer(client: &Client, repo: &Repo, d: &Descriptor, store: &Store, sources: &LayerSources) -> Result<PushOutcome, RegistryError> {
     let source = sources.get(&d.digest);
     if store.has_blob(&d.digest) {
         let mount_from = source.filter(|s| s.registry == repo.registry).map(|s| s.name.as_str());
@@ -634,8 +620,7 @@ fn push_layer(
             // refuse it, the upload streams from the source repository instead.
             let mount_from = (src.registry == repo.registry).then_some(src.name.as_str());
             let open = |offset: u64| {
-                Ok(Box::new(client.blob_reader_at(src, &d.digest, Some(d.size), offset).unverified())
-                    as Box<dyn Read + Send>)
+                Ok(Box::new(client.blob_reader_at(src, &d.digest, Some(d.size), offset).unverified()) as Box<dyn Read + Send>)
             };
             client.push_blob(repo, &d.digest, d.size, mount_from, &open)
         }

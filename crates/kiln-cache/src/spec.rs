@@ -105,8 +105,11 @@ fn parse_bool(flag: &'static str, value: &str, key: &str, v: &str) -> Result<boo
 }
 
 fn parse_ref(flag: &'static str, value: &str, r: &str) -> Result<Reference, SpecError> {
-    let reference = Reference::parse(r)
-        .map_err(|e| SpecError { flag, value: value.to_string(), reason: format!("ref={r:?} is not an image reference: {e}") })?;
+    let reference = Reference::parse(r).map_err(|e| SpecError {
+        flag,
+        value: value.to_string(),
+        reason: format!("ref={r:?} is not an image reference: {e}"),
+    })?;
     if reference.digest().is_some() && flag == "--cache-to" {
         return Err(SpecError {
             flag,
@@ -120,20 +123,14 @@ fn parse_ref(flag: &'static str, value: &str, r: &str) -> Result<Reference, Spec
 fn take_type<'a>(flag: &'static str, value: &str, kv: &[(&'a str, &'a str)]) -> Result<&'a str, SpecError> {
     match kv.iter().find(|(k, _)| *k == "type") {
         Some((_, t)) => Ok(t),
-        None => Err(SpecError {
-            flag,
-            value: value.to_string(),
-            reason: "no type= given; use type=registry,ref=REF or type=local,…".into(),
-        }),
+        None => {
+            Err(SpecError { flag, value: value.to_string(), reason: "no type= given; use type=registry,ref=REF or type=local,…".into() })
+        }
     }
 }
 
 fn unknown_key(flag: &'static str, value: &str, ty: &str, key: &str, allowed: &[&str]) -> SpecError {
-    SpecError {
-        flag,
-        value: value.to_string(),
-        reason: format!("unknown option {key:?} for type={ty}; accepted: {}", allowed.join(", ")),
-    }
+    SpecError { flag, value: value.to_string(), reason: format!("unknown option {key:?} for type={ty}; accepted: {}", allowed.join(", ")) }
 }
 
 impl CacheFrom {
@@ -364,10 +361,7 @@ mod tests {
         let r = CacheFrom::parse("type=registry,ref=127.0.0.1:5000/app:cache").unwrap();
         let CacheFrom::Registry { reference } = r else { panic!("expected registry") };
         assert_eq!(reference.to_string(), "127.0.0.1:5000/app:cache");
-        assert_eq!(
-            CacheFrom::parse("type=local,src=/tmp/c").unwrap(),
-            CacheFrom::Local { src: PathBuf::from("/tmp/c") }
-        );
+        assert_eq!(CacheFrom::parse("type=local,src=/tmp/c").unwrap(), CacheFrom::Local { src: PathBuf::from("/tmp/c") });
         let bare = CacheFrom::parse("ghcr.io/org/app:cache").unwrap();
         assert!(matches!(bare, CacheFrom::Registry { .. }));
         let e = CacheFrom::parse("type=registry").unwrap_err();
@@ -393,8 +387,7 @@ mod tests {
         assert_eq!(r.ttl, Some(DEFAULT_TTL));
         assert_eq!(r.max_size, None);
 
-        let CacheTo::Registry(r) =
-            CacheTo::parse("type=registry,ref=h:1/a:b,mode=max,ignore-error=false,ttl=24h,max-size=2GB").unwrap()
+        let CacheTo::Registry(r) = CacheTo::parse("type=registry,ref=h:1/a:b,mode=max,ignore-error=false,ttl=24h,max-size=2GB").unwrap()
         else {
             panic!("expected registry")
         };
@@ -403,9 +396,7 @@ mod tests {
         assert_eq!(r.ttl, Some(Duration::from_secs(86400)));
         assert_eq!(r.max_size, Some(2_000_000_000));
 
-        let CacheTo::Registry(r) = CacheTo::parse("type=registry,ref=h:1/a:b,ttl=0").unwrap() else {
-            panic!("expected registry")
-        };
+        let CacheTo::Registry(r) = CacheTo::parse("type=registry,ref=h:1/a:b,ttl=0").unwrap() else { panic!("expected registry") };
         assert_eq!(r.ttl, None);
 
         assert_eq!(

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use kiln_cache::{
-    export, export_at, CacheMode, ExportOutcome, ImportOutcome, LayerRecord, LayerSources, Record, RegistryCache,
-    RegistryExport, CACHE_CONFIG_MEDIA_TYPE,
+    export, export_at, CacheMode, ExportOutcome, ImportOutcome, LayerRecord, LayerSources, Record, RegistryCache, RegistryExport,
+    CACHE_CONFIG_MEDIA_TYPE,
 };
 use kiln_oci::{media, Descriptor, Digest, Reference, Store};
 use kiln_registry::{Client, ClientOptions};
@@ -336,8 +336,11 @@ fn a_read_only_credential_turns_export_off_with_a_warning() {
     strict.ignore_error = false;
     let err = export(&reader, &strict, &more, &store, &LayerSources::new()).unwrap_err();
     assert!(err.is_denied(), "{err}");
-    assert_eq!(writer.get_manifest(&kiln_registry::Repo::new(reference.registry(), reference.repository()), "cache").unwrap().digest,
-        s.digest.unwrap(), "the ref changed");
+    assert_eq!(
+        writer.get_manifest(&kiln_registry::Repo::new(reference.registry(), reference.repository()), "cache").unwrap().digest,
+        s.digest.unwrap(),
+        "the ref changed"
+    );
 }
 
 #[test]
@@ -387,7 +390,10 @@ fn layers_missing_locally_are_mounted_from_their_source_repository() {
     assert_eq!(open(&c, &second).len(), 3);
 
     // Without a source, records whose layers are nowhere are left out, with the ones built on them.
-    let s = exported(export(&c, &target(&Reference::parse(&format!("{}/team/c:cache", reg.host())).unwrap()), &records, &empty, &LayerSources::new()).unwrap());
+    let s = exported(
+        export(&c, &target(&Reference::parse(&format!("{}/team/c:cache", reg.host())).unwrap()), &records, &empty, &LayerSources::new())
+            .unwrap(),
+    );
     assert_eq!((s.unavailable, s.digest.clone()), (3, None), "{s:?}");
 }
 
@@ -397,11 +403,9 @@ fn export_and_import_ride_out_a_flaky_registry() {
         return;
     }
     let reg = Registry::start_plain().unwrap();
-    let proxy = kiln_testkit::FaultProxy::start(
-        &reg.host(),
-        kiln_testkit::FaultProxyOptions { fault_rate: 0.2, seed: 7, ..Default::default() },
-    )
-    .unwrap();
+    let proxy =
+        kiln_testkit::FaultProxy::start(&reg.host(), kiln_testkit::FaultProxyOptions { fault_rate: 0.2, seed: 7, ..Default::default() })
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("s")).unwrap();
     let c = Client::new(ClientOptions {

@@ -214,10 +214,7 @@ impl WorkflowReport {
     }
 
     pub fn pair(&self, job: &str, sibling: &str) -> usize {
-        self.pairs
-            .iter()
-            .find(|p| p.job == job && p.sibling == sibling)
-            .map_or(0, |p| p.cancelled_while_sibling_succeeded)
+        self.pairs.iter().find(|p| p.job == job && p.sibling == sibling).map_or(0, |p| p.cancelled_while_sibling_succeeded)
     }
 }
 
@@ -303,10 +300,7 @@ pub fn analyze(history: &History, opts: &Options) -> Report {
     }
 
     Report {
-        workflows: by_workflow
-            .into_iter()
-            .map(|(name, runs)| analyze_workflow(name, &runs, &jobs_by_run, history))
-            .collect(),
+        workflows: by_workflow.into_iter().map(|(name, runs)| analyze_workflow(name, &runs, &jobs_by_run, history)).collect(),
         orphan_jobs: orphans.into_iter().map(|(run_id, jobs)| OrphanJobs { run_id, jobs }).collect(),
         notes: history.notes.clone(),
     }
@@ -395,12 +389,7 @@ fn stats(mut v: Vec<i64>) -> Option<DurationStats> {
     Some(DurationStats { count: n, median, p90: v[rank - 1], max: v[n - 1] })
 }
 
-fn analyze_workflow(
-    name: String,
-    runs: &[&Run],
-    jobs_by_run: &BTreeMap<u64, Vec<&Job>>,
-    history: &History,
-) -> WorkflowReport {
+fn analyze_workflow(name: String, runs: &[&Run], jobs_by_run: &BTreeMap<u64, Vec<&Job>>, history: &History) -> WorkflowReport {
     let mut groups: BTreeMap<String, Vec<&Run>> = BTreeMap::new();
     for r in runs {
         if let Some(g) = group_key(r) {
@@ -427,10 +416,7 @@ fn analyze_workflow(
             }
         };
         let group_runs: &[&Run] = group_key(r).and_then(|g| groups.get(&g)).map_or(&[], Vec::as_slice);
-        let jobs = jobs
-            .iter()
-            .map(|j| (normalize_job_name(&j.name), *j, classify_job(j, r, &jobs, group_runs, history)))
-            .collect();
+        let jobs = jobs.iter().map(|j| (normalize_job_name(&j.name), *j, classify_job(j, r, &jobs, group_runs, history))).collect();
         classified.push(Classified { run: r, jobs });
     }
 
@@ -620,9 +606,10 @@ fn labels_for(names: &BTreeSet<String>) -> BTreeMap<String, String> {
         .map(|n| {
             let (base, m) = split_matrix(n);
             let label = match m {
-                Some(m) if base_count.get(base).copied().unwrap_or(0) >= 2
-                    && value_count.get(m).copied().unwrap_or(0) == 1
-                    && !names.contains(m) =>
+                Some(m)
+                    if base_count.get(base).copied().unwrap_or(0) >= 2
+                        && value_count.get(m).copied().unwrap_or(0) == 1
+                        && !names.contains(m) =>
                 {
                     m.to_string()
                 }

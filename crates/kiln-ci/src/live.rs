@@ -191,11 +191,7 @@ impl Fetcher {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = self
-                .agent
-                .get(url)
-                .set("Accept", "application/vnd.github+json")
-                .set("X-GitHub-Api-Version", "2022-11-28");
+            let mut req = self.agent.get(url).set("Accept", "application/vnd.github+json").set("X-GitHub-Api-Version", "2022-11-28");
             if let Some(t) = &self.cfg.token {
                 req = req.set("Authorization", &format!("Bearer {}", t.0));
             }

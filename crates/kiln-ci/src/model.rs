@@ -124,18 +124,12 @@ impl Job {
     /// The check run that holds this job's annotations: the tail of `check_run_url`, which for
     /// Actions jobs equals the job id.
     pub fn check_run_id(&self) -> u64 {
-        self.check_run_url
-            .as_deref()
-            .and_then(|u| u.rsplit('/').next())
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(self.id)
+        self.check_run_url.as_deref().and_then(|u| u.rsplit('/').next()).and_then(|t| t.parse().ok()).unwrap_or(self.id)
     }
 
     /// Whether any step ever began; a job cancelled while queued has none.
     pub fn ever_started(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|s| s.started_at.is_some() && s.status != "queued" && s.status != "pending")
+        self.steps.iter().any(|s| s.started_at.is_some() && s.status != "queued" && s.status != "pending")
     }
 }
 

@@ -32,7 +32,10 @@ pub enum Document {
     Jobs(Vec<Job>),
     /// Annotations carry no check-run id; it comes from where the file was saved (see the module
     /// doc), `None` when that says nothing.
-    Annotations { check_run_id: Option<u64>, items: Vec<Annotation> },
+    Annotations {
+        check_run_id: Option<u64>,
+        items: Vec<Annotation>,
+    },
 }
 
 /// The ways of saving a check run's annotations that place them, as said to users.
@@ -107,14 +110,7 @@ fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
     i
 }
 
-fn classify_into(
-    path: &Path,
-    bytes: &[u8],
-    start: usize,
-    end: usize,
-    value: &Value,
-    docs: &mut Vec<Document>,
-) -> Result<(), ReadError> {
+fn classify_into(path: &Path, bytes: &[u8], start: usize, end: usize, value: &Value, docs: &mut Vec<Document>) -> Result<(), ReadError> {
     let segment = &bytes[start..end];
     match classify(value).map_err(|what| ReadError::NotCiData { path: path.to_path_buf(), what })? {
         Kind::RunsPage => docs.push(Document::Runs(typed::<RunsPage>(path, bytes, start, segment)?.workflow_runs)),

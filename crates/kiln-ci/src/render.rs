@@ -48,17 +48,11 @@ fn secs(d: &Option<DurationStats>, f: impl Fn(&DurationStats) -> i64) -> String 
 
 fn cancel_detail(j: &JobStats) -> String {
     let c = &j.cancelled;
-    let parts: Vec<String> = [
-        (c.superseded, "sup"),
-        (c.manual, "man"),
-        (c.before_start, "pre"),
-        (c.fail_fast, "ff"),
-        (c.unknown, "?"),
-    ]
-    .iter()
-    .filter(|(n, _)| *n > 0)
-    .map(|(n, k)| format!("{n} {k}"))
-    .collect();
+    let parts: Vec<String> = [(c.superseded, "sup"), (c.manual, "man"), (c.before_start, "pre"), (c.fail_fast, "ff"), (c.unknown, "?")]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, k)| format!("{n} {k}"))
+        .collect();
     if parts.is_empty() {
         c.total.to_string()
     } else {
@@ -66,9 +60,8 @@ fn cancel_detail(j: &JobStats) -> String {
     }
 }
 
-const HEAD: [&str; 13] = [
-    "job", "runs", "ok", "fail", "t/o", "skip", "cancelled", "cancel%", "median", "p90", "max", "queue p50", "cxl, sib ok",
-];
+const HEAD: [&str; 13] =
+    ["job", "runs", "ok", "fail", "t/o", "skip", "cancelled", "cancel%", "median", "p90", "max", "queue p50", "cxl, sib ok"];
 
 fn row(j: &JobStats) -> Vec<String> {
     vec![
@@ -145,7 +138,8 @@ cxl, sib ok = runs where the job was cancelled while a sibling job succeeded";
 
 fn tail_notes(report: &Report, out: &mut String, bullet: &str) {
     if !report.orphan_jobs.is_empty() {
-        let list: Vec<String> = report.orphan_jobs.iter().map(|o| format!("run {} ({})", o.run_id, crate::verdict::plural(o.jobs, "job", "jobs"))).collect();
+        let list: Vec<String> =
+            report.orphan_jobs.iter().map(|o| format!("run {} ({})", o.run_id, crate::verdict::plural(o.jobs, "job", "jobs"))).collect();
         let _ = writeln!(out, "{bullet}jobs whose run is not in the input (not counted): {}", list.join(", "));
     }
     if !report.notes.is_empty() {
@@ -256,12 +250,8 @@ const PAD: f64 = 50.0;
 
 /// Each job's wall time per run against the run's creation time.
 fn duration_chart(w: &WorkflowReport) -> String {
-    let pts: Vec<(usize, &crate::analyze::Point, i64)> = w
-        .jobs
-        .iter()
-        .enumerate()
-        .flat_map(|(i, j)| j.points.iter().filter_map(move |p| p.seconds.map(|s| (i, p, s))))
-        .collect();
+    let pts: Vec<(usize, &crate::analyze::Point, i64)> =
+        w.jobs.iter().enumerate().flat_map(|(i, j)| j.points.iter().filter_map(move |p| p.seconds.map(|s| (i, p, s)))).collect();
     let (Some(t0), Some(t1)) = (pts.iter().map(|p| p.1.at.0).min(), pts.iter().map(|p| p.1.at.0).max()) else {
         return String::new();
     };
@@ -299,7 +289,11 @@ fn duration_chart(w: &WorkflowReport) -> String {
             let title = format!("{} run {}: {} s, {}", j.label, p.run_id, v, outcome_word(&p.outcome));
             match p.outcome {
                 Outcome::Success => {
-                    let _ = writeln!(s, "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"3\" fill=\"none\" stroke=\"{color}\"><title>{}</title></circle>", esc(&title));
+                    let _ = writeln!(
+                        s,
+                        "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"3\" fill=\"none\" stroke=\"{color}\"><title>{}</title></circle>",
+                        esc(&title)
+                    );
                 }
                 Outcome::Cancelled(_) => {
                     let _ = writeln!(
@@ -311,12 +305,8 @@ fn duration_chart(w: &WorkflowReport) -> String {
                     );
                 }
                 _ => {
-                    let _ = writeln!(
-                        s,
-                        "<path d=\"M{cx:.1},{:.1}l4,7h-8z\" fill=\"{color}\"><title>{}</title></path>",
-                        cy - 4.0,
-                        esc(&title)
-                    );
+                    let _ =
+                        writeln!(s, "<path d=\"M{cx:.1},{:.1}l4,7h-8z\" fill=\"{color}\"><title>{}</title></path>", cy - 4.0, esc(&title));
                 }
             }
         }
@@ -335,7 +325,9 @@ fn outcome_word(o: &Outcome) -> String {
         Outcome::Failure => "failure".into(),
         Outcome::TimedOut => "timed out".into(),
         Outcome::Skipped => "skipped".into(),
-        Outcome::Cancelled(k) => format!("cancelled ({})", serde_json::to_value(k).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
+        Outcome::Cancelled(k) => {
+            format!("cancelled ({})", serde_json::to_value(k).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
+        }
         Outcome::Other(s) => s.clone(),
         Outcome::InProgress => "in progress".into(),
     }
@@ -357,11 +349,8 @@ fn axes(s: &mut String, ymax: f64) {
 
 /// Successful durations of every job, binned together so the jobs' shapes can be compared.
 fn histogram(w: &WorkflowReport) -> String {
-    let per_job: Vec<Vec<i64>> = w
-        .jobs
-        .iter()
-        .map(|j| j.points.iter().filter(|p| p.outcome == Outcome::Success).filter_map(|p| p.seconds).collect())
-        .collect();
+    let per_job: Vec<Vec<i64>> =
+        w.jobs.iter().map(|j| j.points.iter().filter(|p| p.outcome == Outcome::Success).filter_map(|p| p.seconds).collect()).collect();
     let all: Vec<i64> = per_job.iter().flatten().copied().collect();
     let (Some(lo), Some(hi)) = (all.iter().min().copied(), all.iter().max().copied()) else {
         return String::new();

@@ -117,10 +117,8 @@ impl Synth {
         for (i, sc) in scenarios.iter().enumerate() {
             let run_id = 9_100_000_000 + i as u64 * 10;
             let created = t;
-            let superseding = matches!(
-                sc,
-                Scenario::BothSuperseded { .. } | Scenario::SlowCancelled { .. } | Scenario::SlowCancelledBeforeStart
-            );
+            let superseding =
+                matches!(sc, Scenario::BothSuperseded { .. } | Scenario::SlowCancelled { .. } | Scenario::SlowCancelledBeforeStart);
             let (qa, qb) = (rng.range(3, 20), rng.range(5, 60));
             let mut jobs = Vec::new();
             let mut notes: Vec<(u64, &str)> = Vec::new();
@@ -198,7 +196,8 @@ impl Synth {
             } else {
                 "success"
             };
-            let updated = jobs.iter().filter_map(|j| j["completed_at"].as_str().and_then(Timestamp::parse)).map(|t| t.0).max().unwrap_or(created);
+            let updated =
+                jobs.iter().filter_map(|j| j["completed_at"].as_str().and_then(Timestamp::parse)).map(|t| t.0).max().unwrap_or(created);
             let this_group = group.unwrap_or_else(|| if rng.range(0, 3) == 0 { 100 + i as u64 } else { 0 });
             s.runs.push(run(run_id, i as u64 + 1, this_group, created, updated, conclusion));
             s.jobs.insert(run_id, jobs);

@@ -31,11 +31,7 @@ pub(crate) fn verdict(w: &WorkflowReport) -> Vec<String> {
         return out;
     }
     let ran: Vec<&JobStats> = w.jobs.iter().filter(|j| j.runs > j.skipped).collect();
-    let Some(worst) = ran
-        .iter()
-        .copied()
-        .max_by(|a, b| a.red_marks().cmp(&b.red_marks()).then_with(|| b.name.cmp(&a.name)))
-    else {
+    let Some(worst) = ran.iter().copied().max_by(|a, b| a.red_marks().cmp(&b.red_marks()).then_with(|| b.name.cmp(&a.name))) else {
         out.push("Every job was skipped in every run.".into());
         return out;
     };
@@ -57,10 +53,7 @@ pub(crate) fn verdict(w: &WorkflowReport) -> Vec<String> {
             plural(cancels, "cancellation", "cancellations"),
         ));
     } else if red == 0 {
-        out.push(format!(
-            "No red marks: every job of the {} succeeded or was skipped.",
-            plural(w.runs_with_jobs, "run", "runs")
-        ));
+        out.push(format!("No red marks: every job of the {} succeeded or was skipped.", plural(w.runs_with_jobs, "run", "runs")));
     } else {
         let fails = worst.failure + worst.timed_out;
         let mut s = if worst.cancelled.total * 2 > red {
@@ -111,12 +104,7 @@ pub(crate) fn verdict(w: &WorkflowReport) -> Vec<String> {
                     pct(l.cancelled.total, l.runs)
                 ));
                 let n = w.pair(&m.label, &l.label);
-                out.push(format!(
-                    "In {} {} was cancelled while {} succeeded.",
-                    plural(n, "run", "runs"),
-                    m.label,
-                    l.label
-                ));
+                out.push(format!("In {} {} was cancelled while {} succeeded.", plural(n, "run", "runs"), m.label, l.label));
             }
         }
         if worst.cancelled.total > 0 {
@@ -170,11 +158,7 @@ pub(crate) fn verdict(w: &WorkflowReport) -> Vec<String> {
         .map(|f| format!("run {}: {} of {} jobs ({})", f.run.label(), f.failed_jobs.len(), f.jobs_in_run, f.failed_jobs.join(", ")))
         .collect();
     if !some.is_empty() {
-        out.push(format!(
-            "{} hit some jobs but not all: {}.",
-            plural(some.len(), "failure", "failures"),
-            some.join("; ")
-        ));
+        out.push(format!("{} hit some jobs but not all: {}.", plural(some.len(), "failure", "failures"), some.join("; ")));
     }
     if !w.runs_missing_jobs.is_empty() {
         let ids: Vec<String> = w.runs_missing_jobs.iter().take(10).map(|r| r.id.to_string()).collect();

@@ -38,10 +38,8 @@ fn check_layout(layout: impl Fn(usize) -> Option<Layout> + Copy) {
             assert_eq!(got_o.get(key), Some(cause), "seed {seed}: {key:?}");
         }
         // The test means something: some superseded cancels are shown by their annotation alone.
-        let by_annotation_only = causes
-            .iter()
-            .filter(|(k, c)| c.as_str() == "cancelled/superseded" && without_o[*k] == "cancelled/unknown")
-            .count();
+        let by_annotation_only =
+            causes.iter().filter(|(k, c)| c.as_str() == "cancelled/superseded" && without_o[*k] == "cancelled/unknown").count();
         assert!(by_annotation_only > 0, "seed {seed}: inference alone already explains every cancel");
         assert_eq!(got, flat, "seed {seed}: the layout changed the report");
         assert_eq!(got["notes"], json!([]), "seed {seed}: every annotation file should be placed");

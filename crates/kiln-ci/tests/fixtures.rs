@@ -143,20 +143,14 @@ fn the_whole_directory_reads_and_lists_what_it_did_not_use() {
     assert!(run_ids.len() >= 186, "SOURCES.md promises 186 unique REST runs, walk found {}", run_ids.len());
     assert_eq!(history.runs.len(), run_ids.len());
     assert_eq!(history.jobs.len(), job_ids.len());
-    let refused: Vec<&str> = history
-        .notes
-        .iter()
-        .filter(|n| n.reason.starts_with("refused"))
-        .map(|n| n.file.as_str())
-        .collect();
+    let refused: Vec<&str> = history.notes.iter().filter(|n| n.reason.starts_with("refused")).map(|n| n.file.as_str()).collect();
     let want: Vec<String> = expectations().into_iter().filter(|(_, e)| *e == Expect::Refused).map(|(f, _)| f).collect();
     assert_eq!(refused, want.iter().map(String::as_str).collect::<Vec<_>>());
     // The one annotation file named after its check run is read under that id; the others are
     // listed as unused. So is that one, once: no job in the fixtures is check run 112800869472
     // (SOURCES.md: the zlxlabs job `probe` was not captured).
     assert_eq!(history.annotations.get(&112_800_869_472).map(Vec::len), Some(5));
-    let unused: Vec<&str> =
-        history.notes.iter().filter(|n| n.reason.contains("annotation(s) not used")).map(|n| n.file.as_str()).collect();
+    let unused: Vec<&str> = history.notes.iter().filter(|n| n.reason.contains("annotation(s) not used")).map(|n| n.file.as_str()).collect();
     assert_eq!(unused.len(), 4, "{unused:?}");
     let zlx = "zlxlabs-ci-templates__check-run-112800869472-annotations.json";
     let zlx_notes: Vec<_> = history.notes.iter().filter(|n| n.file == zlx).collect();
@@ -167,11 +161,8 @@ fn the_whole_directory_reads_and_lists_what_it_did_not_use() {
     let total: usize = report.workflows.iter().map(|w| w.runs).sum();
     assert_eq!(total, run_ids.len(), "no run may be dropped");
     // cascade run 34616832399 is the one real run with a full job list: 18 jobs, 8 failed.
-    let cascade = report
-        .workflows
-        .iter()
-        .find(|w| w.workflow == "acamarata/cascade .github/workflows/ci.yml")
-        .expect("cascade ci workflow");
+    let cascade =
+        report.workflows.iter().find(|w| w.workflow == "acamarata/cascade .github/workflows/ci.yml").expect("cascade ci workflow");
     assert_eq!(cascade.runs_with_jobs, 1);
     assert_eq!(cascade.jobs.len(), 18);
     assert_eq!(cascade.jobs.iter().map(|j| j.failure).sum::<usize>(), 8);

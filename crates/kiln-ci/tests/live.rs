@@ -58,7 +58,10 @@ fn replays_recorded_pages_following_link_headers() {
         if path == "/repos/o/r/actions/workflows/ci.yml/runs" {
             let mut r = Resp::json(fixture(RUN_PAGES[page - 1]));
             if page < RUN_PAGES.len() {
-                r = r.header("Link", format!("<{base}{path}?per_page=100&page={}>; rel=\"next\", <{base}{path}?page=4>; rel=\"last\"", page + 1));
+                r = r.header(
+                    "Link",
+                    format!("<{base}{path}?per_page=100&page={}>; rel=\"next\", <{base}{path}?page=4>; rel=\"last\"", page + 1),
+                );
             }
             return r;
         }

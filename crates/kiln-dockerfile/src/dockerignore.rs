@@ -301,9 +301,7 @@ impl Matcher {
         // is a `dir/**`-style prefix that every entry below starts with.
         let dir_slash = format!("{dir}/");
         let cover = self.patterns.iter().rposition(|p| {
-            !p.exclusion
-                && (p.matches_or_parent(dir)
-                    || (p.kind == Kind::Prefix && dir_slash.starts_with(&p.text[..p.text.len() - 2])))
+            !p.exclusion && (p.matches_or_parent(dir) || (p.kind == Kind::Prefix && dir_slash.starts_with(&p.text[..p.text.len() - 2])))
         });
         let Some(cover) = cover else { return false };
         // Exceptions before the cover are overridden by it; only later ones

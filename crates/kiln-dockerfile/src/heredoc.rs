@@ -70,15 +70,10 @@ fn parse_heredoc(word: &str) -> Result<Option<HeredocSpec>, (String, String)> {
 }
 
 /// BuildKit's `Lex.ProcessWords` with an empty environment, `SkipUnsetEnv` set and `\` as escape.
-pub(crate) fn process_words(
-    input: &str,
-    raw_quotes: bool,
-    raw_escapes: bool,
-) -> Result<Vec<String>, String> {
+pub(crate) fn process_words(input: &str, raw_quotes: bool, raw_escapes: bool) -> Result<Vec<String>, String> {
     // Go's text/scanner drops a byte-order mark at the very start of its input.
     let input = input.strip_prefix('\u{feff}').unwrap_or(input);
-    let mut lx =
-        Lexer { chars: input.chars().peekable(), raw_quotes, raw_escapes, depth: 0, hint: input.len() };
+    let mut lx = Lexer { chars: input.chars().peekable(), raw_quotes, raw_escapes, depth: 0, hint: input.len() };
     let (_, words) = lx.process_stop_on(None, raw_escapes)?;
     Ok(words)
 }
@@ -143,11 +138,7 @@ impl Lexer<'_> {
         self.chars.peek().copied()
     }
 
-    fn process_stop_on(
-        &mut self,
-        stop: Option<char>,
-        raw_escapes: bool,
-    ) -> Result<(String, Vec<String>), String> {
+    fn process_stop_on(&mut self, stop: Option<char>, raw_escapes: bool) -> Result<(String, Vec<String>), String> {
         if self.depth >= MAX_NESTING {
             return Err("substitutions nested too deeply".into());
         }
@@ -240,11 +231,7 @@ impl Lexer<'_> {
         }
         loop {
             match self.chars.next() {
-                None => {
-                    return Err(
-                        "unexpected end of statement while looking for matching single-quote".into()
-                    )
-                }
+                None => return Err("unexpected end of statement while looking for matching single-quote".into()),
                 Some('\'') => {
                     if self.raw_quotes {
                         result.push('\'');
@@ -264,11 +251,7 @@ impl Lexer<'_> {
         }
         loop {
             match self.peek() {
-                None => {
-                    return Err(
-                        "unexpected end of statement while looking for matching double-quote".into()
-                    )
-                }
+                None => return Err("unexpected end of statement while looking for matching double-quote".into()),
                 Some('"') => {
                     self.chars.next();
                     if self.raw_quotes {
@@ -399,14 +382,7 @@ fn is_go_letter(c: char) -> bool {
     if c.is_ascii() {
         return c.is_ascii_alphabetic();
     }
-    matches!(
-        get_general_category(c),
-        G::UppercaseLetter
-            | G::LowercaseLetter
-            | G::TitlecaseLetter
-            | G::ModifierLetter
-            | G::OtherLetter
-    )
+    matches!(get_general_category(c), G::UppercaseLetter | G::LowercaseLetter | G::TitlecaseLetter | G::ModifierLetter | G::OtherLetter)
 }
 
 #[cfg(test)]
@@ -422,10 +398,7 @@ mod tests {
         assert_eq!(heredocs_from_line("RUN <<EOF").unwrap(), vec![h("EOF", true, false, 0)]);
         assert_eq!(heredocs_from_line("RUN <<-EOT").unwrap(), vec![h("EOT", true, true, 0)]);
         assert_eq!(heredocs_from_line("RUN <<'EOF'").unwrap(), vec![h("EOF", false, false, 0)]);
-        assert_eq!(heredocs_from_line(r#"COPY <<"A" <<B /d"#).unwrap(), vec![
-            h("A", false, false, 0),
-            h("B", true, false, 0)
-        ]);
+        assert_eq!(heredocs_from_line(r#"COPY <<"A" <<B /d"#).unwrap(), vec![h("A", false, false, 0), h("B", true, false, 0)]);
         assert_eq!(heredocs_from_line("RUN 3<<EOF cat").unwrap(), vec![h("EOF", true, false, 3)]);
         assert_eq!(heredocs_from_line("RUN cat<<EOF").unwrap(), vec![]);
         assert_eq!(heredocs_from_line("RUN <<EOF\"").unwrap(), vec![]);

@@ -679,14 +679,12 @@ fn parse_healthcheck(node: &Node, kw: &str) -> Result<Instruction, ErrorKind> {
     if !kind.eq_ignore_ascii_case("cmd") {
         return Err(args_error(kw, &format!("has an unknown type {kind:?}: expected CMD or NONE")));
     }
-    let flags = Flags::parse(
-        node,
-        kw,
-        &[("interval", Str), ("timeout", Str), ("start-period", Str), ("start-interval", Str), ("retries", Str)],
-    )?;
+    let flags =
+        Flags::parse(node, kw, &[("interval", Str), ("timeout", Str), ("start-period", Str), ("start-interval", Str), ("retries", Str)])?;
     let duration = |name: &str| -> Result<Option<Duration>, ErrorKind> {
         let Some(v) = flags.string(name) else { return Ok(None) };
-        let bad = || ErrorKind::BadFlagValue { flag: name.into(), value: v.clone(), expected: "a duration of at least 1ms, e.g. 30s".into() };
+        let bad =
+            || ErrorKind::BadFlagValue { flag: name.into(), value: v.clone(), expected: "a duration of at least 1ms, e.g. 30s".into() };
         let d = parse_go_duration(&v).ok_or_else(bad)?;
         if !d.is_zero() && d < Duration::from_millis(1) {
             return Err(bad());

@@ -329,10 +329,8 @@ mod tests {
 
     #[test]
     fn invalid() {
-        for t in [
-            "[", "[\"a\"", "['a']", "[\"a\",]", "[\"a\"] x", "echo", "[01]", "[1.]", "[\"\t\"]",
-            "[\"\\x\"]", "[{\"a\" 1}]", "[tru]",
-        ] {
+        for t in ["[", "[\"a\"", "['a']", "[\"a\",]", "[\"a\"] x", "echo", "[01]", "[1.]", "[\"\t\"]", "[\"\\x\"]", "[{\"a\" 1}]", "[tru]"]
+        {
             assert_eq!(parse_json_array(t), JsonForm::Invalid, "{t}");
         }
         let deep = "[".repeat(20_000);

@@ -154,12 +154,7 @@ impl<'a> Parser<'a> {
             },
             pos: 0,
             current_line: 0,
-            d: DirectiveState {
-                escape: '\\',
-                done: false,
-                line: 0,
-                found: Directives::default(),
-            },
+            d: DirectiveState { escape: '\\', done: false, line: 0, found: Directives::default() },
         }
     }
 
@@ -168,11 +163,7 @@ impl<'a> Parser<'a> {
     fn next_line(&mut self) -> Result<Option<&'a str>, ParseError> {
         let Some(l) = self.lines.get(self.pos).copied() else { return Ok(None) };
         if l.len() > MAX_LINE || (l.len() == MAX_LINE && !l.ends_with('\n')) {
-            return Err(ParseError::new(
-                self.current_line + 1,
-                1,
-                ParseErrorKind::LineTooLong(MAX_LINE - 1),
-            ));
+            return Err(ParseError::new(self.current_line + 1, 1, ParseErrorKind::LineTooLong(MAX_LINE - 1)));
         }
         self.pos += 1;
         Ok(Some(l))
@@ -180,11 +171,7 @@ impl<'a> Parser<'a> {
 
     /// BuildKit's `processLine`: trim the newline (and leading space on first lines), look for a
     /// directive, and blank out a line that is a comment.
-    fn process_line(
-        &mut self,
-        raw: &'a str,
-        strip_left: bool,
-    ) -> Result<(&'a str, bool), ParseErrorKind> {
+    fn process_line(&mut self, raw: &'a str, strip_left: bool) -> Result<(&'a str, bool), ParseErrorKind> {
         let mut token = trim_newline(raw);
         if strip_left {
             token = token.trim_start_matches(is_go_space);
@@ -225,9 +212,7 @@ impl<'a> Parser<'a> {
                     comments.push(c.to_string());
                 }
             }
-            let (processed, directive) = self
-                .process_line(raw, true)
-                .map_err(|k| ParseError::new(self.current_line + 1, 1, k))?;
+            let (processed, directive) = self.process_line(raw, true).map_err(|k| ParseError::new(self.current_line + 1, 1, k))?;
             if directive {
                 comments.pop();
             }
@@ -243,9 +228,7 @@ impl<'a> Parser<'a> {
             let mut empty_continuation = false;
             while !end_of_line {
                 let Some(raw) = self.next_line()? else { break };
-                let (processed, _) = self
-                    .process_line(raw, false)
-                    .map_err(|k| ParseError::new(self.current_line + 1, 1, k))?;
+                let (processed, _) = self.process_line(raw, false).map_err(|k| ParseError::new(self.current_line + 1, 1, k))?;
                 self.current_line += 1;
                 if is_comment(raw) {
                     continue;
@@ -259,20 +242,15 @@ impl<'a> Parser<'a> {
                 line.push_str(part);
             }
             if empty_continuation {
-                warnings.push(Warning {
-                    message: format!("Empty continuation line found in: {line}"),
-                    line: self.current_line,
-                });
+                warnings.push(Warning { message: format!("Empty continuation line found in: {line}"), line: self.current_line });
             }
 
-            let mut child = new_node_from_line(&line, self.d.escape, 0)
-                .map_err(|k| ParseError::new(start_line, start_col, k))?;
+            let mut child = new_node_from_line(&line, self.d.escape, 0).map_err(|k| ParseError::new(start_line, start_col, k))?;
             child.prev_comment = std::mem::take(&mut comments);
 
             if can_contain_heredoc(&child) && line.contains("<<") {
-                let specs = heredocs_from_line(&line).map_err(|(w, e)| {
-                    ParseError::new(start_line, start_col, ParseErrorKind::HeredocDelimiter(w, e))
-                })?;
+                let specs = heredocs_from_line(&line)
+                    .map_err(|(w, e)| ParseError::new(start_line, start_col, ParseErrorKind::HeredocDelimiter(w, e)))?;
                 for spec in specs {
                     let mut content = String::new();
                     let mut terminated = false;
@@ -289,11 +267,7 @@ impl<'a> Parser<'a> {
                         content.push_str(body);
                     }
                     if !terminated {
-                        return Err(ParseError::new(
-                            start_line,
-                            start_col,
-                            ParseErrorKind::UnterminatedHeredoc(spec.name),
-                        ));
+                        return Err(ParseError::new(start_line, start_col, ParseErrorKind::UnterminatedHeredoc(spec.name)));
                     }
                     child.heredocs.push(Heredoc {
                         name: spec.name,
@@ -315,13 +289,7 @@ impl<'a> Parser<'a> {
             return Err(ParseError::new(self.current_line.max(1), 1, ParseErrorKind::NoInstructions));
         };
         let (start_line, end_line) = (first.start_line, last.end_line);
-        Ok(Dockerfile {
-            children,
-            directives: self.d.found,
-            start_line,
-            end_line,
-            warnings,
-        })
+        Ok(Dockerfile { children, directives: self.d.found, start_line, end_line, warnings })
     }
 }
 
@@ -394,13 +362,7 @@ fn new_node_from_line(line: &str, escape: char, depth: usize) -> Result<Node, Pa
         // Unknown instructions parse; BuildKit gives them one empty argument node.
         _ => (vec![Node::arg("")], false),
     };
-    Ok(Node {
-        value: keyword,
-        args,
-        flags,
-        json,
-        ..Node::default()
-    })
+    Ok(Node { value: keyword, args, flags, json, ..Node::default() })
 }
 
 /// BuildKit's `extractBuilderFlags`: leading `--words` (quotes removed, `\` escapes the next byte)

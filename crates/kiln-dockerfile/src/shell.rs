@@ -161,13 +161,7 @@ impl Default for Lexer {
 impl Lexer {
     /// A lexer for a Dockerfile whose escape character is `escape`.
     pub fn new(escape: char) -> Lexer {
-        Lexer {
-            escape,
-            raw_quotes: false,
-            raw_escapes: false,
-            skip_process_quotes: false,
-            skip_unset_env: false,
-        }
+        Lexer { escape, raw_quotes: false, raw_escapes: false, skip_process_quotes: false, skip_unset_env: false }
     }
 
     /// The escape character.
@@ -572,10 +566,7 @@ fn is_letter(c: char) -> bool {
     if c.is_ascii() {
         return c.is_ascii_alphabetic();
     }
-    matches!(
-        get_general_category(c),
-        G::UppercaseLetter | G::LowercaseLetter | G::TitlecaseLetter | G::ModifierLetter | G::OtherLetter
-    )
+    matches!(get_general_category(c), G::UppercaseLetter | G::LowercaseLetter | G::TitlecaseLetter | G::ModifierLetter | G::OtherLetter)
 }
 
 /// Go's `unicode.IsDigit`: general category Nd.
@@ -682,11 +673,7 @@ fn expand_template(out: &mut String, template: &str, whole: &str) {
             Some(b) => (true, b),
             None => (false, rest),
         };
-        let name_len: usize = body
-            .chars()
-            .take_while(|c| is_letter(*c) || is_digit(*c) || *c == '_')
-            .map(char::len_utf8)
-            .sum();
+        let name_len: usize = body.chars().take_while(|c| is_letter(*c) || is_digit(*c) || *c == '_').map(char::len_utf8).sum();
         if name_len == 0 || (braced && !body[name_len..].starts_with('}')) {
             out.push('$');
             continue;

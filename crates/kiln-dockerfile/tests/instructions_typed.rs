@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use kiln_dockerfile::instructions::{
-    parse_build, Build, CommandLine, CopySource, ErrorKind, Instruction, InstructionError, Mount, MountType, Network,
-    Security, Sharing,
+    parse_build, Build, CommandLine, CopySource, ErrorKind, Instruction, InstructionError, Mount, MountType, Network, Security, Sharing,
 };
 use kiln_dockerfile::parse_str;
 
@@ -120,10 +119,7 @@ fn mount_defaults_and_errors() {
     }
     let e = fails("FROM a\n\nRUN --mount=type=cache,sharing=sometimes echo\n");
     assert!(matches!(*e.kind, ErrorKind::Mount(_)));
-    assert!(
-        e.to_string().starts_with("Dockerfile:3: invalid --mount=\"type=cache,sharing=sometimes\": unsupported sharing value"),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("Dockerfile:3: invalid --mount=\"type=cache,sharing=sometimes\": unsupported sharing value"), "{e}");
     let e = fails("FROM a\nRUN --mount=from=$STAGE,target=/x true\n");
     assert!(e.to_string().contains("define alias stage instead"), "{e}");
     assert!(matches!(*fails("FROM a\nRUN --network=bridge x\n").kind, ErrorKind::BadFlagValue { .. }));
@@ -133,9 +129,9 @@ fn mount_defaults_and_errors() {
 
 #[test]
 fn copy_and_add_flags() {
-    let Instruction::Copy(c) = only(
-        "FROM a\nCOPY --from=build --chown=1:2 --chmod=0755 --link --parents --exclude=*.md --exclude=x a b /dst/\n",
-    ) else {
+    let Instruction::Copy(c) =
+        only("FROM a\nCOPY --from=build --chown=1:2 --chmod=0755 --link --parents --exclude=*.md --exclude=x a b /dst/\n")
+    else {
         panic!()
     };
     assert!(!c.add);
@@ -152,9 +148,7 @@ fn copy_and_add_flags() {
     assert!(c.add && c.keep_git_dir && !c.link);
     assert_eq!(c.checksum.as_deref(), Some("sha256:abc"));
 
-    let Instruction::Copy(c) = only("FROM a\nCOPY <<one <<-\"two\" /dst/\nfirst\none\n\tsecond\n\ttwo\n") else {
-        panic!()
-    };
+    let Instruction::Copy(c) = only("FROM a\nCOPY <<one <<-\"two\" /dst/\nfirst\none\n\tsecond\n\ttwo\n") else { panic!() };
     assert_eq!(c.sources.len(), 2);
     assert!(matches!(&c.sources[0], CopySource::Heredoc(h) if h.name == "one" && h.content == "first\n"));
     assert!(matches!(&c.sources[1], CopySource::Heredoc(h) if h.name == "two" && !h.expand));

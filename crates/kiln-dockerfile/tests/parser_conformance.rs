@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_dockerfile::parse_file;
 
-const BUILDKIT: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/conformance/buildkit/frontend/dockerfile/parser");
+const BUILDKIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/conformance/buildkit/frontend/dockerfile/parser");
 const REAL_WORLD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/conformance/real-world/files");
 
 fn case_dirs(dir: &Path) -> Vec<PathBuf> {

@@ -7,8 +7,7 @@ use kiln_dockerfile::{parse_str, ParseErrorKind};
 
 #[test]
 fn syntax_escape_and_check_are_recorded() {
-    let d = parse_str("# syntax=docker/dockerfile:1.7\n# escape=`\n#check=skip=JSONArgsRecommended;error=true\nFROM a\n")
-        .expect("parses");
+    let d = parse_str("# syntax=docker/dockerfile:1.7\n# escape=`\n#check=skip=JSONArgsRecommended;error=true\nFROM a\n").expect("parses");
     assert_eq!(d.directives.syntax.as_deref(), Some("docker/dockerfile:1.7"));
     assert_eq!(d.directives.escape, Some('`'));
     assert_eq!(d.directives.check.as_deref(), Some("skip=JSONArgsRecommended;error=true"));

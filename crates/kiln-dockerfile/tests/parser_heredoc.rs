@@ -20,10 +20,7 @@ fn node(d: &Dockerfile, i: usize) -> &Node {
 fn run_heredoc_body_is_kept_raw_and_not_parsed_as_instructions() {
     let d = parse("FROM alpine\nRUN <<EOF\n# not a comment here\necho hi \\\nFROM nope\nEOF\nRUN ls\n");
     assert_eq!(d.dump(), "(from \"alpine\")\n(run \"<<EOF\")\n(run \"ls\")\n");
-    assert_eq!(
-        node(&d, 1).heredocs,
-        vec![heredoc("EOF", "# not a comment here\necho hi \\\nFROM nope\n", true, false, 0)]
-    );
+    assert_eq!(node(&d, 1).heredocs, vec![heredoc("EOF", "# not a comment here\necho hi \\\nFROM nope\n", true, false, 0)]);
     assert_eq!((node(&d, 1).start_line, node(&d, 1).end_line), (2, 6));
     assert_eq!((node(&d, 2).start_line, node(&d, 2).end_line), (7, 7));
 }
@@ -38,10 +35,7 @@ fn copy_heredoc_with_destination() {
 #[test]
 fn several_heredocs_are_read_in_order_each_with_its_own_terminator() {
     let d = parse("FROM a\nCOPY <<X <<Y /dest\nY\nX\nX\nY\n");
-    assert_eq!(
-        node(&d, 1).heredocs,
-        vec![heredoc("X", "Y\n", true, false, 0), heredoc("Y", "X\n", true, false, 0)]
-    );
+    assert_eq!(node(&d, 1).heredocs, vec![heredoc("X", "Y\n", true, false, 0), heredoc("Y", "X\n", true, false, 0)]);
     assert_eq!(node(&d, 1).end_line, 6);
 }
 
@@ -66,8 +60,7 @@ fn without_dash_a_tab_indented_terminator_is_body() {
 fn quoting_the_delimiter_turns_off_expansion() {
     let src = "FROM a\nRUN <<'A'\n$x\nA\nRUN <<\"B\"\n$x\nB\nRUN <<C\n$x\nC\nRUN <<eo'f'\n$x\neof\nRUN <<eo\\'f\n$x\neo'f\n";
     let d = parse(src);
-    let got: Vec<(String, bool)> =
-        d.children[1..].iter().map(|n| (n.heredocs[0].name.clone(), n.heredocs[0].expand)).collect();
+    let got: Vec<(String, bool)> = d.children[1..].iter().map(|n| (n.heredocs[0].name.clone(), n.heredocs[0].expand)).collect();
     let want = [("A", false), ("B", false), ("C", true), ("eof", false), ("eo'f", true)];
     assert_eq!(got, want.iter().map(|(n, e)| (n.to_string(), *e)).collect::<Vec<_>>());
 }

@@ -17,14 +17,10 @@ fn builder_flags_are_extracted_unquoted() {
          COPY --from=\"my stage\" x y\n",
     )
     .expect("parses");
-    let flags: Vec<Vec<&str>> =
-        d.children.iter().map(|c| c.flags.iter().map(String::as_str).collect()).collect();
+    let flags: Vec<Vec<&str>> = d.children.iter().map(|c| c.flags.iter().map(String::as_str).collect()).collect();
     assert_eq!(flags[0], ["--platform=$BUILDPLATFORM"]);
     assert_eq!(flags[1], ["--mount=type=cache,target=/root/.cache", "--network=none", "--security=insecure"]);
-    assert_eq!(
-        flags[2],
-        ["--from=build", "--chown=1000:1000", "--chmod=755", "--link", "--parents", "--exclude=*.md"]
-    );
+    assert_eq!(flags[2], ["--from=build", "--chown=1000:1000", "--chmod=755", "--link", "--parents", "--exclude=*.md"]);
     assert_eq!(flags[3], ["--checksum=sha256:abc", "--keep-git-dir=true"]);
     assert_eq!(flags[4], ["--from=my stage"]);
     assert_eq!(d.children[2].flag("from"), Some("build"));
@@ -36,16 +32,12 @@ fn builder_flags_are_extracted_unquoted() {
 
 #[test]
 fn json_and_shell_forms() {
-    let d = parse_str("CMD [\"a\", \"b c\"]\nCMD a [\"b\"]\nRUN [ \"x\"\nENTRYPOINT []\nSHELL [\"pwsh\", \"-c\"]\n")
-        .expect("parses");
+    let d = parse_str("CMD [\"a\", \"b c\"]\nCMD a [\"b\"]\nRUN [ \"x\"\nENTRYPOINT []\nSHELL [\"pwsh\", \"-c\"]\n").expect("parses");
     assert!(d.children[0].json);
     assert!(!d.children[1].json);
     assert!(!d.children[2].json, "unterminated JSON falls back to shell form");
     assert!(d.children[3].json && d.children[3].args.is_empty());
-    assert_eq!(
-        d.dump(),
-        "(cmd \"a\" \"b c\")\n(cmd \"a [\\\"b\\\"]\")\n(run \"[ \\\"x\\\"\")\n(entrypoint)\n(shell \"pwsh\" \"-c\")\n"
-    );
+    assert_eq!(d.dump(), "(cmd \"a\" \"b c\")\n(cmd \"a [\\\"b\\\"]\")\n(run \"[ \\\"x\\\"\")\n(entrypoint)\n(shell \"pwsh\" \"-c\")\n");
 }
 
 #[test]
@@ -150,9 +142,46 @@ fn lines_longer_than_buildkit_reads_are_rejected() {
 #[test]
 fn arbitrary_inputs_never_panic() {
     let pieces: &[&str] = &[
-        "FROM", "RUN", "COPY", "ONBUILD", "HEALTHCHECK", "ENV", "LABEL", "ARG", " ", "\t", "\n", "\r\n", "\\",
-        "`", "#", "# escape=`", "# syntax=x", "<<", "<<-", "EOF", "'", "\"", "[", "]", ",", "=", "--", "--a=",
-        "${", "}", "$x", ":-", "é", "\u{a0}", "\u{feff}", "\u{85}", "0", "3<<", "{", "}",
+        "FROM",
+        "RUN",
+        "COPY",
+        "ONBUILD",
+        "HEALTHCHECK",
+        "ENV",
+        "LABEL",
+        "ARG",
+        " ",
+        "\t",
+        "\n",
+        "\r\n",
+        "\\",
+        "`",
+        "#",
+        "# escape=`",
+        "# syntax=x",
+        "<<",
+        "<<-",
+        "EOF",
+        "'",
+        "\"",
+        "[",
+        "]",
+        ",",
+        "=",
+        "--",
+        "--a=",
+        "${",
+        "}",
+        "$x",
+        ":-",
+        "é",
+        "\u{a0}",
+        "\u{feff}",
+        "\u{85}",
+        "0",
+        "3<<",
+        "{",
+        "}",
     ];
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..20_000 {

@@ -3,10 +3,7 @@
 
 use kiln_dockerfile::shell::{env_from_list, Lexer};
 
-const SHELL_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/conformance/buildkit/frontend/dockerfile/shell"
-);
+const SHELL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/conformance/buildkit/frontend/dockerfile/shell");
 
 fn read(name: &str) -> String {
     let path = format!("{SHELL_DIR}/{name}");

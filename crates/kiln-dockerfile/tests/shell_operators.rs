@@ -42,16 +42,8 @@ fn pattern_operators() {
         ("${FOO##*/}", &[("FOO", "a/b/c")], "c"),
         ("${FOO:#a}", &[("FOO", "abc")], "bc"),
         ("${UNSET#a}", &[], ""),
-        (
-            "${FOO/$NEEDLE/.} - ${FOO//$NEEDLE/.}",
-            &[("FOO", "/foo*/*/*.txt"), ("NEEDLE", r"\*/")],
-            "/foo.*/*.txt - /foo..*.txt",
-        ),
-        (
-            "${FOO/$NEEDLE/} - ${FOO//$NEEDLE/}",
-            &[("FOO", "/tmp/tmp/bar.txt"), ("NEEDLE", "/tmp")],
-            "/tmp/bar.txt - /bar.txt",
-        ),
+        ("${FOO/$NEEDLE/.} - ${FOO//$NEEDLE/.}", &[("FOO", "/foo*/*/*.txt"), ("NEEDLE", r"\*/")], "/foo.*/*.txt - /foo..*.txt"),
+        ("${FOO/$NEEDLE/} - ${FOO//$NEEDLE/}", &[("FOO", "/tmp/tmp/bar.txt"), ("NEEDLE", "/tmp")], "/tmp/bar.txt - /bar.txt"),
         (
             "${FOO/$NEEDLE/$REPLACEMENT} - ${FOO//$NEEDLE/$REPLACEMENT}",
             &[("FOO", "/a/foo/b/c.txt"), ("NEEDLE", "/?/"), ("REPLACEMENT", "/")],

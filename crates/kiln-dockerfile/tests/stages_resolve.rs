@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use kiln_dockerfile::instructions::resolve::BaseConfig;
 use kiln_dockerfile::instructions::{
-    parse_build, resolve, CommandLine, CopySource, ErrorKind, Instruction, InstructionError, PlatformArgs,
-    ResolveOptions, Resolved, Source,
+    parse_build, resolve, CommandLine, CopySource, ErrorKind, Instruction, InstructionError, PlatformArgs, ResolveOptions, Resolved, Source,
 };
 use kiln_dockerfile::parse_str;
 

@@ -68,9 +68,7 @@ impl Digest {
             "sha512" => Algorithm::Sha512,
             "" => return Err(invalid("empty algorithm")),
             other => {
-                let valid_name = other
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c));
+                let valid_name = other.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c));
                 if !valid_name {
                     return Err(invalid("algorithm contains characters outside [a-z0-9+._-]"));
                 }
@@ -361,10 +359,7 @@ mod tests {
         ] {
             assert!(Digest::parse(bad).is_err(), "{bad:?} should be rejected");
         }
-        assert!(matches!(
-            Digest::parse("md5:d41d8cd98f00b204e9800998ecf8427e"),
-            Err(DigestError::UnsupportedAlgorithm { .. })
-        ));
+        assert!(matches!(Digest::parse("md5:d41d8cd98f00b204e9800998ecf8427e"), Err(DigestError::UnsupportedAlgorithm { .. })));
         let d512 = format!("sha512:{}", "a".repeat(128));
         assert_eq!(Digest::parse(&d512).unwrap().algorithm(), Algorithm::Sha512);
     }

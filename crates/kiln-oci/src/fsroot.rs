@@ -32,7 +32,13 @@ const MAX_SYMLINKS: u32 = 40;
 #[derive(Debug, thiserror::Error)]
 pub enum RootError {
     #[error("{op} {path:?} inside {root}: {source}")]
-    Io { op: &'static str, root: PathBuf, path: String, #[source] source: io::Error },
+    Io {
+        op: &'static str,
+        root: PathBuf,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("resolving {path:?} inside {root}: too many levels of symbolic links")]
     Loop { root: PathBuf, path: String },
     #[error("resolving {path:?} inside {root}: {component:?} is not a directory")]

@@ -15,20 +15,20 @@
 
 pub mod config;
 pub mod digest;
+pub mod fsroot;
+pub mod layer;
 pub mod manifest;
 pub mod media;
+pub mod parallel;
 pub mod platform;
 pub mod reference;
 pub mod select;
 pub mod store;
-pub mod fsroot;
-pub mod layer;
-pub mod parallel;
 
 pub use config::{ContainerConfig, History, ImageConfig, RootFs};
 pub use digest::{Algorithm, Digest, DigestError, DigestWriter, Hasher, VerifyingReader};
-pub use parallel::run_parallel;
 pub use manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError, Raw};
+pub use parallel::run_parallel;
 pub use platform::{Platform, PlatformError};
 pub use reference::{Reference, ReferenceError};
 pub use select::PlatformImage;

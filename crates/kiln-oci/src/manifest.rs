@@ -15,7 +15,11 @@ use crate::platform::Platform;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("manifest is not valid JSON of type {media_type}: {source}")]
-    Json { media_type: String, #[source] source: serde_json::Error },
+    Json {
+        media_type: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("unsupported manifest media type {0:?}; kiln reads OCI and Docker schema2 manifests and indexes")]
     Unsupported(String),
     #[error("Docker schema1 manifests ({0}) are not supported; re-push the image with a current client")]
@@ -152,10 +156,7 @@ impl Manifest {
     /// names a manifest type, else from the body's `mediaType`, else from the body's shape.
     pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, ManifestError> {
         let header = content_type.map(|c| c.split(';').next().unwrap_or("").trim()).filter(|c| {
-            media::is_image_manifest(c)
-                || media::is_index(c)
-                || *c == media::DOCKER_MANIFEST_V1
-                || *c == media::DOCKER_MANIFEST_V1_SIGNED
+            media::is_image_manifest(c) || media::is_index(c) || *c == media::DOCKER_MANIFEST_V1 || *c == media::DOCKER_MANIFEST_V1_SIGNED
         });
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
@@ -309,8 +310,8 @@ mod tests {
     fn header_media_type_wins_and_shape_is_the_last_resort() {
         let no_type = r#"{"schemaVersion":2,"manifests":[]}"#;
         assert_eq!(Manifest::parse(no_type.as_bytes(), None).unwrap().media_type(), media::OCI_INDEX);
-        let m = Manifest::parse(no_type.as_bytes(), Some("application/vnd.docker.distribution.manifest.list.v2+json; charset=utf-8"))
-            .unwrap();
+        let m =
+            Manifest::parse(no_type.as_bytes(), Some("application/vnd.docker.distribution.manifest.list.v2+json; charset=utf-8")).unwrap();
         assert_eq!(m.media_type(), media::DOCKER_MANIFEST_LIST);
         let v1 = r#"{"schemaVersion":1,"name":"x"}"#;
         assert!(matches!(Manifest::parse(v1.as_bytes(), None), Err(ManifestError::Schema1(_))));

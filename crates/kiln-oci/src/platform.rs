@@ -78,13 +78,10 @@ impl Platform {
         let variant = p.variant.take().map(|v| v.to_lowercase()).unwrap_or_default();
         let (arch, variant) = match arch.as_str() {
             "i386" | "i486" | "i586" | "i686" | "386" => ("386".to_string(), String::new()),
-            "x86_64" | "x86-64" | "amd64" => {
-                ("amd64".to_string(), if variant == "v1" { String::new() } else { variant })
+            "x86_64" | "x86-64" | "amd64" => ("amd64".to_string(), if variant == "v1" { String::new() } else { variant }),
+            "aarch64" | "arm64" => {
+                ("arm64".to_string(), if matches!(variant.as_str(), "8" | "v8" | "v8.0") { String::new() } else { variant })
             }
-            "aarch64" | "arm64" => (
-                "arm64".to_string(),
-                if matches!(variant.as_str(), "8" | "v8" | "v8.0") { String::new() } else { variant },
-            ),
             "armhf" => ("arm".to_string(), "v7".to_string()),
             "armel" => ("arm".to_string(), "v6".to_string()),
             "arm" => {

@@ -108,11 +108,8 @@ impl Store {
                     return Ok(desc);
                 }
                 Manifest::Index(ix) => {
-                    let matching: Vec<&Descriptor> = ix
-                        .manifests
-                        .iter()
-                        .filter(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
-                        .collect();
+                    let matching: Vec<&Descriptor> =
+                        ix.manifests.iter().filter(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p))).collect();
                     // Of two entries for one platform, one that is here beats one that is not.
                     let pick = matching.iter().find(|d| self.has_blob(&d.digest)).or(matching.first());
                     let Some(child) = pick else {

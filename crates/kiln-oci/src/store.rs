@@ -41,17 +41,34 @@ const COPY_BUF: usize = 256 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, #[source] source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("blob {digest} is not in the store at {store}; pull or import the image first")]
     BlobNotFound { digest: Digest, store: PathBuf },
     #[error(transparent)]
     Digest(#[from] DigestError),
     #[error("{path} is not a valid OCI index: {source}; restore it or remove the store to start over")]
-    CorruptIndex { path: PathBuf, #[source] source: serde_json::Error },
+    CorruptIndex {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("manifest {digest} in the store: {source}")]
-    Manifest { digest: Digest, #[source] source: ManifestError },
+    Manifest {
+        digest: Digest,
+        #[source]
+        source: ManifestError,
+    },
     #[error("config {digest} in the store is not valid JSON: {source}")]
-    Config { digest: Digest, #[source] source: serde_json::Error },
+    Config {
+        digest: Digest,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The tag names an index that lists the platform, or an image for another platform, but that
     /// platform's image was never fetched: a pull of it fixes that.
     #[error("{} has no image for {} in the local store (it has: {}); {}", .0.reference, .0.wanted.join(", "), list_or_none(&.0.have), .0.hint)]
@@ -282,8 +299,7 @@ impl Store {
     /// Reads and parses a manifest blob, keeping its bytes.
     pub fn read_manifest(&self, desc: &Descriptor) -> Result<Raw<Manifest>, StoreError> {
         let bytes = self.read_blob(&desc.digest)?;
-        Raw::parse_manifest(bytes, Some(&desc.media_type))
-            .map_err(|source| StoreError::Manifest { digest: desc.digest.clone(), source })
+        Raw::parse_manifest(bytes, Some(&desc.media_type)).map_err(|source| StoreError::Manifest { digest: desc.digest.clone(), source })
     }
 
     /// Reads and parses a config blob, keeping its bytes.
@@ -322,8 +338,7 @@ impl Store {
             }
             if self.has_blob(digest) {
                 let bytes = self.read_blob(digest)?;
-                let m = Manifest::parse(&bytes, None)
-                    .map_err(|source| StoreError::Manifest { digest: digest.clone(), source })?;
+                let m = Manifest::parse(&bytes, None).map_err(|source| StoreError::Manifest { digest: digest.clone(), source })?;
                 return Ok(Some(Descriptor::new(m.media_type(), digest.clone(), bytes.len() as u64)));
             }
         }
@@ -453,10 +468,7 @@ impl Store {
     fn temp_path(&self, kind: &str) -> PathBuf {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         self.dir.join("ingest").join(format!("{kind}-{}-{n}-{nanos}.tmp", std::process::id()))
     }
 
@@ -466,13 +478,8 @@ impl Store {
 
     fn lock_file(&self, name: &str, op: rustix::fs::FlockOperation) -> Result<File, StoreError> {
         let path = self.dir.join(name);
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err("open lock file", &path))?;
+        let f =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_err("open lock file", &path))?;
         rustix::fs::flock(&f, op).map_err(|e| io_err("lock", &path)(e.into()))?;
         Ok(f)
     }

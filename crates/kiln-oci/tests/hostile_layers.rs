@@ -119,12 +119,7 @@ fn hard_link_to_outside_is_refused() {
 fn hard_link_to_a_symlink_pointing_out_cannot_write_outside() {
     let s = Sandbox::new();
     let abs = format!("{}/sentinel", s.outside.display());
-    let layer = RawTar::new()
-        .symlink("s", &abs)
-        .hardlink("h", "s")
-        .file("h", b"pwned via link")
-        .file("s", b"pwned via symlink")
-        .bytes();
+    let layer = RawTar::new().symlink("s", &abs).hardlink("h", "s").file("h", b"pwned via link").file("s", b"pwned via symlink").bytes();
     s.apply(&layer).unwrap();
     assert_eq!(fs::read(s.root.join("h")).unwrap(), b"pwned via link");
     assert_eq!(fs::read(s.root.join("s")).unwrap(), b"pwned via symlink");

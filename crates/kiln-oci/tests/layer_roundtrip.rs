@@ -10,8 +10,8 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use kiln_oci::layer::{
-    apply_layer, decompress, write_layer_from_dir, write_layer_from_entries, write_layer_from_overlay_upper,
-    write_layer_from_tar, write_layer_to_store, ApplyOptions, EntrySource, LayerEntry, WriteOptions,
+    apply_layer, decompress, write_layer_from_dir, write_layer_from_entries, write_layer_from_overlay_upper, write_layer_from_tar,
+    write_layer_to_store, ApplyOptions, EntrySource, LayerEntry, WriteOptions,
 };
 use kiln_oci::{Compression, Digest, Store};
 
@@ -131,7 +131,14 @@ fn describe(dir: &Path) -> BTreeMap<String, String> {
         let mtime = if md.is_dir() { 0 } else { md.mtime() };
         out.insert(
             rel,
-            format!("mode {:o} owner {}:{} rdev {} mtime {mtime} {content} xattrs {:?}", md.mode(), md.uid(), md.gid(), md.rdev(), xattrs(&p)),
+            format!(
+                "mode {:o} owner {}:{} rdev {} mtime {mtime} {content} xattrs {:?}",
+                md.mode(),
+                md.uid(),
+                md.gid(),
+                md.rdev(),
+                xattrs(&p)
+            ),
         );
     }
     out
@@ -283,7 +290,8 @@ fn import_style_tar_recompression_keeps_bytes() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     make_tree(&src, 1_700_000_000);
-    let (plain, info) = write_layer_from_dir(&src, Vec::new(), &WriteOptions { compression: Compression::None, source_date_epoch: None }).unwrap();
+    let (plain, info) =
+        write_layer_from_dir(&src, Vec::new(), &WriteOptions { compression: Compression::None, source_date_epoch: None }).unwrap();
     let (gz, info2) = write_layer_from_tar(&plain[..], Vec::new(), &WriteOptions::default()).unwrap();
     assert_eq!(info2.diff_id, info.diff_id);
     assert_eq!(info2.digest, Digest::sha256_of(&gz));

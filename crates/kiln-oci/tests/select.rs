@@ -54,7 +54,10 @@ fn a_partial_index_serves_what_it_has_and_names_what_it_lacks() {
     let e = store.require_all_platforms("r:1", &root).unwrap_err();
     assert!(e.to_string().starts_with("r:1 has no image for linux/arm64 in the local store (it has: linux/amd64)"), "{e}");
     let images = store.platform_images(&root).unwrap();
-    assert_eq!(images.iter().map(|i| (i.label(), i.present)).collect::<Vec<_>>(), vec![("linux/amd64".into(), true), ("linux/arm64".into(), false)]);
+    assert_eq!(
+        images.iter().map(|i| (i.label(), i.present)).collect::<Vec<_>>(),
+        vec![("linux/amd64".into(), true), ("linux/arm64".into(), false)]
+    );
 
     // gc keeps what is here and does not trip over what is not.
     store.tag_name("r:1", &root).unwrap();

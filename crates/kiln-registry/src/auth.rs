@@ -96,10 +96,7 @@ pub fn parse_challenges(header: &str) -> Vec<Challenge> {
             // A parameter before any scheme: ignore it.
             i = j + 1;
         } else {
-            out.push(Challenge {
-                scheme: word.to_string(),
-                params: BTreeMap::new(),
-            });
+            out.push(Challenge { scheme: word.to_string(), params: BTreeMap::new() });
         }
     }
     out
@@ -162,10 +159,7 @@ impl Scopes {
     }
     /// The scope strings as the token server wants them, one per repository.
     pub fn strings(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .map(|(repo, actions)| format!("repository:{repo}:{}", actions.join(",")))
-            .collect()
+        self.0.iter().map(|(repo, actions)| format!("repository:{repo}:{}", actions.join(","))).collect()
     }
     pub fn key(&self) -> String {
         self.strings().join(" ")
@@ -182,10 +176,7 @@ pub struct Token {
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token")
-            .field("value", &"<redacted>")
-            .field("lifetime", &self.lifetime)
-            .finish()
+        f.debug_struct("Token").field("value", &"<redacted>").field("lifetime", &self.lifetime).finish()
     }
 }
 
@@ -216,11 +207,7 @@ impl TokenResponse {
     pub fn into_token(self, obtained: Instant) -> Option<Token> {
         let value = self.token.or(self.access_token).filter(|t| !t.is_empty())?;
         let secs = self.expires_in.filter(|&s| s > 0).unwrap_or(60);
-        Some(Token {
-            value,
-            obtained,
-            lifetime: Duration::from_secs(secs),
-        })
+        Some(Token { value, obtained, lifetime: Duration::from_secs(secs) })
     }
 }
 
@@ -237,10 +224,7 @@ mod tests {
         assert!(c[0].is_bearer());
         assert_eq!(c[0].param("realm"), Some("https://auth.docker.io/token"));
         assert_eq!(c[0].param("service"), Some("registry.docker.io"));
-        assert_eq!(
-            c[0].param("scope"),
-            Some("repository:samalba/my-app:pull,push")
-        );
+        assert_eq!(c[0].param("scope"), Some("repository:samalba/my-app:pull,push"));
     }
 
     #[test]
@@ -272,29 +256,18 @@ mod tests {
         s.merge_challenge("repository:c:pull repository:d/e:push,pull");
         assert_eq!(
             s.strings(),
-            vec![
-                "repository:a/b:pull,push".to_string(),
-                "repository:c:pull".to_string(),
-                "repository:d/e:pull,push".to_string()
-            ]
+            vec!["repository:a/b:pull,push".to_string(), "repository:c:pull".to_string(), "repository:d/e:pull,push".to_string()]
         );
     }
 
     #[test]
     fn token_margin_is_relative_to_lifetime() {
         let t0 = Instant::now();
-        let t = Token {
-            value: "x".into(),
-            obtained: t0,
-            lifetime: Duration::from_secs(2),
-        };
+        let t = Token { value: "x".into(), obtained: t0, lifetime: Duration::from_secs(2) };
         assert!(t.fresh_at(t0));
         assert!(t.fresh_at(t0 + Duration::from_millis(1200)));
         assert!(!t.fresh_at(t0 + Duration::from_millis(1400)));
-        let long = Token {
-            lifetime: Duration::from_secs(300),
-            ..t.clone()
-        };
+        let long = Token { lifetime: Duration::from_secs(300), ..t.clone() };
         assert!(long.fresh_at(t0 + Duration::from_secs(260)));
         assert!(!long.fresh_at(t0 + Duration::from_secs(275)));
         assert!(!format!("{t:?}").contains("\"x\""));

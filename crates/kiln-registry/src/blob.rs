@@ -102,14 +102,7 @@ impl Client {
     /// Pushes one blob: skips it when the registry has it, tries a cross-repository mount when
     /// `mount_from` names a repository on the same registry, else uploads it (monolithic up to
     /// `monolithic_limit`, chunked above). `open` gives the content from any offset.
-    pub fn push_blob(
-        &self,
-        repo: &Repo,
-        digest: &Digest,
-        size: u64,
-        mount_from: Option<&str>,
-        open: &OpenAt<'_>,
-    ) -> Result<PushOutcome> {
+    pub fn push_blob(&self, repo: &Repo, digest: &Digest, size: u64, mount_from: Option<&str>, open: &OpenAt<'_>) -> Result<PushOutcome> {
         let reference = format!("{repo}@{digest}");
         let scopes = match mount_from {
             Some(from) if from != repo.name => Scopes::mount(&repo.name, from),
@@ -157,15 +150,7 @@ impl Client {
             url.push_str(&format!("?mount={}&from={}", pct_encode(&digest.to_string()), pct_encode(from)));
         }
         let resp = self.send_retrying(
-            Req {
-                method: "POST",
-                url,
-                headers: vec![("Content-Length", "0".into())],
-                body: Body::Empty,
-                repo,
-                scopes,
-                reference,
-            },
+            Req { method: "POST", url, headers: vec![("Content-Length", "0".into())], body: Body::Empty, repo, scopes, reference },
             None,
             true,
         )?;
@@ -265,11 +250,7 @@ impl Client {
                 method: "PUT",
                 url: put_url,
                 headers: vec![("Content-Type", "application/octet-stream".into())],
-                body: if rest == 0 {
-                    Body::Empty
-                } else {
-                    Body::Stream { len: rest, open: &opener }
-                },
+                body: if rest == 0 { Body::Empty } else { Body::Stream { len: rest, open: &opener } },
                 repo,
                 scopes,
                 reference,
@@ -288,15 +269,7 @@ impl Client {
     /// `GET` on an upload session: how many bytes it holds (`Range: 0-N`), or `None` if it is gone.
     fn upload_status(&self, repo: &Repo, location: &str, scopes: &Scopes, reference: &str) -> Result<Option<u64>> {
         let r = self.send_retrying(
-            Req {
-                method: "GET",
-                url: location.to_string(),
-                headers: vec![],
-                body: Body::Empty,
-                repo,
-                scopes,
-                reference,
-            },
+            Req { method: "GET", url: location.to_string(), headers: vec![], body: Body::Empty, repo, scopes, reference },
             None,
             true,
         )?;
@@ -304,12 +277,8 @@ impl Client {
             drain(r);
             return Ok(None);
         }
-        let held = r
-            .header("range")
-            .and_then(|v| v.rsplit('-').next())
-            .and_then(|e| e.trim().parse::<u64>().ok())
-            .map(|end| end + 1)
-            .unwrap_or(0);
+        let held =
+            r.header("range").and_then(|v| v.rsplit('-').next()).and_then(|e| e.trim().parse::<u64>().ok()).map(|end| end + 1).unwrap_or(0);
         drain(r);
         Ok(Some(held))
     }
@@ -364,15 +333,7 @@ impl BlobReader<'_> {
         }
         let url = format!("{}/v2/{}/blobs/{}", self.client.base_url(&self.repo.registry), self.repo.name, self.digest);
         let resp = self.client.send_retrying(
-            Req {
-                method: "GET",
-                url,
-                headers,
-                body: Body::Empty,
-                repo: &self.repo,
-                scopes: &self.scopes,
-                reference: &self.reference,
-            },
+            Req { method: "GET", url, headers, body: Body::Empty, repo: &self.repo, scopes: &self.scopes, reference: &self.reference },
             None,
             true,
         )?;
@@ -381,12 +342,10 @@ impl BlobReader<'_> {
                 let mut rd = resp.into_reader();
                 if self.offset > 0 {
                     // The server ignored Range: skip what we have already.
-                    let skipped = io::copy(&mut (&mut rd).take(self.offset), &mut io::sink()).map_err(|e| {
-                        RegistryError::Transport {
-                            registry: self.repo.registry.clone(),
-                            reference: self.reference.clone(),
-                            message: e.to_string(),
-                        }
+                    let skipped = io::copy(&mut (&mut rd).take(self.offset), &mut io::sink()).map_err(|e| RegistryError::Transport {
+                        registry: self.repo.registry.clone(),
+                        reference: self.reference.clone(),
+                        message: e.to_string(),
                     })?;
                     if skipped != self.offset {
                         return Err(RegistryError::Transport {

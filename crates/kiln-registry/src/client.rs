@@ -63,10 +63,7 @@ pub struct Repo {
 
 impl Repo {
     pub fn new(registry: impl Into<String>, name: impl Into<String>) -> Self {
-        Repo {
-            registry: registry.into(),
-            name: name.into(),
-        }
+        Repo { registry: registry.into(), name: name.into() }
     }
 }
 
@@ -80,20 +77,14 @@ impl std::fmt::Display for Repo {
 enum AuthMode {
     Anonymous,
     Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-    },
+    Bearer { realm: String, service: Option<String> },
 }
 
 /// A request body that can be produced again from the start, so that a retry can re-send it.
 pub(crate) enum Body<'a> {
     Empty,
     Bytes(&'a [u8]),
-    Stream {
-        len: u64,
-        open: &'a (dyn Fn() -> io::Result<Box<dyn Read + Send + 'a>> + Sync),
-    },
+    Stream { len: u64, open: &'a (dyn Fn() -> io::Result<Box<dyn Read + Send + 'a>> + Sync) },
 }
 
 /// One request, with what it is about (for scopes and error messages).
@@ -134,13 +125,7 @@ impl Client {
             .user_agent(USER_AGENT)
             .redirects(5)
             .build();
-        Client {
-            agent,
-            opts,
-            modes: Mutex::new(HashMap::new()),
-            tokens: Mutex::new(HashMap::new()),
-            tokens_fetched: AtomicU64::new(0),
-        }
+        Client { agent, opts, modes: Mutex::new(HashMap::new()), tokens: Mutex::new(HashMap::new()), tokens_fetched: AtomicU64::new(0) }
     }
 
     pub fn options(&self) -> &ClientOptions {
@@ -159,16 +144,8 @@ impl Client {
             "docker.io" | "index.docker.io" => "registry-1.docker.io",
             h => h,
         };
-        let insecure = self
-            .opts
-            .insecure_registries
-            .iter()
-            .any(|i| i == registry || i == host_only(registry));
-        let scheme = if insecure || is_loopback(registry) {
-            "http"
-        } else {
-            "https"
-        };
+        let insecure = self.opts.insecure_registries.iter().any(|i| i == registry || i == host_only(registry));
+        let scheme = if insecure || is_loopback(registry) { "http" } else { "https" };
         format!("{scheme}://{host}")
     }
 
@@ -192,10 +169,7 @@ impl Client {
             true,
         )?;
         if resp.status() == 401 {
-            let ch = resp
-                .header("www-authenticate")
-                .map(parse_challenges)
-                .unwrap_or_default();
+            let ch = resp.header("www-authenticate").map(parse_challenges).unwrap_or_default();
             if let Some(b) = ch.iter().find(|c| c.is_bearer()) {
                 let realm = b.param("realm").unwrap_or_default().to_string();
                 let service = b.param("service").map(str::to_string);
@@ -233,10 +207,7 @@ impl Client {
             }
         };
         let mode = if resp.status() == 401 {
-            let ch = resp
-                .header("www-authenticate")
-                .map(parse_challenges)
-                .unwrap_or_default();
+            let ch = resp.header("www-authenticate").map(parse_challenges).unwrap_or_default();
             if let Some(b) = ch.iter().find(|c| c.is_bearer()) {
                 AuthMode::Bearer {
                     realm: b.param("realm").unwrap_or_default().to_string(),
@@ -313,11 +284,8 @@ impl Client {
             let started = Instant::now();
             let result = match &creds {
                 Credentials::IdentityToken { token, .. } => {
-                    let mut form: Vec<(&str, &str)> = vec![
-                        ("grant_type", "refresh_token"),
-                        ("refresh_token", token),
-                        ("client_id", "kiln"),
-                    ];
+                    let mut form: Vec<(&str, &str)> =
+                        vec![("grant_type", "refresh_token"), ("refresh_token", token), ("client_id", "kiln")];
                     if let Some(s) = service {
                         form.push(("service", s));
                     }
@@ -391,10 +359,7 @@ impl Client {
             };
             let mut body = Vec::new();
             let read = resp.into_reader().take(1 << 20).read_to_end(&mut body);
-            let parsed = read
-                .ok()
-                .and_then(|_| serde_json::from_slice::<TokenResponse>(&body).ok())
-                .and_then(|t| t.into_token(started));
+            let parsed = read.ok().and_then(|_| serde_json::from_slice::<TokenResponse>(&body).ok()).and_then(|t| t.into_token(started));
             match parsed {
                 Some(t) => {
                     self.tokens_fetched.fetch_add(1, Ordering::Relaxed);
@@ -440,8 +405,7 @@ impl Client {
                 Body::Bytes(b) => r.send_bytes(b),
                 Body::Stream { len, open } => {
                     let rd = open().map_err(|e| crate::error::from_io(e, format!("{}: reading the content to upload", req.reference)))?;
-                    r.set("Content-Length", &len.to_string())
-                        .send(BufReader::with_capacity(1 << 20, rd))
+                    r.set("Content-Length", &len.to_string()).send(BufReader::with_capacity(1 << 20, rd))
                 }
             };
             let resp = match result {
@@ -516,17 +480,8 @@ impl Client {
         let path = path_of(resp.get_url()).to_string();
         let detail = error_detail(resp);
         match status {
-            401 => RegistryError::Unauthorized {
-                registry: repo.registry.clone(),
-                reference: reference.to_string(),
-                status,
-                detail,
-            },
-            403 => RegistryError::Forbidden {
-                registry: repo.registry.clone(),
-                reference: reference.to_string(),
-                detail,
-            },
+            401 => RegistryError::Unauthorized { registry: repo.registry.clone(), reference: reference.to_string(), status, detail },
+            403 => RegistryError::Forbidden { registry: repo.registry.clone(), reference: reference.to_string(), detail },
             404 => RegistryError::NotFound {
                 registry: repo.registry.clone(),
                 reference: reference.to_string(),
@@ -571,10 +526,7 @@ pub(crate) fn retry_after(resp: &ureq::Response) -> Option<Duration> {
 }
 
 fn is_retryable_transport(t: &ureq::Transport) -> bool {
-    !matches!(
-        t.kind(),
-        ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme | ureq::ErrorKind::InsecureRequestHttpsOnly
-    )
+    !matches!(t.kind(), ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme | ureq::ErrorKind::InsecureRequestHttpsOnly)
 }
 
 /// Reads a small error body and renders the distribution `errors` array (`: CODE: message`).
@@ -593,11 +545,7 @@ pub(crate) fn error_detail(resp: ureq::Response) -> String {
         message: String,
     }
     if let Ok(e) = serde_json::from_slice::<Errs>(&body) {
-        let parts: Vec<String> = e
-            .errors
-            .iter()
-            .map(|e| format!("{}: {}", e.code, e.message))
-            .collect();
+        let parts: Vec<String> = e.errors.iter().map(|e| format!("{}: {}", e.code, e.message)).collect();
         if !parts.is_empty() {
             return format!(" ({})", parts.join("; "));
         }
@@ -617,10 +565,7 @@ pub(crate) fn drain(resp: ureq::Response) {
 }
 
 pub(crate) fn path_of(url: &str) -> &str {
-    url.find("://")
-        .and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..]))
-        .map(|p| p.split('?').next().unwrap_or(p))
-        .unwrap_or(url)
+    url.find("://").and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..])).map(|p| p.split('?').next().unwrap_or(p)).unwrap_or(url)
 }
 
 fn host_only(registry: &str) -> &str {
@@ -668,10 +613,7 @@ mod tests {
 
     #[test]
     fn loopback_and_insecure_pick_http() {
-        let c = Client::new(ClientOptions {
-            insecure_registries: vec!["reg.lan:5000".into(), "other.lan".into()],
-            ..Default::default()
-        });
+        let c = Client::new(ClientOptions { insecure_registries: vec!["reg.lan:5000".into(), "other.lan".into()], ..Default::default() });
         assert_eq!(c.base_url("127.0.0.1:5000"), "http://127.0.0.1:5000");
         assert_eq!(c.base_url("localhost:1"), "http://localhost:1");
         assert_eq!(c.base_url("[::1]:5000"), "http://[::1]:5000");

@@ -39,6 +39,6 @@ pub use local::LocalImages;
 pub use manifest::FetchedManifest;
 pub use pull::{pull_to_store, StorePull, Tagging};
 pub use transfer::{
-    copy_image, pull_image, run_parallel, CopyOptions, CopyResult, ImageDest, ImageSource, NoProgress, PlatformSelection,
-    Progress, ProgressReader, PullResult, RegistryDest, RegistrySource,
+    copy_image, pull_image, run_parallel, CopyOptions, CopyResult, ImageDest, ImageSource, NoProgress, PlatformSelection, Progress,
+    ProgressReader, PullResult, RegistryDest, RegistrySource,
 };

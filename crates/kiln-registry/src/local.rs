@@ -29,16 +29,8 @@ impl LocalImages {
     /// written before the manifest that refers to them is tagged.
     pub fn new(store: Store, label: impl Into<String>, writing: bool) -> Result<Self> {
         let label = label.into();
-        let lease = if writing {
-            Some(store.lease().map_err(|e| store_err(&label, e))?)
-        } else {
-            None
-        };
-        Ok(LocalImages {
-            store,
-            label,
-            _lease: lease,
-        })
+        let lease = if writing { Some(store.lease().map_err(|e| store_err(&label, e))?) } else { None };
+        Ok(LocalImages { store, label, _lease: lease })
     }
 
     /// The index entry named `name`, or, for a digest, the manifest blob itself.
@@ -50,35 +42,21 @@ impl LocalImages {
             }
             if self.store.has_blob(&d) {
                 let bytes = self.store.read_blob(&d).map_err(|e| store_err(&self.label, e))?;
-                let m = Manifest::parse(&bytes, None).map_err(|e| RegistryError::InvalidManifest {
-                    reference: format!("{}@{d}", self.label),
-                    message: e.to_string(),
-                })?;
+                let m = Manifest::parse(&bytes, None)
+                    .map_err(|e| RegistryError::InvalidManifest { reference: format!("{}@{d}", self.label), message: e.to_string() })?;
                 return Ok(Some(Descriptor::new(m.media_type(), d, bytes.len() as u64)));
             }
             return Ok(None);
         }
-        Ok(index
-            .manifests
-            .iter()
-            .find(|x| x.annotation(REF_NAME_ANNOTATION) == Some(name))
-            .cloned())
+        Ok(index.manifests.iter().find(|x| x.annotation(REF_NAME_ANNOTATION) == Some(name)).cloned())
     }
 }
 
 pub(crate) fn store_err(label: &str, e: StoreError) -> RegistryError {
     match e {
-        StoreError::Io { action, path, source } => {
-            from_io(source, format!("{label}: {action} {}", path.display()))
-        }
-        StoreError::Digest(d) => RegistryError::Store {
-            context: label.to_string(),
-            message: format!("{d}; the content was not stored"),
-        },
-        other => RegistryError::Store {
-            context: label.to_string(),
-            message: other.to_string(),
-        },
+        StoreError::Io { action, path, source } => from_io(source, format!("{label}: {action} {}", path.display())),
+        StoreError::Digest(d) => RegistryError::Store { context: label.to_string(), message: format!("{d}; the content was not stored") },
+        other => RegistryError::Store { context: label.to_string(), message: other.to_string() },
     }
 }
 
@@ -94,17 +72,12 @@ impl ImageSource for LocalImages {
             });
         };
         let bytes = self.store.read_blob(&desc.digest).map_err(|e| store_err(&self.label, e))?;
-        Ok(FetchedManifest {
-            bytes,
-            media_type: desc.media_type.clone(),
-            digest: desc.digest,
-        })
+        Ok(FetchedManifest { bytes, media_type: desc.media_type.clone(), digest: desc.digest })
     }
     fn open_blob(&self, desc: &Descriptor, offset: u64) -> Result<Box<dyn Read + Send + '_>> {
         let mut f: File = self.store.open_blob(&desc.digest).map_err(|e| store_err(&self.label, e))?;
         if offset > 0 {
-            f.seek(SeekFrom::Start(offset))
-                .map_err(|e| from_io(e, format!("{}: seeking in blob {}", self.label, desc.digest)))?;
+            f.seek(SeekFrom::Start(offset)).map_err(|e| from_io(e, format!("{}: seeking in blob {}", self.label, desc.digest)))?;
         }
         Ok(Box::new(f))
     }
@@ -132,10 +105,7 @@ impl ImageDest for LocalImages {
         Ok("downloaded")
     }
     fn put_manifest(&self, m: &FetchedManifest, tag: Option<&str>) -> Result<()> {
-        let info = self
-            .store
-            .put_blob_stream(&m.bytes[..], Some(&m.digest))
-            .map_err(|e| store_err(&self.label, e))?;
+        let info = self.store.put_blob_stream(&m.bytes[..], Some(&m.digest)).map_err(|e| store_err(&self.label, e))?;
         if let Some(t) = tag {
             let d = Descriptor::new(&m.media_type, info.digest, info.size);
             self.store.tag_name(t, &d).map_err(|e| store_err(&self.label, e))?;

@@ -61,22 +61,17 @@ impl Client {
         if resp.status() != 200 {
             return Err(self.status_error(resp, "GET", repo, &display, "manifest"));
         }
-        let content_type = resp
-            .header("content-type")
-            .map(|c| c.split(';').next().unwrap_or("").trim().to_string());
+        let content_type = resp.header("content-type").map(|c| c.split(';').next().unwrap_or("").trim().to_string());
         let claimed = resp.header("docker-content-digest").and_then(|d| Digest::parse(d).ok());
         let mut bytes = Vec::new();
-        resp.into_reader()
-            .take(MAX_MANIFEST + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| {
-                *body_failed = true;
-                RegistryError::Transport {
-                    registry: repo.registry.clone(),
-                    reference: display.clone(),
-                    message: format!("reading the manifest: {e}"),
-                }
-            })?;
+        resp.into_reader().take(MAX_MANIFEST + 1).read_to_end(&mut bytes).map_err(|e| {
+            *body_failed = true;
+            RegistryError::Transport {
+                registry: repo.registry.clone(),
+                reference: display.clone(),
+                message: format!("reading the manifest: {e}"),
+            }
+        })?;
         if bytes.len() as u64 > MAX_MANIFEST {
             return Err(RegistryError::InvalidManifest {
                 reference: display,
@@ -107,18 +102,14 @@ impl Client {
         }
         let media_type = match content_type.filter(|c| media::is_image_manifest(c) || media::is_index(c)) {
             Some(c) => c,
-            None => kiln_oci::Manifest::parse(&bytes, None)
-                .map(|m| m.media_type().to_string())
-                .map_err(|e| RegistryError::InvalidManifest {
+            None => {
+                kiln_oci::Manifest::parse(&bytes, None).map(|m| m.media_type().to_string()).map_err(|e| RegistryError::InvalidManifest {
                     reference: display.clone(),
                     message: format!("the registry served something that is not a usable manifest: {e}"),
-                })?,
+                })?
+            }
         };
-        Ok(FetchedManifest {
-            bytes,
-            media_type,
-            digest: actual,
-        })
+        Ok(FetchedManifest { bytes, media_type, digest: actual })
     }
 
     /// Whether a manifest exists (HEAD), and its digest when the registry says.

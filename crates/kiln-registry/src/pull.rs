@@ -97,13 +97,7 @@ pub fn pull_to_store(
             root.digest
         );
     }
-    Ok(StorePull {
-        root,
-        tagged: may_tag,
-        images: res.images,
-        blobs_moved: res.root.blobs_moved,
-        bytes_moved: res.root.bytes_moved,
-    })
+    Ok(StorePull { root, tagged: may_tag, images: res.images, blobs_moved: res.root.blobs_moved, bytes_moved: res.root.bytes_moved })
 }
 
 /// Does the stored index `l` list an image for every platform asked for (or, for all of them, is it

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use kiln_oci::{media, Descriptor, Digest, Manifest, Platform};
 
-use crate::blob::{PushOutcome, OpenAt};
+use crate::blob::{OpenAt, PushOutcome};
 use crate::client::{Client, Repo};
 use crate::error::{RegistryError, Result};
 use crate::manifest::FetchedManifest;
@@ -97,16 +97,8 @@ pub fn copy_image(
         Manifest::Index(idx) => {
             if let Some(want) = &opts.platform {
                 let Some(d) = idx.find_platform(want) else {
-                    let available: Vec<String> = idx
-                        .manifests
-                        .iter()
-                        .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
-                        .collect();
-                    return Err(RegistryError::NoPlatform {
-                        reference,
-                        platform: want.to_string(),
-                        available: available.join(", "),
-                    });
+                    let available: Vec<String> = idx.manifests.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect();
+                    return Err(RegistryError::NoPlatform { reference, platform: want.to_string(), available: available.join(", ") });
                 };
                 let child = src.manifest(&d.digest.to_string())?;
                 check_child(&child, d, &reference)?;
@@ -121,10 +113,7 @@ pub fn copy_image(
                     check_child(&child, d, &reference)?;
                     if matches!(parse(&child, &reference)?, Manifest::Index(_)) {
                         // Nested indexes are rare; copying them would need recursion without bound.
-                        return Err(RegistryError::InvalidManifest {
-                            reference,
-                            message: "nested indexes are not supported".into(),
-                        });
+                        return Err(RegistryError::InvalidManifest { reference, message: "nested indexes are not supported".into() });
                     }
                     copy_one(src, &child, dst, opts, progress, &stats, &reference)?;
                     dst.put_manifest(&child, None)?;
@@ -254,10 +243,7 @@ pub fn pull_image(
                 let child = src.manifest(&d.digest.to_string())?;
                 check_child(&child, d, &reference)?;
                 if matches!(parse(&child, &reference)?, Manifest::Index(_)) {
-                    return Err(RegistryError::InvalidManifest {
-                        reference,
-                        message: "nested indexes are not supported".into(),
-                    });
+                    return Err(RegistryError::InvalidManifest { reference, message: "nested indexes are not supported".into() });
                 }
                 copy_one(src, &child, dst, opts, progress, &stats, &reference)?;
                 images.push(d.clone());
@@ -345,10 +331,7 @@ fn copy_one(
     reference: &str,
 ) -> Result<()> {
     let Manifest::Image(img) = parse(m, reference)? else {
-        return Err(RegistryError::InvalidManifest {
-            reference: reference.to_string(),
-            message: "expected an image manifest".into(),
-        });
+        return Err(RegistryError::InvalidManifest { reference: reference.to_string(), message: "expected an image manifest".into() });
     };
     let mut blobs: Vec<(&Descriptor, &str)> = vec![(&img.config, "config")];
     for l in &img.layers {
@@ -444,16 +427,11 @@ impl ImageDest for RegistryDest<'_> {
         self.repo.to_string()
     }
     fn has_blob(&self, desc: &Descriptor) -> Result<bool> {
-        Ok(self
-            .client
-            .blob_exists(&self.repo, &desc.digest, &crate::auth::Scopes::push(&self.repo.name))?
-            .is_some())
+        Ok(self.client.blob_exists(&self.repo, &desc.digest, &crate::auth::Scopes::push(&self.repo.name))?.is_some())
     }
     fn put_blob(&self, desc: &Descriptor, src: &dyn ImageSource, progress: &(dyn Fn(u64) + Sync)) -> Result<&'static str> {
-        let mount_from = src
-            .registry_repo()
-            .filter(|r| r.registry == self.repo.registry && r.name != self.repo.name)
-            .map(|r| r.name.as_str());
+        let mount_from =
+            src.registry_repo().filter(|r| r.registry == self.repo.registry && r.name != self.repo.name).map(|r| r.name.as_str());
         let open: &OpenAt<'_> = &|offset: u64| {
             let r = src.open_blob(desc, offset).map_err(crate::error::into_io)?;
             Ok(Box::new(ProgressReader::new(r, offset, progress)) as Box<dyn Read + Send>)

@@ -29,7 +29,8 @@ fn push_blob(c: &Client, repo: &Repo, data: &[u8]) -> (Digest, u64) {
 fn push_image(c: &Client, repo: &Repo, arch: &str, seed: &str) -> (Digest, u64) {
     let layer = format!("layer of {arch} {seed}").into_bytes();
     let (ld, ls) = push_blob(c, repo, &layer);
-    let config = serde_json::json!({"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": [ld.to_string()]}, "config": {}});
+    let config =
+        serde_json::json!({"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": [ld.to_string()]}, "config": {}});
     let (cd, cs) = push_blob(c, repo, config.to_string().as_bytes());
     let m = serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
         "config": {"mediaType": media::OCI_CONFIG, "digest": cd.to_string(), "size": cs},

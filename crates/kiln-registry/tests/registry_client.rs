@@ -33,9 +33,7 @@ fn client(config_dir: &std::path::Path, tweak: impl FnOnce(&mut ClientOptions)) 
 
 fn push_bytes(c: &Client, repo: &Repo, data: &[u8], mount_from: Option<&str>) -> Result<PushOutcome, RegistryError> {
     let d = Digest::sha256_of(data);
-    let open = |off: u64| -> std::io::Result<Box<dyn Read + Send>> {
-        Ok(Box::new(std::io::Cursor::new(data[off as usize..].to_vec())))
-    };
+    let open = |off: u64| -> std::io::Result<Box<dyn Read + Send>> { Ok(Box::new(std::io::Cursor::new(data[off as usize..].to_vec()))) };
     c.push_blob(repo, &d, data.len() as u64, mount_from, &open)
 }
 
@@ -174,11 +172,9 @@ fn retry_after_is_honoured_and_attempts_are_bounded() {
         return;
     }
     let reg = Registry::start_plain().unwrap();
-    let proxy = FaultProxy::start(
-        &reg.host(),
-        FaultProxyOptions { fault_rate: 1.0, kinds: vec![FaultKind::ServerError], ..Default::default() },
-    )
-    .unwrap();
+    let proxy =
+        FaultProxy::start(&reg.host(), FaultProxyOptions { fault_rate: 1.0, kinds: vec![FaultKind::ServerError], ..Default::default() })
+            .unwrap();
     let cfg = tempfile::tempdir().unwrap();
     let c = client(cfg.path(), |o| o.max_attempts = 3);
     // Every request fails: the client gives up after its attempts with the status in the message.

@@ -58,11 +58,7 @@ impl Arch {
         } else if cfg!(target_arch = "s390x") {
             Arch::S390x
         } else {
-            Arch::Other {
-                machine: 0,
-                class64: cfg!(target_pointer_width = "64"),
-                little_endian: cfg!(target_endian = "little"),
-            }
+            Arch::Other { machine: 0, class64: cfg!(target_pointer_width = "64"), little_endian: cfg!(target_endian = "little") }
         }
     }
 
@@ -118,11 +114,7 @@ impl Arch {
             Arch::Riscv64 => (true, true, EM_RISCV),
             Arch::Ppc64le => (true, true, EM_PPC64),
             Arch::S390x => (true, false, EM_S390),
-            Arch::Other {
-                machine,
-                class64,
-                little_endian,
-            } => (class64, little_endian, machine),
+            Arch::Other { machine, class64, little_endian } => (class64, little_endian, machine),
         }
     }
 
@@ -134,11 +126,8 @@ impl Arch {
         h[4] = if class64 { 2 } else { 1 };
         h[5] = if le { 1 } else { 2 };
         h[6] = 1;
-        let (e_type, e_machine) = if le {
-            (2u16.to_le_bytes(), machine.to_le_bytes())
-        } else {
-            (2u16.to_be_bytes(), machine.to_be_bytes())
-        };
+        let (e_type, e_machine) =
+            if le { (2u16.to_le_bytes(), machine.to_le_bytes()) } else { (2u16.to_be_bytes(), machine.to_be_bytes()) };
         h[16..18].copy_from_slice(&e_type);
         h[18..20].copy_from_slice(&e_machine);
         h
@@ -166,11 +155,7 @@ pub fn elf_arch(header: &[u8]) -> Option<Arch> {
         _ => return None,
     };
     let m = [header[18], header[19]];
-    let machine = if little_endian {
-        u16::from_le_bytes(m)
-    } else {
-        u16::from_be_bytes(m)
-    };
+    let machine = if little_endian { u16::from_le_bytes(m) } else { u16::from_be_bytes(m) };
     Some(match (machine, class64, little_endian) {
         (EM_X86_64, true, true) => Arch::Amd64,
         (EM_386, false, true) => Arch::I386,
@@ -179,11 +164,7 @@ pub fn elf_arch(header: &[u8]) -> Option<Arch> {
         (EM_RISCV, true, true) => Arch::Riscv64,
         (EM_PPC64, true, true) => Arch::Ppc64le,
         (EM_S390, true, false) => Arch::S390x,
-        _ => Arch::Other {
-            machine,
-            class64,
-            little_endian,
-        },
+        _ => Arch::Other { machine, class64, little_endian },
     })
 }
 
@@ -193,10 +174,7 @@ pub fn binary_arch(path: &Path) -> Result<Option<Arch>, ArchError> {
 }
 
 fn read_header(path: &Path) -> Result<Vec<u8>, ArchError> {
-    let io = |source| ArchError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| ArchError::Read { path: path.to_path_buf(), source };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut buf = vec![0u8; 128];
     let mut n = 0;
@@ -224,21 +202,13 @@ pub struct BinfmtHandler {
 #[derive(Debug, Error)]
 pub enum ArchError {
     #[error("cannot read {path} to tell its architecture: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error(
         "cannot run linux/{arch} binaries on this linux/{host} host: {reason}. \
          Install QEMU user emulation (`apt-get install qemu-user-static binfmt-support`), \
          then enable it with `update-binfmts --enable qemu-{qemu}`"
     )]
-    NoEmulator {
-        arch: String,
-        host: String,
-        qemu: String,
-        reason: String,
-    },
+    NoEmulator { arch: String, host: String, qemu: String, reason: String },
 }
 
 fn parse_hex(s: &str) -> Option<Vec<u8>> {
@@ -246,10 +216,7 @@ fn parse_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 struct Entry {
@@ -262,14 +229,7 @@ struct Entry {
 }
 
 fn parse_entry(text: &str) -> Option<Entry> {
-    let mut e = Entry {
-        enabled: false,
-        interpreter: PathBuf::new(),
-        flags: String::new(),
-        offset: 0,
-        magic: Vec::new(),
-        mask: None,
-    };
+    let mut e = Entry { enabled: false, interpreter: PathBuf::new(), flags: String::new(), offset: 0, magic: Vec::new(), mask: None };
     for line in text.lines() {
         let line = line.trim();
         if line == "enabled" {
@@ -295,12 +255,7 @@ fn matches(e: &Entry, header: &[u8]) -> bool {
         return false;
     };
     window.iter().zip(&e.magic).enumerate().all(|(i, (h, m))| {
-        let mask = e
-            .mask
-            .as_ref()
-            .and_then(|k| k.get(i))
-            .copied()
-            .unwrap_or(0xff);
+        let mask = e.mask.as_ref().and_then(|k| k.get(i)).copied().unwrap_or(0xff);
         h & mask == m & mask
     })
 }
@@ -319,15 +274,10 @@ fn find_handler(binfmt_dir: &Path, header: &[u8]) -> Result<Option<BinfmtHandler
         }
     };
     if status.trim() != "enabled" {
-        return Err(format!(
-            "binfmt_misc is disabled (enable it with `echo 1 > {}/status`)",
-            binfmt_dir.display()
-        ));
+        return Err(format!("binfmt_misc is disabled (enable it with `echo 1 > {}/status`)", binfmt_dir.display()));
     }
-    let mut entries: Vec<_> = std::fs::read_dir(binfmt_dir)
-        .map_err(|e| format!("cannot list {}: {e}", binfmt_dir.display()))?
-        .filter_map(Result::ok)
-        .collect();
+    let mut entries: Vec<_> =
+        std::fs::read_dir(binfmt_dir).map_err(|e| format!("cannot list {}: {e}", binfmt_dir.display()))?.filter_map(Result::ok).collect();
     entries.sort_by_key(|e| e.file_name());
     let mut disabled = None;
     for de in entries {
@@ -335,10 +285,7 @@ fn find_handler(binfmt_dir: &Path, header: &[u8]) -> Result<Option<BinfmtHandler
         if name == "status" || name == "register" {
             continue;
         }
-        let Some(entry) = std::fs::read_to_string(de.path())
-            .ok()
-            .and_then(|t| parse_entry(&t))
-        else {
+        let Some(entry) = std::fs::read_to_string(de.path()).ok().and_then(|t| parse_entry(&t)) else {
             continue;
         };
         if !matches(&entry, header) {
@@ -352,16 +299,10 @@ fn find_handler(binfmt_dir: &Path, header: &[u8]) -> Result<Option<BinfmtHandler
             tracing::warn!(handler = %name, interpreter = %entry.interpreter.display(),
                 "binfmt handler lacks the F flag: its interpreter must exist inside the root");
         }
-        return Ok(Some(BinfmtHandler {
-            name,
-            fix_binary: entry.flags.contains('F'),
-            interpreter: entry.interpreter,
-        }));
+        return Ok(Some(BinfmtHandler { name, fix_binary: entry.flags.contains('F'), interpreter: entry.interpreter }));
     }
     match disabled {
-        Some(name) => Err(format!(
-            "the binfmt_misc handler {name} is registered but disabled"
-        )),
+        Some(name) => Err(format!("the binfmt_misc handler {name} is registered but disabled")),
         None => Ok(None),
     }
 }
@@ -374,10 +315,7 @@ pub fn ensure_runnable(arch: Arch, binfmt_dir: &Path) -> Result<Option<BinfmtHan
 
 /// Like [`ensure_runnable`] for the binary at `path`, matched by its real header. Files that are
 /// not ELF (scripts) are `Ok(None)`: their interpreter is what gets checked.
-pub fn ensure_binary_runnable(
-    path: &Path,
-    binfmt_dir: &Path,
-) -> Result<Option<BinfmtHandler>, ArchError> {
+pub fn ensure_binary_runnable(path: &Path, binfmt_dir: &Path) -> Result<Option<BinfmtHandler>, ArchError> {
     let header = read_header(path)?;
     match elf_arch(&header) {
         None => Ok(None),
@@ -385,28 +323,15 @@ pub fn ensure_binary_runnable(
     }
 }
 
-fn check_header(
-    arch: Arch,
-    header: &[u8],
-    binfmt_dir: &Path,
-) -> Result<Option<BinfmtHandler>, ArchError> {
+fn check_header(arch: Arch, header: &[u8], binfmt_dir: &Path) -> Result<Option<BinfmtHandler>, ArchError> {
     let host = Arch::host();
     if arch.runs_natively_on(host) {
         return Ok(None);
     }
-    let no = |reason: String| ArchError::NoEmulator {
-        arch: arch.oci_name(),
-        host: host.oci_name(),
-        qemu: arch.qemu_name(),
-        reason,
-    };
+    let no = |reason: String| ArchError::NoEmulator { arch: arch.oci_name(), host: host.oci_name(), qemu: arch.qemu_name(), reason };
     match find_handler(binfmt_dir, header) {
         Ok(Some(h)) => Ok(Some(h)),
-        Ok(None) => Err(no(format!(
-            "no binfmt_misc handler in {} matches {} executables",
-            binfmt_dir.display(),
-            arch.qemu_name()
-        ))),
+        Ok(None) => Err(no(format!("no binfmt_misc handler in {} matches {} executables", binfmt_dir.display(), arch.qemu_name()))),
         Err(reason) => Err(no(reason)),
     }
 }
@@ -446,10 +371,7 @@ mod tests {
             }
             let arch = binary_arch(path).unwrap();
             assert_eq!(arch, Some(Arch::host()), "{p}");
-            assert_eq!(
-                ensure_binary_runnable(path, Path::new(BINFMT_DIR)).unwrap(),
-                None
-            );
+            assert_eq!(ensure_binary_runnable(path, Path::new(BINFMT_DIR)).unwrap(), None);
         }
     }
 
@@ -459,23 +381,12 @@ mod tests {
         let p = d.path().join("script");
         std::fs::write(&p, "#!/bin/sh\necho hi\n").unwrap();
         assert_eq!(binary_arch(&p).unwrap(), None);
-        assert_eq!(
-            ensure_binary_runnable(&p, Path::new("/nonexistent")).unwrap(),
-            None
-        );
+        assert_eq!(ensure_binary_runnable(&p, Path::new("/nonexistent")).unwrap(), None);
     }
 
     #[test]
     fn synthetic_headers_round_trip() {
-        for a in [
-            Arch::Amd64,
-            Arch::I386,
-            Arch::Arm64,
-            Arch::Arm,
-            Arch::Riscv64,
-            Arch::Ppc64le,
-            Arch::S390x,
-        ] {
+        for a in [Arch::Amd64, Arch::I386, Arch::Arm64, Arch::Arm, Arch::Riscv64, Arch::Ppc64le, Arch::S390x] {
             assert_eq!(elf_arch(&a.synthetic_header()), Some(a));
             assert_eq!(Arch::from_oci(&a.oci_name()), Some(a));
         }
@@ -504,9 +415,7 @@ mod tests {
         std::fs::write(&f, &hdr).unwrap();
         assert!(ensure_binary_runnable(&f, d.path()).unwrap().is_some());
         // But not an s390x one.
-        let err = ensure_runnable(Arch::S390x, d.path())
-            .unwrap_err()
-            .to_string();
+        let err = ensure_runnable(Arch::S390x, d.path()).unwrap_err().to_string();
         assert!(err.contains("update-binfmts --enable qemu-s390x"), "{err}");
     }
 
@@ -517,10 +426,7 @@ mod tests {
         let err = ensure_runnable(a, d.path()).unwrap_err().to_string();
         assert!(err.contains("qemu-user-static"), "{err}");
         assert!(err.contains("binfmt-support"), "{err}");
-        assert!(
-            err.contains(&format!("update-binfmts --enable qemu-{}", a.qemu_name())),
-            "{err}"
-        );
+        assert!(err.contains(&format!("update-binfmts --enable qemu-{}", a.qemu_name())), "{err}");
 
         let disabled = QEMU_AARCH64.replacen("enabled", "disabled", 1);
         let d = fake_binfmt(&[("qemu-aarch64", &disabled)], "enabled\n");
@@ -533,17 +439,12 @@ mod tests {
         let err = ensure_runnable(a, d.path()).unwrap_err().to_string();
         assert!(err.contains("binfmt_misc is disabled"), "{err}");
 
-        let err = ensure_runnable(a, Path::new("/nonexistent/binfmt"))
-            .unwrap_err()
-            .to_string();
+        let err = ensure_runnable(a, Path::new("/nonexistent/binfmt")).unwrap_err().to_string();
         assert!(err.contains("not mounted"), "{err}");
     }
 
     #[test]
     fn host_arch_never_needs_emulation() {
-        assert_eq!(
-            ensure_runnable(Arch::host(), Path::new("/nonexistent")).unwrap(),
-            None
-        );
+        assert_eq!(ensure_runnable(Arch::host(), Path::new("/nonexistent")).unwrap(), None);
     }
 }

@@ -56,11 +56,7 @@ impl Cancel {
             kill(pid);
         }
         state.running.push(pid);
-        Registration {
-            cancel: self,
-            pid,
-            done: false,
-        }
+        Registration { cancel: self, pid, done: false }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -39,11 +39,7 @@ pub fn remove_created(root: &Path, created: &[CreatedPath]) -> Vec<MountPoint> {
                     false
                 }
             };
-            MountPoint {
-                path: c.path.clone(),
-                is_dir: c.is_dir,
-                removed,
-            }
+            MountPoint { path: c.path.clone(), is_dir: c.is_dir, removed }
         })
         .collect();
     out.reverse();
@@ -83,16 +79,10 @@ fn remove_one(root: &Path, c: &CreatedPath) -> io::Result<bool> {
     let parent = sys::lstatat(dir.as_fd(), OsStr::new(""))?;
     match sys::unlinkat(dir.as_fd(), last, c.is_dir) {
         Ok(()) => {}
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
-            return Ok(false)
-        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => return Ok(false),
         Err(e) => return Err(e),
     }
-    let (atime, mtime) = if parent.mtime == c.parent_mtime_after {
-        c.parent_times_before
-    } else {
-        (parent.atime, parent.mtime)
-    };
+    let (atime, mtime) = if parent.mtime == c.parent_mtime_after { c.parent_times_before } else { (parent.atime, parent.mtime) };
     sys::futimens(dir.as_fd(), atime, mtime)?;
     Ok(true)
 }
@@ -103,11 +93,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn created(root: &Path, rel: &str, is_dir: bool) -> CreatedPath {
-        let parent = root
-            .join(rel.trim_start_matches('/'))
-            .parent()
-            .unwrap()
-            .to_path_buf();
+        let parent = root.join(rel.trim_start_matches('/')).parent().unwrap().to_path_buf();
         let f = File::open(&parent).unwrap();
         let before = sys::lstatat(f.as_fd(), OsStr::new("")).unwrap();
         let p = root.join(rel.trim_start_matches('/'));
@@ -117,12 +103,7 @@ mod tests {
             std::fs::write(&p, "").unwrap();
         }
         let after = sys::lstatat(f.as_fd(), OsStr::new("")).unwrap();
-        CreatedPath {
-            path: PathBuf::from(rel),
-            is_dir,
-            parent_times_before: (before.atime, before.mtime),
-            parent_mtime_after: after.mtime,
-        }
+        CreatedPath { path: PathBuf::from(rel), is_dir, parent_times_before: (before.atime, before.mtime), parent_mtime_after: after.mtime }
     }
 
     #[test]
@@ -154,10 +135,7 @@ mod tests {
         std::fs::write(root.join("data/file"), "x").unwrap();
         std::fs::write(root.join("stub"), "written").unwrap();
         let out = remove_created(root, &list);
-        assert_eq!(
-            out.iter().map(|m| m.removed).collect::<Vec<_>>(),
-            vec![false, false]
-        );
+        assert_eq!(out.iter().map(|m| m.removed).collect::<Vec<_>>(), vec![false, false]);
         assert!(root.join("data/file").exists() && root.join("stub").exists());
     }
 
@@ -167,25 +145,14 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::create_dir(outside.path().join("victim")).unwrap();
         let root = d.path();
-        let list = vec![
-            created(root, "/run", true),
-            created(root, "/run/victim", true),
-        ];
+        let list = vec![created(root, "/run", true), created(root, "/run/victim", true)];
         // The step replaces /run with a symlink pointing outside the root.
         std::fs::remove_dir(root.join("run/victim")).unwrap();
         std::fs::remove_dir(root.join("run")).unwrap();
         std::os::unix::fs::symlink(outside.path(), root.join("run")).unwrap();
         let out = remove_created(root, &list);
-        assert!(
-            outside.path().join("victim").exists(),
-            "followed a symlink out of the root"
-        );
+        assert!(outside.path().join("victim").exists(), "followed a symlink out of the root");
         assert!(out.iter().all(|m| !m.removed), "{out:?}");
-        assert!(root
-            .join("run")
-            .symlink_metadata()
-            .unwrap()
-            .file_type()
-            .is_symlink());
+        assert!(root.join("run").symlink_metadata().unwrap().file_type().is_symlink());
     }
 }

@@ -12,36 +12,18 @@ pub enum Error {
     #[error("invalid sandbox spec: {0}")]
     InvalidSpec(String),
     #[error("cannot start the sandbox init process {}: {source}", binary.display())]
-    Spawn {
-        binary: PathBuf,
-        source: std::io::Error,
-    },
+    Spawn { binary: PathBuf, source: std::io::Error },
     #[error("talking to the sandbox init process for `{command}` failed: {source}")]
-    Io {
-        command: String,
-        source: std::io::Error,
-    },
+    Io { command: String, source: std::io::Error },
     #[error("could not start `{command}` in the sandbox ({stage}): {message}")]
-    Setup {
-        command: String,
-        stage: String,
-        message: String,
-    },
+    Setup { command: String, stage: String, message: String },
     #[error("the sandbox init process ({}) for `{command}` ended without reporting an exit status ({status}); check that it calls kiln_sandbox::init::maybe_run() first thing in main", binary.display())]
-    InitDied {
-        binary: PathBuf,
-        command: String,
-        status: String,
-    },
+    InitDied { binary: PathBuf, command: String, status: String },
     /// The run was stopped by a [`crate::Cancel`], or not started because it had fired.
     #[error("{command}: cancelled")]
     Cancelled { command: String },
     #[error("`{command}` failed with {status}{}", render_tail(tail))]
-    Failed {
-        command: String,
-        status: ExitStatus,
-        tail: Vec<String>,
-    },
+    Failed { command: String, status: ExitStatus, tail: Vec<String> },
     #[error(transparent)]
     Arch(#[from] ArchError),
 }

@@ -22,9 +22,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::protocol::{
-    CreatedPath, Report, INIT_ARG, INIT_ENV, PARENT_ENV, PROTOCOL_VERSION, REPORT_FD, SPEC_FD,
-};
+use crate::protocol::{CreatedPath, Report, INIT_ARG, INIT_ENV, PARENT_ENV, PROTOCOL_VERSION, REPORT_FD, SPEC_FD};
 use crate::spec::{Mount, Network, Spec};
 use crate::sys;
 use crate::user;
@@ -51,10 +49,7 @@ struct Failure {
 }
 
 fn fail<E: std::fmt::Display>(stage: &'static str) -> impl FnOnce(E) -> Failure {
-    move |e| Failure {
-        stage,
-        message: e.to_string(),
-    }
+    move |e| Failure { stage, message: e.to_string() }
 }
 
 fn send(report: &File, msg: &Report) {
@@ -81,10 +76,7 @@ const PARENT_GONE: u8 = 137;
 /// means that has happened, and we leave without doing anything.
 fn tie_to_parent() -> Result<(), u8> {
     sys::kill_me_with_parent().map_err(|_| 125u8)?;
-    let expected = std::env::var(PARENT_ENV)
-        .ok()
-        .and_then(|v| v.parse::<libc::pid_t>().ok())
-        .ok_or(125u8)?;
+    let expected = std::env::var(PARENT_ENV).ok().and_then(|v| v.parse::<libc::pid_t>().ok()).ok_or(125u8)?;
     if sys::getppid() != expected {
         return Err(PARENT_GONE);
     }
@@ -111,26 +103,14 @@ fn outer_main() -> u8 {
     if let Err(e) = sys::setpgid_self() {
         // EPERM means we lead a session (a caller used setsid), so our group is ours already.
         if e.raw_os_error() != Some(libc::EPERM) {
-            send(
-                &report,
-                &Report::SetupFailed {
-                    stage: "leave the caller's process group".into(),
-                    message: e.to_string(),
-                },
-            );
+            send(&report, &Report::SetupFailed { stage: "leave the caller's process group".into(), message: e.to_string() });
             return 125;
         }
     }
     let spec = match read_spec() {
         Ok(s) => s,
         Err(f) => {
-            send(
-                &report,
-                &Report::SetupFailed {
-                    stage: f.stage.into(),
-                    message: f.message,
-                },
-            );
+            send(&report, &Report::SetupFailed { stage: f.stage.into(), message: f.message });
             return 125;
         }
     };
@@ -142,13 +122,7 @@ fn outer_main() -> u8 {
     let (forked, (alive_r, alive_w)) = match forked {
         Ok(f) => f,
         Err(f) => {
-            send(
-                &report,
-                &Report::SetupFailed {
-                    stage: f.stage.into(),
-                    message: f.message,
-                },
-            );
+            send(&report, &Report::SetupFailed { stage: f.stage.into(), message: f.message });
             return 125;
         }
     };
@@ -165,33 +139,15 @@ fn outer_main() -> u8 {
             drop(alive_w);
             match ended {
                 Ok(sys::Ended::Exited(c)) => {
-                    send(
-                        &report,
-                        &Report::Exit {
-                            code: Some(c),
-                            signal: None,
-                        },
-                    );
+                    send(&report, &Report::Exit { code: Some(c), signal: None });
                     c.clamp(0, 255) as u8
                 }
                 Ok(sys::Ended::Signaled(s)) => {
-                    send(
-                        &report,
-                        &Report::Exit {
-                            code: None,
-                            signal: Some(s),
-                        },
-                    );
+                    send(&report, &Report::Exit { code: None, signal: Some(s) });
                     (128 + s).clamp(0, 255) as u8
                 }
                 Err(e) => {
-                    send(
-                        &report,
-                        &Report::SetupFailed {
-                            stage: "wait for PID 1".into(),
-                            message: e.to_string(),
-                        },
-                    );
+                    send(&report, &Report::SetupFailed { stage: "wait for PID 1".into(), message: e.to_string() });
                     125
                 }
             }
@@ -214,11 +170,7 @@ fn child_main(spec: &Spec, report: &File, alive: OwnedFd) -> i32 {
     if sys::kill_me_with_parent().is_err() || sys::peer_closed(alive.as_fd()) {
         return i32::from(PARENT_GONE);
     }
-    let mut mounts = Mounter {
-        root_fd: None,
-        root_host: PathBuf::new(),
-        report,
-    };
+    let mut mounts = Mounter { root_fd: None, root_host: PathBuf::new(), report };
     let setup = prepare(spec, &mut mounts);
     let err = match setup {
         Ok(()) => match exec_command(spec, &alive) {
@@ -227,13 +179,7 @@ fn child_main(spec: &Spec, report: &File, alive: OwnedFd) -> i32 {
         },
         Err(f) => f,
     };
-    send(
-        report,
-        &Report::SetupFailed {
-            stage: err.stage.into(),
-            message: err.message,
-        },
-    );
+    send(report, &Report::SetupFailed { stage: err.stage.into(), message: err.message });
     126
 }
 
@@ -253,31 +199,16 @@ fn prepare(spec: &Spec, m: &mut Mounter<'_>) -> Result<(), Failure> {
     }
     sys::sethostname(&spec.hostname).map_err(fail("set the host name"))?;
     // Nothing mounted from here on may propagate back to the host.
-    sys::mount(
-        None,
-        Path::new("/"),
-        None,
-        libc::MS_REC | libc::MS_PRIVATE,
-        None,
-    )
-    .map_err(fail("make mounts private"))?;
+    sys::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(fail("make mounts private"))?;
     // pivot_root needs the new root to be a mount point.
-    sys::mount(
-        Some(&spec.root),
-        &spec.root,
-        None,
-        libc::MS_BIND | libc::MS_REC,
-        None,
-    )
-    .map_err(fail("bind the root onto itself"))?;
+    sys::mount(Some(&spec.root), &spec.root, None, libc::MS_BIND | libc::MS_REC, None).map_err(fail("bind the root onto itself"))?;
     let root_fd: OwnedFd = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
         .open(&spec.root)
         .map_err(fail("open the root"))?
         .into();
-    m.root_host =
-        std::fs::read_link(sys::fd_path(root_fd.as_fd())).map_err(fail("locate the root"))?;
+    m.root_host = std::fs::read_link(sys::fd_path(root_fd.as_fd())).map_err(fail("locate the root"))?;
     m.root_fd = Some(root_fd);
 
     m.mount_proc()?;
@@ -288,24 +219,17 @@ fn prepare(spec: &Spec, m: &mut Mounter<'_>) -> Result<(), Failure> {
     for f in ["/etc/hosts", "/etc/resolv.conf"] {
         let host = Path::new(f);
         if host.exists() {
-            m.bind(host, host, true, Kind::File)
-                .map_err(fail("bind /etc/hosts or /etc/resolv.conf"))?;
+            m.bind(host, host, true, Kind::File).map_err(fail("bind /etc/hosts or /etc/resolv.conf"))?;
         }
     }
     let mut extra: Vec<&Mount> = spec.mounts.iter().collect();
     // Parents before children, whatever order the caller used (as Docker sorts mounts).
     extra.sort_by_key(|mnt| normalize(&mnt.target()).components().count());
     for (i, mnt) in extra.into_iter().enumerate() {
-        m.step_mount(i, mnt).map_err(|e| Failure {
-            stage: "mount",
-            message: format!("{}: {e}", mount_name(mnt)),
-        })?;
+        m.step_mount(i, mnt).map_err(|e| Failure { stage: "mount", message: format!("{}: {e}", mount_name(mnt)) })?;
     }
 
-    let root_fd = m.root_fd.take().ok_or_else(|| Failure {
-        stage: "pivot_root",
-        message: "root fd missing".into(),
-    })?;
+    let root_fd = m.root_fd.take().ok_or_else(|| Failure { stage: "pivot_root", message: "root fd missing".into() })?;
     sys::fchdir(root_fd.as_fd()).map_err(fail("enter the root"))?;
     sys::pivot_root_here().map_err(fail("pivot_root"))?;
     sys::umount_detach(Path::new(".")).map_err(fail("detach the old root"))?;
@@ -330,36 +254,20 @@ fn mount_name(m: &Mount) -> String {
 fn exec_command(spec: &Spec, alive: &OwnedFd) -> Result<std::convert::Infallible, Failure> {
     let passwd = read_optional("/etc/passwd")?;
     let group = read_optional("/etc/group")?;
-    let id = user::resolve(&spec.user, passwd.as_deref(), group.as_deref())
-        .map_err(fail("resolve the user"))?;
+    let id = user::resolve(&spec.user, passwd.as_deref(), group.as_deref()).map_err(fail("resolve the user"))?;
     let workdir = normalize(&spec.workdir);
     make_workdir(&workdir, id.uid, id.gid)?;
-    std::env::set_current_dir(&workdir).map_err(|e| Failure {
-        stage: "enter the working directory",
-        message: format!("{}: {e}", workdir.display()),
-    })?;
+    std::env::set_current_dir(&workdir)
+        .map_err(|e| Failure { stage: "enter the working directory", message: format!("{}: {e}", workdir.display()) })?;
 
     let mut env = spec.env.clone();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", id.home));
     }
-    let path_var = env
-        .iter()
-        .rev()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH)
-        .to_string();
-    let to_c = |s: &str| {
-        CString::new(s).map_err(|_| Failure {
-            stage: "prepare the command",
-            message: format!("{s:?} contains a NUL byte"),
-        })
-    };
-    let argv: Vec<CString> = spec
-        .argv
-        .iter()
-        .map(|a| to_c(a))
-        .collect::<Result<_, _>>()?;
+    let path_var = env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH).to_string();
+    let to_c =
+        |s: &str| CString::new(s).map_err(|_| Failure { stage: "prepare the command", message: format!("{s:?} contains a NUL byte") });
+    let argv: Vec<CString> = spec.argv.iter().map(|a| to_c(a)).collect::<Result<_, _>>()?;
     let envp: Vec<CString> = env.iter().map(|e| to_c(e)).collect::<Result<_, _>>()?;
 
     sys::set_identity(id.uid, id.gid, &id.groups).map_err(fail("switch to the user"))?;
@@ -377,26 +285,18 @@ fn exec_command(spec: &Spec, alive: &OwnedFd) -> Result<std::convert::Infallible
     let mut message = format!("exec {program}: {err}");
     if err.raw_os_error() == Some(libc::ENOEXEC) {
         let path = Path::new(OsStr::from_bytes(exe.as_bytes()));
-        if let Err(e) =
-            crate::arch::ensure_binary_runnable(path, Path::new("/proc/sys/fs/binfmt_misc"))
-        {
+        if let Err(e) = crate::arch::ensure_binary_runnable(path, Path::new("/proc/sys/fs/binfmt_misc")) {
             message = format!("{message}: {e}");
         }
     }
-    Err(Failure {
-        stage: "exec",
-        message,
-    })
+    Err(Failure { stage: "exec", message })
 }
 
 fn read_optional(path: &str) -> Result<Option<String>, Failure> {
     match std::fs::read(path) {
         Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Failure {
-            stage: "read the image's user database",
-            message: format!("{path}: {e}"),
-        }),
+        Err(e) => Err(Failure { stage: "read the image's user database", message: format!("{path}: {e}") }),
     }
 }
 
@@ -415,28 +315,16 @@ fn make_workdir(workdir: &Path, uid: u32, gid: u32) -> Result<(), Failure> {
                 })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Failure {
-                    stage: "create the working directory",
-                    message: format!("{}: {e}", cur.display()),
-                })
-            }
+            Err(e) => return Err(Failure { stage: "create the working directory", message: format!("{}: {e}", cur.display()) }),
         }
-        let made = std::fs::create_dir(&cur)
-            .and_then(|()| std::os::unix::fs::lchown(&cur, Some(uid), Some(gid)));
-        made.map_err(|e| Failure {
-            stage: "create the working directory",
-            message: format!("{}: {e}", cur.display()),
-        })?;
+        let made = std::fs::create_dir(&cur).and_then(|()| std::os::unix::fs::lchown(&cur, Some(uid), Some(gid)));
+        made.map_err(|e| Failure { stage: "create the working directory", message: format!("{}: {e}", cur.display()) })?;
     }
     Ok(())
 }
 
 fn find_executable(program: &str, path_var: &str) -> Result<CString, Failure> {
-    let not_found = |detail: String| Failure {
-        stage: "exec",
-        message: detail,
-    };
+    let not_found = |detail: String| Failure { stage: "exec", message: detail };
     let to_c = |p: &Path| CString::new(p.as_os_str().as_bytes()).ok();
     if program.is_empty() {
         return Err(not_found("empty command".into()));
@@ -459,9 +347,7 @@ fn find_executable(program: &str, path_var: &str) -> Result<CString, Failure> {
             }
         }
     }
-    Err(not_found(format!(
-        "exec: \"{program}\": executable file not found in $PATH ({path_var})"
-    )))
+    Err(not_found(format!("exec: \"{program}\": executable file not found in $PATH ({path_var})")))
 }
 
 /// Lexically normalised absolute path (`.` dropped, `..` popped, never above `/`). Symlinks are
@@ -499,18 +385,14 @@ const SYMLINK_LIMIT: u32 = 40;
 
 impl Mounter<'_> {
     fn root(&self) -> io::Result<BorrowedFd<'_>> {
-        self.root_fd
-            .as_ref()
-            .map(|f| f.as_fd())
-            .ok_or_else(|| io::Error::other("root not open"))
+        self.root_fd.as_ref().map(|f| f.as_fd()).ok_or_else(|| io::Error::other("root not open"))
     }
 
     /// The path of an fd, as seen from inside the root.
     fn inner_path(&self, fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
         let host = std::fs::read_link(sys::fd_path(fd))?;
-        let rel = host.strip_prefix(&self.root_host).map_err(|_| {
-            io::Error::other(format!("{} resolved outside the root", host.display()))
-        })?;
+        let rel =
+            host.strip_prefix(&self.root_host).map_err(|_| io::Error::other(format!("{} resolved outside the root", host.display())))?;
         Ok(Path::new("/").join(rel))
     }
 
@@ -525,10 +407,9 @@ impl Mounter<'_> {
             Ok(fd) => {
                 let st = sys::lstatat(fd.as_fd(), OsStr::new(""))?;
                 return match (kind, st.is_dir()) {
-                    (Kind::Dir, false) => Err(io::Error::other(format!(
-                        "mount target {} exists in the image and is not a directory",
-                        rel.display()
-                    ))),
+                    (Kind::Dir, false) => {
+                        Err(io::Error::other(format!("mount target {} exists in the image and is not a directory", rel.display())))
+                    }
                     (Kind::File, true) => Err(io::Error::other(format!(
                         "mount target {} exists in the image and is a directory, but the source is a file",
                         rel.display()
@@ -551,12 +432,7 @@ impl Mounter<'_> {
                 let next = self.inner_path(pfd.as_fd())?.join(link);
                 return self.ensure(&next, kind, depth + 1);
             }
-            Ok(_) => {
-                return Err(io::Error::other(format!(
-                    "{} exists but cannot be opened",
-                    rel.display()
-                )))
-            }
+            Ok(_) => return Err(io::Error::other(format!("{} exists but cannot be opened", rel.display()))),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(e),
         }
@@ -564,12 +440,7 @@ impl Mounter<'_> {
         match kind {
             Kind::Dir => sys::mkdirat(pfd.as_fd(), name, 0o755)?,
             Kind::File => {
-                sys::openat(
-                    pfd.as_fd(),
-                    name,
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                    0o644,
-                )?;
+                sys::openat(pfd.as_fd(), name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644)?;
             }
         }
         let after = sys::lstatat(pfd.as_fd(), OsStr::new(""))?;
@@ -583,11 +454,7 @@ impl Mounter<'_> {
             parent_mtime_after: after.mtime,
         };
         send(self.report, &Report::Created(vec![created]));
-        let dir_flag = if kind == Kind::Dir {
-            libc::O_DIRECTORY
-        } else {
-            0
-        };
+        let dir_flag = if kind == Kind::Dir { libc::O_DIRECTORY } else { 0 };
         sys::openat(pfd.as_fd(), name, libc::O_PATH | dir_flag, 0)
     }
 
@@ -597,32 +464,14 @@ impl Mounter<'_> {
         sys::open_in_root(self.root()?, &normalize(target))
     }
 
-    fn mount_fs(
-        &mut self,
-        target: &str,
-        fstype: &str,
-        flags: libc::c_ulong,
-        data: Option<&str>,
-    ) -> io::Result<()> {
+    fn mount_fs(&mut self, target: &str, fstype: &str, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()> {
         let fd = self.ensure(Path::new(target), Kind::Dir, 0)?;
-        sys::mount(
-            Some(Path::new(fstype)),
-            &sys::fd_path(fd.as_fd()),
-            Some(fstype),
-            flags,
-            data,
-        )
-        .map_err(|e| io::Error::new(e.kind(), format!("mount {fstype} on {target}: {e}")))
+        sys::mount(Some(Path::new(fstype)), &sys::fd_path(fd.as_fd()), Some(fstype), flags, data)
+            .map_err(|e| io::Error::new(e.kind(), format!("mount {fstype} on {target}: {e}")))
     }
 
     fn mount_proc(&mut self) -> Result<(), Failure> {
-        self.mount_fs(
-            "/proc",
-            "proc",
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            None,
-        )
-        .map_err(fail("mount /proc"))
+        self.mount_fs("/proc", "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None).map_err(fail("mount /proc"))
     }
 
     fn mount_sys(&mut self) -> Result<(), Failure> {
@@ -631,9 +480,7 @@ impl Mounter<'_> {
             Ok(()) => Ok(()),
             // Some hosts refuse a fresh sysfs (e.g. inside another container); the host's,
             // read-only, is what Docker falls back to as well.
-            Err(_) => self
-                .bind(Path::new("/sys"), Path::new("/sys"), true, Kind::Dir)
-                .map_err(fail("mount /sys")),
+            Err(_) => self.bind(Path::new("/sys"), Path::new("/sys"), true, Kind::Dir).map_err(fail("mount /sys")),
         }
     }
 
@@ -642,12 +489,7 @@ impl Mounter<'_> {
     }
 
     fn mount_dev_inner(&mut self) -> io::Result<()> {
-        self.mount_fs(
-            "/dev",
-            "tmpfs",
-            libc::MS_NOSUID | libc::MS_STRICTATIME,
-            Some("mode=755,size=65536k"),
-        )?;
+        self.mount_fs("/dev", "tmpfs", libc::MS_NOSUID | libc::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
         let dev = self.reopen(Path::new("/dev"))?;
         let d = dev.as_fd();
         // Device nodes must be world-usable whatever the umask; restore Docker's 022 after.
@@ -686,14 +528,7 @@ impl Mounter<'_> {
     }
 
     fn make_nodes(d: BorrowedFd<'_>) -> io::Result<()> {
-        for (name, major, minor) in [
-            ("null", 1, 3),
-            ("zero", 1, 5),
-            ("full", 1, 7),
-            ("random", 1, 8),
-            ("urandom", 1, 9),
-            ("tty", 5, 0),
-        ] {
+        for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
             sys::mknod_char(d, OsStr::new(name), 0o666, major, minor)?;
         }
         Ok(())
@@ -701,13 +536,7 @@ impl Mounter<'_> {
 
     fn bind(&mut self, source: &Path, target: &Path, readonly: bool, kind: Kind) -> io::Result<()> {
         let fd = self.ensure(target, kind, 0)?;
-        sys::mount(
-            Some(source),
-            &sys::fd_path(fd.as_fd()),
-            None,
-            libc::MS_BIND | libc::MS_REC,
-            None,
-        )?;
+        sys::mount(Some(source), &sys::fd_path(fd.as_fd()), None, libc::MS_BIND | libc::MS_REC, None)?;
         if readonly {
             self.remount_ro(target, 0)?;
         }
@@ -716,26 +545,14 @@ impl Mounter<'_> {
 
     fn remount_ro(&self, target: &Path, extra: libc::c_ulong) -> io::Result<()> {
         let fd = self.reopen(target)?;
-        sys::mount(
-            None,
-            &sys::fd_path(fd.as_fd()),
-            None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | extra,
-            None,
-        )
+        sys::mount(None, &sys::fd_path(fd.as_fd()), None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | extra, None)
     }
 
     fn step_mount(&mut self, index: usize, m: &Mount) -> io::Result<()> {
         let target = m.target();
         match m {
-            Mount::Bind {
-                source, readonly, ..
-            } => {
-                let kind = if std::fs::metadata(source)?.is_dir() {
-                    Kind::Dir
-                } else {
-                    Kind::File
-                };
+            Mount::Bind { source, readonly, .. } => {
+                let kind = if std::fs::metadata(source)?.is_dir() { Kind::Dir } else { Kind::File };
                 self.bind(source, &target, *readonly, kind)
             }
             Mount::Cache { source, .. } => self.bind(source, &target, false, Kind::Dir),
@@ -753,25 +570,14 @@ impl Mounter<'_> {
                     Some(&data),
                 )
             }
-            Mount::Secret {
-                source,
-                mode,
-                uid,
-                gid,
-                ..
-            } => {
+            Mount::Secret { source, mode, uid, gid, .. } => {
                 // Stage the content in our private /dev tmpfs (it never touches the root's
                 // disk), bind the staged file at the target, then unlink the staging name: the
                 // mount keeps the inode alive and /dev shows nothing.
                 let content = std::fs::read(source)?;
                 let dev = self.reopen(Path::new("/dev"))?;
                 let name = format!(".kiln-secret-{index}");
-                let staged = File::from(sys::openat(
-                    dev.as_fd(),
-                    OsStr::new(&name),
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                    0o600,
-                )?);
+                let staged = File::from(sys::openat(dev.as_fd(), OsStr::new(&name), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?);
                 (&staged).write_all(&content)?;
                 std::os::unix::fs::fchown(&staged, Some(*uid), Some(*gid))?;
                 staged.set_permissions(PermissionsExt::from_mode(mode.unwrap_or(0o400)))?;
@@ -791,10 +597,7 @@ mod tests {
 
     #[test]
     fn normalize_never_climbs_above_root() {
-        assert_eq!(
-            normalize(Path::new("/a/../../b/./c")),
-            PathBuf::from("/b/c")
-        );
+        assert_eq!(normalize(Path::new("/a/../../b/./c")), PathBuf::from("/b/c"));
         assert_eq!(normalize(Path::new("rel/x")), PathBuf::from("/rel/x"));
         assert_eq!(normalize(Path::new("/..")), PathBuf::from("/"));
     }
@@ -811,11 +614,7 @@ mod tests {
         let found = find_executable("tool", &path_var).ok().unwrap();
         assert_eq!(found.as_bytes(), exe.as_os_str().as_bytes());
         let missing = find_executable("data", &path_var).err().unwrap();
-        assert!(
-            missing.message.contains("not found in $PATH"),
-            "{}",
-            missing.message
-        );
+        assert!(missing.message.contains("not found in $PATH"), "{}", missing.message);
         assert!(find_executable("/abs/x", "").is_ok());
         assert!(find_executable("", DEFAULT_PATH).is_err());
     }

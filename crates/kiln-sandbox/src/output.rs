@@ -59,10 +59,7 @@ const TAIL_LINE_CHARS: usize = 500;
 
 impl Tail {
     pub(crate) fn new(cap: usize) -> Tail {
-        Tail {
-            cap,
-            lines: VecDeque::with_capacity(cap),
-        }
+        Tail { cap, lines: VecDeque::with_capacity(cap) }
     }
 
     pub(crate) fn push(&mut self, line: &[u8]) {
@@ -74,10 +71,7 @@ impl Tail {
         }
         let text = String::from_utf8_lossy(line);
         let text: String = if text.chars().count() > TAIL_LINE_CHARS {
-            text.chars()
-                .take(TAIL_LINE_CHARS)
-                .chain("…".chars())
-                .collect()
+            text.chars().take(TAIL_LINE_CHARS).chain("…".chars()).collect()
         } else {
             text.into_owned()
         };
@@ -106,20 +100,14 @@ mod tests {
     #[test]
     fn lines_across_chunks() {
         let out = split(&[b"a\nb", b"c\n\nd"]);
-        assert_eq!(
-            out,
-            vec![b"a".to_vec(), b"bc".to_vec(), b"".to_vec(), b"d".to_vec()]
-        );
+        assert_eq!(out, vec![b"a".to_vec(), b"bc".to_vec(), b"".to_vec(), b"d".to_vec()]);
     }
 
     #[test]
     fn long_lines_are_cut() {
         let big = vec![b'x'; MAX_LINE * 2 + 5];
         let out = split(&[&big]);
-        assert_eq!(
-            out.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![MAX_LINE, MAX_LINE, 5]
-        );
+        assert_eq!(out.iter().map(Vec::len).collect::<Vec<_>>(), vec![MAX_LINE, MAX_LINE, 5]);
     }
 
     #[test]

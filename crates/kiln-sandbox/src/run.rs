@@ -15,9 +15,7 @@ use crate::cancel::Cancel;
 use crate::cleanup::{remove_created, MountPoint};
 use crate::error::Error;
 use crate::output::{LineSplitter, Stream, Tail};
-use crate::protocol::{
-    Report, INIT_ARG, INIT_ENV, PARENT_ENV, PROTOCOL_VERSION, REPORT_FD, SPEC_FD,
-};
+use crate::protocol::{Report, INIT_ARG, INIT_ENV, PARENT_ENV, PROTOCOL_VERSION, REPORT_FD, SPEC_FD};
 use crate::spec::{Mount, Spec};
 use crate::sys;
 
@@ -69,11 +67,7 @@ impl Outcome {
         if self.success() {
             Ok(self)
         } else {
-            Err(Error::Failed {
-                command: self.command,
-                status: self.status,
-                tail: self.tail,
-            })
+            Err(Error::Failed { command: self.command, status: self.status, tail: self.tail })
         }
     }
 }
@@ -89,22 +83,13 @@ pub struct Sandbox {
 impl Sandbox {
     /// Re-executes the current program (`std::env::current_exe()`), i.e. kiln itself.
     pub fn new() -> Result<Sandbox, Error> {
-        let exe = std::env::current_exe().map_err(|source| Error::Spawn {
-            binary: PathBuf::from("/proc/self/exe"),
-            source,
-        })?;
-        Ok(Sandbox {
-            init_binary: exe,
-            cancel: Cancel::default(),
-        })
+        let exe = std::env::current_exe().map_err(|source| Error::Spawn { binary: PathBuf::from("/proc/self/exe"), source })?;
+        Ok(Sandbox { init_binary: exe, cancel: Cancel::default() })
     }
 
     /// Re-executes `binary` instead (tests use the built `kiln` binary).
     pub fn with_init_binary(binary: impl Into<PathBuf>) -> Sandbox {
-        Sandbox {
-            init_binary: binary.into(),
-            cancel: Cancel::default(),
-        }
+        Sandbox { init_binary: binary.into(), cancel: Cancel::default() }
     }
 
     /// Runs of this sandbox stop when `cancel` fires.
@@ -129,12 +114,8 @@ impl Sandbox {
         }
         let mut spec = spec.clone();
         validate(&mut spec)?;
-        let io_err = |source| Error::Io {
-            command: command.clone(),
-            source,
-        };
-        let json = serde_json::to_vec(&spec)
-            .map_err(|e| Error::InvalidSpec(format!("cannot encode the spec: {e}")))?;
+        let io_err = |source| Error::Io { command: command.clone(), source };
+        let json = serde_json::to_vec(&spec).map_err(|e| Error::InvalidSpec(format!("cannot encode the spec: {e}")))?;
 
         let (spec_r, spec_w) = sys::pipe().map_err(io_err)?;
         let (report_r, report_w) = sys::pipe().map_err(io_err)?;
@@ -149,19 +130,10 @@ impl Sandbox {
             // Out of kiln's process group from the fork on, so that a Ctrl-C reaches kiln only
             // (the init repeats it itself; see `init::outer_main`).
             .process_group(0);
-        sys::pass_fds(
-            &mut cmd,
-            [
-                (spec_r.as_raw_fd(), SPEC_FD),
-                (report_w.as_raw_fd(), REPORT_FD),
-            ],
-        );
+        sys::pass_fds(&mut cmd, [(spec_r.as_raw_fd(), SPEC_FD), (report_w.as_raw_fd(), REPORT_FD)]);
         // This thread forks the init and then blocks until it has reaped it: the init's
         // parent-death signal, which is tied to the forking thread, fires only if kiln dies.
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-            binary: self.init_binary.clone(),
-            source,
-        })?;
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn { binary: self.init_binary.clone(), source })?;
         // Kills the child at once if the handle fired since the check above.
         let registration = self.cancel.register(child.id() as libc::pid_t);
         // Our copies must go, or EOF never comes.
@@ -179,14 +151,8 @@ impl Sandbox {
         let (reports, panicked) = std::thread::scope(|s| {
             let (tx, rx) = mpsc::sync_channel::<(Stream, Vec<u8>)>(256);
             for (stream, pipe) in [
-                (
-                    Stream::Stdout,
-                    stdout.map(|p| Box::new(p) as Box<dyn Read + Send>),
-                ),
-                (
-                    Stream::Stderr,
-                    stderr.map(|p| Box::new(p) as Box<dyn Read + Send>),
-                ),
+                (Stream::Stdout, stdout.map(|p| Box::new(p) as Box<dyn Read + Send>)),
+                (Stream::Stderr, stderr.map(|p| Box::new(p) as Box<dyn Read + Send>)),
             ] {
                 let Some(mut pipe) = pipe else { continue };
                 let tx = tx.clone();
@@ -277,29 +243,16 @@ impl Sandbox {
         }
         let waited = waited.map_err(io_err)?;
         if let Some((stage, message)) = setup_failure {
-            return Err(Error::Setup {
-                command,
-                stage,
-                message,
-            });
+            return Err(Error::Setup { command, stage, message });
         }
         if let Err(source) = write_result {
             return Err(Error::Io { command, source });
         }
         let Some(status) = status else {
-            return Err(Error::InitDied {
-                binary: self.init_binary.clone(),
-                command,
-                status: waited.to_string(),
-            });
+            return Err(Error::InitDied { binary: self.init_binary.clone(), command, status: waited.to_string() });
         };
         tracing::debug!(command = %command, %status, "sandbox finished");
-        Ok(Outcome {
-            status,
-            tail: tail.into_vec(),
-            mount_points,
-            command,
-        })
+        Ok(Outcome { status, tail: tail.into_vec(), mount_points, command })
     }
 }
 
@@ -337,57 +290,36 @@ fn validate(spec: &mut Spec) -> Result<(), Error> {
     if spec.argv.is_empty() {
         return Err(Error::InvalidSpec("the command (argv) is empty".into()));
     }
-    let root = std::fs::canonicalize(&spec.root).map_err(|e| {
-        Error::InvalidSpec(format!("root file system {}: {e}", spec.root.display()))
-    })?;
+    let root =
+        std::fs::canonicalize(&spec.root).map_err(|e| Error::InvalidSpec(format!("root file system {}: {e}", spec.root.display())))?;
     if !root.is_dir() || root == Path::new("/") {
-        return Err(Error::InvalidSpec(format!(
-            "root file system {} must be a directory other than /",
-            root.display()
-        )));
+        return Err(Error::InvalidSpec(format!("root file system {} must be a directory other than /", root.display())));
     }
     spec.root = root;
     if spec.hostname.len() > 64 {
-        return Err(Error::InvalidSpec(format!(
-            "host name {:?} is longer than 64 bytes",
-            spec.hostname
-        )));
+        return Err(Error::InvalidSpec(format!("host name {:?} is longer than 64 bytes", spec.hostname)));
     }
     if !spec.workdir.is_absolute() {
-        return Err(Error::InvalidSpec(format!(
-            "working directory {} must be absolute",
-            spec.workdir.display()
-        )));
+        return Err(Error::InvalidSpec(format!("working directory {} must be absolute", spec.workdir.display())));
     }
     for m in &spec.mounts {
         let target = m.target();
         if !target.is_absolute() {
-            return Err(Error::InvalidSpec(format!(
-                "mount target {} must be an absolute path",
-                target.display()
-            )));
+            return Err(Error::InvalidSpec(format!("mount target {} must be an absolute path", target.display())));
         }
         match m {
             Mount::Bind { source, .. } | Mount::Secret { source, .. } => {
-                std::fs::metadata(source).map_err(|e| {
-                    Error::InvalidSpec(format!(
-                        "mount source {} for {}: {e}",
-                        source.display(),
-                        target.display()
-                    ))
-                })?;
+                std::fs::metadata(source)
+                    .map_err(|e| Error::InvalidSpec(format!("mount source {} for {}: {e}", source.display(), target.display())))?;
             }
-            Mount::Cache { source, .. } => std::fs::create_dir_all(source).map_err(|e| {
-                Error::InvalidSpec(format!("cache directory {}: {e}", source.display()))
-            })?,
+            Mount::Cache { source, .. } => {
+                std::fs::create_dir_all(source).map_err(|e| Error::InvalidSpec(format!("cache directory {}: {e}", source.display())))?
+            }
             Mount::Tmpfs { .. } => {}
         }
         if let Mount::Secret { source, .. } = m {
             if !source.is_file() {
-                return Err(Error::InvalidSpec(format!(
-                    "secret source {} is not a regular file",
-                    source.display()
-                )));
+                return Err(Error::InvalidSpec(format!("secret source {} is not a regular file", source.display())));
             }
         }
     }
@@ -413,17 +345,9 @@ mod tests {
         // Validation (which creates cache dirs) does not happen either.
         let cache = dir.path().join("cache");
         let mut spec = Spec::new(dir.path(), vec!["echo".into(), "a b".into()]);
-        spec.mounts = vec![Mount::Cache {
-            source: cache.clone(),
-            target: "/cache".into(),
-        }];
-        let err = sandbox
-            .run(&spec, &mut |_, _| panic!("a cancelled run has no output"))
-            .unwrap_err();
-        assert!(
-            matches!(&err, Error::Cancelled { command } if command == "echo 'a b'"),
-            "{err:?}"
-        );
+        spec.mounts = vec![Mount::Cache { source: cache.clone(), target: "/cache".into() }];
+        let err = sandbox.run(&spec, &mut |_, _| panic!("a cancelled run has no output")).unwrap_err();
+        assert!(matches!(&err, Error::Cancelled { command } if command == "echo 'a b'"), "{err:?}");
         assert_eq!(err.to_string(), "echo 'a b': cancelled");
         assert!(!spawned.exists(), "the init binary was started");
         assert!(!cache.exists(), "the spec was acted upon");

@@ -50,10 +50,7 @@ impl Spec {
         self.argv
             .iter()
             .map(|a| {
-                if !a.is_empty()
-                    && a.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
-                {
+                if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
                     a.clone()
                 } else {
                     format!("'{}'", a.replace('\'', r"'\''"))
@@ -79,16 +76,9 @@ pub enum Network {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mount {
     /// A host file or directory, bind-mounted.
-    Bind {
-        source: PathBuf,
-        target: PathBuf,
-        readonly: bool,
-    },
+    Bind { source: PathBuf, target: PathBuf, readonly: bool },
     /// A fresh tmpfs (mode 1777), optionally limited to `size_bytes`.
-    Tmpfs {
-        target: PathBuf,
-        size_bytes: Option<u64>,
-    },
+    Tmpfs { target: PathBuf, size_bytes: Option<u64> },
     /// A persistent host directory owned by the caller, mounted read-write; created if missing.
     Cache { source: PathBuf, target: PathBuf },
     /// A secret file. Its content is copied into a private tmpfs inside the sandbox's mount
@@ -111,9 +101,7 @@ impl Mount {
         match self {
             Mount::Bind { target, .. } | Mount::Tmpfs { target, .. } => target.clone(),
             Mount::Cache { target, .. } => target.clone(),
-            Mount::Secret { id, target, .. } => target
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("/run/secrets").join(id)),
+            Mount::Secret { id, target, .. } => target.clone().unwrap_or_else(|| PathBuf::from("/run/secrets").join(id)),
         }
     }
 }

@@ -15,12 +15,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn cstr(s: &OsStr) -> io::Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{:?} contains a NUL byte", s),
-        )
-    })
+    CString::new(s.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{:?} contains a NUL byte", s)))
 }
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -94,10 +89,7 @@ pub fn unshare(flags: libc::c_int) -> io::Result<()> {
 
 fn thread_count() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
 }
 
 pub enum Forked {
@@ -109,9 +101,7 @@ pub enum Forked {
 /// process only async-signal-safe calls are allowed, and the init code allocates freely.
 pub fn fork() -> io::Result<Forked> {
     if thread_count() != Some(1) {
-        return Err(io::Error::other(
-            "fork refused: the sandbox init process must be single-threaded",
-        ));
+        return Err(io::Error::other("fork refused: the sandbox init process must be single-threaded"));
     }
     // SAFETY: the process has exactly one thread (checked above), so the child inherits a
     // consistent heap and may keep running ordinary Rust code.
@@ -153,17 +143,12 @@ pub fn wait_for(pid: libc::pid_t) -> io::Result<Ended> {
 /// init process also tears down the namespace it created.
 pub fn kill_me_with_parent() -> io::Result<()> {
     // SAFETY: PR_SET_PDEATHSIG takes an integer argument only.
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) })
-        .map(|_| ())
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) }).map(|_| ())
 }
 
 /// True when the other end of a pipe has been closed (used to detect that the parent died).
 pub fn peer_closed(fd: BorrowedFd<'_>) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd, zero timeout.
     let r = unsafe { libc::poll(&mut pfd, 1, 0) };
     r > 0 && (pfd.revents & (libc::POLLHUP | libc::POLLIN)) != 0
@@ -206,11 +191,7 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> bool {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -247,29 +228,14 @@ pub fn geteuid() -> u32 {
 
 /// mount(2). `target` may be a `/proc/self/fd/N` path, which makes the kernel mount onto the
 /// object the fd refers to rather than re-resolving a path that could have been swapped.
-pub fn mount(
-    source: Option<&Path>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: libc::c_ulong,
-    data: Option<&str>,
-) -> io::Result<()> {
+pub fn mount(source: Option<&Path>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()> {
     let source = source.map(|s| cstr(s.as_os_str())).transpose()?;
     let target = cstr(target.as_os_str())?;
     let fstype = fstype.map(|s| cstr(OsStr::new(s))).transpose()?;
     let data = data.map(|s| cstr(OsStr::new(s))).transpose()?;
     let p = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
     // SAFETY: every pointer is either null or a live NUL-terminated string owned above.
-    check(unsafe {
-        libc::mount(
-            p(&source),
-            target.as_ptr(),
-            p(&fstype),
-            flags,
-            p(&data).cast(),
-        )
-    })
-    .map(|_| ())
+    check(unsafe { libc::mount(p(&source), target.as_ptr(), p(&fstype), flags, p(&data).cast()) }).map(|_| ())
 }
 
 pub fn umount_detach(target: &Path) -> io::Result<()> {
@@ -284,8 +250,7 @@ pub fn umount_detach(target: &Path) -> io::Result<()> {
 pub fn pivot_root_here() -> io::Result<()> {
     let dot = c".";
     // SAFETY: two live NUL-terminated strings.
-    check_long(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) })
-        .map(|_| ())
+    check_long(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) }).map(|_| ())
 }
 
 pub fn fchdir(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -320,22 +285,11 @@ fn open_how_zeroed() -> libc::open_how {
 }
 
 /// openat(2) of one directory entry, never following a symlink in the last component.
-pub fn openat(
-    dir: BorrowedFd<'_>,
-    name: &OsStr,
-    flags: libc::c_int,
-    mode: u32,
-) -> io::Result<OwnedFd> {
+pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
     let name = cstr(name)?;
     // SAFETY: live C string; the mode is passed as the variadic argument openat expects.
-    let fd = check(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            mode as libc::c_uint,
-        )
-    })?;
+    let fd =
+        check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOFOLLOW, mode as libc::c_uint) })?;
     // SAFETY: new fd owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -343,29 +297,14 @@ pub fn openat(
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
     let name = cstr(name)?;
     // SAFETY: live C string.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })
-        .map(|_| ())
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) }).map(|_| ())
 }
 
-pub fn mknod_char(
-    dir: BorrowedFd<'_>,
-    name: &OsStr,
-    mode: u32,
-    major: u32,
-    minor: u32,
-) -> io::Result<()> {
+pub fn mknod_char(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, major: u32, minor: u32) -> io::Result<()> {
     let name = cstr(name)?;
     let dev = libc::makedev(major, minor);
     // SAFETY: live C string.
-    check(unsafe {
-        libc::mknodat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::S_IFCHR | mode as libc::mode_t,
-            dev,
-        )
-    })
-    .map(|_| ())
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), libc::S_IFCHR | mode as libc::mode_t, dev) }).map(|_| ())
 }
 
 pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
@@ -412,25 +351,14 @@ pub fn lstatat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: live C string and a writable stat buffer.
     check(unsafe { libc::fstatat(dir.as_raw_fd(), cname.as_ptr(), &mut st, flags) })?;
-    Ok(Stat {
-        mode: st.st_mode,
-        size: st.st_size as u64,
-        atime: (st.st_atime, st.st_atime_nsec),
-        mtime: (st.st_mtime, st.st_mtime_nsec),
-    })
+    Ok(Stat { mode: st.st_mode, size: st.st_size as u64, atime: (st.st_atime, st.st_atime_nsec), mtime: (st.st_mtime, st.st_mtime_nsec) })
 }
 
 /// Sets a directory's access and modification times; `fd` must be a real (non-`O_PATH`) fd.
 pub fn futimens(fd: BorrowedFd<'_>, atime: (i64, i64), mtime: (i64, i64)) -> io::Result<()> {
     let times = [
-        libc::timespec {
-            tv_sec: atime.0 as libc::time_t,
-            tv_nsec: atime.1 as libc::c_long,
-        },
-        libc::timespec {
-            tv_sec: mtime.0 as libc::time_t,
-            tv_nsec: mtime.1 as libc::c_long,
-        },
+        libc::timespec { tv_sec: atime.0 as libc::time_t, tv_nsec: atime.1 as libc::c_long },
+        libc::timespec { tv_sec: mtime.0 as libc::time_t, tv_nsec: mtime.1 as libc::c_long },
     ];
     // SAFETY: a live array of two timespecs.
     check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(|_| ())
@@ -440,8 +368,7 @@ pub fn futimens(fd: BorrowedFd<'_>, atime: (i64, i64), mtime: (i64, i64)) -> io:
 /// would, with the SIOCSIFFLAGS ioctl (no netlink needed for a single flag).
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: plain socket creation.
-    let sock =
-        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    let sock = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: the fd was just created and is owned here.
     let sock = unsafe { OwnedFd::from_raw_fd(sock) };
     // SAFETY: all-zero is a valid ifreq.
@@ -499,15 +426,8 @@ pub fn reset_signals() {
 /// by whoever started kiln never reach the command.
 pub fn cloexec_from(first: u32) -> io::Result<()> {
     // SAFETY: integer arguments.
-    check_long(unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    })
-    .map(|_| ())
+    check_long(unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) })
+        .map(|_| ())
 }
 
 /// execve(2); only returns on failure.

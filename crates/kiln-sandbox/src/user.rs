@@ -69,12 +69,7 @@ fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
         if f.len() < 4 || f[0].is_empty() || f[0].starts_with('#') {
             return None;
         }
-        Some(PasswdEntry {
-            name: f[0],
-            uid: parse_id(f[2])?,
-            gid: parse_id(f[3])?,
-            home: f.get(5).copied().unwrap_or(""),
-        })
+        Some(PasswdEntry { name: f[0], uid: parse_id(f[2])?, gid: parse_id(f[3])?, home: f.get(5).copied().unwrap_or("") })
     })
 }
 
@@ -87,15 +82,7 @@ fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
         Some(GroupEntry {
             name: f[0],
             gid: parse_id(f[2])?,
-            members: f
-                .get(3)
-                .map(|m| {
-                    m.split(',')
-                        .map(str::trim)
-                        .filter(|m| !m.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            members: f.get(3).map(|m| m.split(',').map(str::trim).filter(|m| !m.is_empty()).collect()).unwrap_or_default(),
         })
     })
 }
@@ -112,18 +99,10 @@ fn fast_id(s: &str) -> Option<u32> {
 const MAX_ID: u32 = i32::MAX as u32;
 
 /// Resolves `spec` against the image's passwd and group files (`None` when a file is missing).
-pub fn resolve(
-    spec: &str,
-    passwd: Option<&str>,
-    group: Option<&str>,
-) -> Result<Identity, UserError> {
+pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<Identity, UserError> {
     let home_of = |uid: u32| -> String {
         passwd
-            .and_then(|p| {
-                passwd_entries(p)
-                    .find(|e| e.uid == uid)
-                    .map(|e| e.home.to_string())
-            })
+            .and_then(|p| passwd_entries(p).find(|e| e.uid == uid).map(|e| e.home.to_string()))
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "/".to_string())
     };
@@ -141,12 +120,7 @@ pub fn resolve(
                     return Err(UserError::OutOfRange(spec.to_string(), id.into()));
                 }
             }
-            return Ok(Identity {
-                uid,
-                gid,
-                groups: vec![gid],
-                home: home_of(uid),
-            });
+            return Ok(Identity { uid, gid, groups: vec![gid], home: home_of(uid) });
         }
     }
 
@@ -180,17 +154,12 @@ pub fn resolve(
         });
         gid = match (g, numeric_group) {
             (Some(e), _) => e.gid,
-            (None, Some(n)) if n > MAX_ID => {
-                return Err(UserError::OutOfRange(spec.to_string(), n.into()))
-            }
+            (None, Some(n)) if n > MAX_ID => return Err(UserError::OutOfRange(spec.to_string(), n.into())),
             (None, Some(n)) => n,
             (None, None) => return Err(UserError::UnknownGroup(group_arg.to_string())),
         };
     } else if let (Some(name), Some(g)) = (matched_name, group) {
-        members = group_entries(g)
-            .filter(|e| e.members.contains(&name))
-            .map(|e| e.gid)
-            .collect();
+        members = group_entries(g).filter(|e| e.members.contains(&name)).map(|e| e.gid).collect();
     }
     let mut groups = vec![gid];
     for m in members {
@@ -198,12 +167,7 @@ pub fn resolve(
             groups.push(m);
         }
     }
-    Ok(Identity {
-        uid,
-        gid,
-        groups,
-        home,
-    })
+    Ok(Identity { uid, gid, groups, home })
 }
 
 #[cfg(test)]
@@ -297,14 +261,8 @@ mod tests {
         let e = r("nobody").unwrap_err();
         assert_eq!(e, UserError::UnknownUser("nobody".into()));
         assert!(e.to_string().contains("/etc/passwd"), "{e}");
-        assert_eq!(
-            r("app:nogroup").unwrap_err(),
-            UserError::UnknownGroup("nogroup".into())
-        );
-        assert_eq!(
-            resolve("app", None, None).unwrap_err(),
-            UserError::UnknownUser("app".into())
-        );
+        assert_eq!(r("app:nogroup").unwrap_err(), UserError::UnknownGroup("nogroup".into()));
+        assert_eq!(resolve("app", None, None).unwrap_err(), UserError::UnknownUser("app".into()));
     }
 
     #[test]

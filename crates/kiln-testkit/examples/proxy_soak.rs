@@ -12,11 +12,7 @@ use kiln_testkit::{oci, random_rootfs_tar, FaultProxy, FaultProxyOptions, Regist
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok())))
         .unwrap_or(0)
 }
 
@@ -31,14 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let layout = tmp.path().join("oci");
     oci::write_oci_layout(&layout, "soak", &[&tar])?;
     let reg = Registry::start_plain()?;
-    let proxy = FaultProxy::start(
-        &reg.host(),
-        FaultProxyOptions {
-            fault_rate: rate,
-            bandwidth: Some(bw),
-            ..FaultProxyOptions::default()
-        },
-    )?;
+    let proxy =
+        FaultProxy::start(&reg.host(), FaultProxyOptions { fault_rate: rate, bandwidth: Some(bw), ..FaultProxyOptions::default() })?;
     let rss_before = peak_rss_kib();
     let t = Instant::now();
     let out = Command::new("skopeo")

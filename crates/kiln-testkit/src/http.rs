@@ -30,10 +30,7 @@ pub struct Response {
 impl Response {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The body as (lossy) UTF-8, for assertions and messages.
@@ -59,16 +56,9 @@ pub(crate) fn split_url(url: &str) -> Result<(String, String)> {
         None => (rest, "/"),
     };
     if hostport.is_empty() {
-        return Err(Error::Http {
-            what: format!("parse URL {url}"),
-            detail: "no host".into(),
-        });
+        return Err(Error::Http { what: format!("parse URL {url}"), detail: "no host".into() });
     }
-    let hostport = if hostport.contains(':') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
+    let hostport = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
     Ok((hostport, path.to_string()))
 }
 
@@ -83,8 +73,7 @@ pub(crate) fn split_url(url: &str) -> Result<(String, String)> {
 /// ```
 pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response> {
     let (hostport, path) = split_url(url)?;
-    let mut stream =
-        TcpStream::connect(&hostport).map_err(net(format!("connect to {hostport} for {method} {url}")))?;
+    let mut stream = TcpStream::connect(&hostport).map_err(net(format!("connect to {hostport} for {method} {url}")))?;
     stream
         .set_read_timeout(Some(IO_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
@@ -98,10 +87,7 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body))
-        .map_err(net(format!("send {method} {url}")))?;
+    stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).map_err(net(format!("send {method} {url}")))?;
 
     let mut reader = BufReader::new(stream);
     let (status, headers) = read_response_head(&mut reader, url)?;
@@ -109,19 +95,15 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -
     let no_body = method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
     let mut out = Vec::new();
     if !no_body {
-        let chunked = header_of(&resp_headers, "transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let chunked = header_of(&resp_headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         if chunked {
             read_chunked(&mut reader, &mut out).map_err(net(format!("read chunked body of {url}")))?;
         } else if let Some(len) = header_of(&resp_headers, "content-length") {
-            let len: u64 = len.trim().parse().map_err(|_| Error::Http {
-                what: format!("response of {method} {url}"),
-                detail: format!("bad Content-Length {len:?}"),
-            })?;
-            let got = reader
-                .take(len)
-                .read_to_end(&mut out)
-                .map_err(net(format!("read body of {url}")))?;
+            let len: u64 = len
+                .trim()
+                .parse()
+                .map_err(|_| Error::Http { what: format!("response of {method} {url}"), detail: format!("bad Content-Length {len:?}") })?;
+            let got = reader.take(len).read_to_end(&mut out).map_err(net(format!("read body of {url}")))?;
             if (got as u64) < len {
                 return Err(Error::Net {
                     what: format!("read body of {url}"),
@@ -135,18 +117,11 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -
             reader.read_to_end(&mut out).map_err(net(format!("read body of {url}")))?;
         }
     }
-    Ok(Response {
-        status,
-        headers: resp_headers,
-        body: out,
-    })
+    Ok(Response { status, headers: resp_headers, body: out })
 }
 
 pub(crate) fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
 /// Upper bound on one header block, so a broken peer cannot make us allocate forever.
@@ -164,17 +139,11 @@ pub(crate) fn read_head_lines(r: &mut impl BufRead) -> std::io::Result<Option<Ve
             if lines.is_empty() {
                 return Ok(None);
             }
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed inside the header block",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed inside the header block"));
         }
         total += n;
         if total > MAX_HEAD {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "header block larger than 64 KiB",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "header block larger than 64 KiB"));
         }
         while matches!(line.last(), Some(b'\n' | b'\r')) {
             line.pop();
@@ -202,21 +171,16 @@ pub(crate) fn parse_header_lines(lines: &[String]) -> Vec<(String, String)> {
 
 fn read_response_head(r: &mut impl BufRead, url: &str) -> Result<(u16, Vec<(String, String)>)> {
     loop {
-        let lines = read_head_lines(r)
-            .map_err(net(format!("read response head of {url}")))?
-            .ok_or_else(|| Error::Http {
-                what: format!("response of {url}"),
-                detail: "server closed the connection without answering".into(),
-            })?;
+        let lines = read_head_lines(r).map_err(net(format!("read response head of {url}")))?.ok_or_else(|| Error::Http {
+            what: format!("response of {url}"),
+            detail: "server closed the connection without answering".into(),
+        })?;
         let status_line = &lines[0];
         let status = status_line
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| Error::Http {
-                what: format!("response of {url}"),
-                detail: format!("bad status line {status_line:?}"),
-            })?;
+            .ok_or_else(|| Error::Http { what: format!("response of {url}"), detail: format!("bad status line {status_line:?}") })?;
         if status == 100 {
             continue;
         }
@@ -230,9 +194,8 @@ fn read_chunked(r: &mut impl BufRead, out: &mut Vec<u8>) -> std::io::Result<()> 
         let mut line = String::new();
         r.read_line(&mut line)?;
         let size_str = line.trim().split(';').next().unwrap_or("").trim().to_string();
-        let size = u64::from_str_radix(&size_str, 16).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad chunk size {size_str:?}"))
-        })?;
+        let size = u64::from_str_radix(&size_str, 16)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad chunk size {size_str:?}")))?;
         if size == 0 {
             loop {
                 let mut t = String::new();
@@ -275,31 +238,20 @@ pub(crate) fn read_request(r: &mut impl BufRead) -> std::io::Result<Option<Reque
     };
     let mut parts = lines[0].split_whitespace();
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("bad request line {:?}", lines[0]),
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad request line {:?}", lines[0])));
     };
     let headers = parse_header_lines(&lines[1..]);
     let mut body = Vec::new();
     if header_of(&headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
         read_chunked(&mut r.by_ref().take(MAX_SMALL_BODY), &mut body)?;
     } else if let Some(len) = header_of(&headers, "content-length") {
-        let len: u64 = len
-            .trim()
-            .parse()
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad Content-Length"))?;
+        let len: u64 = len.trim().parse().map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad Content-Length"))?;
         if len > MAX_SMALL_BODY {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "request body too large"));
         }
         r.by_ref().take(len).read_to_end(&mut body)?;
     }
-    Ok(Some(Request {
-        method: method.to_string(),
-        target: target.to_string(),
-        headers,
-        body,
-    }))
+    Ok(Some(Request { method: method.to_string(), target: target.to_string(), headers, body }))
 }
 
 /// The reason phrase for the statuses the testkit sends.
@@ -359,10 +311,8 @@ mod tests {
 
     #[test]
     fn challenge_with_commas_inside_quotes() {
-        let (s, p) = parse_challenge(
-            r#"Bearer realm="http://127.0.0.1:1/token",service="svc",scope="repository:a/b:pull,push""#,
-        )
-        .expect("parse");
+        let (s, p) =
+            parse_challenge(r#"Bearer realm="http://127.0.0.1:1/token",service="svc",scope="repository:a/b:pull,push""#).expect("parse");
         assert_eq!(s, "Bearer");
         assert_eq!(p[0], ("realm".into(), "http://127.0.0.1:1/token".into()));
         assert_eq!(p[2], ("scope".into(), "repository:a/b:pull,push".into()));
@@ -370,10 +320,7 @@ mod tests {
 
     #[test]
     fn url_split() {
-        assert_eq!(
-            split_url("http://127.0.0.1:9/v2/").expect("split"),
-            ("127.0.0.1:9".to_string(), "/v2/".to_string())
-        );
+        assert_eq!(split_url("http://127.0.0.1:9/v2/").expect("split"), ("127.0.0.1:9".to_string(), "/v2/".to_string()));
         assert!(split_url("https://x/").is_err());
     }
 }

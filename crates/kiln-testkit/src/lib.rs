@@ -63,8 +63,8 @@ mod token;
 
 pub use error::{Error, Result};
 pub use proxy::{FaultKind, FaultProxy, FaultProxyOptions};
-pub use rootfs::{busybox_rootfs_tar, random_rootfs_tar, BUSYBOX, ROOTFS_MTIME};
 pub use registry::{Registry, TOKEN_ISSUER, TOKEN_SERVICE};
+pub use rootfs::{busybox_rootfs_tar, random_rootfs_tar, BUSYBOX, ROOTFS_MTIME};
 pub use token::{Access, TokenServer, TokenServerOptions, REGISTRY_LEEWAY};
 
 /// Debian packages that provide the tools tests ask for, so a CI failure says
@@ -126,11 +126,7 @@ fn is_root() -> bool {
     // /proc/self/status avoids a libc dependency for one getuid() call.
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0")))
         .unwrap_or(false)
 }
 
@@ -151,11 +147,7 @@ mod tests {
         assert!(check_tool("sh", true), "sh is always there");
         assert!(!check_tool("kiln-testkit-no-such-tool", false));
         let r = std::panic::catch_unwind(|| check_tool("docker-registry-missing-xyz", true));
-        let msg = r
-            .expect_err("must panic in CI")
-            .downcast::<String>()
-            .map(|b| *b)
-            .unwrap_or_default();
+        let msg = r.expect_err("must panic in CI").downcast::<String>().map(|b| *b).unwrap_or_default();
         assert!(msg.contains("docker-registry-missing-xyz"), "{msg}");
         assert_eq!(debian_package("htpasswd"), "apache2-utils");
     }

@@ -60,10 +60,8 @@ pub fn write_oci_layout(dir: &Path, tag: &str, layer_tars: &[&Path]) -> Result<O
     })
     .to_string();
     let (config_digest, config_size) = store_bytes(&blobs, config.as_bytes())?;
-    let layer_descs: Vec<serde_json::Value> = layers
-        .iter()
-        .map(|(d, s)| serde_json::json!({"mediaType": LAYER_MEDIA_TYPE, "digest": d, "size": s}))
-        .collect();
+    let layer_descs: Vec<serde_json::Value> =
+        layers.iter().map(|(d, s)| serde_json::json!({"mediaType": LAYER_MEDIA_TYPE, "digest": d, "size": s})).collect();
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -85,11 +83,7 @@ pub fn write_oci_layout(dir: &Path, tag: &str, layer_tars: &[&Path]) -> Result<O
     .to_string();
     let index_path = dir.join("index.json");
     fs::write(&index_path, index).map_err(io("write OCI index.json", &index_path))?;
-    Ok(OciImage {
-        manifest_digest,
-        config_digest,
-        layers,
-    })
+    Ok(OciImage { manifest_digest, config_digest, layers })
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -66,11 +66,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// All kinds, in a fixed order (the RNG indexes into the configured list).
-    pub const ALL: [FaultKind; 3] = [
-        FaultKind::ServerError,
-        FaultKind::ResetMidBody,
-        FaultKind::TooManyRequests,
-    ];
+    pub const ALL: [FaultKind; 3] = [FaultKind::ServerError, FaultKind::ResetMidBody, FaultKind::TooManyRequests];
 
     fn index(self) -> usize {
         match self {
@@ -208,10 +204,7 @@ impl FaultProxy {
     /// Starts a proxy on `127.0.0.1:0` forwarding to `upstream`
     /// (`host:port`, e.g. [`crate::Registry::host`]).
     pub fn start(upstream: &str, options: FaultProxyOptions) -> Result<FaultProxy> {
-        let limiter = |rate: u64| Limiter {
-            rate: rate.max(1),
-            next: Mutex::new(Instant::now()),
-        };
+        let limiter = |rate: u64| Limiter { rate: rate.max(1), next: Mutex::new(Instant::now()) };
         let shared = Arc::new(Shared {
             upstream: upstream.to_string(),
             me: Mutex::new(String::new()),
@@ -226,11 +219,8 @@ impl FaultProxy {
             upstream_errors: AtomicU64::new(0),
         });
         let handler_shared = Arc::clone(&shared);
-        let server = Server::start(
-            "fault-proxy",
-            options.max_connections.max(1),
-            Arc::new(move |stream| serve_client(&handler_shared, stream)),
-        )?;
+        let server =
+            Server::start("fault-proxy", options.max_connections.max(1), Arc::new(move |stream| serve_client(&handler_shared, stream)))?;
         *shared.me.lock().unwrap_or_else(|e| e.into_inner()) = server.addr().to_string();
         Ok(FaultProxy { shared, server })
     }
@@ -252,9 +242,7 @@ impl FaultProxy {
 
     /// Changes the fault rate from now on (e.g. 0 while setting up, then 0.1).
     pub fn set_fault_rate(&self, rate: f64) {
-        self.shared
-            .rate_bits
-            .store(rate.clamp(0.0, 1.0).to_bits(), Ordering::SeqCst);
+        self.shared.rate_bits.store(rate.clamp(0.0, 1.0).to_bits(), Ordering::SeqCst);
     }
 
     /// Requests received from clients (faulted ones included).
@@ -311,9 +299,7 @@ fn invalid(msg: impl Into<String>) -> std::io::Error {
 }
 
 fn is_hop_by_hop(name: &str) -> bool {
-    ["connection", "keep-alive", "proxy-connection", "expect"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    ["connection", "keep-alive", "proxy-connection", "expect"].iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 fn reset(stream: &TcpStream) {
@@ -364,8 +350,7 @@ fn serve_one(shared: &Shared, reader: &mut BufReader<TcpStream>, client: &mut Tc
     let headers = parse_header_lines(&lines[1..]);
     let framing = request_framing(&headers)?;
     shared.requests.fetch_add(1, Ordering::SeqCst);
-    let client_close = http10
-        || header_of(&headers, "connection").is_some_and(|v| v.to_ascii_lowercase().contains("close"));
+    let client_close = http10 || header_of(&headers, "connection").is_some_and(|v| v.to_ascii_lowercase().contains("close"));
     let keep = shared.keep_alive && !client_close;
 
     let fault = shared.draw();
@@ -377,14 +362,10 @@ fn serve_one(shared: &Shared, reader: &mut BufReader<TcpStream>, client: &mut Tc
         Some(kind @ (FaultKind::ServerError | FaultKind::TooManyRequests)) => {
             send_continue_if_expected(&headers, client)?;
             let _ = skip_body(reader, framing, DRAIN_LIMIT);
-            let (status, code, extra) = if kind == FaultKind::ServerError {
-                (500, "UNKNOWN", "")
-            } else {
-                (429, "TOOMANYREQUESTS", "Retry-After: 1\r\n")
-            };
-            let body = format!(
-                "{{\"errors\":[{{\"code\":\"{code}\",\"message\":\"fault injected by kiln-testkit proxy\",\"detail\":null}}]}}"
-            );
+            let (status, code, extra) =
+                if kind == FaultKind::ServerError { (500, "UNKNOWN", "") } else { (429, "TOOMANYREQUESTS", "Retry-After: 1\r\n") };
+            let body =
+                format!("{{\"errors\":[{{\"code\":\"{code}\",\"message\":\"fault injected by kiln-testkit proxy\",\"detail\":null}}]}}");
             let head = format!(
                 "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
                 crate::http::reason(status),
@@ -575,10 +556,7 @@ fn copy_exact(r: &mut impl Read, w: &mut impl Write, mut n: u64, limiter: Option
         let want = (n as usize).min(step);
         let got = r.read(&mut buf[..want])?;
         if got == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("body ended {n} bytes early"),
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("body ended {n} bytes early")));
         }
         if let Some(l) = limiter {
             l.take(got);

@@ -71,13 +71,7 @@ impl Registry {
     /// The htpasswd file is made with `htpasswd -Bbn` (bcrypt), the only hash
     /// distribution accepts.
     pub fn start_basic(user: &str, password: &str) -> Result<Registry> {
-        Self::start(
-            Auth::Basic {
-                user: user.to_string(),
-                password: password.to_string(),
-            },
-            None,
-        )
+        Self::start(Auth::Basic { user: user.to_string(), password: password.to_string() }, None)
     }
 
     /// A registry with `auth: token`, backed by an in-process [`TokenServer`]
@@ -97,18 +91,12 @@ impl Registry {
             Auth::Basic { user, password } => {
                 let path = dir.path().join("htpasswd");
                 write_htpasswd(&path, user, password)?;
-                format!(
-                    "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-                    path.display()
-                )
+                format!("auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n", path.display())
             }
             Auth::Token => {
-                let server = token_server.as_ref().ok_or_else(|| Error::Crypto(
-                    "token registry started without a token server".into(),
-                ))?;
+                let server = token_server.as_ref().ok_or_else(|| Error::Crypto("token registry started without a token server".into()))?;
                 let bundle = dir.path().join("token-root.crt");
-                fs::write(&bundle, server.certificate_pem())
-                    .map_err(io("write token root cert bundle", &bundle))?;
+                fs::write(&bundle, server.certificate_pem()).map_err(io("write token root cert bundle", &bundle))?;
                 format!(
                     "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {bundle}\n",
                     realm = server.realm(),
@@ -126,14 +114,7 @@ impl Registry {
             match spawn(dir.path(), &storage, port, &auth_yaml, &log_path) {
                 Ok(child) => {
                     tracing::debug!(port, pid = child.id(), "docker-registry started");
-                    return Ok(Registry {
-                        child,
-                        port,
-                        auth,
-                        token_server,
-                        log_path,
-                        dir,
-                    });
+                    return Ok(Registry { child, port, auth, token_server, log_path, dir });
                 }
                 Err(SpawnError::PortTaken(e)) => {
                     tracing::debug!(port, "port race lost, retrying");
@@ -142,10 +123,7 @@ impl Registry {
                 Err(SpawnError::Fatal(e)) => return Err(e),
             }
         }
-        Err(last_err.unwrap_or_else(|| Error::Tool {
-            program: "docker-registry".into(),
-            detail: "no attempt made".into(),
-        }))
+        Err(last_err.unwrap_or_else(|| Error::Tool { program: "docker-registry".into(), detail: "no attempt made".into() }))
     }
 
     /// `127.0.0.1:PORT`, the form used in image references.
@@ -169,10 +147,7 @@ impl Registry {
         match &self.auth {
             Auth::None => None,
             Auth::Basic { user, password } => Some((user, password)),
-            Auth::Token => self
-                .token_server
-                .as_ref()
-                .map(|t| (t.options().user.as_str(), t.options().password.as_str())),
+            Auth::Token => self.token_server.as_ref().map(|t| (t.options().user.as_str(), t.options().password.as_str())),
         }
     }
 
@@ -215,10 +190,7 @@ impl Drop for Registry {
 /// config, so we cannot hand it the bound socket; callers retry on a race.
 pub(crate) fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(net("bind 127.0.0.1:0 to find a free port"))?;
-    let port = l
-        .local_addr()
-        .map_err(net("read the address of a probe socket"))?
-        .port();
+    let port = l.local_addr().map_err(net("read the address of a probe socket"))?.port();
     Ok(port)
 }
 
@@ -227,10 +199,7 @@ fn write_htpasswd(path: &Path, user: &str, password: &str) -> Result<()> {
         .args(["-Bbn", user, password])
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| Error::Tool {
-            program: "htpasswd".into(),
-            detail: format!("{e} (install Debian package apache2-utils)"),
-        })?;
+        .map_err(|e| Error::Tool { program: "htpasswd".into(), detail: format!("{e} (install Debian package apache2-utils)") })?;
     if !out.status.success() {
         return Err(Error::Tool {
             program: "htpasswd -Bbn".into(),
@@ -257,29 +226,18 @@ fn spawn(dir: &Path, storage: &Path, port: u16, auth_yaml: &str, log_path: &Path
         storage = storage.display()
     );
     let config_path = dir.join("config.yml");
-    fs::write(&config_path, &config)
-        .map_err(io("write registry config", &config_path))
-        .map_err(SpawnError::Fatal)?;
-    let log = fs::File::create(log_path)
-        .map_err(io("create registry log", log_path))
-        .map_err(SpawnError::Fatal)?;
-    let log2 = log
-        .try_clone()
-        .map_err(io("duplicate registry log handle", log_path))
-        .map_err(SpawnError::Fatal)?;
-    let mut child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .spawn()
-        .map_err(|e| {
-            SpawnError::Fatal(Error::Tool {
-                program: "docker-registry".into(),
-                detail: format!("{e} (install Debian package docker-registry)"),
-            })
-        })?;
+    fs::write(&config_path, &config).map_err(io("write registry config", &config_path)).map_err(SpawnError::Fatal)?;
+    let log = fs::File::create(log_path).map_err(io("create registry log", log_path)).map_err(SpawnError::Fatal)?;
+    let log2 = log.try_clone().map_err(io("duplicate registry log handle", log_path)).map_err(SpawnError::Fatal)?;
+    let mut child =
+        Command::new("docker-registry").arg("serve").arg(&config_path).stdin(Stdio::null()).stdout(log).stderr(log2).spawn().map_err(
+            |e| {
+                SpawnError::Fatal(Error::Tool {
+                    program: "docker-registry".into(),
+                    detail: format!("{e} (install Debian package docker-registry)"),
+                })
+            },
+        )?;
 
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + START_TIMEOUT;
@@ -305,9 +263,7 @@ fn spawn(dir: &Path, storage: &Path, port: u16, auth_yaml: &str, log_path: &Path
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(SpawnError::Fatal(fail(format!(
-                "GET /v2/ did not answer within {START_TIMEOUT:?}"
-            ))));
+            return Err(SpawnError::Fatal(fail(format!("GET /v2/ did not answer within {START_TIMEOUT:?}"))));
         }
         std::thread::sleep(Duration::from_millis(25));
     }

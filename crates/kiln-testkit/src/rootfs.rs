@@ -33,22 +33,10 @@ struct Entry {
 
 impl Entry {
     fn dir(path: &str, mode: u32) -> Entry {
-        Entry {
-            path: path.to_string(),
-            mode,
-            uid: 0,
-            gid: 0,
-            kind: Kind::Dir,
-        }
+        Entry { path: path.to_string(), mode, uid: 0, gid: 0, kind: Kind::Dir }
     }
     fn file(path: &str, mode: u32, data: &str) -> Entry {
-        Entry {
-            path: path.to_string(),
-            mode,
-            uid: 0,
-            gid: 0,
-            kind: Kind::File(data.as_bytes().to_vec()),
-        }
+        Entry { path: path.to_string(), mode, uid: 0, gid: 0, kind: Kind::File(data.as_bytes().to_vec()) }
     }
 }
 
@@ -82,31 +70,17 @@ pub fn busybox_rootfs_tar(dest: &Path) -> Result<()> {
     let out = Command::new(BUSYBOX)
         .arg("--list-full")
         .output()
-        .map_err(|e| Error::Tool {
-            program: BUSYBOX.into(),
-            detail: format!("{e} (install Debian package busybox-static)"),
-        })?;
+        .map_err(|e| Error::Tool { program: BUSYBOX.into(), detail: format!("{e} (install Debian package busybox-static)") })?;
     if !out.status.success() {
-        return Err(Error::Tool {
-            program: format!("{BUSYBOX} --list-full"),
-            detail: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
+        return Err(Error::Tool { program: format!("{BUSYBOX} --list-full"), detail: String::from_utf8_lossy(&out.stderr).into_owned() });
     }
-    let size = std::fs::metadata(BUSYBOX)
-        .map_err(io("stat busybox binary", BUSYBOX))?
-        .len();
+    let size = std::fs::metadata(BUSYBOX).map_err(io("stat busybox binary", BUSYBOX))?.len();
     let mut entries = vec![
         Entry::dir("bin", 0o755),
         Entry::dir("dev", 0o755),
         Entry::dir("etc", 0o755),
         Entry::dir("home", 0o755),
-        Entry {
-            path: "home/app".into(),
-            mode: 0o755,
-            uid: 1000,
-            gid: 1000,
-            kind: Kind::Dir,
-        },
+        Entry { path: "home/app".into(), mode: 0o755, uid: 1000, gid: 1000, kind: Kind::Dir },
         Entry::dir("proc", 0o555),
         Entry::dir("root", 0o700),
         Entry::dir("sbin", 0o755),
@@ -120,13 +94,7 @@ pub fn busybox_rootfs_tar(dest: &Path) -> Result<()> {
         Entry::file("etc/group", 0o644, GROUP),
         Entry::file("etc/hosts", 0o644, HOSTS),
         Entry::file("etc/resolv.conf", 0o644, RESOLV),
-        Entry {
-            path: "bin/busybox".into(),
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            kind: Kind::BigFile(BUSYBOX.into(), size),
-        },
+        Entry { path: "bin/busybox".into(), mode: 0o755, uid: 0, gid: 0, kind: Kind::BigFile(BUSYBOX.into(), size) },
     ];
     let known_dirs = ["bin", "sbin", "usr/bin", "usr/sbin"];
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -136,13 +104,7 @@ pub fn busybox_rootfs_tar(dest: &Path) -> Result<()> {
         if path.is_empty() || path == "bin/busybox" || !known_dirs.contains(&parent) || path.contains("..") {
             continue;
         }
-        entries.push(Entry {
-            path: path.to_string(),
-            mode: 0o777,
-            uid: 0,
-            gid: 0,
-            kind: Kind::Symlink("/bin/busybox".into()),
-        });
+        entries.push(Entry { path: path.to_string(), mode: 0o777, uid: 0, gid: 0, kind: Kind::Symlink("/bin/busybox".into()) });
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     entries.dedup_by(|a, b| a.path == b.path);
@@ -251,16 +213,10 @@ pub fn random_rootfs_tar(dest: &Path, total_bytes: u64, files: usize, seed: u64)
     dir.set_mode(0o755);
     dir.set_size(0);
     dir.set_mtime(ROOTFS_MTIME);
-    builder
-        .append_data(&mut dir, "data/", std::io::empty())
-        .map_err(io("write random rootfs tar entry", dest))?;
+    builder.append_data(&mut dir, "data/", std::io::empty()).map_err(io("write random rootfs tar entry", dest))?;
     let per = total_bytes / files as u64;
     for i in 0..files {
-        let size = if i + 1 == files {
-            total_bytes - per * (files as u64 - 1)
-        } else {
-            per
-        };
+        let size = if i + 1 == files { total_bytes - per * (files as u64 - 1) } else { per };
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mode(0o644);
@@ -273,9 +229,7 @@ pub fn random_rootfs_tar(dest: &Path, total_bytes: u64, files: usize, seed: u64)
             pending: [0; 8],
             pending_len: 0,
         };
-        builder
-            .append_data(&mut h, format!("data/file-{i:06}.bin"), reader)
-            .map_err(io("write random rootfs tar entry", dest))?;
+        builder.append_data(&mut h, format!("data/file-{i:06}.bin"), reader).map_err(io("write random rootfs tar entry", dest))?;
     }
     let mut w = builder.into_inner().map_err(io("finish random rootfs tarball", dest))?;
     w.flush().map_err(io("flush random rootfs tarball", dest))?;
@@ -288,12 +242,7 @@ mod tests {
 
     #[test]
     fn random_reader_stream_does_not_depend_on_read_sizes() {
-        let mk = || RandomReader {
-            state: 9,
-            left: 1000,
-            pending: [0; 8],
-            pending_len: 0,
-        };
+        let mk = || RandomReader { state: 9, left: 1000, pending: [0; 8], pending_len: 0 };
         let mut whole = Vec::new();
         mk().read_to_end(&mut whole).expect("read");
         assert_eq!(whole.len(), 1000);

@@ -26,9 +26,7 @@ pub(crate) struct Server {
 impl Server {
     pub(crate) fn start(name: &'static str, max_connections: usize, handler: Handler) -> Result<Server> {
         let listener = TcpListener::bind("127.0.0.1:0").map_err(net(format!("bind {name} on 127.0.0.1:0")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(net(format!("read the address of {name}")))?;
+        let addr = listener.local_addr().map_err(net(format!("read the address of {name}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new((Mutex::new(0usize), Condvar::new()));
         let stop2 = Arc::clone(&stop);
@@ -56,22 +54,17 @@ impl Server {
                         let (lock, cv) = &*active2;
                         let mut n = lock.lock().unwrap_or_else(|e| e.into_inner());
                         while *n >= max_connections && !stop2.load(Ordering::SeqCst) {
-                            n = cv
-                                .wait_timeout(n, Duration::from_millis(100))
-                                .unwrap_or_else(|e| e.into_inner())
-                                .0;
+                            n = cv.wait_timeout(n, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
                         }
                         *n += 1;
                     }
                     let handler = Arc::clone(&handler);
                     let active3 = Arc::clone(&active2);
                     let id = spawned.fetch_add(1, Ordering::Relaxed);
-                    let res = std::thread::Builder::new()
-                        .name(format!("{name}-conn-{id}"))
-                        .spawn(move || {
-                            let _slot = Slot(active3);
-                            handler(stream);
-                        });
+                    let res = std::thread::Builder::new().name(format!("{name}-conn-{id}")).spawn(move || {
+                        let _slot = Slot(active3);
+                        handler(stream);
+                    });
                     if let Err(e) = res {
                         tracing::warn!(server = name, error = %e, "could not spawn a connection thread");
                         let (lock, cv) = &*active2;
@@ -81,16 +74,8 @@ impl Server {
                     }
                 }
             })
-            .map_err(|e| crate::Error::Net {
-                what: format!("spawn the accept thread of {name}"),
-                source: e,
-            })?;
-        Ok(Server {
-            addr,
-            stop,
-            accept: Some(accept),
-            active,
-        })
+            .map_err(|e| crate::Error::Net { what: format!("spawn the accept thread of {name}"), source: e })?;
+        Ok(Server { addr, stop, accept: Some(accept), active })
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {

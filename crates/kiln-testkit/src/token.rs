@@ -107,11 +107,7 @@ impl Access {
         Some(Access {
             kind: kind.to_string(),
             name: name.to_string(),
-            actions: actions
-                .split(',')
-                .filter(|a| !a.is_empty())
-                .map(str::to_string)
-                .collect(),
+            actions: actions.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect(),
         })
     }
 }
@@ -158,16 +154,12 @@ impl TokenServer {
     /// Usually reached through [`crate::Registry::start_token`], which also
     /// points a registry at it.
     pub fn start(options: TokenServerOptions, service: &str, issuer: &str) -> Result<TokenServer> {
-        let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| Error::Crypto(format!("generate P-256 key: {e}")))?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| Error::Crypto(format!("certificate parameters: {e}")))?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{issuer} token signer"));
-        let cert = params
-            .self_signed(&key_pair)
-            .map_err(|e| Error::Crypto(format!("self-sign token certificate: {e}")))?;
+        let key_pair =
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| Error::Crypto(format!("generate P-256 key: {e}")))?;
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| Error::Crypto(format!("certificate parameters: {e}")))?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{issuer} token signer"));
+        let cert = params.self_signed(&key_pair).map_err(|e| Error::Crypto(format!("self-sign token certificate: {e}")))?;
         let rng = ring::rand::SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key_pair.serialize_der(), &rng)
             .map_err(|e| Error::Crypto(format!("load signing key: {e}")))?;
@@ -183,16 +175,9 @@ impl TokenServer {
             refresh: Mutex::new(HashMap::new()),
         });
         let handler_inner = Arc::clone(&inner);
-        let server = Server::start(
-            "token-server",
-            MAX_TOKEN_CONNECTIONS,
-            Arc::new(move |stream| serve_connection(&handler_inner, stream)),
-        )?;
-        Ok(TokenServer {
-            inner,
-            cert_pem: cert.pem(),
-            server,
-        })
+        let server =
+            Server::start("token-server", MAX_TOKEN_CONNECTIONS, Arc::new(move |stream| serve_connection(&handler_inner, stream)))?;
+        Ok(TokenServer { inner, cert_pem: cert.pem(), server })
     }
 
     /// `http://127.0.0.1:PORT/token`, the registry's `auth.token.realm`.
@@ -263,9 +248,7 @@ impl Inner {
 
     fn random_hex(&self, n: usize) -> Result<String> {
         let mut buf = vec![0u8; n];
-        self.rng
-            .fill(&mut buf)
-            .map_err(|_| Error::Crypto("system random source failed".into()))?;
+        self.rng.fill(&mut buf).map_err(|_| Error::Crypto("system random source failed".into()))?;
         Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
     }
 
@@ -291,32 +274,19 @@ impl Inner {
             "jti": self.random_hex(16)?,
             "access": access,
         });
-        let signing_input = format!(
-            "{}.{}",
-            b64.encode(header.to_string()),
-            b64.encode(claims.to_string())
-        );
-        let sig = self
-            .key
-            .sign(&self.rng, signing_input.as_bytes())
-            .map_err(|_| Error::Crypto("ES256 signing failed".into()))?;
+        let signing_input = format!("{}.{}", b64.encode(header.to_string()), b64.encode(claims.to_string()));
+        let sig = self.key.sign(&self.rng, signing_input.as_bytes()).map_err(|_| Error::Crypto("ES256 signing failed".into()))?;
         self.issued.fetch_add(1, Ordering::SeqCst);
         Ok(format!("{signing_input}.{}", b64.encode(sig.as_ref())))
     }
 }
 
 fn unix_now_ceil() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64 + i64::from(d.subsec_nanos() > 0))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64 + i64::from(d.subsec_nanos() > 0)).unwrap_or(0)
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// RFC 3339 UTC timestamp without a date crate (civil-from-days, H. Hinnant).
@@ -332,12 +302,7 @@ pub(crate) fn rfc3339(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 /// Decodes `application/x-www-form-urlencoded` / query-string pairs.
@@ -403,14 +368,7 @@ fn error_body(msg: &str) -> String {
 }
 
 fn unauthorized(msg: &str) -> Reply {
-    (
-        401,
-        vec![(
-            "WWW-Authenticate".into(),
-            "Basic realm=\"kiln-testkit token server\"".into(),
-        )],
-        error_body(msg),
-    )
+    (401, vec![("WWW-Authenticate".into(), "Basic realm=\"kiln-testkit token server\"".into())], error_body(msg))
 }
 
 fn handle(inner: &Inner, req: &crate::http::Request) -> Reply {
@@ -427,18 +385,10 @@ fn handle(inner: &Inner, req: &crate::http::Request) -> Reply {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     if let Some(svc) = get("service") {
         if svc != inner.service {
-            return (
-                400,
-                vec![],
-                error_body(&format!("unknown service {svc:?}; this server issues tokens for {:?}", inner.service)),
-            );
+            return (400, vec![], error_body(&format!("unknown service {svc:?}; this server issues tokens for {:?}", inner.service)));
         }
     }
-    let scopes: Vec<String> = params
-        .iter()
-        .filter(|(k, _)| k == "scope")
-        .map(|(_, v)| v.clone())
-        .collect();
+    let scopes: Vec<String> = params.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.clone()).collect();
 
     let (subject, role, offline) = if req.method == "POST" {
         match get("grant_type") {
@@ -452,12 +402,7 @@ fn handle(inner: &Inner, req: &crate::http::Request) -> Reply {
             }
             Some("refresh_token") => {
                 let rt = get("refresh_token").unwrap_or("");
-                let found = inner
-                    .refresh
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(rt)
-                    .copied();
+                let found = inner.refresh.lock().unwrap_or_else(|e| e.into_inner()).get(rt).copied();
                 match found {
                     Some(role) => {
                         let subject = match role {
@@ -471,13 +416,7 @@ fn handle(inner: &Inner, req: &crate::http::Request) -> Reply {
                     None => return unauthorized("unknown refresh token"),
                 }
             }
-            other => {
-                return (
-                    400,
-                    vec![],
-                    error_body(&format!("unsupported grant_type {other:?}; use password or refresh_token")),
-                )
-            }
+            other => return (400, vec![], error_body(&format!("unsupported grant_type {other:?}; use password or refresh_token"))),
         }
     } else {
         match req.header("authorization").and_then(parse_basic) {
@@ -492,11 +431,7 @@ fn handle(inner: &Inner, req: &crate::http::Request) -> Reply {
     let refresh = if offline {
         match inner.random_hex(24) {
             Ok(rt) => {
-                inner
-                    .refresh
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(rt.clone(), role);
+                inner.refresh.lock().unwrap_or_else(|e| e.into_inner()).insert(rt.clone(), role);
                 Some(rt)
             }
             Err(e) => return (500, vec![], error_body(&e.to_string())),
@@ -582,10 +517,7 @@ mod tests {
 
     #[test]
     fn debug_redacts_passwords() {
-        let o = TokenServerOptions {
-            read_only: Some(("r".into(), "ropass".into())),
-            ..TokenServerOptions::default()
-        };
+        let o = TokenServerOptions { read_only: Some(("r".into(), "ropass".into())), ..TokenServerOptions::default() };
         let d = format!("{o:?}");
         assert!(!d.contains("kiln-password") && !d.contains("ropass"), "{d}");
         assert!(d.contains("<redacted>"));

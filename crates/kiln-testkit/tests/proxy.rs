@@ -5,10 +5,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 
-use kiln_testkit::{
-    busybox_rootfs_tar, http, oci, random_rootfs_tar, require_tool, FaultKind, FaultProxy, FaultProxyOptions,
-    Registry,
-};
+use kiln_testkit::{busybox_rootfs_tar, http, oci, random_rootfs_tar, require_tool, FaultKind, FaultProxy, FaultProxyOptions, Registry};
 
 fn skopeo(args: &[&str], auth_file: &Path) -> std::process::Output {
     Command::new("skopeo")
@@ -39,16 +36,8 @@ fn skopeo_pushes_an_oci_dir_through_the_proxy_without_faults() {
     let auth = tmp.path().join("auth.json");
     let src = format!("oci:{}:v1", layout.display());
     let dst = format!("docker://{}/tk/busybox:v1", proxy.host());
-    let out = skopeo(
-        &["copy", "--dest-tls-verify=false", "--dest-creds", "pusher:pw", &src, &dst],
-        &auth,
-    );
-    assert!(
-        out.status.success(),
-        "skopeo copy failed: {}\nregistry log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        reg.log()
-    );
+    let out = skopeo(&["copy", "--dest-tls-verify=false", "--dest-creds", "pusher:pw", &src, &dst], &auth);
+    assert!(out.status.success(), "skopeo copy failed: {}\nregistry log:\n{}", String::from_utf8_lossy(&out.stderr), reg.log());
     assert_eq!(proxy.faults(), 0);
     assert_eq!(proxy.upstream_errors(), 0);
     // POST + PATCH + PUT per blob at least, plus manifest and probes.
@@ -56,10 +45,7 @@ fn skopeo_pushes_an_oci_dir_through_the_proxy_without_faults() {
 
     // Read it back straight from the registry, not through the proxy.
     let direct = format!("docker://{}/tk/busybox:v1", reg.host());
-    let out = skopeo(
-        &["inspect", "--raw", "--tls-verify=false", "--creds", "pusher:pw", &direct],
-        &auth,
-    );
+    let out = skopeo(&["inspect", "--raw", "--tls-verify=false", "--creds", "pusher:pw", &direct], &auth);
     assert!(out.status.success(), "skopeo inspect: {}", String::from_utf8_lossy(&out.stderr));
     let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).expect("manifest JSON");
     assert_eq!(manifest["layers"].as_array().map(Vec::len), Some(2), "{manifest}");
@@ -71,15 +57,8 @@ fn proxy_injects_faults_at_about_the_configured_rate() {
         return;
     }
     let reg = Registry::start_plain().expect("registry");
-    let proxy = FaultProxy::start(
-        &reg.host(),
-        FaultProxyOptions {
-            fault_rate: 0.10,
-            seed: 2024,
-            ..FaultProxyOptions::default()
-        },
-    )
-    .expect("proxy");
+    let proxy =
+        FaultProxy::start(&reg.host(), FaultProxyOptions { fault_rate: 0.10, seed: 2024, ..FaultProxyOptions::default() }).expect("proxy");
     let url = format!("{}/v2/", proxy.url());
     let (mut ok, mut s500, mut s429, mut broken) = (0u64, 0u64, 0u64, 0u64);
     const N: u64 = 400;
@@ -122,8 +101,7 @@ fn location_headers_keep_the_client_on_the_proxy() {
     }
     let reg = Registry::start_plain().expect("registry");
     let proxy = FaultProxy::start(&reg.host(), FaultProxyOptions::default()).expect("proxy");
-    let r = http::request("POST", &format!("{}/v2/loc/test/blobs/uploads/", proxy.url()), &[], b"")
-        .expect("start upload");
+    let r = http::request("POST", &format!("{}/v2/loc/test/blobs/uploads/", proxy.url()), &[], b"").expect("start upload");
     assert_eq!(r.status, 202, "{}", r.text());
     let loc = r.header("Location").expect("Location header");
     assert!(!loc.contains(&reg.host()), "Location {loc} points past the proxy");
@@ -132,19 +110,10 @@ fn location_headers_keep_the_client_on_the_proxy() {
     // Finish a monolithic upload through the proxy at that location.
     let data = b"hello through the proxy";
     let real = sha256(data);
-    let put_url = if loc.starts_with('/') {
-        format!("{}{loc}", proxy.url())
-    } else {
-        loc.to_string()
-    };
+    let put_url = if loc.starts_with('/') { format!("{}{loc}", proxy.url()) } else { loc.to_string() };
     let sep = if put_url.contains('?') { '&' } else { '?' };
-    let r = http::request(
-        "PUT",
-        &format!("{put_url}{sep}digest={real}"),
-        &[("Content-Type", "application/octet-stream")],
-        data,
-    )
-    .expect("PUT blob");
+    let r = http::request("PUT", &format!("{put_url}{sep}digest={real}"), &[("Content-Type", "application/octet-stream")], data)
+        .expect("PUT blob");
     assert_eq!(r.status, 201, "{}\n{}", r.text(), reg.log());
     let r = http::request("GET", &format!("{}/v2/loc/test/blobs/{real}", reg.url()), &[], b"").expect("GET blob");
     assert_eq!(r.body, data);
@@ -160,11 +129,8 @@ fn sha256(data: &[u8]) -> String {
 fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut status_line = String::new();
     r.read_line(&mut status_line).expect("status line");
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let status: u16 =
+        status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {status_line:?}"));
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
@@ -177,11 +143,7 @@ fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>, V
             headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
-    let len: u64 = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
+    let len: u64 = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
     let mut body = Vec::new();
     r.by_ref().take(len).read_to_end(&mut body).expect("body");
     (status, headers, body)
@@ -203,8 +165,7 @@ fn chunked_upload_over_one_kept_alive_connection() {
     let mut w = conn.try_clone().expect("clone");
     let mut r = BufReader::new(conn);
 
-    write!(w, "POST /v2/chunk/test/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n")
-        .expect("send POST");
+    write!(w, "POST /v2/chunk/test/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n").expect("send POST");
     let (status, headers, _) = read_response(&mut r);
     assert_eq!(status, 202);
     assert_eq!(header(&headers, "connection"), Some("keep-alive"));
@@ -213,11 +174,8 @@ fn chunked_upload_over_one_kept_alive_connection() {
 
     // Two chunks of a 200 KiB body, chunk-encoded as a streaming client would.
     let body: Vec<u8> = (0..200 * 1024u32).map(|i| (i % 251) as u8).collect();
-    write!(
-        w,
-        "PATCH {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    .expect("send PATCH head");
+    write!(w, "PATCH {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .expect("send PATCH head");
     for part in body.chunks(150 * 1024) {
         write!(w, "{:x}\r\n", part.len()).expect("chunk size");
         w.write_all(part).expect("chunk data");
@@ -247,14 +205,7 @@ fn keep_alive_off_closes_after_each_response() {
         return;
     }
     let reg = Registry::start_plain().expect("registry");
-    let proxy = FaultProxy::start(
-        &reg.host(),
-        FaultProxyOptions {
-            keep_alive: false,
-            ..FaultProxyOptions::default()
-        },
-    )
-    .expect("proxy");
+    let proxy = FaultProxy::start(&reg.host(), FaultProxyOptions { keep_alive: false, ..FaultProxyOptions::default() }).expect("proxy");
     let conn = TcpStream::connect(proxy.host()).expect("connect");
     let mut w = conn.try_clone().expect("clone");
     let mut r = BufReader::new(conn);
@@ -275,14 +226,8 @@ fn bandwidth_limited_proxy_still_delivers_every_byte() {
     let reg = Registry::start_plain().expect("registry");
     let data: Vec<u8> = (0..512 * 1024u32).map(|i| (i.wrapping_mul(7) % 256) as u8).collect();
     let digest = sha256(&data);
-    let proxy = FaultProxy::start(
-        &reg.host(),
-        FaultProxyOptions {
-            bandwidth: Some(4 * 1024 * 1024),
-            ..FaultProxyOptions::default()
-        },
-    )
-    .expect("proxy");
+    let proxy = FaultProxy::start(&reg.host(), FaultProxyOptions { bandwidth: Some(4 * 1024 * 1024), ..FaultProxyOptions::default() })
+        .expect("proxy");
     // Up through the throttle (POST, then PUT with the whole body) ...
     let r = http::request("POST", &format!("{}/v2/bw/test/blobs/uploads/", proxy.url()), &[], b"").expect("POST");
     assert_eq!(r.status, 202, "{}", r.text());
@@ -314,11 +259,7 @@ fn reset_faults_cut_downloads_and_never_reach_upstream_for_uploads() {
 
     let proxy = FaultProxy::start(
         &reg.host(),
-        FaultProxyOptions {
-            fault_rate: 1.0,
-            kinds: vec![FaultKind::ResetMidBody],
-            ..FaultProxyOptions::default()
-        },
+        FaultProxyOptions { fault_rate: 1.0, kinds: vec![FaultKind::ResetMidBody], ..FaultProxyOptions::default() },
     )
     .expect("proxy");
     // A download is cut after the headers and part of the body.

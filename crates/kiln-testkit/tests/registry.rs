@@ -16,10 +16,7 @@ fn plain_registry_answers_v2() {
     assert!(dir.is_dir());
     drop(reg);
     // Drop waits for the child, so its /proc entry is gone (reaped), not a zombie.
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "registry process {pid} still alive after drop"
-    );
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "registry process {pid} still alive after drop");
     assert!(!dir.exists(), "temp dir {} left behind", dir.display());
 }
 

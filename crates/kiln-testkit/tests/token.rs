@@ -5,11 +5,7 @@ use std::time::Duration;
 use kiln_testkit::{http, require_tool, Registry, TokenServerOptions};
 
 fn param<'a>(params: &'a [(String, String)], key: &str) -> &'a str {
-    params
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_default()
+    params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or_default()
 }
 
 fn token_from(body: &[u8]) -> serde_json::Value {
@@ -45,37 +41,22 @@ fn token_auth_challenge_fetch_use_and_expiry() {
     let list = format!("{}/v2/demo/app/tags/list", reg.url());
     let r = http::request("GET", &list, &[], b"").expect("anonymous GET");
     assert_eq!(r.status, 401);
-    let (scheme, params) =
-        http::parse_challenge(r.header("WWW-Authenticate").expect("challenge header")).expect("parse challenge");
+    let (scheme, params) = http::parse_challenge(r.header("WWW-Authenticate").expect("challenge header")).expect("parse challenge");
     assert_eq!(scheme, "Bearer");
     assert_eq!(param(&params, "realm"), ts.realm());
     assert_eq!(param(&params, "service"), ts.service());
     assert_eq!(param(&params, "scope"), "repository:demo/app:pull");
 
     // 2. A wrong password is refused by the token server.
-    let token_url = |scope: &str| {
-        format!(
-            "{}?service={}&scope={}",
-            param(&params, "realm"),
-            enc(param(&params, "service")),
-            enc(scope)
-        )
-    };
+    let token_url = |scope: &str| format!("{}?service={}&scope={}", param(&params, "realm"), enc(param(&params, "service")), enc(scope));
     let bad = http::basic_auth(user, "nope");
-    let r = http::request("GET", &token_url("repository:demo/app:pull"), &[("Authorization", &bad)], b"")
-        .expect("token GET");
+    let r = http::request("GET", &token_url("repository:demo/app:pull"), &[("Authorization", &bad)], b"").expect("token GET");
     assert_eq!(r.status, 401);
     assert_eq!(ts.tokens_issued(), 0);
 
     // 3. The right password gets a token the registry accepts.
     let good = http::basic_auth(user, pass);
-    let r = http::request(
-        "GET",
-        &token_url("repository:demo/app:pull,push"),
-        &[("Authorization", &good)],
-        b"",
-    )
-    .expect("token GET");
+    let r = http::request("GET", &token_url("repository:demo/app:pull,push"), &[("Authorization", &good)], b"").expect("token GET");
     assert_eq!(r.status, 200, "{}", r.text());
     let body = token_from(&r.body);
     assert_eq!(body["expires_in"], 3);
@@ -86,13 +67,8 @@ fn token_auth_challenge_fetch_use_and_expiry() {
     let r = http::request("GET", &list, &[("Authorization", &bearer)], b"").expect("GET with token");
     // 404 NAME_UNKNOWN: authorised, the repository just does not exist yet.
     assert_eq!(r.status, 404, "token refused; registry log:\n{}", reg.log());
-    let r = http::request(
-        "POST",
-        &format!("{}/v2/demo/app/blobs/uploads/", reg.url()),
-        &[("Authorization", &bearer)],
-        b"",
-    )
-    .expect("start upload");
+    let r = http::request("POST", &format!("{}/v2/demo/app/blobs/uploads/", reg.url()), &[("Authorization", &bearer)], b"")
+        .expect("start upload");
     assert_eq!(r.status, 202, "push scope refused; log:\n{}", reg.log());
 
     // 4. After its lifetime the same token is rejected by the registry.
@@ -106,11 +82,9 @@ fn read_only_user_cannot_push_and_refresh_tokens_work() {
     if !require_tool("docker-registry") {
         return;
     }
-    let reg = Registry::start_token(TokenServerOptions {
-        read_only: Some(("reader".into(), "readpw".into())),
-        ..TokenServerOptions::default()
-    })
-    .expect("start token registry");
+    let reg =
+        Registry::start_token(TokenServerOptions { read_only: Some(("reader".into(), "readpw".into())), ..TokenServerOptions::default() })
+            .expect("start token registry");
     let ts = reg.token_server().expect("token server");
     let scope = "repository:ro/app:pull,push";
 
@@ -120,13 +94,8 @@ fn read_only_user_cannot_push_and_refresh_tokens_work() {
         enc(ts.service()),
         enc(scope)
     );
-    let r = http::request(
-        "POST",
-        &ts.realm(),
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        form.as_bytes(),
-    )
-    .expect("POST token");
+    let r =
+        http::request("POST", &ts.realm(), &[("Content-Type", "application/x-www-form-urlencoded")], form.as_bytes()).expect("POST token");
     assert_eq!(r.status, 200, "{}", r.text());
     let body = token_from(&r.body);
     let refresh = body["refresh_token"].as_str().expect("refresh token").to_string();
@@ -134,17 +103,13 @@ fn read_only_user_cannot_push_and_refresh_tokens_work() {
     let upload = format!("{}/v2/ro/app/blobs/uploads/", reg.url());
     let r = http::request("POST", &upload, &[("Authorization", &bearer)], b"").expect("POST upload");
     assert_eq!(r.status, 401, "read-only token must not push");
-    let r = http::request("GET", &format!("{}/v2/ro/app/tags/list", reg.url()), &[("Authorization", &bearer)], b"")
-        .expect("GET tags");
+    let r = http::request("GET", &format!("{}/v2/ro/app/tags/list", reg.url()), &[("Authorization", &bearer)], b"").expect("GET tags");
     assert_eq!(r.status, 404, "read-only token must pull; log:\n{}", reg.log());
 
     // Refresh grant: a new access token, counted.
     let before = ts.tokens_issued();
-    let form = format!(
-        "grant_type=refresh_token&refresh_token={refresh}&service={}&scope={}&client_id=kiln-test",
-        enc(ts.service()),
-        enc(scope)
-    );
+    let form =
+        format!("grant_type=refresh_token&refresh_token={refresh}&service={}&scope={}&client_id=kiln-test", enc(ts.service()), enc(scope));
     let r = http::request("POST", &ts.realm(), &[], form.as_bytes()).expect("refresh");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(token_from(&r.body)["access_token"].is_string());
@@ -162,11 +127,8 @@ fn anonymous_pull_and_directly_minted_tokens() {
     if !require_tool("docker-registry") {
         return;
     }
-    let reg = Registry::start_token(TokenServerOptions {
-        anonymous_pull: true,
-        ..TokenServerOptions::default()
-    })
-    .expect("start token registry");
+    let reg =
+        Registry::start_token(TokenServerOptions { anonymous_pull: true, ..TokenServerOptions::default() }).expect("start token registry");
     let ts = reg.token_server().expect("token server");
     let url = format!("{}?service={}&scope={}", ts.realm(), enc(ts.service()), enc("repository:anon/app:pull,push"));
     let r = http::request("GET", &url, &[], b"").expect("anonymous token");
@@ -175,11 +137,7 @@ fn anonymous_pull_and_directly_minted_tokens() {
     let tags = format!("{}/v2/anon/app/tags/list", reg.url());
     let upload = format!("{}/v2/anon/app/blobs/uploads/", reg.url());
     assert_eq!(http::request("GET", &tags, &[("Authorization", &bearer)], b"").expect("GET").status, 404);
-    assert_eq!(
-        http::request("POST", &upload, &[("Authorization", &bearer)], b"").expect("POST").status,
-        401,
-        "anonymous users only pull"
-    );
+    assert_eq!(http::request("POST", &upload, &[("Authorization", &bearer)], b"").expect("POST").status, 401, "anonymous users only pull");
 
     let minted = format!("Bearer {}", ts.issue(&["repository:anon/app:pull,push"]).expect("mint"));
     let r = http::request("POST", &upload, &[("Authorization", &minted)], b"").expect("POST");

@@ -242,10 +242,7 @@ fn run_network_none_sees_only_loopback() {
     let list = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort";
     write_context(
         &ctx,
-        &[(
-            "Dockerfile",
-            &format!("ARG BASE\nFROM ${{BASE}}\nRUN --network=none {list} > /none.txt\nRUN {list} > /default.txt\n"),
-        )],
+        &[("Dockerfile", &format!("ARG BASE\nFROM ${{BASE}}\nRUN --network=none {list} > /none.txt\nRUN {list} > /default.txt\n"))],
     );
     k.build_md(&ctx, &["-t", "kiln.test/net:1"]);
     assert_eq!(k.run("kiln.test/net:1", &["cat", "/none.txt"]), "lo\n");
@@ -307,7 +304,8 @@ fn test_flag_passing_tags_and_exports() {
     let ctx = test_flag_context(&k);
     let out = k.path("out.tar");
     let dest = format!("type=oci,dest={}", path_str(&out));
-    let o = k.build(&ctx, &["-t", "kiln.test/tested:ok", "--test", "grep -q ready /ready.txt", "--output", "type=image", "--output", &dest]);
+    let o =
+        k.build(&ctx, &["-t", "kiln.test/tested:ok", "--test", "grep -q ready /ready.txt", "--output", "type=image", "--output", &dest]);
     assert_ok(&o, "build with a passing --test");
     assert!(k.image_refs().iter().any(|r| r == "kiln.test/tested:ok"), "tagged after a passing test: {:?}", k.image_refs());
     assert!(out.is_file(), "the --output file is written after a passing test");
@@ -322,7 +320,8 @@ fn test_flag_failing_fails_the_build_and_tags_nothing() {
     let ctx = test_flag_context(&k);
     let out = k.path("out.tar");
     let dest = format!("type=oci,dest={}", path_str(&out));
-    let o = k.build(&ctx, &["-t", "kiln.test/tested:bad", "--test", "grep -q missing /ready.txt", "--output", "type=image", "--output", &dest]);
+    let o =
+        k.build(&ctx, &["-t", "kiln.test/tested:bad", "--test", "grep -q missing /ready.txt", "--output", "type=image", "--output", &dest]);
     assert_exit_1(&o, "build with a failing --test");
     let err = stderr(&o);
     assert!(err.contains("grep -q missing /ready.txt"), "the error names the test command:\n{err}");

@@ -48,18 +48,8 @@ const KILN_BASE: &str = "kiln.test/busybox:latest";
 const BUILDAH_BASE: &str = "localhost/kiln-diff-busybox:latest";
 
 /// Config fields compared between the two images (names as in the OCI/Docker config JSON).
-const CONFIG_FIELDS: &[&str] = &[
-    "Env",
-    "Cmd",
-    "Entrypoint",
-    "WorkingDir",
-    "User",
-    "Labels",
-    "ExposedPorts",
-    "Volumes",
-    "StopSignal",
-    "Healthcheck",
-];
+const CONFIG_FIELDS: &[&str] =
+    &["Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes", "StopSignal", "Healthcheck"];
 
 /// Labels buildah stamps on every image; Docker and kiln do not, so they are not compared.
 const BUILDAH_ONLY_LABELS: &[&str] = &["io.buildah.version"];
@@ -153,8 +143,7 @@ impl CaseSpec {
     fn load(case_dir: &Path) -> Result<CaseSpec, String> {
         let path = case_dir.join("case.json");
         let spec: CaseSpec = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: invalid case file: {e}", path.display()))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: invalid case file: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => CaseSpec::default(),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
@@ -168,9 +157,7 @@ impl CaseSpec {
         let loc = loc.display();
         let need_why = |why: &str, what: &str| {
             if why.trim().is_empty() {
-                Err(format!(
-                    "{loc}: {what} has no `why`; say which Docker behaviour it asserts"
-                ))
+                Err(format!("{loc}: {what} has no `why`; say which Docker behaviour it asserts"))
             } else {
                 Ok(())
             }
@@ -191,27 +178,18 @@ impl CaseSpec {
         for o in &self.expect_config {
             need_why(&o.why, &format!("expect_config `{}`", o.field))?;
             if !CONFIG_FIELDS.contains(&o.field.as_str()) {
-                return Err(format!(
-                    "{loc}: expect_config field `{}` is not compared",
-                    o.field
-                ));
+                return Err(format!("{loc}: expect_config field `{}` is not compared", o.field));
             }
         }
         for o in &self.expect_files {
             need_why(&o.why, &format!("expect_files `{}`", o.path))?;
             if o.absent == o.content.is_some() {
-                return Err(format!(
-                    "{loc}: expect_files `{}` needs exactly one of `content` and `absent`",
-                    o.path
-                ));
+                return Err(format!("{loc}: expect_files `{}` needs exactly one of `content` and `absent`", o.path));
             }
         }
         for t in &self.tars {
             if !t.dir.starts_with('_') || !case_dir.join(&t.dir).is_dir() {
-                return Err(format!(
-                    "{loc}: tar `{}` needs an existing source dir whose name starts with `_`",
-                    t.name
-                ));
+                return Err(format!("{loc}: tar `{}` needs an existing source dir whose name starts with `_`", t.name));
             }
         }
         Ok(())
@@ -223,9 +201,7 @@ impl CaseSpec {
 // ---------------------------------------------------------------------------------------------
 
 fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("{what}: cannot start {cmd:?}: {e}"))?;
+    let out = cmd.output().map_err(|e| format!("{what}: cannot start {cmd:?}: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if out.status.success() {
         return Ok(stdout);
@@ -258,10 +234,7 @@ struct Buildah {
 
 impl Buildah {
     fn new(tmp: &Path) -> Buildah {
-        Buildah {
-            root: tmp.join("buildah/storage"),
-            runroot: tmp.join("buildah/run"),
-        }
+        Buildah { root: tmp.join("buildah/storage"), runroot: tmp.join("buildah/run") }
     }
 
     fn cmd(&self) -> Command {
@@ -276,15 +249,8 @@ impl Buildah {
     fn import(&self, rootfs_tar: &Path, tag: &str) -> Result<(), String> {
         let ctr = run(self.cmd().args(["from", "scratch"]), "buildah from scratch")?;
         let ctr = ctr.trim().to_owned();
-        run(
-            self.cmd().arg("add").arg(&ctr).arg(rootfs_tar).arg("/"),
-            "buildah add rootfs",
-        )?;
-        run(
-            self.cmd()
-                .args(["commit", "--quiet", "--format", "oci", &ctr, tag]),
-            "buildah commit",
-        )?;
+        run(self.cmd().arg("add").arg(&ctr).arg(rootfs_tar).arg("/"), "buildah add rootfs")?;
+        run(self.cmd().args(["commit", "--quiet", "--format", "oci", &ctr, tag]), "buildah commit")?;
         run(self.cmd().args(["rm", &ctr]), "buildah rm")?;
         Ok(())
     }
@@ -301,14 +267,7 @@ impl Buildah {
         format: &str,
     ) -> Result<(), String> {
         let mut c = self.cmd();
-        c.args([
-            "bud",
-            "--isolation",
-            "chroot",
-            "--layers=false",
-            "--format",
-            format,
-        ]);
+        c.args(["bud", "--isolation", "chroot", "--layers=false", "--format", format]);
         c.arg("--build-arg").arg(format!("BASE={base}"));
         for (k, v) in args {
             c.arg("--build-arg").arg(format!("{k}={v}"));
@@ -322,11 +281,7 @@ impl Buildah {
 
     fn push_layout(&self, tag: &str, dest: &Path) -> Result<(), String> {
         let dest = format!("oci:{}:latest", dest.display());
-        run(
-            self.cmd().args(["push", "--quiet", tag, &dest]),
-            "buildah push",
-        )
-        .map(drop)
+        run(self.cmd().args(["push", "--quiet", tag, &dest]), "buildah push").map(drop)
     }
 }
 
@@ -354,26 +309,11 @@ fn busybox_rootfs_tar(dest: &Path) -> Result<(), String> {
     fs::create_dir_all(stage.join("run")).map_err(|e| io("run", e))?;
     fs::create_dir_all(stage.join("etc")).map_err(|e| io("etc", e))?;
     fs::write(stage.join("etc/hostname"), "busybox\n").map_err(|e| io("etc/hostname", e))?;
-    fs::set_permissions(stage.join("run"), fs::Permissions::from_mode(0o755))
-        .map_err(|e| io("run", e))?;
-    fs::set_permissions(
-        stage.join("etc/hostname"),
-        fs::Permissions::from_mode(0o644),
-    )
-    .map_err(|e| io("etc/hostname", e))?;
+    fs::set_permissions(stage.join("run"), fs::Permissions::from_mode(0o755)).map_err(|e| io("run", e))?;
+    fs::set_permissions(stage.join("etc/hostname"), fs::Permissions::from_mode(0o644)).map_err(|e| io("etc/hostname", e))?;
     let mut c = Command::new("tar");
-    c.args([
-        "--numeric-owner",
-        "--owner=0",
-        "--group=0",
-        "--mtime=@946684800",
-        "--no-recursion",
-    ]);
-    c.arg("-C")
-        .arg(&stage)
-        .arg("-rf")
-        .arg(dest)
-        .args(["run", "etc/hostname"]);
+    c.args(["--numeric-owner", "--owner=0", "--group=0", "--mtime=@946684800", "--no-recursion"]);
+    c.arg("-C").arg(&stage).arg("-rf").arg(dest).args(["run", "etc/hostname"]);
     run(&mut c, "tar --append to the busybox rootfs")?;
     fs::remove_dir_all(&stage).map_err(|e| io("clean stage", e))?;
     Ok(())
@@ -391,10 +331,7 @@ fn excluded_from_context(name: &str) -> bool {
 fn copy_tree(src: &Path, dst: &Path, top: bool) -> Result<(), String> {
     let io = |p: &Path, e: std::io::Error| format!("copy context {}: {e}", p.display());
     fs::create_dir_all(dst).map_err(|e| io(dst, e))?;
-    let mut entries: Vec<_> = fs::read_dir(src)
-        .map_err(|e| io(src, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| io(src, e))?;
+    let mut entries: Vec<_> = fs::read_dir(src).map_err(|e| io(src, e))?.collect::<Result<_, _>>().map_err(|e| io(src, e))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let name = entry.file_name();
@@ -427,16 +364,11 @@ fn make_tar(case_dir: &Path, ctx: &Path, t: &TarSpec) -> Result<(), String> {
     // destination directory's own metadata (an ambiguity between implementations).
     let mut c = Command::new("tar");
     c.args(["--numeric-owner", "--sort=name", "--mtime=@0"]);
-    c.arg(format!("--owner={}", t.uid))
-        .arg(format!("--group={}", t.gid));
+    c.arg(format!("--owner={}", t.uid)).arg(format!("--group={}", t.gid));
     if t.gzip {
         c.arg("-z");
     }
-    c.arg("-C")
-        .arg(&src)
-        .arg("-cf")
-        .arg(ctx.join(&t.name))
-        .args(&names);
+    c.arg("-C").arg(&src).arg("-cf").arg(ctx.join(&t.name)).args(&names);
     run(&mut c, &format!("tar {}", t.name)).map(drop)
 }
 
@@ -458,9 +390,7 @@ fn read_json(path: &Path) -> Result<Value, String> {
 }
 
 fn blob_path(layout: &Path, digest: &Value) -> Result<PathBuf, String> {
-    let d = digest
-        .as_str()
-        .ok_or_else(|| format!("{}: descriptor without digest", layout.display()))?;
+    let d = digest.as_str().ok_or_else(|| format!("{}: descriptor without digest", layout.display()))?;
     let (alg, hex) = d.split_once(':').ok_or_else(|| format!("bad digest {d}"))?;
     if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("{}: bad digest {d}", layout.display()));
@@ -475,24 +405,14 @@ fn layout_config(layout: &Path) -> Result<Value, String> {
     let desc = manifests
         .iter()
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "latest")
-        .ok_or_else(|| {
-            format!(
-                "{}/index.json: no manifest annotated org.opencontainers.image.ref.name=latest",
-                layout.display()
-            )
-        })?;
+        .ok_or_else(|| format!("{}/index.json: no manifest annotated org.opencontainers.image.ref.name=latest", layout.display()))?;
     let manifest = read_json(&blob_path(layout, &desc["digest"])?)?;
     read_json(&blob_path(layout, &manifest["config"]["digest"])?)
 }
 
 fn unpack(layout: &Path, bundle: &Path) -> Result<PathBuf, String> {
     let image = format!("{}:latest", layout.display());
-    run(
-        Command::new("umoci")
-            .args(["unpack", "--image", &image])
-            .arg(bundle),
-        "umoci unpack",
-    )?;
+    run(Command::new("umoci").args(["unpack", "--image", &image]).arg(bundle), "umoci unpack")?;
     Ok(bundle.join("rootfs"))
 }
 
@@ -545,11 +465,7 @@ impl fmt::Display for Kind {
 
 impl fmt::Display for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} mode={:04o} owner={}:{}",
-            self.kind, self.mode, self.uid, self.gid
-        )?;
+        write!(f, "{} mode={:04o} owner={}:{}", self.kind, self.mode, self.uid, self.gid)?;
         if !self.links.is_empty() {
             write!(f, " hardlinked-with={}", self.links.join(","))?;
         }
@@ -562,9 +478,7 @@ fn sha256_file(path: &Path) -> Result<String, String> {
     let mut h = kiln_oci::Hasher::new(kiln_oci::Algorithm::Sha256);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -585,11 +499,8 @@ fn snapshot(root: &Path) -> Result<Tree, String> {
         for entry in rd {
             let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
             let path = entry.path();
-            let meta =
-                fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let rel = path
-                .strip_prefix(root)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let meta = fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let rel = path.strip_prefix(root).map_err(|e| format!("{}: {e}", path.display()))?;
             let name = format!("/{}", rel.to_string_lossy());
             let ft = meta.file_type();
             let kind = if ft.is_symlink() {
@@ -599,16 +510,8 @@ fn snapshot(root: &Path) -> Result<Tree, String> {
                 stack.push(path.clone());
                 Kind::Dir
             } else if ft.is_file() {
-                let text = if meta.len() <= 256 {
-                    fs::read(&path).ok().and_then(|b| String::from_utf8(b).ok())
-                } else {
-                    None
-                };
-                Kind::File {
-                    size: meta.len(),
-                    sha256: sha256_file(&path)?,
-                    text,
-                }
+                let text = if meta.len() <= 256 { fs::read(&path).ok().and_then(|b| String::from_utf8(b).ok()) } else { None };
+                Kind::File { size: meta.len(), sha256: sha256_file(&path)?, text }
             } else if ft.is_char_device() {
                 Kind::Char(meta.rdev())
             } else if ft.is_block_device() {
@@ -619,18 +522,9 @@ fn snapshot(root: &Path) -> Result<Tree, String> {
                 Kind::Socket
             };
             if !ft.is_dir() && meta.nlink() > 1 {
-                inodes
-                    .entry((meta.dev(), meta.ino()))
-                    .or_default()
-                    .push(name.clone());
+                inodes.entry((meta.dev(), meta.ino())).or_default().push(name.clone());
             }
-            let node = Node {
-                kind,
-                mode: meta.mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                links: vec![],
-            };
+            let node = Node { kind, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid(), links: vec![] };
             tree.insert(name, node);
         }
     }
@@ -657,31 +551,19 @@ fn diff_trees(expected: &Tree, actual: &Tree) -> Vec<String> {
                 let mut parts = Vec::new();
                 if e.kind != a.kind {
                     let mut part = format!("{} expected, kiln has {}", e.kind, a.kind);
-                    if let (Kind::File { text: Some(et), .. }, Kind::File { text: Some(at), .. }) =
-                        (&e.kind, &a.kind)
-                    {
+                    if let (Kind::File { text: Some(et), .. }, Kind::File { text: Some(at), .. }) = (&e.kind, &a.kind) {
                         part.push_str(&format!(" (content {et:?} expected, kiln has {at:?})"));
                     }
                     parts.push(part);
                 }
                 if e.mode != a.mode {
-                    parts.push(format!(
-                        "mode {:04o} expected, kiln has {:04o}",
-                        e.mode, a.mode
-                    ));
+                    parts.push(format!("mode {:04o} expected, kiln has {:04o}", e.mode, a.mode));
                 }
                 if (e.uid, e.gid) != (a.uid, a.gid) {
-                    parts.push(format!(
-                        "owner {}:{} expected, kiln has {}:{}",
-                        e.uid, e.gid, a.uid, a.gid
-                    ));
+                    parts.push(format!("owner {}:{} expected, kiln has {}:{}", e.uid, e.gid, a.uid, a.gid));
                 }
                 if e.links != a.links {
-                    parts.push(format!(
-                        "hard links [{}] expected, kiln has [{}]",
-                        e.links.join(","),
-                        a.links.join(",")
-                    ));
+                    parts.push(format!("hard links [{}] expected, kiln has [{}]", e.links.join(","), a.links.join(",")));
                 }
                 out.push(format!("{p}: {}", parts.join("; ")));
             }
@@ -720,10 +602,7 @@ fn config_fields(config: &Value, drop_labels: &[&str]) -> Fields {
         out.insert((*f).to_owned(), if unset { Value::Null } else { v });
     }
     let author = config.get("author").cloned().unwrap_or(Value::Null);
-    out.insert(
-        "author".to_owned(),
-        if author == "" { Value::Null } else { author },
-    );
+    out.insert("author".to_owned(), if author == "" { Value::Null } else { author });
     out
 }
 
@@ -748,46 +627,30 @@ fn apply_overrides(spec: &CaseSpec, tree: &mut Tree, fields: &mut Fields) -> Res
     for o in &spec.expect_config {
         let cur = fields.get(&o.field).cloned().unwrap_or(Value::Null);
         if cur == o.value {
-            return Err(format!(
-                "stale override: buildah already gives {} = {} ({}); remove it from case.json",
-                o.field, o.value, o.why
-            ));
+            return Err(format!("stale override: buildah already gives {} = {} ({}); remove it from case.json", o.field, o.value, o.why));
         }
         fields.insert(o.field.clone(), o.value.clone());
     }
     for o in &spec.expect_files {
         if o.absent {
             if tree.remove(&o.path).is_none() {
-                return Err(format!(
-                    "stale override: buildah does not create {} either ({}); remove it",
-                    o.path, o.why
-                ));
+                return Err(format!("stale override: buildah does not create {} either ({}); remove it", o.path, o.why));
             }
             let prefix = format!("{}/", o.path);
             tree.retain(|p, _| !p.starts_with(&prefix));
             continue;
         }
         let content = o.content.as_deref().unwrap_or_default();
-        let node = tree.get_mut(&o.path).ok_or_else(|| {
-            format!(
-                "override for {}: buildah's image has no such path ({})",
-                o.path, o.why
-            )
-        })?;
+        let node = tree.get_mut(&o.path).ok_or_else(|| format!("override for {}: buildah's image has no such path ({})", o.path, o.why))?;
         let kind = Kind::File {
             size: content.len() as u64,
-            sha256: kiln_oci::Digest::sha256_of(content.as_bytes())
-                .hex()
-                .to_owned(),
+            sha256: kiln_oci::Digest::sha256_of(content.as_bytes()).hex().to_owned(),
             text: Some(content.to_owned()),
         };
         let same = matches!((&node.kind, &kind),
             (Kind::File { sha256: x, .. }, Kind::File { sha256: y, .. }) if x == y);
         if same {
-            return Err(format!(
-                "stale override: buildah already writes Docker's content to {} ({}); remove it",
-                o.path, o.why
-            ));
+            return Err(format!("stale override: buildah already writes Docker's content to {} ({}); remove it", o.path, o.why));
         }
         node.kind = kind;
     }
@@ -807,34 +670,16 @@ struct Built {
 fn read_built(layout: &Path, bundle: &Path, drop_labels: &[&str]) -> Result<Built, String> {
     let config = layout_config(layout)?;
     let rootfs = unpack(layout, bundle)?;
-    Ok(Built {
-        tree: snapshot(&rootfs)?,
-        fields: config_fields(&config, drop_labels),
-    })
+    Ok(Built { tree: snapshot(&rootfs)?, fields: config_fields(&config, drop_labels) })
 }
 
-fn build_buildah(
-    b: &Buildah,
-    case: &str,
-    case_dir: &Path,
-    ctx: &Path,
-    spec: &CaseSpec,
-    work: &Path,
-) -> Result<Built, String> {
+fn build_buildah(b: &Buildah, case: &str, case_dir: &Path, ctx: &Path, spec: &CaseSpec, work: &Path) -> Result<Built, String> {
     let dev = spec.buildah.as_ref();
     let format = dev.and_then(|d| d.format.as_deref()).unwrap_or("oci");
     let mut base = BUILDAH_BASE.to_owned();
     if let Some(df) = &spec.base_dockerfile {
         let tag = format!("localhost/kiln-diff-{}-base:latest", case.replace('_', "-"));
-        b.bud(
-            ctx,
-            &case_dir.join(df),
-            &tag,
-            BUILDAH_BASE,
-            &spec.build_args,
-            None,
-            format,
-        )?;
+        b.bud(ctx, &case_dir.join(df), &tag, BUILDAH_BASE, &spec.build_args, None, format)?;
         base = tag;
     }
     let dockerfile = match dev.and_then(|d| d.dockerfile.as_deref()) {
@@ -842,15 +687,7 @@ fn build_buildah(
         None => ctx.join("Dockerfile"),
     };
     let tag = format!("localhost/kiln-diff-{}:latest", case.replace('_', "-"));
-    b.bud(
-        ctx,
-        &dockerfile,
-        &tag,
-        &base,
-        &spec.build_args,
-        spec.target.as_deref(),
-        format,
-    )?;
+    b.bud(ctx, &dockerfile, &tag, &base, &spec.build_args, spec.target.as_deref(), format)?;
     let layout = work.join("oci");
     b.push_layout(&tag, &layout)?;
     read_built(&layout, &work.join("bundle"), BUILDAH_ONLY_LABELS)
@@ -865,13 +702,7 @@ fn build_kiln(
     rootfs_tar: &Path,
     work: &Path,
 ) -> Result<Built, String> {
-    run(
-        kiln(root)
-            .arg("import")
-            .arg(rootfs_tar)
-            .args(["-t", KILN_BASE]),
-        "kiln import",
-    )?;
+    run(kiln(root).arg("import").arg(rootfs_tar).args(["-t", KILN_BASE]), "kiln import")?;
     let args = |c: &mut Command| {
         for (k, v) in &spec.build_args {
             c.arg("--build-arg").arg(format!("{k}={v}"));
@@ -882,11 +713,7 @@ fn build_kiln(
         // A base image in kiln's store (the default output), like the tagged buildah base.
         let tag = format!("kiln.test/{case}-base:latest");
         let mut c = kiln(root);
-        c.arg("build")
-            .arg(ctx)
-            .arg("-f")
-            .arg(case_dir.join(df))
-            .args(["-t", &tag]);
+        c.arg("build").arg(ctx).arg("-f").arg(case_dir.join(df)).args(["-t", &tag]);
         c.arg("--build-arg").arg(format!("BASE={KILN_BASE}"));
         args(&mut c);
         run(&mut c, "kiln build (base image)")?;
@@ -894,31 +721,20 @@ fn build_kiln(
     }
     let layout = work.join("oci");
     let mut c = kiln(root);
-    c.arg("build")
-        .arg(ctx)
-        .arg("-f")
-        .arg(ctx.join("Dockerfile"));
+    c.arg("build").arg(ctx).arg("-f").arg(ctx.join("Dockerfile"));
     c.args(["-t", &format!("kiln.test/{case}:latest")]);
     c.arg("--build-arg").arg(format!("BASE={base}"));
     args(&mut c);
     if let Some(t) = &spec.target {
         c.args(["--target", t]);
     }
-    c.arg("--output")
-        .arg(format!("type=oci,dest={}", layout.display()));
+    c.arg("--output").arg(format!("type=oci,dest={}", layout.display()));
     run(&mut c, "kiln build")?;
     // buildx writes `type=oci` as a tarball of the layout unless told `tar=false`; accept both.
     let layout = if layout.is_file() {
         let dir = work.join("oci-layout");
         mkdir(&dir)?;
-        run(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&dir)
-                .arg("-xf")
-                .arg(&layout),
-            "untar kiln's OCI output",
-        )?;
+        run(Command::new("tar").arg("-C").arg(&dir).arg("-xf").arg(&layout), "untar kiln's OCI output")?;
         dir
     } else {
         layout
@@ -941,21 +757,13 @@ struct Env {
 
 impl Env {
     fn new() -> Result<Env, String> {
-        let tmp = tempfile::Builder::new()
-            .prefix("kiln-build-diff-")
-            .tempdir()
-            .map_err(|e| format!("temp dir: {e}"))?;
+        let tmp = tempfile::Builder::new().prefix("kiln-build-diff-").tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let rootfs_tar = tmp.path().join("busybox-rootfs.tar");
         busybox_rootfs_tar(&rootfs_tar)?;
         let buildah = Buildah::new(tmp.path());
         buildah.import(&rootfs_tar, BUILDAH_BASE)?;
         let dir = tmp.path().to_path_buf();
-        Ok(Env {
-            tmp: Some(tmp),
-            dir,
-            rootfs_tar,
-            buildah,
-        })
+        Ok(Env { tmp: Some(tmp), dir, rootfs_tar, buildah })
     }
 
     fn path(&self) -> &Path {
@@ -989,11 +797,7 @@ impl Drop for Env {
 }
 
 fn report(case: &str, about: &str, diffs: &[String]) -> String {
-    let about = if about.is_empty() {
-        String::new()
-    } else {
-        format!(" ({about})")
-    };
+    let about = if about.is_empty() { String::new() } else { format!(" ({about})") };
     format!(
         "case `{case}`{about}: kiln's image differs from the reference (buildah 1.28 + the \
          documented overrides in tests/build_diff/{case}/case.json; see docs/differences.md), \
@@ -1009,26 +813,13 @@ fn run_case(case: &str) {
     }
     let case_dir = Path::new(CASES_DIR).join(case);
     let env = Env::new().unwrap_or_else(|e| panic!("case `{case}`: setting up: {e}"));
-    let (spec, ctx, expected) = env
-        .reference(case, &case_dir)
-        .unwrap_or_else(|e| panic!("case `{case}`: building the buildah reference: {e}"));
+    let (spec, ctx, expected) =
+        env.reference(case, &case_dir).unwrap_or_else(|e| panic!("case `{case}`: building the buildah reference: {e}"));
     let kwork = env.path().join(case).join("kiln-out");
     let kroot = env.path().join("kiln-root");
     let actual = mkdir(&kwork)
-        .and_then(|()| {
-            build_kiln(
-                &kroot,
-                case,
-                &case_dir,
-                &ctx,
-                &spec,
-                &env.rootfs_tar,
-                &kwork,
-            )
-        })
-        .unwrap_or_else(|e| {
-            panic!("case `{case}`: the buildah reference built fine, but kiln did not: {e}")
-        });
+        .and_then(|()| build_kiln(&kroot, case, &case_dir, &ctx, &spec, &env.rootfs_tar, &kwork))
+        .unwrap_or_else(|e| panic!("case `{case}`: the buildah reference built fine, but kiln did not: {e}"));
     let mut diffs = diff_trees(&expected.tree, &actual.tree);
     diffs.extend(diff_fields(&expected.fields, &actual.fields));
     assert!(diffs.is_empty(), "{}", report(case, &spec.about, &diffs));
@@ -1094,15 +885,8 @@ fn every_case_directory_has_a_test() {
     dirs.sort();
     let mut listed: Vec<String> = CASES.iter().map(|s| (*s).to_owned()).collect();
     listed.sort();
-    assert_eq!(
-        dirs, listed,
-        "tests/build_diff/ and the cases! list in build_diff.rs disagree"
-    );
-    assert!(
-        CASES.len() >= 25,
-        "issue 4 asks for at least 25 cases, found {}",
-        CASES.len()
-    );
+    assert_eq!(dirs, listed, "tests/build_diff/ and the cases! list in build_diff.rs disagree");
+    assert!(CASES.len() >= 25, "issue 4 asks for at least 25 cases, found {}", CASES.len());
 }
 
 /// Every case parses, names BASE, and justifies each deviation. Runs everywhere.
@@ -1111,22 +895,10 @@ fn every_case_file_is_valid() {
     for case in CASES {
         let dir = Path::new(CASES_DIR).join(case);
         CaseSpec::load(&dir).unwrap_or_else(|e| panic!("case `{case}`: {e}"));
-        let df = fs::read_to_string(dir.join("Dockerfile"))
-            .unwrap_or_else(|e| panic!("case `{case}`: Dockerfile: {e}"));
-        let mut lines = df
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'));
-        assert_eq!(
-            lines.next(),
-            Some("ARG BASE"),
-            "case `{case}`: the Dockerfile must start with ARG BASE"
-        );
-        assert!(
-            df.lines()
-                .any(|l| l.trim_start().starts_with("FROM ${BASE}")),
-            "case `{case}`: the Dockerfile must build FROM ${{BASE}}"
-        );
+        let df = fs::read_to_string(dir.join("Dockerfile")).unwrap_or_else(|e| panic!("case `{case}`: Dockerfile: {e}"));
+        let mut lines = df.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+        assert_eq!(lines.next(), Some("ARG BASE"), "case `{case}`: the Dockerfile must start with ARG BASE");
+        assert!(df.lines().any(|l| l.trim_start().starts_with("FROM ${BASE}")), "case `{case}`: the Dockerfile must build FROM ${{BASE}}");
     }
 }
 
@@ -1139,24 +911,12 @@ fn buildah_harness_is_deterministic() {
     let env = Env::new().unwrap_or_else(|e| panic!("setting up: {e}"));
     for case in ["permissions", "copy_chown_chmod"] {
         let dir = Path::new(CASES_DIR).join(case);
-        let (_, _, a) = env
-            .reference(&format!("{case}_1"), &dir)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (_, _, b) = env
-            .reference(&format!("{case}_2"), &dir)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            a.tree.len() > 250,
-            "{case}: suspiciously small tree ({} paths)",
-            a.tree.len()
-        );
+        let (_, _, a) = env.reference(&format!("{case}_1"), &dir).unwrap_or_else(|e| panic!("{e}"));
+        let (_, _, b) = env.reference(&format!("{case}_2"), &dir).unwrap_or_else(|e| panic!("{e}"));
+        assert!(a.tree.len() > 250, "{case}: suspiciously small tree ({} paths)", a.tree.len());
         let mut diffs = diff_trees(&a.tree, &b.tree);
         diffs.extend(diff_fields(&a.fields, &b.fields));
-        assert!(
-            diffs.is_empty(),
-            "{case}: two buildah builds differ:\n  {}",
-            diffs.join("\n  ")
-        );
+        assert!(diffs.is_empty(), "{case}: two buildah builds differ:\n  {}", diffs.join("\n  "));
     }
 
     // A mutant of `permissions`: one mode changed, one file's content changed, two hard-linked
@@ -1170,12 +930,8 @@ fn buildah_harness_is_deterministic() {
          && echo extra > /mutant && ln /mutant /mutant.link\nLABEL mutant=yes\nUSER 1000\n"
     );
     fs::write(mutant.join("Dockerfile"), df).unwrap_or_else(|e| panic!("{e}"));
-    let (_, _, expected) = env
-        .reference("orig", &orig)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (_, _, actual) = env
-        .reference("mutant", &mutant)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (_, _, expected) = env.reference("orig", &orig).unwrap_or_else(|e| panic!("{e}"));
+    let (_, _, actual) = env.reference("mutant", &mutant).unwrap_or_else(|e| panic!("{e}"));
     let mut diffs = diff_trees(&expected.tree, &actual.tree);
     diffs.extend(diff_fields(&expected.fields, &actual.fields));
     let short = |b: &[u8]| kiln_oci::Digest::sha256_of(b).hex()[..12].to_owned();
@@ -1202,10 +958,7 @@ fn buildah_harness_is_deterministic() {
         r#"config Labels: expected null, kiln has {"mutant":"yes"}"#.to_owned(),
         r#"config User: expected null, kiln has "1000""#.to_owned(),
     ];
-    assert_eq!(
-        diffs, want,
-        "the comparator did not report the mutation exactly"
-    );
+    assert_eq!(diffs, want, "the comparator did not report the mutation exactly");
 }
 
 /// Every attribute the comparator checks is reported, on synthetic trees (no root needed).
@@ -1214,9 +967,7 @@ fn comparator_reports_every_attribute() {
     let file = |text: &str, mode: u32, uid: u32| Node {
         kind: Kind::File {
             size: text.len() as u64,
-            sha256: kiln_oci::Digest::sha256_of(text.as_bytes())
-                .hex()
-                .to_owned(),
+            sha256: kiln_oci::Digest::sha256_of(text.as_bytes()).hex().to_owned(),
             text: Some(text.to_owned()),
         },
         mode,
@@ -1224,37 +975,13 @@ fn comparator_reports_every_attribute() {
         gid: 0,
         links: vec![],
     };
-    let link = |target: &str| Node {
-        kind: Kind::Symlink(target.to_owned()),
-        mode: 0o777,
-        uid: 0,
-        gid: 0,
-        links: vec![],
-    };
+    let link = |target: &str| Node { kind: Kind::Symlink(target.to_owned()), mode: 0o777, uid: 0, gid: 0, links: vec![] };
     let mut expected = Tree::new();
     expected.insert("/a".into(), file("same\n", 0o644, 0));
-    expected.insert(
-        "/b".into(),
-        Node {
-            links: vec!["/c".into()],
-            ..file("x", 0o4755, 0)
-        },
-    );
-    expected.insert(
-        "/c".into(),
-        Node {
-            links: vec!["/b".into()],
-            ..file("x", 0o4755, 0)
-        },
-    );
+    expected.insert("/b".into(), Node { links: vec!["/c".into()], ..file("x", 0o4755, 0) });
+    expected.insert("/c".into(), Node { links: vec!["/b".into()], ..file("x", 0o4755, 0) });
     expected.insert("/l".into(), link("/a"));
-    expected.insert(
-        "/d".into(),
-        Node {
-            kind: Kind::Dir,
-            ..file("", 0o1777, 0)
-        },
-    );
+    expected.insert("/d".into(), Node { kind: Kind::Dir, ..file("", 0o1777, 0) });
     let mut actual = expected.clone();
     actual.insert("/a".into(), file("same\n", 0o644, 1000));
     actual.insert("/b".into(), file("x", 0o755, 0));
@@ -1265,8 +992,7 @@ fn comparator_reports_every_attribute() {
         diff_trees(&expected, &actual),
         vec![
             "/a: owner 0:0 expected, kiln has 1000:0".to_owned(),
-            "/b: mode 4755 expected, kiln has 0755; hard links [/c] expected, kiln has []"
-                .to_owned(),
+            "/b: mode 4755 expected, kiln has 0755; hard links [/c] expected, kiln has []".to_owned(),
             "/c: hard links [/b] expected, kiln has []".to_owned(),
             "/d: missing in kiln's image (expected dir mode=1777 owner=0:0)".to_owned(),
             "/l: symlink -> /a expected, kiln has symlink -> a".to_owned(),
@@ -1276,12 +1002,7 @@ fn comparator_reports_every_attribute() {
     fe.insert("Env".into(), serde_json::json!(["PATH=/bin", "A=1"]));
     let mut fa = fe.clone();
     fa.insert("Env".into(), serde_json::json!(["A=1", "PATH=/bin"]));
-    assert_eq!(
-        diff_fields(&fe, &fa),
-        vec![
-            r#"config Env: expected ["PATH=/bin","A=1"], kiln has ["A=1","PATH=/bin"]"#.to_owned()
-        ]
-    );
+    assert_eq!(diff_fields(&fe, &fa), vec![r#"config Env: expected ["PATH=/bin","A=1"], kiln has ["A=1","PATH=/bin"]"#.to_owned()]);
     // Unset, null and empty maps are the same thing to a runtime.
     let cfg = |c: Value| config_fields(&serde_json::json!({ "config": c }), BUILDAH_ONLY_LABELS);
     assert_eq!(

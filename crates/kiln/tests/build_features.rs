@@ -29,11 +29,8 @@ const BODY: &[u8] = b"fetched over http\n";
 
 fn body_sha() -> String {
     // Computed with sha256sum, independently of kiln.
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        std::process::Command::new("sha256sum").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(BODY).unwrap();
     let out = child.wait_with_output().unwrap();
     format!("sha256:{}", String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap())
@@ -73,7 +70,10 @@ fn copy_exclude_and_parents() {
     write_context(
         &ctx,
         &[
-            ("Dockerfile", "ARG BASE\nFROM ${BASE}\nCOPY --exclude=*.log --exclude=sub/skip.txt src /ex/\nCOPY --parents src/sub/c.txt /par/\n"),
+            (
+                "Dockerfile",
+                "ARG BASE\nFROM ${BASE}\nCOPY --exclude=*.log --exclude=sub/skip.txt src /ex/\nCOPY --parents src/sub/c.txt /par/\n",
+            ),
             ("src/a.txt", "a"),
             ("src/b.log", "b"),
             ("src/sub/c.txt", "c"),
@@ -126,7 +126,10 @@ fn the_native_snapshotter_builds_the_same_file_system_as_overlay() {
     let overlay = k.run("kiln.test/ov:1", &["sh", "-c", list]);
     k.build_md(&ctx, &["-t", "kiln.test/na:1", "--snapshotter", "native", "--no-cache"]);
     let native = k.run("kiln.test/na:1", &["sh", "-c", list]);
-    assert!(overlay.contains("/d/sub/g regular file 4755 0 0 2") && !overlay.contains("/gone ") && !overlay.contains("/d/sub/f"), "{overlay}");
+    assert!(
+        overlay.contains("/d/sub/g regular file 4755 0 0 2") && !overlay.contains("/gone ") && !overlay.contains("/d/sub/f"),
+        "{overlay}"
+    );
     assert_eq!(native, overlay);
 }
 
@@ -172,14 +175,15 @@ fn auto_snapshotter_falls_back_to_copies_where_overlayfs_cannot_mount() {
     assert!(st.success(), "mount the test's overlay");
     let _guard = OverlayMount(t.path().join("m"));
     let root = t.path().join("m/root");
-    let kiln = |args: &[&str]| {
-        std::process::Command::new(KILN).arg("--root").arg(&root).args(args).env_remove("CI").output().unwrap()
-    };
+    let kiln = |args: &[&str]| std::process::Command::new(KILN).arg("--root").arg(&root).args(args).env_remove("CI").output().unwrap();
     let tar = t.path().join("busybox.tar");
     kiln_testkit::busybox_rootfs_tar(&tar).unwrap();
     assert_ok(&kiln(&["import", path_str(&tar), "-t", BASE]), "import");
     let ctx = t.path().join("ctx");
-    write_context(&ctx, &[("Dockerfile", "ARG BASE\nFROM ${BASE}\nRUN echo made > /made && rm /etc/group\nCOPY a.txt /a.txt\n"), ("a.txt", "a")]);
+    write_context(
+        &ctx,
+        &[("Dockerfile", "ARG BASE\nFROM ${BASE}\nRUN echo made > /made && rm /etc/group\nCOPY a.txt /a.txt\n"), ("a.txt", "a")],
+    );
     let base = format!("BASE={BASE}");
     let forced = kiln(&["build", path_str(&ctx), "--build-arg", &base, "--snapshotter", "overlay"]);
     assert_exit_1(&forced, "--snapshotter overlay where overlayfs cannot mount");
@@ -214,7 +218,9 @@ fn copy_link_reuses_its_layer_when_an_earlier_step_changes() {
 
     // The very same layer sits in both images, on different parents.
     let diff_ids = |md: &serde_json::Value| -> Vec<String> {
-        let cfg = read_json(&k.store().join("blobs/sha256").join(md["containerimage.config.digest"].as_str().unwrap().trim_start_matches("sha256:")));
+        let cfg = read_json(
+            &k.store().join("blobs/sha256").join(md["containerimage.config.digest"].as_str().unwrap().trim_start_matches("sha256:")),
+        );
         cfg["rootfs"]["diff_ids"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect()
     };
     let (a, b) = (diff_ids(&md1), diff_ids(&md2));

@@ -101,11 +101,16 @@ fn oci_layout_dir_is_accepted_by_skopeo_and_umoci() {
     let store_digest = md["kiln.store.digest"].as_str().unwrap_or_else(|| panic!("no kiln.store.digest: {md:#}")).to_string();
     assert_ne!(store_digest, digest(&md), "the store's form differs from the exported one");
     let local = blob(&k.store(), &store_digest);
-    let types = |m: &Value| -> Vec<String> { m["layers"].as_array().unwrap().iter().map(|l| l["mediaType"].as_str().unwrap().to_string()).collect() };
+    let types = |m: &Value| -> Vec<String> {
+        m["layers"].as_array().unwrap().iter().map(|l| l["mediaType"].as_str().unwrap().to_string()).collect()
+    };
     assert!(types(&exported).iter().all(|t| t == "application/vnd.oci.image.layer.v1.tar+gzip"), "{exported:#}");
     let local_types = types(&local);
     assert_eq!(local_types[0], "application/vnd.oci.image.layer.v1.tar+gzip", "the imported base stays as imported: {local:#}");
-    assert!(local_types[1..].iter().all(|t| t == "application/vnd.oci.image.layer.v1.tar"), "built layers are plain in the store: {local:#}");
+    assert!(
+        local_types[1..].iter().all(|t| t == "application/vnd.oci.image.layer.v1.tar"),
+        "built layers are plain in the store: {local:#}"
+    );
     assert_eq!(local["config"]["digest"], exported["config"]["digest"], "one config for both forms");
 
     // umoci wants the tag the layout's index names.
@@ -292,7 +297,18 @@ fn secret_leaves_no_trace_in_layers_config_metadata_or_logs() {
     let oci = format!("type=oci,dest={}", path_str(&tar));
     let o = k.build(
         &ctx,
-        &["-t", "kiln.test/secret:1", "--secret", &secret_arg, "--metadata-file", path_str(&md_path), "--output", "type=image", "--output", &oci],
+        &[
+            "-t",
+            "kiln.test/secret:1",
+            "--secret",
+            &secret_arg,
+            "--metadata-file",
+            path_str(&md_path),
+            "--output",
+            "type=image",
+            "--output",
+            &oci,
+        ],
     );
     assert_ok(&o, "build with a secret");
     let s = secret.as_bytes();
@@ -324,6 +340,9 @@ fn secret_leaves_no_trace_in_layers_config_metadata_or_logs() {
     let cfg_hex = md["containerimage.config.digest"].as_str().and_then(|d| d.strip_prefix("sha256:")).expect("config digest");
     let cfg = read_json(&k.store().join("blobs/sha256").join(cfg_hex));
     let history = cfg["history"].as_array().cloned().unwrap_or_default();
-    assert!(history.iter().any(|h| h["created_by"].as_str().is_some_and(|c| c.contains("/run/secrets/tok"))), "history records the RUN: {history:#?}");
+    assert!(
+        history.iter().any(|h| h["created_by"].as_str().is_some_and(|c| c.contains("/run/secrets/tok"))),
+        "history records the RUN: {history:#?}"
+    );
     assert!(!cfg.to_string().contains(&secret), "the secret appears in the config or its history");
 }

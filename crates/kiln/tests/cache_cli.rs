@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use kiln_testkit::{FaultKind, FaultProxy, FaultProxyOptions, Registry, TokenServerOptions};
 use support_cache::{
-    config_digest, digest, layer_steps, manifest_digest, path_str, policy, raw_manifest, stderr, warning_lines,
-    write_context, Machine, TestDir,
+    config_digest, digest, layer_steps, manifest_digest, path_str, policy, raw_manifest, stderr, warning_lines, write_context, Machine,
+    TestDir,
 };
 
 /// Two stages, several RUN and COPY steps, RUNs that write random bytes (so re-running one is
@@ -41,16 +41,7 @@ CMD [\"cat\", \"/app/combined.txt\"]
 
 fn app_context(t: &TestDir, late: &str) -> PathBuf {
     let ctx = t.path("ctx");
-    write_context(
-        &ctx,
-        &[
-            ("Dockerfile", APP),
-            ("src/a.txt", "a\n"),
-            ("src/b.txt", "b\n"),
-            ("early.txt", "early\n"),
-            ("late.txt", late),
-        ],
-    );
+    write_context(&ctx, &[("Dockerfile", APP), ("src/a.txt", "a\n"), ("src/b.txt", "b\n"), ("early.txt", "early\n"), ("late.txt", late)]);
     ctx
 }
 
@@ -73,10 +64,7 @@ fn random_files(m: &Machine, image: &str) -> (String, String, String) {
 
 /// Index of the first step whose instruction starts with `prefix`.
 fn position(steps: &[support_cache::Step], prefix: &str) -> usize {
-    steps
-        .iter()
-        .position(|s| s.instruction.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no step starting with `{prefix}` in {steps:#?}"))
+    steps.iter().position(|s| s.instruction.starts_with(prefix)).unwrap_or_else(|| panic!("no step starting with `{prefix}` in {steps:#?}"))
 }
 
 /// `kiln cache ls REF`'s record lines (header dropped).
@@ -175,9 +163,10 @@ fn changing_a_late_copy_source_misses_from_that_copy_on_and_explain_names_the_fi
 
     let explain = warm.ok(&["cache", "explain"], &[]);
     assert!(explain.contains("late.txt"), "`kiln cache explain` must name the changed file late.txt:\n{explain}");
-    let copy_line = explain.lines().position(|l| l.starts_with("COPY late.txt")).unwrap_or_else(|| {
-        panic!("`kiln cache explain` must list the missed step `COPY late.txt ./`:\n{explain}")
-    });
+    let copy_line = explain
+        .lines()
+        .position(|l| l.starts_with("COPY late.txt"))
+        .unwrap_or_else(|| panic!("`kiln cache explain` must list the missed step `COPY late.txt ./`:\n{explain}"));
     let why = explain.lines().nth(copy_line + 1).unwrap_or_default();
     assert!(why.contains("late.txt"), "the reason under `COPY late.txt ./` names the file: {why:?}\n{explain}");
     assert!(err.contains("late.txt"), "the build summary explains the miss too:\n{err}");
@@ -261,11 +250,7 @@ fn pull_request_reads_but_never_writes(head_repo: &str) -> String {
     std::fs::write(&payload, pull_request_payload("acme/app", head_repo)).expect("write event payload");
     let env = github_env("pull_request", "refs/pull/1/merge", &payload);
     let pr = t.machine("pr", &dc);
-    let (err, md) = pr.build_ok(
-        &ctx,
-        &["--cache-from", &cache_from(&reference), "--cache-to", &cache_to_max(&reference)],
-        &as_refs(&env),
-    );
+    let (err, md) = pr.build_ok(&ctx, &["--cache-from", &cache_from(&reference), "--cache-to", &cache_to_max(&reference)], &as_refs(&env));
     let (p, reason) = policy(&md);
     assert_eq!(p, "read-only", "a pull request event reads the cache only: {reason}");
     // The cache was read: everything up to the changed `COPY late.txt` comes from the ref.
@@ -322,11 +307,7 @@ fn push_to_main_event_updates_the_ref() {
     std::fs::write(&payload, push_payload("acme/app")).expect("write event payload");
     let env = github_env("push", "refs/heads/main", &payload);
     let m = t.machine("push", &dc);
-    let (_, md) = m.build_ok(
-        &ctx,
-        &["--cache-from", &cache_from(&reference), "--cache-to", &cache_to_max(&reference)],
-        &as_refs(&env),
-    );
+    let (_, md) = m.build_ok(&ctx, &["--cache-from", &cache_from(&reference), "--cache-to", &cache_to_max(&reference)], &as_refs(&env));
     let (p, reason) = policy(&md);
     assert_eq!(p, "read-write", "a push to the default branch writes the cache: {reason}");
     assert!(reason.contains("main"), "the reason names the branch: {reason}");
@@ -353,8 +334,7 @@ fn missing_ref_on_the_first_build_is_one_warning() {
     let dc = t.docker_config("user");
     let ctx = app_context(&t, "late-1\n");
     let m = t.machine("first", &dc);
-    let (err, md) =
-        m.build_ok(&ctx, &["--cache-from", &cache_from(&reference), "--cache-to", &cache_to_max(&reference)], &[]);
+    let (err, md) = m.build_ok(&ctx, &["--cache-from", &cache_from(&reference), "--cache-to", &cache_to_max(&reference)], &[]);
     let warnings = warning_lines(&err);
     assert_eq!(warnings.len(), 1, "exactly one warning line, about the missing ref; got {warnings:#?}\n--- stderr\n{err}");
     assert!(warnings[0].contains(&reference), "the warning names the ref {reference}: {:?}", warnings[0]);
@@ -414,10 +394,7 @@ fn registry_failing_every_request_during_export_is_a_warning() {
     let m = t.machine("m", &dc);
     let (err, md) = m.build_ok(&ctx, &["--cache-to", &cache_to_max(&reference)], &[]);
     assert!(proxy.faults() > 0, "the export did talk to the failing registry");
-    assert!(
-        warning_lines(&err).iter().any(|w| w.contains(&reference)),
-        "a warning names the failing ref {reference}:\n{err}"
-    );
+    assert!(warning_lines(&err).iter().any(|w| w.contains(&reference)), "a warning names the failing ref {reference}:\n{err}");
     assert!(md["kiln.cache-exports"].to_string().contains("warning"), "metadata: {:#}", md["kiln.cache-exports"]);
     proxy.set_fault_rate(0.0);
     assert!(raw_manifest(&reference, None).is_none(), "nothing was written through the failing proxy");
@@ -459,8 +436,10 @@ fn read_only_credential_turns_export_off_with_a_warning_and_fails_with_ignore_er
     );
     let warnings = warning_lines(&err);
     assert!(
-        warnings.iter().any(|w| w.contains(&reference)
-            && ["401", "403", "denied", "cannot write"].iter().any(|why| w.to_ascii_lowercase().contains(why))),
+        warnings
+            .iter()
+            .any(|w| w.contains(&reference)
+                && ["401", "403", "denied", "cannot write"].iter().any(|why| w.to_ascii_lowercase().contains(why))),
         "a warning names the ref {reference} and says the credential cannot write it: {warnings:#?}\n--- stderr\n{err}"
     );
     assert_eq!(manifest_digest(&reference, creds).as_deref(), Some(before.as_str()), "the ref is untouched");

@@ -55,7 +55,10 @@ fn fixtures_directory_in_every_format() {
                 let v: Value = serde_json::from_str(&text).expect("valid JSON");
                 let runs: u64 = v["workflows"].as_array().unwrap().iter().map(|w| w["runs"].as_u64().unwrap()).sum();
                 assert!(runs >= 186, "{runs}");
-                assert_eq!(v["notes"].as_array().unwrap().iter().filter(|n| n["reason"].as_str().unwrap().starts_with("refused")).count(), 7);
+                assert_eq!(
+                    v["notes"].as_array().unwrap().iter().filter(|n| n["reason"].as_str().unwrap().starts_with("refused")).count(),
+                    7
+                );
             }
             "html" => assert!(text.starts_with("<!doctype html>") && text.contains("<svg")),
             _ => unreachable!(),
@@ -113,7 +116,8 @@ fn broken_input_fails_naming_file_and_field() {
 #[test]
 fn usage_errors_exit_2() {
     let root = tempfile::tempdir().unwrap();
-    for args in [&[][..], &["--repo", "o/r"][..], &["some-dir", "--repo", "o/r", "--workflow", "x.yml"][..], &["d", "--format", "pdf"][..]] {
+    for args in [&[][..], &["--repo", "o/r"][..], &["some-dir", "--repo", "o/r", "--workflow", "x.yml"][..], &["d", "--format", "pdf"][..]]
+    {
         let out = kiln(root.path(), args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -177,19 +181,16 @@ fn check_layout(layout: impl Fn(usize) -> Option<Layout> + Copy) {
     write_cancelled_only(&s, with.path(), layout);
     write_cancelled_only(&s, flat.path(), |_| Some(Layout::Flat));
     write_cancelled_only(&s, without.path(), |_| None);
-    let report = |dir: &Path| -> Value {
-        serde_json::from_str(&ok(&kiln(root.path(), &[dir.to_str().unwrap(), "--format", "json"]))).unwrap()
-    };
+    let report =
+        |dir: &Path| -> Value { serde_json::from_str(&ok(&kiln(root.path(), &[dir.to_str().unwrap(), "--format", "json"]))).unwrap() };
     let (got, flat, without) = (report(with.path()), report(flat.path()), report(without.path()));
     let (got_o, without_o) = (outcomes(&got), outcomes(&without));
     let causes = annotated_causes(&s);
     for (key, cause) in &causes {
         assert_eq!(got_o.get(key), Some(cause), "{key:?}");
     }
-    let superseded_by_annotation_only: Vec<_> = causes
-        .iter()
-        .filter(|(k, c)| c.as_str() == "cancelled/superseded" && without_o[*k] == "cancelled/unknown")
-        .collect();
+    let superseded_by_annotation_only: Vec<_> =
+        causes.iter().filter(|(k, c)| c.as_str() == "cancelled/superseded" && without_o[*k] == "cancelled/unknown").collect();
     assert!(!superseded_by_annotation_only.is_empty(), "inference alone already explains every cancel");
     assert_eq!(got, flat);
     assert_eq!(got["notes"], json!([]));

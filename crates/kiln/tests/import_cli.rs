@@ -7,13 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn kiln(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .output()
-        .expect("run kiln")
+    Command::new(env!("CARGO_BIN_EXE_kiln")).arg("--root").arg(root).args(args).env_remove("SOURCE_DATE_EPOCH").output().expect("run kiln")
 }
 
 fn ok(o: Output) -> String {

@@ -114,8 +114,16 @@ fn merges_two_platform_images_from_another_repository_idempotently() {
     let also = format!("{h}/app:latest");
     let df = work.path().join("index-digest");
     let (out, err) = k.ok(&[
-        "manifest", "merge", "-t", &tag, "-t", &also, "--digest-file", df.to_str().unwrap(),
-        &format!("{h}/stage@{arm}"), &format!("{h}/stage@{amd}"),
+        "manifest",
+        "merge",
+        "-t",
+        &tag,
+        "-t",
+        &also,
+        "--digest-file",
+        df.to_str().unwrap(),
+        &format!("{h}/stage@{arm}"),
+        &format!("{h}/stage@{amd}"),
     ]);
     let digest = out.trim().to_string();
     // The children were mounted from the stage repository, not uploaded again.
@@ -175,7 +183,8 @@ fn sources_in_the_target_repository_and_bare_digests_and_an_index_as_source() {
     assert_eq!(out2.trim(), digest);
     assert_eq!(skopeo_raw(&format!("docker://{h}/mirror:1")).unwrap().1, digest);
     // --dry-run prints that index and pushes nothing.
-    let (dry, _) = k.ok(&["manifest", "merge", "--dry-run", "-t", &format!("{h}/dry:1"), &format!("{h}/app@{amd}"), &format!("{h}/app@{arm}")]);
+    let (dry, _) =
+        k.ok(&["manifest", "merge", "--dry-run", "-t", &format!("{h}/dry:1"), &format!("{h}/app@{amd}"), &format!("{h}/app@{arm}")]);
     assert_eq!(sha256sum(dry.trim_end().as_bytes()), digest);
     assert!(skopeo_raw(&format!("docker://{h}/dry:1")).is_none(), "--dry-run must not push");
 }
@@ -214,10 +223,12 @@ fn transient_registry_failures_are_retried_and_the_result_is_the_same() {
     let h = reg.host();
     let amd = k.push_platform_image(work.path(), "linux/amd64", &format!("{h}/stage:amd64"));
     let arm = k.push_platform_image(work.path(), "linux/arm64", &format!("{h}/stage:arm64"));
-    let (clean, _) = k.ok(&["manifest", "merge", "--dry-run", "-t", &format!("{h}/app:1"), &format!("{h}/stage@{amd}"), &format!("{h}/stage@{arm}")]);
+    let (clean, _) =
+        k.ok(&["manifest", "merge", "--dry-run", "-t", &format!("{h}/app:1"), &format!("{h}/stage@{amd}"), &format!("{h}/stage@{arm}")]);
     let expected = sha256sum(clean.trim_end().as_bytes());
     // About 3 requests in 10 fail (500, reset mid-body or 429); the merge goes through the proxy.
-    let proxy = FaultProxy::start(&h, FaultProxyOptions { fault_rate: 0.3, seed: 6, kinds: FaultKind::ALL.to_vec(), ..Default::default() }).unwrap();
+    let proxy = FaultProxy::start(&h, FaultProxyOptions { fault_rate: 0.3, seed: 6, kinds: FaultKind::ALL.to_vec(), ..Default::default() })
+        .unwrap();
     let p = proxy.host();
     let (out, _) = k.ok(&["manifest", "merge", "-t", &format!("{p}/app:1"), &format!("{p}/stage@{amd}"), &format!("{p}/stage@{arm}")]);
     assert!(proxy.faults() > 0, "the proxy injected no fault; the test proves nothing");
@@ -278,7 +289,10 @@ fn can_build_arm64() -> bool {
     }
     let have = Path::new(ARM_BUSYBOX).exists() && Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
     if !have {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI must run scripts/deps: arm64 busybox or the qemu-aarch64 binfmt handler is missing");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run scripts/deps: arm64 busybox or the qemu-aarch64 binfmt handler is missing"
+        );
         eprintln!("skipping: run scripts/deps first (arm64 busybox at {ARM_BUSYBOX} and the qemu-aarch64 binfmt handler)");
     }
     have
@@ -317,8 +331,16 @@ fn fan_out_then_merge_gives_the_single_multi_platform_build_index() {
         let (k, ctx) = runner(work.path());
         let md = work.path().join(format!("md-{arch}.json"));
         let (out, _) = k.ok(&[
-            "build", ctx.to_str().unwrap(), "--platform", &format!("linux/{arch}"), "-t", &repo,
-            "--output", "type=registry,push-by-digest=true", "--metadata-file", md.to_str().unwrap(),
+            "build",
+            ctx.to_str().unwrap(),
+            "--platform",
+            &format!("linux/{arch}"),
+            "-t",
+            &repo,
+            "--output",
+            "type=registry,push-by-digest=true",
+            "--metadata-file",
+            md.to_str().unwrap(),
         ]);
         let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&md).unwrap()).unwrap();
         let d = meta["containerimage.digest"].as_str().unwrap().to_string();

@@ -23,7 +23,10 @@ fn ready() -> bool {
     }
     let have = Path::new(ARM_BUSYBOX).exists() && Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
     if !have {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI must run scripts/deps: arm64 busybox or the qemu-aarch64 binfmt handler is missing");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run scripts/deps: arm64 busybox or the qemu-aarch64 binfmt handler is missing"
+        );
         eprintln!("skipping: run scripts/deps first (arm64 busybox at {ARM_BUSYBOX} and the qemu-aarch64 binfmt handler)");
     }
     have
@@ -130,8 +133,19 @@ fn one_build_two_platforms_one_index_and_run_under_emulation() {
     let oci = k.work.path().join("multi.tar");
     let out = format!("type=oci,dest={}", oci.display());
     k.ok(&[
-        "build", ctx.to_str().unwrap(), "--platform", "linux/amd64,linux/arm64", "-t", &tag, "--push", "--output", "type=image",
-        "--output", &out, "--metadata-file", md.to_str().unwrap(),
+        "build",
+        ctx.to_str().unwrap(),
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &tag,
+        "--push",
+        "--output",
+        "type=image",
+        "--output",
+        &out,
+        "--metadata-file",
+        md.to_str().unwrap(),
     ]);
     // The index (pushed and written as oci-archive) has one manifest per platform.
     let pushed = skopeo_raw(&format!("docker://{tag}")).expect("skopeo inspects the pushed index");
@@ -158,11 +172,7 @@ fn pushed_digest(tag: &str) -> String {
     use std::io::Write;
     let raw = Command::new("skopeo").args(["inspect", "--tls-verify=false", "--raw", &format!("docker://{tag}")]).output().unwrap();
     assert!(raw.status.success());
-    let mut child = Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Command::new("sha256sum").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(&raw.stdout).unwrap();
     let out = child.wait_with_output().unwrap();
     format!("sha256:{}", String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap())
@@ -178,8 +188,15 @@ fn a_smoke_test_failing_on_one_platform_fails_the_build_and_pushes_nothing() {
     let tag = format!("{}/smoke:1", reg.host());
     let ctx = k.ctx();
     let o = k.run(&[
-        "build", ctx.to_str().unwrap(), "--platform", "linux/amd64,linux/arm64", "-t", &tag, "--push",
-        "--test", "test \"$(cat /arch)\" = x86_64",
+        "build",
+        ctx.to_str().unwrap(),
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &tag,
+        "--push",
+        "--test",
+        "test \"$(cat /arch)\" = x86_64",
     ]);
     assert!(!o.status.success(), "the arm64 smoke test must fail the build");
     let err = String::from_utf8_lossy(&o.stderr);
@@ -321,7 +338,8 @@ fn pull_keeps_the_index_and_fetches_the_platforms_asked_for() {
     assert_eq!(stored_platforms(&m, &base), both(true, false));
     assert_eq!(m.ok(&["run", "--pull", "never", &base, "--", "uname", "-m"]).trim(), HOST_UNAME);
     let e = m.fails(&["run", "--pull", "never", "--platform", "linux/arm64", &base, "--", "uname", "-m"]);
-    let want = format!("{base} has no image for linux/arm64 in the local store (it has: linux/amd64); kiln pull --platform linux/arm64 {base}");
+    let want =
+        format!("{base} has no image for linux/arm64 in the local store (it has: linux/amd64); kiln pull --platform linux/arm64 {base}");
     assert!(e.contains(&want), "expected `{want}` in:\n{e}");
 
     // Pulling the second platform fills in the same index: the tag does not move.
@@ -358,7 +376,10 @@ fn pull_keeps_the_index_and_fetches_the_platforms_asked_for() {
     off.ok(&["build", ctx.to_str().unwrap(), "-t", "kiln.test/offline:1"]);
     assert_eq!(off.ok(&["run", "--pull", "never", "kiln.test/offline:1", "--", "cat", "/arch"]).trim(), HOST_UNAME);
     let e = off.fails(&["build", ctx.to_str().unwrap(), "--platform", "linux/arm64", "-t", "kiln.test/offline:arm"]);
-    assert!(e.contains("has no image for linux/arm64 in the local store") && e.contains(&format!("kiln pull --platform linux/arm64 {base}")), "{e}");
+    assert!(
+        e.contains("has no image for linux/arm64 in the local store") && e.contains(&format!("kiln pull --platform linux/arm64 {base}")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -369,10 +390,7 @@ fn run_of_a_platform_an_image_is_not_for_is_an_error() {
     // The tag names one amd64 image: asking for arm64 must not run it.
     let k = Kiln::new();
     let e = k.fails(&["run", "--pull", "never", "--platform", "linux/arm64", "kiln.test/busybox:amd64", "--", "uname", "-m"]);
-    assert!(
-        e.contains("kiln.test/busybox:amd64 has no image for linux/arm64 in the local store (it has: linux/amd64)"),
-        "{e}"
-    );
+    assert!(e.contains("kiln.test/busybox:amd64 has no image for linux/arm64 in the local store (it has: linux/amd64)"), "{e}");
     // and the other way round for the arm64 one; without --platform a lone image runs as it is.
     let e = k.fails(&["run", "--pull", "never", "--platform", "linux/amd64", "kiln.test/busybox:arm64", "--", "uname", "-m"]);
     assert!(e.contains("has no image for linux/amd64 in the local store (it has: linux/arm64)"), "{e}");
@@ -392,7 +410,8 @@ fn push_and_copy_of_an_index_tag_send_every_platform_or_name_the_missing_one() {
 
     let m = Kiln::empty();
     m.ok(&["pull", &base]);
-    let want = format!("{base} has no image for linux/arm64 in the local store (it has: linux/amd64); kiln pull --platform linux/arm64 {base}");
+    let want =
+        format!("{base} has no image for linux/arm64 in the local store (it has: linux/amd64); kiln pull --platform linux/arm64 {base}");
     let copied = format!("{h}/copied:1");
     let e = m.fails(&["copy", &format!("store:{base}"), &copied]);
     assert!(e.contains(&want), "expected `{want}` in:\n{e}");

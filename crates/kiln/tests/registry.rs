@@ -1,9 +1,9 @@
 //! Acceptance tests of `kiln login|pull|push|copy|inspect` against a real `docker-registry`
 //! (started per test by kiln-testkit on a free loopback port), checked with real `skopeo`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::io::Write;
 use std::time::Duration;
 
 use kiln_testkit::{FaultKind, FaultProxy, FaultProxyOptions, Registry, TokenServerOptions};
@@ -17,10 +17,7 @@ struct Kiln {
 
 impl Kiln {
     fn new() -> Kiln {
-        Kiln {
-            root: tempfile::tempdir().unwrap(),
-            docker_config: tempfile::tempdir().unwrap(),
-        }
+        Kiln { root: tempfile::tempdir().unwrap(), docker_config: tempfile::tempdir().unwrap() }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -82,11 +79,7 @@ fn tools() -> bool {
 
 fn skopeo(args: &[&str]) -> String {
     let o = Command::new("skopeo").args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "skopeo {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "skopeo {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -179,10 +172,9 @@ fn pulls_what_skopeo_pushed_in_docker_and_oci_formats() {
     let tmp = tempfile::tempdir().unwrap();
     let img = random_layout(tmp.path(), "t", 2, 300_000, 7);
     let layout = tmp.path().join("layout");
-    for (format, media) in [
-        ("v2s2", "application/vnd.docker.distribution.manifest.v2+json"),
-        ("oci", "application/vnd.oci.image.manifest.v1+json"),
-    ] {
+    for (format, media) in
+        [("v2s2", "application/vnd.docker.distribution.manifest.v2+json"), ("oci", "application/vnd.oci.image.manifest.v1+json")]
+    {
         let image = format!("{}/from-skopeo/{format}:1", reg.host());
         skopeo(&[
             "copy",
@@ -194,7 +186,8 @@ fn pulls_what_skopeo_pushed_in_docker_and_oci_formats() {
         ]);
         let k = Kiln::new();
         let d = digest_of_stdout(&k.ok(&["pull", &image]));
-        let si: serde_json::Value = serde_json::from_str(&skopeo(&["inspect", "--tls-verify=false", &format!("docker://{image}")])).unwrap();
+        let si: serde_json::Value =
+            serde_json::from_str(&skopeo(&["inspect", "--tls-verify=false", &format!("docker://{image}")])).unwrap();
         assert_eq!(si["Digest"].as_str().unwrap(), d);
         let j = k.inspect(&image, false);
         assert_eq!(j["mediaType"], media);
@@ -276,7 +269,12 @@ fn multi_arch_index_pull_by_platform_and_copy_whole() {
     let stored = k.inspect(&image, false);
     assert_eq!(stored["digest"].as_str().unwrap(), index_digest);
     let present = |j: &serde_json::Value| -> Vec<(String, bool)> {
-        j["platforms"].as_array().unwrap().iter().map(|p| (p["platform"].as_str().unwrap().to_string(), p["present"].as_bool().unwrap())).collect()
+        j["platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["platform"].as_str().unwrap().to_string(), p["present"].as_bool().unwrap()))
+            .collect()
     };
     assert_eq!(present(&stored), vec![("linux/amd64".to_string(), false), ("linux/arm64".to_string(), true)]);
     let arm = serde_json::from_str::<serde_json::Value>(&k.ok(&["inspect", "--platform", "linux/arm64", &image])).unwrap();
@@ -292,7 +290,8 @@ fn multi_arch_index_pull_by_platform_and_copy_whole() {
     // Two platforms at once print the index.
     let both = Kiln::new();
     assert_eq!(digest_of_stdout(&both.ok(&["pull", "--platform", "linux/arm64,linux/amd64", &image])), index_digest);
-    let remote = serde_json::from_str::<serde_json::Value>(&both.ok(&["inspect", "--remote", "--platform", "linux/amd64", &image])).unwrap();
+    let remote =
+        serde_json::from_str::<serde_json::Value>(&both.ok(&["inspect", "--remote", "--platform", "linux/amd64", &image])).unwrap();
     assert_eq!(remote["digest"].as_str().unwrap(), amd64);
     let e = k.fails(&["pull", "--platform", "linux/s390x", &image]);
     assert!(e.contains("linux/s390x") && e.contains("linux/arm64"), "{e}");
@@ -307,7 +306,13 @@ fn multi_arch_index_pull_by_platform_and_copy_whole() {
     skopeo(&["inspect", "--raw", &format!("oci:{}:v2", out.display())]);
     // Both platforms' images came along: skopeo can copy each one out of kiln's layout.
     for arch in ["amd64", "arm64"] {
-        skopeo(&["--override-arch", arch, "copy", &format!("oci:{}:v2", out.display()), &format!("oci:{}:{arch}", tmp.path().join("check").display())]);
+        skopeo(&[
+            "--override-arch",
+            arch,
+            "copy",
+            &format!("oci:{}:v2", out.display()),
+            &format!("oci:{}:{arch}", tmp.path().join("check").display()),
+        ]);
     }
 }
 
@@ -351,11 +356,7 @@ fn token_auth_300mb_transfer_outlasts_two_second_tokens() {
     if !tools() {
         return;
     }
-    let reg = Registry::start_token(TokenServerOptions {
-        lifetime: Duration::from_secs(2),
-        ..TokenServerOptions::default()
-    })
-    .unwrap();
+    let reg = Registry::start_token(TokenServerOptions { lifetime: Duration::from_secs(2), ..TokenServerOptions::default() }).unwrap();
     // 40 MB/s each way: 300 MB take about 7.5 s per direction, several token lifetimes.
     let proxy = FaultProxy::start(&reg.host(), FaultProxyOptions { bandwidth: Some(40_000_000), ..Default::default() }).unwrap();
     let (user, password) = reg.credentials().unwrap();
@@ -376,7 +377,10 @@ fn token_auth_300mb_transfer_outlasts_two_second_tokens() {
     assert!(issued > 2, "only {issued} tokens issued: the transfer did not outlast a token");
     let j = b.inspect(&image, false);
     let layer = j["manifest"]["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-    assert_eq!(std::fs::metadata(b.store().join("blobs/sha256").join(layer)).unwrap().len(), j["manifest"]["layers"][0]["size"].as_u64().unwrap());
+    assert_eq!(
+        std::fs::metadata(b.store().join("blobs/sha256").join(layer)).unwrap().len(),
+        j["manifest"]["layers"][0]["size"].as_u64().unwrap()
+    );
 }
 
 #[test]
@@ -409,7 +413,10 @@ fn a_token_expiring_mid_transfer_is_replaced_after_the_401() {
     assert_eq!(digest_of_stdout(&b.ok(&["pull", &image])), pushed);
     let issued = reg.token_server().unwrap().tokens_issued() - before;
     assert!(issued >= 3, "only {issued} tokens issued: no 401 was met and recovered from");
-    assert!(reg.log().contains("401") || reg.log().contains("unauthorized") || reg.log().contains("invalid token"), "the registry never refused a token");
+    assert!(
+        reg.log().contains("401") || reg.log().contains("unauthorized") || reg.log().contains("invalid token"),
+        "the registry never refused a token"
+    );
 }
 
 #[test]
@@ -429,7 +436,8 @@ fn faulty_network_push_and_pull_succeed_and_verify() {
     let image = format!("{}/flaky/app:1", proxy.host());
     // Straight from the layout, which kiln sends verbatim (`kiln push` from the store would gzip these
     // plain layers first and so change the digest this test checks).
-    let pushed = digest_of_stdout(&k.ok(&["copy", &format!("oci:{}:t", tmp.path().join("layout").display()), &format!("docker://{image}")]));
+    let pushed =
+        digest_of_stdout(&k.ok(&["copy", &format!("oci:{}:t", tmp.path().join("layout").display()), &format!("docker://{image}")]));
     assert_eq!(pushed, img.manifest_digest);
     for round in 0..2 {
         let b = Kiln::new();
@@ -440,7 +448,12 @@ fn faulty_network_push_and_pull_succeed_and_verify() {
         }
     }
     // What reached the registry verifies, as seen by an independent client without the proxy.
-    skopeo(&["copy", "--src-tls-verify=false", &format!("docker://{}/flaky/app:1", reg.host()), &format!("oci:{}:check", tmp.path().join("check").display())]);
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/flaky/app:1", reg.host()),
+        &format!("oci:{}:check", tmp.path().join("check").display()),
+    ]);
     assert!(proxy.faults() > 0, "the proxy injected no faults; the test proved nothing");
 }
 
@@ -497,7 +510,8 @@ fn push_from_the_store_gzips_plain_layers_once_and_keeps_their_content() {
     assert_eq!(memo, 2, "one remembered gzip form per plain layer");
 
     // An independent client sees gzip layers whose uncompressed bytes are the original plain layers.
-    let raw: serde_json::Value = serde_json::from_str(&skopeo(&["inspect", "--raw", "--tls-verify=false", &format!("docker://{image}")])).unwrap();
+    let raw: serde_json::Value =
+        serde_json::from_str(&skopeo(&["inspect", "--raw", "--tls-verify=false", &format!("docker://{image}")])).unwrap();
     let out = tmp.path().join("check");
     skopeo(&["copy", "--src-tls-verify=false", &format!("docker://{image}"), &format!("oci:{}:c", out.display())]);
     let layers = raw["layers"].as_array().unwrap();

@@ -86,11 +86,8 @@ fn build_layout_and_unpack(k: &Kiln, ctx: &Path, name: &str, extra: &[&str]) -> 
     let o = k.build(ctx, &args);
     assert_ok(&o, &format!("kiln build ({name})"));
     let bundle = k.path(&format!("{name}.bundle"));
-    let st = Command::new("umoci")
-        .args(["unpack", "--image", &format!("{}:1", layout.display())])
-        .arg(&bundle)
-        .status()
-        .expect("run umoci");
+    let st =
+        Command::new("umoci").args(["unpack", "--image", &format!("{}:1", layout.display())]).arg(&bundle).status().expect("run umoci");
     assert!(st.success(), "umoci unpack {name}");
     bundle.join("rootfs")
 }
@@ -112,7 +109,11 @@ fn overlay_layers_stay_faithful_with_redirect_dir_and_metacopy_on() {
     let content = |t: &BTreeMap<String, String>, p: &str| t.get(p).cloned().unwrap_or_else(|| format!("{p} missing"));
     let digest_of = |s: &str| format!("file {}", kiln_oci::Digest::sha256_of(s.as_bytes()));
     // What a faithful image holds, checked on its own (not only against the native build).
-    assert!(content(&overlay, "moved/sub/f").starts_with(&digest_of("one\n")), "renamed dir lost its children: {}", content(&overlay, "moved/sub/f"));
+    assert!(
+        content(&overlay, "moved/sub/f").starts_with(&digest_of("one\n")),
+        "renamed dir lost its children: {}",
+        content(&overlay, "moved/sub/f")
+    );
     assert!(content(&overlay, "moved/g").starts_with(&digest_of("two\n")));
     assert_eq!(content(&overlay, "mod"), format!("{} 600 0:0", digest_of("three\n")));
     assert_eq!(content(&overlay, "own"), format!("{} 644 1:1", digest_of("four\n")));
@@ -287,7 +288,11 @@ fn cancel_keeps_finished_steps(sig: i32, code: i32, name: &str, setup: impl FnOn
     let from = format!("type=registry,ref={cache}");
     let md = warm.build_md(&wctx, &["--cache-from", &from]);
     let cached: Vec<String> = layer_steps(&md).into_iter().map(|s| format!("{} {}", s.cache, s.instruction)).collect();
-    assert_eq!(cached, ["hit-registry RUN echo one > /one", "hit-registry RUN echo two > /two", "miss RUN cat /one /two"], "cancelled build:\n{err}\nwarm build: {md:#}");
+    assert_eq!(
+        cached,
+        ["hit-registry RUN echo one > /one", "hit-registry RUN echo two > /two", "miss RUN cat /one /two"],
+        "cancelled build:\n{err}\nwarm build: {md:#}"
+    );
 }
 
 #[test]
@@ -352,9 +357,8 @@ fn sigkill_leaves_no_process_and_the_next_build_reclaims_the_mounts() {
     write_context(&next, &[("Dockerfile", "ARG BASE\nFROM ${BASE}\nRUN echo next > /next\n")]);
     k.build_md(&next, &[]);
     assert_eq!(mounts_under(&k.root), Vec::<String>::new(), "the next build left the dead one's mounts");
-    let left: Vec<String> = fs::read_dir(&tmp)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
+    let left: Vec<String> =
+        fs::read_dir(&tmp).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
     assert!(!left.iter().any(|n| n.contains(&format!("-{dead_pid}-"))), "temp dirs of the dead kiln are left: {left:?}");
     // What the killed build finished is still in the local cache.
     let md = k.build_md(&ctx_with(&k, "again", "ARG BASE\nFROM ${BASE}\nRUN echo one > /one\nRUN echo two > /two\n"), &[]);

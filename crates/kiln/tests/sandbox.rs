@@ -13,11 +13,7 @@ use kiln_sandbox::{Cancel, Error, ExitStatus, Mount, Network, Outcome, Sandbox, 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0")))
         .unwrap_or(false)
 }
 
@@ -28,11 +24,7 @@ fn can_run() -> bool {
     if is_root() && busybox {
         return true;
     }
-    let why = if busybox {
-        "the sandbox needs root"
-    } else {
-        "/bin/busybox is missing (apt-get install busybox-static)"
-    };
+    let why = if busybox { "the sandbox needs root" } else { "/bin/busybox is missing (apt-get install busybox-static)" };
     assert!(!ci, "{why}, and CI=true requires this test to run");
     eprintln!("skipping: {why}");
     false
@@ -48,25 +40,14 @@ fn busybox_root() -> tempfile::TempDir {
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     std::fs::set_permissions(root.join("bin/busybox"), PermissionsExt::from_mode(0o755)).unwrap();
-    let list = std::process::Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .unwrap();
+    let list = std::process::Command::new("/bin/busybox").arg("--list").output().unwrap();
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet != "busybox" && !applet.is_empty() {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
     }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("etc/group"),
-        "root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
-    )
-    .unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\nextra:x:2000:app\n").unwrap();
     dir
 }
 
@@ -96,23 +77,12 @@ fn run(spec: &Spec) -> Result<Ran, Error> {
             Stream::Stderr => stderr.push(line),
         }
     })?;
-    Ok(Ran {
-        outcome,
-        stdout,
-        stderr,
-    })
+    Ok(Ran { outcome, stdout, stderr })
 }
 
 fn run_ok(spec: &Spec) -> Ran {
     let ran = run(spec).unwrap();
-    assert!(
-        ran.outcome.success(),
-        "{:?} failed: {}\nstdout: {:?}\nstderr: {:?}",
-        spec.argv,
-        ran.outcome.status,
-        ran.stdout,
-        ran.stderr
-    );
+    assert!(ran.outcome.success(), "{:?} failed: {}\nstdout: {:?}\nstderr: {:?}", spec.argv, ran.outcome.status, ran.stdout, ran.stderr);
     ran
 }
 
@@ -238,10 +208,7 @@ fn kill_all(pids: impl IntoIterator<Item = u32>) {
 }
 
 fn pids_of(lines: &[String]) -> Vec<u32> {
-    lines
-        .iter()
-        .filter_map(|l| l.split(':').next()?.parse().ok())
-        .collect()
+    lines.iter().filter_map(|l| l.split(':').next()?.parse().ok()).collect()
 }
 
 #[test]
@@ -250,10 +217,7 @@ fn sandbox_streams_stdout_and_stderr() {
         return;
     }
     let root = busybox_root();
-    let ran = run_ok(&sh(
-        root.path(),
-        "echo hello; echo oops >&2; printf 'no newline'",
-    ));
+    let ran = run_ok(&sh(root.path(), "echo hello; echo oops >&2; printf 'no newline'"));
     assert_eq!(ran.stdout, vec!["hello", "no newline"]);
     assert_eq!(ran.stderr, vec!["oops"]);
     assert_eq!(ran.outcome.status, ExitStatus::Code(0));
@@ -265,11 +229,7 @@ fn sandbox_exit_code_and_failure_message() {
         return;
     }
     let root = busybox_root();
-    let ran = run(&sh(
-        root.path(),
-        "for i in $(seq 1 30); do echo line $i; done; exit 7",
-    ))
-    .unwrap();
+    let ran = run(&sh(root.path(), "for i in $(seq 1 30); do echo line $i; done; exit 7")).unwrap();
     assert_eq!(ran.outcome.status, ExitStatus::Code(7));
     let msg = ran.outcome.check().unwrap_err().to_string();
     assert!(msg.contains("exit code 7"), "{msg}");
@@ -284,10 +244,7 @@ fn sandbox_command_is_pid_1_in_its_own_namespace() {
         return;
     }
     let root = busybox_root();
-    let mut spec = sh(
-        root.path(),
-        "echo $$; ls /proc | grep -c '^[0-9]'; hostname",
-    );
+    let mut spec = sh(root.path(), "echo $$; ls /proc | grep -c '^[0-9]'; hostname");
     spec.hostname = "kiln-test-host".into();
     let ran = run_ok(&spec);
     assert_eq!(ran.stdout[0], "1");
@@ -304,10 +261,7 @@ fn sandbox_kills_what_the_command_leaves_running() {
     let root = busybox_root();
     // One background process keeps the output pipe open, the other detaches from it entirely:
     // both must die with the command.
-    let ran = run_ok(&sh(
-        root.path(),
-        "sleep 987651 & (sleep 987652 >/dev/null 2>&1 </dev/null &); echo started",
-    ));
+    let ran = run_ok(&sh(root.path(), "sleep 987651 & (sleep 987652 >/dev/null 2>&1 </dev/null &); echo started"));
     assert_eq!(ran.stdout, vec!["started"]);
     for needle in ["sleep 987651", "sleep 987652"] {
         assert_eq!(host_processes_with(needle), Vec::<String>::new());
@@ -346,18 +300,11 @@ fn sandbox_user_by_name_gets_groups() {
     assert_eq!(ran.stdout[0], "1000");
     assert_eq!(ran.stdout[1], "1000");
     let groups: Vec<&str> = ran.stdout[2].split_whitespace().collect();
-    assert!(
-        groups.contains(&"1000") && groups.contains(&"2000"),
-        "{groups:?}"
-    );
+    assert!(groups.contains(&"1000") && groups.contains(&"2000"), "{groups:?}");
 
     spec.user = "1000".into();
     let ran = run_ok(&spec);
-    assert!(
-        ran.stdout[2].split_whitespace().any(|g| g == "2000"),
-        "{:?}",
-        ran.stdout
-    );
+    assert!(ran.stdout[2].split_whitespace().any(|g| g == "2000"), "{:?}", ran.stdout);
 }
 
 #[test]
@@ -373,18 +320,12 @@ fn sandbox_numeric_user_and_unknown_user() {
     assert!(!ran.stdout[2].contains("2000"), "{:?}", ran.stdout);
 
     spec.user = "nobody".into();
-    let err = run(&spec)
-        .err()
-        .expect("unknown user must fail")
-        .to_string();
+    let err = run(&spec).err().expect("unknown user must fail").to_string();
     assert!(err.contains("unknown user 'nobody'"), "{err}");
     assert!(err.contains("/etc/passwd"), "{err}");
 
     spec.user = "app:nogroup".into();
-    let err = run(&spec)
-        .err()
-        .expect("unknown group must fail")
-        .to_string();
+    let err = run(&spec).err().expect("unknown group must fail").to_string();
     assert!(err.contains("unknown group 'nogroup'"), "{err}");
 }
 
@@ -397,10 +338,7 @@ fn sandbox_missing_command_is_a_clear_error() {
     let mut spec = Spec::new(root.path(), vec!["no-such-tool".into(), "x".into()]);
     spec.env = vec!["PATH=/bin".into()];
     let err = run(&spec).err().expect("must fail").to_string();
-    assert!(
-        err.contains("no-such-tool") && err.contains("not found in $PATH"),
-        "{err}"
-    );
+    assert!(err.contains("no-such-tool") && err.contains("not found in $PATH"), "{err}");
 }
 
 #[test]
@@ -414,11 +352,7 @@ fn sandbox_network_none_has_only_loopback() {
     let ran = run_ok(&spec);
     assert_eq!(ran.stdout[0], "lo", "{:?}", ran.stdout);
     assert_eq!(ran.stdout.len(), 2, "{:?}", ran.stdout);
-    assert!(
-        ran.stdout[1].contains("lo:") && ran.stdout[1].contains(",UP"),
-        "{:?}",
-        ran.stdout
-    );
+    assert!(ran.stdout[1].contains("lo:") && ran.stdout[1].contains(",UP"), "{:?}", ran.stdout);
 }
 
 #[test]
@@ -446,35 +380,15 @@ fn sandbox_proc_dev_and_etc_hosts() {
     assert_eq!(ran.stdout[1], "ok");
     assert_eq!(ran.stdout[2], host_hosts.lines().count().to_string());
     if Path::new("/etc/resolv.conf").exists() {
-        assert!(
-            ran.stdout.contains(&"resolv".to_string()),
-            "{:?}",
-            ran.stdout
-        );
+        assert!(ran.stdout.contains(&"resolv".to_string()), "{:?}", ran.stdout);
     }
-    assert!(
-        ran.stdout.contains(&"hosts-ro".to_string()),
-        "{:?}",
-        ran.stdout
-    );
-    assert!(
-        ran.stdout.contains(&"sys-ro".to_string()),
-        "{:?}",
-        ran.stdout
-    );
+    assert!(ran.stdout.contains(&"hosts-ro".to_string()), "{:?}", ran.stdout);
+    assert!(ran.stdout.contains(&"sys-ro".to_string()), "{:?}", ran.stdout);
     // /proc, /dev, /sys, /etc/hosts and /etc/resolv.conf were made for the run and are gone.
     assert_eq!(tree(root.path()), before);
-    let removed: Vec<_> = ran
-        .outcome
-        .mount_points
-        .iter()
-        .map(|m| m.path.clone())
-        .collect();
+    let removed: Vec<_> = ran.outcome.mount_points.iter().map(|m| m.path.clone()).collect();
     for p in ["/proc", "/dev", "/sys", "/etc/hosts"] {
-        assert!(
-            removed.contains(&PathBuf::from(p)),
-            "{p} not reported: {removed:?}"
-        );
+        assert!(removed.contains(&PathBuf::from(p)), "{p} not reported: {removed:?}");
     }
     assert!(ran.outcome.mount_points.iter().all(|m| m.removed));
     assert_eq!(mtime("etc"), etc_mtime, "/etc's mtime was not restored");
@@ -497,25 +411,14 @@ fn sandbox_bind_mounts_read_only_and_read_write() {
          echo out > /out/result",
     );
     spec.mounts = vec![
-        Mount::Bind {
-            source: host.path().into(),
-            target: "/data".into(),
-            readonly: true,
-        },
-        Mount::Bind {
-            source: rw.path().into(),
-            target: "/out".into(),
-            readonly: false,
-        },
+        Mount::Bind { source: host.path().into(), target: "/data".into(), readonly: true },
+        Mount::Bind { source: rw.path().into(), target: "/out".into(), readonly: false },
     ];
     let before = tree(root.path());
     let ran = run_ok(&spec);
     assert_eq!(ran.stdout, vec!["from host", "ro-refused"]);
     assert!(!host.path().join("new").exists());
-    assert_eq!(
-        std::fs::read_to_string(rw.path().join("result")).unwrap(),
-        "out\n"
-    );
+    assert_eq!(std::fs::read_to_string(rw.path().join("result")).unwrap(), "out\n");
     assert_eq!(tree(root.path()), before);
 }
 
@@ -525,14 +428,8 @@ fn sandbox_tmpfs_mount() {
         return;
     }
     let root = busybox_root();
-    let mut spec = sh(
-        root.path(),
-        "grep ' /scratch ' /proc/mounts | cut -d' ' -f3; echo data > /scratch/file; cat /scratch/file",
-    );
-    spec.mounts = vec![Mount::Tmpfs {
-        target: "/scratch".into(),
-        size_bytes: Some(1 << 20),
-    }];
+    let mut spec = sh(root.path(), "grep ' /scratch ' /proc/mounts | cut -d' ' -f3; echo data > /scratch/file; cat /scratch/file");
+    spec.mounts = vec![Mount::Tmpfs { target: "/scratch".into(), size_bytes: Some(1 << 20) }];
     let before = tree(root.path());
     let ran = run_ok(&spec);
     assert_eq!(ran.stdout, vec!["tmpfs", "data"]);
@@ -547,14 +444,8 @@ fn sandbox_cache_persists_across_runs() {
     let root = busybox_root();
     let cache = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().join("cache-id");
-    let mut spec = sh(
-        root.path(),
-        "n=$(cat /var/cache/app/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /var/cache/app/n; echo $n",
-    );
-    spec.mounts = vec![Mount::Cache {
-        source: cache_dir.clone(),
-        target: "/var/cache/app".into(),
-    }];
+    let mut spec = sh(root.path(), "n=$(cat /var/cache/app/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /var/cache/app/n; echo $n");
+    spec.mounts = vec![Mount::Cache { source: cache_dir.clone(), target: "/var/cache/app".into() }];
     let before = tree(root.path());
     assert_eq!(run_ok(&spec).stdout, vec!["1"]);
     assert_eq!(run_ok(&spec).stdout, vec!["2"]);
@@ -578,14 +469,7 @@ fn sandbox_secret_is_readable_and_leaves_no_trace() {
          (echo x > /run/secrets/tok) 2>/dev/null || echo secret-ro; ls -a /dev | grep -c kiln-secret",
     );
     spec.mounts = vec![
-        Mount::Secret {
-            id: "tok".into(),
-            source: src.clone(),
-            target: None,
-            mode: None,
-            uid: 0,
-            gid: 0,
-        },
+        Mount::Secret { id: "tok".into(), source: src.clone(), target: None, mode: None, uid: 0, gid: 0 },
         Mount::Secret {
             id: "tok2".into(),
             source: src.clone(),
@@ -598,25 +482,12 @@ fn sandbox_secret_is_readable_and_leaves_no_trace() {
     let before = tree(root.path());
     // grep -c prints 0 and exits 1 when nothing matches.
     let ran = run(&spec).unwrap();
-    assert_eq!(
-        ran.stdout,
-        vec!["s3cr3t-value", "400 0", "s3cr3t-value", "secret-ro", "0"],
-        "{:?}",
-        ran.stderr
-    );
+    assert_eq!(ran.stdout, vec!["s3cr3t-value", "400 0", "s3cr3t-value", "secret-ro", "0"], "{:?}", ran.stderr);
     assert_eq!(tree(root.path()), before);
     // The host file is untouched.
     assert_eq!(std::fs::metadata(&src).unwrap().mode() & 0o777, 0o644);
-    let leaked = std::process::Command::new("grep")
-        .args(["-r", "-l", "s3cr3t-value"])
-        .arg(root.path())
-        .output()
-        .unwrap();
-    assert!(
-        leaked.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&leaked.stdout)
-    );
+    let leaked = std::process::Command::new("grep").args(["-r", "-l", "s3cr3t-value"]).arg(root.path()).output().unwrap();
+    assert!(leaked.stdout.is_empty(), "{}", String::from_utf8_lossy(&leaked.stdout));
 }
 
 #[test]
@@ -631,32 +502,15 @@ fn sandbox_existing_mount_targets_are_kept() {
     }
     std::fs::write(root.path().join("etc/hosts"), "127.0.0.1 image\n").unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let mut spec = sh(
-        root.path(),
-        "grep -c . /etc/hosts >/dev/null; ls /tmp/cache",
-    );
-    spec.mounts = vec![Mount::Cache {
-        source: cache.path().into(),
-        target: "/tmp/cache".into(),
-    }];
+    let mut spec = sh(root.path(), "grep -c . /etc/hosts >/dev/null; ls /tmp/cache");
+    spec.mounts = vec![Mount::Cache { source: cache.path().into(), target: "/tmp/cache".into() }];
     let before = tree(root.path());
     let ran = run_ok(&spec);
     assert_eq!(tree(root.path()), before);
-    assert_eq!(
-        std::fs::read_to_string(root.path().join("etc/hosts")).unwrap(),
-        "127.0.0.1 image\n"
-    );
-    let created: Vec<_> = ran
-        .outcome
-        .mount_points
-        .iter()
-        .map(|m| m.path.clone())
-        .collect();
+    assert_eq!(std::fs::read_to_string(root.path().join("etc/hosts")).unwrap(), "127.0.0.1 image\n");
+    let created: Vec<_> = ran.outcome.mount_points.iter().map(|m| m.path.clone()).collect();
     assert!(!created.contains(&PathBuf::from("/proc")), "{created:?}");
-    assert!(
-        !created.contains(&PathBuf::from("/etc/hosts")),
-        "{created:?}"
-    );
+    assert!(!created.contains(&PathBuf::from("/etc/hosts")), "{created:?}");
 }
 
 #[test]
@@ -669,19 +523,10 @@ fn sandbox_symlinked_mount_target_stays_inside_the_root() {
     // A hostile image: /mnt points at a host directory by absolute path.
     std::os::unix::fs::symlink(outside.path(), root.path().join("mnt")).unwrap();
     let mut spec = sh(root.path(), "echo inside > /mnt/x/file; cat /mnt/x/file");
-    spec.mounts = vec![Mount::Tmpfs {
-        target: "/mnt/x".into(),
-        size_bytes: None,
-    }];
+    spec.mounts = vec![Mount::Tmpfs { target: "/mnt/x".into(), size_bytes: None }];
     let ran = run(&spec).unwrap();
     // Whatever happened inside, nothing may appear in the host directory.
-    assert_eq!(
-        std::fs::read_dir(outside.path()).unwrap().count(),
-        0,
-        "{:?} {:?}",
-        ran.stdout,
-        ran.stderr
-    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "{:?} {:?}", ran.stdout, ran.stderr);
 }
 
 /// Unmounts an overlay when the test ends, whatever happens.
@@ -705,39 +550,17 @@ fn sandbox_over_overlay_leaves_only_the_step_changes_in_upper() {
         std::fs::create_dir(work.path().join(d)).unwrap();
     }
     let (upper, merged) = (work.path().join("upper"), work.path().join("merged"));
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.path().display(),
-        upper.display(),
-        work.path().join("work").display()
-    );
-    let status = std::process::Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(&merged)
-        .status()
-        .unwrap();
+    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.path().display(), upper.display(), work.path().join("work").display());
+    let status = std::process::Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&merged).status().unwrap();
     assert!(status.success(), "mount overlay failed");
     let _guard = Unmount(merged.clone());
 
     let secret = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret.path(), "overlay-secret").unwrap();
-    let mut spec = sh(
-        &merged,
-        "cat /run/secrets/s >/dev/null && echo done > /out.txt",
-    );
+    let mut spec = sh(&merged, "cat /run/secrets/s >/dev/null && echo done > /out.txt");
     spec.mounts = vec![
-        Mount::Secret {
-            id: "s".into(),
-            source: secret.path().into(),
-            target: None,
-            mode: None,
-            uid: 0,
-            gid: 0,
-        },
-        Mount::Tmpfs {
-            target: "/var/tmp/scratch".into(),
-            size_bytes: None,
-        },
+        Mount::Secret { id: "s".into(), source: secret.path().into(), target: None, mode: None, uid: 0, gid: 0 },
+        Mount::Tmpfs { target: "/var/tmp/scratch".into(), size_bytes: None },
     ];
     run_ok(&spec);
     // Creating /etc/hosts copied /etc up; it must be back to the lower dir's times, so that a
@@ -745,10 +568,7 @@ fn sandbox_over_overlay_leaves_only_the_step_changes_in_upper() {
     let got = tree(&upper);
     let want: BTreeSet<PathBuf> = ["etc", "out.txt"].iter().map(PathBuf::from).collect();
     assert_eq!(got, want);
-    let (a, b) = (
-        std::fs::metadata(upper.join("etc")).unwrap(),
-        std::fs::metadata(lower.path().join("etc")).unwrap(),
-    );
+    let (a, b) = (std::fs::metadata(upper.join("etc")).unwrap(), std::fs::metadata(lower.path().join("etc")).unwrap());
     assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()));
     assert_eq!((a.mode(), a.uid(), a.gid()), (b.mode(), b.uid(), b.gid()));
 }
@@ -761,8 +581,7 @@ fn sandbox_panicking_sink_stops_the_step() {
     let root = busybox_root();
     let before = tree(root.path());
     let spec = sh(root.path(), "echo first; exec sleep 987653");
-    let result =
-        std::panic::catch_unwind(|| sandbox().run(&spec, &mut |_, _| panic!("sink gave up")));
+    let result = std::panic::catch_unwind(|| sandbox().run(&spec, &mut |_, _| panic!("sink gave up")));
     assert!(result.is_err(), "the sink's panic must reach the caller");
     assert_eq!(host_processes_with("sleep 987653"), Vec::<String>::new());
     assert_eq!(tree(root.path()), before);
@@ -780,10 +599,7 @@ fn sandbox_supplementary_groups_include_the_primary_gid() {
         spec.user = user.into();
         let ran = run_ok(&spec);
         let line = ran.stdout.first().cloned().unwrap_or_default();
-        let groups: Vec<&str> = line
-            .trim_start_matches("Groups:")
-            .split_whitespace()
-            .collect();
+        let groups: Vec<&str> = line.trim_start_matches("Groups:").split_whitespace().collect();
         groups.join(" ")
     };
     // What runc is given by Docker and BuildKit (and what buildah sets): the primary gid always,
@@ -809,8 +625,7 @@ const PARENT_ROOT_ENV: &str = "KILN_TEST_SANDBOX_PARENT_ROOT";
 /// The step under a parent that gets SIGKILLed: PID 1 (`sh`) waits for a long sleep, next to a
 /// grandchild that left the session and every inherited fd. Each has the marker in its argv.
 const ORPHAN_MARKER: &str = "98766";
-const ORPHAN_SCRIPT: &str =
-    "setsid sleep 987661 </dev/null >/dev/null 2>&1 & sleep 987662 & echo started; wait";
+const ORPHAN_SCRIPT: &str = "setsid sleep 987661 </dev/null >/dev/null 2>&1 & sleep 987662 & echo started; wait";
 
 /// Not a test of its own: the parent process for `sandbox_dies_with_its_sigkilled_parent`, which
 /// runs this test binary again, filtered to this function, with [`PARENT_ROOT_ENV`] set.
@@ -832,12 +647,7 @@ fn sandbox_dies_with_its_sigkilled_parent() {
     }
     let root = busybox_root();
     let mut parent = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "sandbox_sigkilled_parent_helper",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "sandbox_sigkilled_parent_helper", "--nocapture", "--test-threads=1"])
         .env(PARENT_ROOT_ENV, root.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -926,10 +736,7 @@ fn sandbox_cancel_stops_the_step_and_every_later_run() {
          sleep 1000; : 987670",
     );
     // A mount point that does not exist in the image: created for the run, removed after it.
-    spec.mounts = vec![Mount::Tmpfs {
-        target: "/scratch/deep".into(),
-        size_bytes: None,
-    }];
+    spec.mounts = vec![Mount::Tmpfs { target: "/scratch/deep".into(), size_bytes: None }];
     let cancel = Cancel::new();
     let sandbox = sandbox().with_cancel(cancel.clone());
     let (started_tx, started_rx) = mpsc::channel();
@@ -943,27 +750,17 @@ fn sandbox_cancel_stops_the_step_and_every_later_run() {
         });
         let _ = done_tx.send(result);
     });
-    started_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the step did not start");
+    started_rx.recv_timeout(Duration::from_secs(30)).expect("the step did not start");
     let all_up = poll(Duration::from_secs(10), || {
         let step = host_processes_with(marker);
         (step.len() == 3).then_some(step)
     });
     let step = all_up.unwrap_or_else(|| panic!("{:?}", host_processes_with(marker)));
     // `sleep 1000` has no marker: it is found by its PID namespace, the sandbox's.
-    let ns = pids_of(&step)
-        .into_iter()
-        .find_map(|p| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok())
-        .expect("the step's PID namespace");
-    let all_four = poll(Duration::from_secs(10), || {
-        (in_namespace(&ns).len() == 4).then_some(())
-    });
-    assert!(
-        all_four.is_some(),
-        "want sh, two sleeps and sleep 1000: {:?}",
-        in_namespace(&ns)
-    );
+    let ns =
+        pids_of(&step).into_iter().find_map(|p| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok()).expect("the step's PID namespace");
+    let all_four = poll(Duration::from_secs(10), || (in_namespace(&ns).len() == 4).then_some(()));
+    assert!(all_four.is_some(), "want sh, two sleeps and sleep 1000: {:?}", in_namespace(&ns));
 
     // From this (test) thread, as kiln's signal-handling thread would.
     cancel.cancel();
@@ -972,10 +769,7 @@ fn sandbox_cancel_stops_the_step_and_every_later_run() {
         panic!("the run did not return after the cancel");
     };
     let err = result.expect_err("a cancelled run is an error");
-    assert!(
-        matches!(&err, Error::Cancelled { command } if command.contains("sleep 1000")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, Error::Cancelled { command } if command.contains("sleep 1000")), "{err:?}");
     assert!(err.to_string().ends_with(": cancelled"), "{err}");
     assert!(cancel.is_cancelled());
     // At once: the run waits until the namespace is gone before returning.
@@ -984,9 +778,7 @@ fn sandbox_cancel_stops_the_step_and_every_later_run() {
     assert_eq!(tree(root.path()), before, "mount points were left behind");
 
     // Any later run fails at once, without starting anything.
-    let err = sandbox
-        .run(&sh(root.path(), "touch /ran-987673"), &mut |_, _| {})
-        .expect_err("a run after the cancel");
+    let err = sandbox.run(&sh(root.path(), "touch /ran-987673"), &mut |_, _| {}).expect_err("a run after the cancel");
     assert!(matches!(err, Error::Cancelled { .. }), "{err:?}");
     assert_eq!(tree(root.path()), before);
 }

@@ -104,8 +104,19 @@ fn in_ci() -> bool {
 
 /// Inputs and outputs named as docker/build-push-action names them, for the features kiln has.
 const BUILD_PUSH_INPUTS: &[&str] = &[
-    "context", "file", "tags", "build-args", "target", "platforms", "push", "no-cache", "cache-from", "cache-to", "outputs",
-    "secrets", "secret-files",
+    "context",
+    "file",
+    "tags",
+    "build-args",
+    "target",
+    "platforms",
+    "push",
+    "no-cache",
+    "cache-from",
+    "cache-to",
+    "outputs",
+    "secrets",
+    "secret-files",
 ];
 const BUILD_PUSH_OUTPUTS: &[&str] = &["digest", "imageid", "metadata"];
 
@@ -113,7 +124,10 @@ const BUILD_PUSH_OUTPUTS: &[&str] = &["digest", "imageid", "metadata"];
 fn action_yml_is_a_well_formed_composite_action() {
     let a = action();
     for k in keys(&a) {
-        assert!(["name", "description", "author", "branding", "inputs", "outputs", "runs"].contains(&k.as_str()), "unknown top-level key {k}");
+        assert!(
+            ["name", "description", "author", "branding", "inputs", "outputs", "runs"].contains(&k.as_str()),
+            "unknown top-level key {k}"
+        );
     }
     assert!(!s(&a["name"]).is_empty() && !s(&a["description"]).is_empty(), "name and description are required");
     assert_eq!(s(&a["runs"]["using"]), "composite");
@@ -125,7 +139,10 @@ fn action_yml_is_a_well_formed_composite_action() {
         let k = s(k);
         assert!(!s(&v["description"]).is_empty(), "input {k} has no description");
         for field in keys(v) {
-            assert!(["description", "required", "default", "deprecationMessage"].contains(&field.as_str()), "input {k}: unknown key {field}");
+            assert!(
+                ["description", "required", "default", "deprecationMessage"].contains(&field.as_str()),
+                "input {k}: unknown key {field}"
+            );
         }
         // The runner hands inputs over as strings; a YAML true/false default reads as a string
         // anyway, but writing it quoted keeps `!= 'true'` comparisons honest to the reader.
@@ -449,11 +466,7 @@ fn shellcheck_passes_on_every_run_script() {
         // The runner runs `bash -e {0}`; the shebang tells shellcheck the dialect.
         std::fs::write(&f, format!("#!/usr/bin/env bash\n{text}")).unwrap();
         let o = Command::new("shellcheck").arg("--severity=style").arg(&f).output().unwrap();
-        assert!(
-            o.status.success(),
-            "shellcheck on {what}:\n{}\n--- script ---\n{text}",
-            String::from_utf8_lossy(&o.stdout)
-        );
+        assert!(o.status.success(), "shellcheck on {what}:\n{}\n--- script ---\n{text}", String::from_utf8_lossy(&o.stdout));
     }
 }
 
@@ -716,13 +729,15 @@ fn the_action_build_step_runs_kiln_build_with_every_input_and_reports_the_digest
     assert!(log.contains("test passed"), "the smoke test ran: {log}");
     assert!(log.contains(&missing_cache), "the missing cache ref is named in a warning: {log}");
     // Pushed by digest, untagged.
-    let o = Command::new("skopeo").args(["inspect", "--tls-verify=false", "--raw", &format!("docker://{image}@{digest}")]).output().unwrap();
+    let o =
+        Command::new("skopeo").args(["inspect", "--tls-verify=false", "--raw", &format!("docker://{image}@{digest}")]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = Command::new("skopeo").args(["inspect", "--tls-verify=false", "--raw", &format!("docker://{image}:latest")]).output().unwrap();
     assert!(!o.status.success(), "push-by-digest must not tag");
     assert!(local_cache.exists(), "cache-to was passed through");
     // The secret values never stay on disk.
-    let leftovers: Vec<_> = walk(r.temp.path()).into_iter().filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("s3cret"))).collect();
+    let leftovers: Vec<_> =
+        walk(r.temp.path()).into_iter().filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("s3cret"))).collect();
     assert!(leftovers.is_empty(), "secret values left behind: {leftovers:?}");
 }
 

@@ -44,4 +44,3 @@ pub fn synth_server(s: Synth) -> Server {
         body.header("ETag", etag)
     })
 }
-

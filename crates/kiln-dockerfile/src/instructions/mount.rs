@@ -156,11 +156,7 @@ impl Mount {
     /// `expand` (BuildKit expands build variables in mount values, not in
     /// keys). Fields are read in order, so `type=` must come before the
     /// keys that depend on it (`required`, `size`), as in BuildKit.
-    pub fn parse_with(
-        spec: &str,
-        ssh_index: usize,
-        expand: &mut dyn FnMut(&str) -> Result<String, String>,
-    ) -> Result<Mount, MountError> {
+    pub fn parse_with(spec: &str, ssh_index: usize, expand: &mut dyn FnMut(&str) -> Result<String, String>) -> Result<Mount, MountError> {
         let err = |reason: String| MountError { spec: spec.to_string(), reason };
         let fields = csv_fields(spec).map_err(err)?;
         let mut m = Mount {
@@ -200,9 +196,7 @@ impl Mount {
                 continue;
             };
             let boolean = |v: &str| parse_bool(v).ok_or_else(|| err(format!("invalid value for {key}: {v}")));
-            let number = |v: &str, radix: u32| {
-                u32::from_str_radix(v, radix).map_err(|_| err(format!("invalid value {v} for {key}")))
-            };
+            let number = |v: &str, radix: u32| u32::from_str_radix(v, radix).map_err(|_| err(format!("invalid value {v} for {key}")));
             match key.as_str() {
                 "type" => {
                     m.kind = match value.to_ascii_lowercase().as_str() {
@@ -211,11 +205,7 @@ impl Mount {
                         "tmpfs" => MountType::Tmpfs,
                         "secret" => MountType::Secret,
                         "ssh" => MountType::Ssh,
-                        _ => {
-                            return Err(err(format!(
-                                "unsupported mount type {value:?}: expected bind, cache, tmpfs, secret or ssh"
-                            )))
-                        }
+                        _ => return Err(err(format!("unsupported mount type {value:?}: expected bind, cache, tmpfs, secret or ssh"))),
                     }
                 }
                 "from" => m.from = Some(value),
@@ -242,11 +232,7 @@ impl Mount {
                         "shared" => Sharing::Shared,
                         "private" => Sharing::Private,
                         "locked" => Sharing::Locked,
-                        _ => {
-                            return Err(err(format!(
-                                "unsupported sharing value {value:?}: expected shared, private or locked"
-                            )))
-                        }
+                        _ => return Err(err(format!("unsupported sharing value {value:?}: expected shared, private or locked"))),
                     }
                 }
                 "mode" => m.mode = Some(number(&value, 8)?),

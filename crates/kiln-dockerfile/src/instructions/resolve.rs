@@ -4,9 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{
-    ArgDecl, Build, Command, Copy, CopySource, ErrorKind, Instruction, InstructionError, Location, Mount,
-};
+use super::{ArgDecl, Build, Command, Copy, CopySource, ErrorKind, Instruction, InstructionError, Location, Mount};
 use crate::shell::{Env, ExpandError, Lexer};
 
 /// The predefined platform ARGs, as plain strings (`linux/arm64/v8`,
@@ -236,10 +234,7 @@ pub fn resolve(build: &Build, opts: &ResolveOptions<'_>) -> Result<Resolved, Ins
     let target = match &opts.target {
         None => build.stages.len().saturating_sub(1),
         Some(t) => names.by_name(t, build.stages.len()).ok_or_else(|| {
-            InstructionError::new(
-                Location { file: file.clone(), start_line: 0, end_line: 0 },
-                ErrorKind::UnknownTarget(t.clone()),
-            )
+            InstructionError::new(Location { file: file.clone(), start_line: 0, end_line: 0 }, ErrorKind::UnknownTarget(t.clone()))
         })?,
     };
 
@@ -488,9 +483,7 @@ fn resolve_stage(
                     declared.insert(d.name.clone());
                     let value = match (opts.build_args.get(&d.name), &d.default) {
                         (Some(v), _) => Some(v.clone()),
-                        (None, Some(default)) => {
-                            Some(x.word(default, &Scope { env: &state, args: global }).map_err(|e| err(e.into()))?)
-                        }
+                        (None, Some(default)) => Some(x.word(default, &Scope { env: &state, args: global }).map_err(|e| err(e.into()))?),
                         (None, None) => get(global, &d.name).map(str::to_string),
                     };
                     if let Some(v) = &value {

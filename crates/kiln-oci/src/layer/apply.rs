@@ -224,15 +224,10 @@ impl State<'_> {
         let uid = ext.pax("uid").and_then(parse_num).or_else(|| header.uid().ok()).unwrap_or(0);
         let gid = ext.pax("gid").and_then(parse_num).or_else(|| header.gid().ok()).unwrap_or(0);
         let mode = header.mode().map_err(tar_err)? & 0o7777;
-        let mtime = ext
-            .pax("mtime")
-            .and_then(parse_pax_time)
-            .unwrap_or(Timespec { tv_sec: header.mtime().unwrap_or(0) as i64, tv_nsec: 0 });
-        let xattrs: Vec<(&str, &[u8])> = ext
-            .pax
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("SCHILY.xattr.").map(|n| (n, v.as_slice())))
-            .collect();
+        let mtime =
+            ext.pax("mtime").and_then(parse_pax_time).unwrap_or(Timespec { tv_sec: header.mtime().unwrap_or(0) as i64, tv_nsec: 0 });
+        let xattrs: Vec<(&str, &[u8])> =
+            ext.pax.iter().filter_map(|(k, v)| k.strip_prefix("SCHILY.xattr.").map(|n| (n, v.as_slice()))).collect();
 
         if comps.is_empty() {
             if !kind.is_dir() {
@@ -260,8 +255,9 @@ impl State<'_> {
                     }
                     rustix::fs::mkdirat(dir, &fname, Mode::from_raw_mode(0o700)).map_err(op_err("create directory"))?;
                 }
-                let fd = rustix::fs::openat(dir, &fname, OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(op_err("open directory"))?;
+                let fd =
+                    rustix::fs::openat(dir, &fname, OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                        .map_err(op_err("open directory"))?;
                 self.set_owner_mode_fd(fd.as_fd(), uid, gid, mode, &name)?;
                 self.set_xattrs_fd(fd.as_fd(), &xattrs, &name);
                 self.dir_times.push((comps.clone(), mtime));
@@ -282,8 +278,7 @@ impl State<'_> {
                 })?;
                 self.set_owner_mode_fd(file.as_fd(), uid, gid, mode, &name)?;
                 self.set_xattrs_fd(file.as_fd(), &xattrs, &name);
-                rustix::fs::futimens(&file, &Timestamps { last_access: mtime, last_modification: mtime })
-                    .map_err(op_err("set times"))?;
+                rustix::fs::futimens(&file, &Timestamps { last_access: mtime, last_modification: mtime }).map_err(op_err("set times"))?;
             }
             tar::EntryType::Symlink => {
                 let target = match (ext.pax("linkpath"), &ext.long_link) {
@@ -306,8 +301,8 @@ impl State<'_> {
                     (None, Some(l)) => l.clone(),
                     (None, None) => header.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default(),
                 };
-                let tcomps = normalize_entry_name(&target)
-                    .ok_or_else(|| hostile("its hard-link target climbs above the root with '..'"))?;
+                let tcomps =
+                    normalize_entry_name(&target).ok_or_else(|| hostile("its hard-link target climbs above the root with '..'"))?;
                 if tcomps.is_empty() {
                     return Err(hostile("hard link to the root directory"));
                 }
@@ -317,9 +312,8 @@ impl State<'_> {
                     reason: format!("hard-link target {:?} cannot be resolved inside the root: {e}", String::from_utf8_lossy(&target)),
                 })?;
                 let tname = tres.name_or_dot().to_os_string();
-                let tst = rustix::fs::statat(tres.dir.as_fd(), &tname, AtFlags::SYMLINK_NOFOLLOW).map_err(|_| {
-                    hostile(&format!("hard-link target {:?} does not exist in the root", String::from_utf8_lossy(&target)))
-                })?;
+                let tst = rustix::fs::statat(tres.dir.as_fd(), &tname, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|_| hostile(&format!("hard-link target {:?} does not exist in the root", String::from_utf8_lossy(&target))))?;
                 if FileType::from_raw_mode(tst.st_mode) == FileType::Directory {
                     return Err(hostile("hard link to a directory"));
                 }
@@ -395,8 +389,11 @@ impl State<'_> {
                 reason: format!("whiteout of {:?} is not a removable name", String::from_utf8_lossy(target)),
             });
         }
-        remove_all_at(res.dir.as_fd(), OsStr::from_bytes(target))
-            .map_err(|e| LayerError::Entry { entry: name.to_string(), op: "apply whiteout", source: e })
+        remove_all_at(res.dir.as_fd(), OsStr::from_bytes(target)).map_err(|e| LayerError::Entry {
+            entry: name.to_string(),
+            op: "apply whiteout",
+            source: e,
+        })
     }
 
     /// Removes whatever is at `name` (a directory with its contents), never following a symlink there.
@@ -412,7 +409,8 @@ impl State<'_> {
     fn set_owner_mode_fd(&mut self, fd: BorrowedFd<'_>, uid: u64, gid: u64, mode: u32, name: &str) -> Result<(), LayerError> {
         let err = |op: &'static str| move |e: rustix::io::Errno| LayerError::Entry { entry: name.to_string(), op, source: e.into() };
         if self.opts.preserve_owner {
-            let (u, g) = ids(uid, gid).ok_or_else(|| LayerError::Hostile { entry: name.to_string(), reason: "uid or gid out of range".into() })?;
+            let (u, g) =
+                ids(uid, gid).ok_or_else(|| LayerError::Hostile { entry: name.to_string(), reason: "uid or gid out of range".into() })?;
             rustix::fs::fchown(fd, Some(u), Some(g)).map_err(err("set owner"))?;
         }
         // After chown, which clears setuid/setgid bits.
@@ -423,9 +421,13 @@ impl State<'_> {
         if !self.opts.preserve_owner {
             return Ok(());
         }
-        let (u, g) = ids(uid, gid).ok_or_else(|| LayerError::Hostile { entry: name.to_string(), reason: "uid or gid out of range".into() })?;
-        rustix::fs::chownat(dir, fname, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| LayerError::Entry { entry: name.to_string(), op: "set owner", source: e.into() })
+        let (u, g) =
+            ids(uid, gid).ok_or_else(|| LayerError::Hostile { entry: name.to_string(), reason: "uid or gid out of range".into() })?;
+        rustix::fs::chownat(dir, fname, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| LayerError::Entry {
+            entry: name.to_string(),
+            op: "set owner",
+            source: e.into(),
+        })
     }
 
     fn set_times_at(&mut self, dir: BorrowedFd<'_>, fname: &OsStr, t: Timespec, name: &str) -> Result<(), LayerError> {

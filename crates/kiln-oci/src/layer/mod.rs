@@ -30,8 +30,8 @@ use std::path::PathBuf;
 pub use apply::{apply_layer, ApplyOptions, ApplyReport};
 pub use gzip::{gzip_image, gzip_layer, gzip_layers, is_plain_layer};
 pub use write::{
-    write_layer_from_dir, write_layer_from_entries, write_layer_from_overlay_upper, write_layer_from_tar,
-    write_layer_to_store, EntrySource, LayerEntry, LayerInfo, WriteOptions, GZIP_LEVEL, ZSTD_LEVEL,
+    write_layer_from_dir, write_layer_from_entries, write_layer_from_overlay_upper, write_layer_from_tar, write_layer_to_store,
+    EntrySource, LayerEntry, LayerInfo, WriteOptions, GZIP_LEVEL, ZSTD_LEVEL,
 };
 
 use crate::digest::DigestError;
@@ -45,11 +45,21 @@ pub enum LayerError {
     #[error("layer entry {entry:?}: {what} is not supported")]
     Unsupported { entry: String, what: String },
     #[error("layer entry {entry:?}: {op}: {source}")]
-    Entry { entry: String, op: &'static str, #[source] source: io::Error },
+    Entry {
+        entry: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("reading the layer tar: {0}; the layer is corrupt or truncated")]
     Tar(#[source] io::Error),
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, #[source] source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error(
         "{path} holds the overlayfs xattr {xattr}: overlayfs kept part of this change in a lower layer \
          (redirect_dir or metacopy was on when it was made), so its upper dir is not a faithful diff and \

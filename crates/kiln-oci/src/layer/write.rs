@@ -446,8 +446,12 @@ fn append_host<W: Write>(
         if h.entry_type() != tar::EntryType::Link {
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(md.len());
-            let fd = rustix::fs::open(src, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
-                .map_err(|e| LayerError::Io { op: "open", path: src.to_path_buf(), source: e.into() })?;
+            let fd = rustix::fs::open(
+                src,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| LayerError::Io { op: "open", path: src.to_path_buf(), source: e.into() })?;
             data = Some(File::from(fd));
         }
     } else if ft.is_symlink() {

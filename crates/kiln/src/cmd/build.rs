@@ -138,11 +138,8 @@ pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<(
         }
         None => vec![Platform::host()],
     };
-    let tags: Vec<Reference> = a
-        .tags
-        .iter()
-        .map(|t| Reference::parse(t).with_context(|| format!("--tag {t}")))
-        .collect::<anyhow::Result<_>>()?;
+    let tags: Vec<Reference> =
+        a.tags.iter().map(|t| Reference::parse(t).with_context(|| format!("--tag {t}"))).collect::<anyhow::Result<_>>()?;
     let mut outputs: Vec<Output> = a.outputs.iter().map(|o| Output::parse(o)).collect::<Result<_, _>>()?;
     if a.push && !outputs.iter().any(|o| matches!(o, Output::Registry { .. })) {
         outputs.push(Output::Registry { push_by_digest: false });
@@ -165,11 +162,8 @@ pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<(
         .iter()
         .map(|s| kiln_cache::CacheFrom::parse(s).map_err(|e| anyhow::anyhow!("{e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let cache_to = a
-        .cache_to
-        .iter()
-        .map(|s| kiln_cache::CacheTo::parse(s).map_err(|e| anyhow::anyhow!("{e}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_to =
+        a.cache_to.iter().map(|s| kiln_cache::CacheTo::parse(s).map_err(|e| anyhow::anyhow!("{e}"))).collect::<anyhow::Result<Vec<_>>>()?;
     let sde = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
     let client = std::sync::Arc::new(a.net.client());
     let base = BuildOptions {
@@ -216,7 +210,9 @@ pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<(
         for (o, r) in chunk.iter().zip(results) {
             match r {
                 Ok(b) => built.push(b),
-                Err(kiln_build::BuildError::Cancelled { kept: k }) => kept.push(if platforms.len() > 1 { format!("{}: {k}", o.platform) } else { k }),
+                Err(kiln_build::BuildError::Cancelled { kept: k }) => {
+                    kept.push(if platforms.len() > 1 { format!("{}: {k}", o.platform) } else { k })
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -274,7 +270,10 @@ pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<(
                 for t in &tags {
                     let d = kiln_build::push::push_artifact(&client, &store, &art, t, *push_by_digest, &sources)?;
                     if a.progress != Mode::Quiet {
-                        eprintln!("pushed {} ({d})", if *push_by_digest { t.repository_only().with_digest(d.clone()).to_string() } else { t.to_string() });
+                        eprintln!(
+                            "pushed {} ({d})",
+                            if *push_by_digest { t.repository_only().with_digest(d.clone()).to_string() } else { t.to_string() }
+                        );
                     }
                     pushed = Some(d.to_string());
                     if *push_by_digest {

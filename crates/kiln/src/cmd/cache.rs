@@ -42,7 +42,9 @@ pub fn run(c: Command, g: &Global) -> anyhow::Result<()> {
             println!("{:<14} {:<10} {:>10}  INSTRUCTION", "KEY", "LAYER", "SIZE");
             for r in &recs {
                 let (layer, size) = match &r.layer {
-                    Some(l) if store.has_blob(&l.descriptor.digest) => (l.descriptor.digest.short().to_string(), l.descriptor.size.to_string()),
+                    Some(l) if store.has_blob(&l.descriptor.digest) => {
+                        (l.descriptor.digest.short().to_string(), l.descriptor.size.to_string())
+                    }
                     Some(_) => ("(gone)".to_string(), "-".to_string()),
                     None => ("-".to_string(), "-".to_string()),
                 };
@@ -73,13 +75,12 @@ pub fn run(c: Command, g: &Global) -> anyhow::Result<()> {
             target.max_size = max_size.as_deref().map(kiln_cache::parse_size).transpose().map_err(anyhow::Error::msg)?;
             let client = net.client();
             let store = Store::open(&root)?;
-            let out = kiln_cache::export(&client, &target, &[], &store, &kiln_cache::LayerSources::new())
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let out =
+                kiln_cache::export(&client, &target, &[], &store, &kiln_cache::LayerSources::new()).map_err(|e| anyhow::anyhow!("{e}"))?;
             match out {
-                kiln_cache::ExportOutcome::Exported(s) => println!(
-                    "{}: {} records kept, {} pruned by age, {} by size",
-                    s.reference, s.records, s.pruned_ttl, s.pruned_size
-                ),
+                kiln_cache::ExportOutcome::Exported(s) => {
+                    println!("{}: {} records kept, {} pruned by age, {} by size", s.reference, s.records, s.pruned_ttl, s.pruned_size)
+                }
                 other => anyhow::bail!("{}", other.warning().unwrap_or("prune failed")),
             }
         }

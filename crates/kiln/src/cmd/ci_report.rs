@@ -11,7 +11,9 @@ use kiln_ci::time::{parse_since, Timestamp};
 use crate::Global;
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  kiln ci-report ./runs --format markdown\n  kiln ci-report --repo owner/app --workflow ci.yml --since 30d --format html -o report.html")]
+#[command(
+    after_help = "Examples:\n  kiln ci-report ./runs --format markdown\n  kiln ci-report --repo owner/app --workflow ci.yml --since 30d --format html -o report.html"
+)]
 pub struct Args {
     /// A directory of `gh api` JSON: run pages, jobs of each run, check-run annotations.
     ///
@@ -66,9 +68,10 @@ fn parse_token(s: &str) -> Result<Token, String> {
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let since = match a.since.as_deref() {
-        Some(s) => Some(parse_since(s, Timestamp::now()).with_context(|| {
-            format!("--since `{s}` is not a date (2024-05-01), an RFC 3339 time or an age (30d, 12h, 2w)")
-        })?),
+        Some(s) => Some(
+            parse_since(s, Timestamp::now())
+                .with_context(|| format!("--since `{s}` is not a date (2024-05-01), an RFC 3339 time or an age (30d, 12h, 2w)"))?,
+        ),
         None => None,
     };
     let format: Format = a.format.parse().map_err(anyhow::Error::msg)?;

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use kiln_oci::{Digest, Platform, Reference, Store};
 use kiln_registry::{
-    Client, ClientOptions, CopyOptions, CopyResult, ImageDest, ImageSource, LocalImages, Progress, RegistryDest,
-    RegistrySource, Repo,
+    Client, ClientOptions, CopyOptions, CopyResult, ImageDest, ImageSource, LocalImages, Progress, RegistryDest, RegistrySource, Repo,
 };
 
 use crate::Global;
@@ -42,22 +41,14 @@ pub struct NetArgs {
 
 impl NetArgs {
     pub fn client(&self) -> Client {
-        Client::new(ClientOptions {
-            insecure_registries: self.insecure_registry.clone(),
-            ..ClientOptions::default()
-        })
+        Client::new(ClientOptions { insecure_registries: self.insecure_registry.clone(), ..ClientOptions::default() })
     }
 }
 
 pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let src = Endpoint::parse(&a.src)?;
     let dst = Endpoint::parse(&a.dst)?;
-    let platform = a
-        .platform
-        .as_deref()
-        .map(Platform::parse)
-        .transpose()
-        .context("--platform")?;
+    let platform = a.platform.as_deref().map(Platform::parse).transpose().context("--platform")?;
     let client = a.net.client();
     let res = transfer(&client, g, &src, &dst, platform, "copy")?;
     finish(&res, &a.dst, a.digest_file.as_ref())
@@ -82,10 +73,7 @@ impl Endpoint {
             if path.is_empty() {
                 anyhow::bail!("`{s}`: an OCI layout needs a path: oci:PATH[:TAG]");
             }
-            return Ok(Endpoint::Oci {
-                path: PathBuf::from(path),
-                tag,
-            });
+            return Ok(Endpoint::Oci { path: PathBuf::from(path), tag });
         }
         if let Some(rest) = s.strip_prefix("store:") {
             return Ok(Endpoint::Store(parse_ref(rest)?));
@@ -131,10 +119,7 @@ pub fn transfer(
     let src_ref: String;
     match src {
         Endpoint::Registry(r) => {
-            source = Box::new(RegistrySource {
-                client,
-                repo: repo_of(r),
-            });
+            source = Box::new(RegistrySource { client, repo: repo_of(r) });
             src_ref = registry_ref(r);
         }
         Endpoint::Store(r) => {
@@ -196,10 +181,7 @@ pub fn transfer(
     let dst_tag: Option<String>;
     match dst {
         Endpoint::Registry(r) => {
-            dest = Box::new(RegistryDest {
-                client,
-                repo: repo_of(r),
-            });
+            dest = Box::new(RegistryDest { client, repo: repo_of(r) });
             dst_tag = Some(registry_ref(r));
         }
         Endpoint::Store(r) => {
@@ -215,10 +197,7 @@ pub fn transfer(
     }
     let progress = TermProgress::new(verb);
     let started = Instant::now();
-    let opts = CopyOptions {
-        platform,
-        parallel: client.options().parallel,
-    };
+    let opts = CopyOptions { platform, parallel: client.options().parallel };
     let res = kiln_registry::copy_image(source.as_ref(), &src_ref, dest.as_ref(), dst_tag.as_deref(), &opts, &progress);
     progress.clear();
     // OCI layouts other tools read keep only what the spec names (no ingest/ or index.lock).
@@ -306,11 +285,7 @@ impl TermProgress {
         TermProgress {
             verb,
             tty: !ci && std::io::stderr().is_terminal(),
-            state: Mutex::new(Bars {
-                rows: Vec::new(),
-                drawn: 0,
-                last: None,
-            }),
+            state: Mutex::new(Bars { rows: Vec::new(), drawn: 0, last: None }),
         }
     }
 
@@ -355,13 +330,7 @@ impl TermProgress {
 impl Progress for TermProgress {
     fn blob_start(&self, digest: &Digest, size: u64, kind: &str) {
         let mut b = self.lock();
-        b.rows.push(Row {
-            digest: digest.clone(),
-            kind: kind.to_string(),
-            size,
-            done: 0,
-            status: None,
-        });
+        b.rows.push(Row { digest: digest.clone(), kind: kind.to_string(), size, done: 0, status: None });
         self.draw(&mut b, true);
     }
     fn blob_progress(&self, digest: &Digest, done: u64) {

@@ -25,8 +25,7 @@ pub fn run(cmd: Command, _g: &Global) -> anyhow::Result<()> {
 fn dump(file: Option<PathBuf>) -> anyhow::Result<()> {
     let (name, source) = match file {
         Some(p) if p.as_os_str() != "-" => {
-            let bytes = std::fs::read(&p)
-                .with_context(|| format!("cannot read {}: check the path and permissions", p.display()))?;
+            let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}: check the path and permissions", p.display()))?;
             (p.display().to_string(), bytes)
         }
         _ => {

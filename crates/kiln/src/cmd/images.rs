@@ -78,14 +78,7 @@ pub fn human_size(n: u64) -> String {
     if u == 0 {
         format!("{n}B")
     } else {
-        format!("{v:.3}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .chars()
-            .take(5)
-            .collect::<String>()
-            .trim_end_matches('.')
-            .to_string()
+        format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').chars().take(5).collect::<String>().trim_end_matches('.').to_string()
             + units[u]
     }
 }

@@ -76,17 +76,11 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     config.config.get_or_insert_with(Default::default).env =
         Some(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()]);
     let shown = a.rootfs.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "-".into());
-    config.history = Some(vec![History {
-        created: Some(created),
-        created_by: Some(format!("kiln import {shown}")),
-        ..History::default()
-    }]);
+    config.history = Some(vec![History { created: Some(created), created_by: Some(format!("kiln import {shown}")), ..History::default() }]);
     let cfg_bytes = config.to_json();
     let cfg = store.put_blob_bytes(&cfg_bytes)?;
-    let manifest = Manifest::Image(ImageManifest::new_oci(
-        Descriptor::new(media::OCI_CONFIG, cfg.digest, cfg.size),
-        vec![layer.descriptor()],
-    ));
+    let manifest =
+        Manifest::Image(ImageManifest::new_oci(Descriptor::new(media::OCI_CONFIG, cfg.digest, cfg.size), vec![layer.descriptor()]));
     let desc = store.put_manifest(&manifest)?;
     for r in &refs {
         store.tag(r, &desc)?;

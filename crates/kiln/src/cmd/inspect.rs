@@ -40,10 +40,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     // For a local index: which of its images were fetched (see the store's doc).
     let mut platforms: Option<serde_json::Value> = None;
     if a.remote {
-        source = Box::new(RegistrySource {
-            client: &client,
-            repo: repo_of(&r),
-        });
+        source = Box::new(RegistrySource { client: &client, repo: repo_of(&r) });
         name = match (r.digest(), r.tag()) {
             (Some(d), _) => d.to_string(),
             (None, Some(t)) => t.to_string(),
@@ -89,8 +86,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         out.flush()?;
         return Ok(());
     }
-    let manifest_json: serde_json::Value =
-        serde_json::from_slice(&m.bytes).with_context(|| format!("{r}: the manifest is not JSON"))?;
+    let manifest_json: serde_json::Value = serde_json::from_slice(&m.bytes).with_context(|| format!("{r}: the manifest is not JSON"))?;
     let mut doc = serde_json::json!({
         "name": r.to_string(),
         "digest": m.digest.to_string(),
@@ -114,8 +110,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         if actual != img.config.digest {
             anyhow::bail!("{r}: config digest mismatch: expected {}, got {actual}", img.config.digest);
         }
-        let config: serde_json::Value =
-            serde_json::from_slice(&bytes).with_context(|| format!("{r}: the config is not JSON"))?;
+        let config: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{r}: the config is not JSON"))?;
         doc["config"] = config;
     }
     serde_json::to_writer_pretty(&mut out, &doc)?;

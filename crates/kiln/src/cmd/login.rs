@@ -40,10 +40,7 @@ pub fn run(a: Args, _g: &Global) -> anyhow::Result<()> {
     if password.is_empty() {
         anyhow::bail!("the password is empty");
     }
-    let creds = Credentials::Basic {
-        username: a.username.clone(),
-        password: password.clone(),
-    };
+    let creds = Credentials::Basic { username: a.username.clone(), password: password.clone() };
     let client = a.net.client();
     client.verify_login(&host, &creds)?;
     let path = client.options().docker_config.clone();

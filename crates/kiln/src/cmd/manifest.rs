@@ -100,9 +100,7 @@ fn merge(a: MergeArgs, _g: &Global) -> anyhow::Result<()> {
     for t in &targets {
         let repo = repo_of(t);
         let tag = t.tag().unwrap_or("latest");
-        let got = client
-            .put_manifest(&repo, tag, media::OCI_INDEX, &bytes)
-            .with_context(|| format!("pushing the index to {t}"))?;
+        let got = client.put_manifest(&repo, tag, media::OCI_INDEX, &bytes).with_context(|| format!("pushing the index to {t}"))?;
         if got != digest {
             bail!("pushing the index to {t}: the registry stored {got}, expected {digest}; try again");
         }
@@ -151,26 +149,22 @@ fn parse_source(s: &str, first_target: &Reference) -> anyhow::Result<(Repo, Dige
 
 /// Fetches a source and turns it into the images it stands for: itself, or an index's children.
 fn resolve(client: &Client, source: &str, repo: &Repo, digest: &Digest) -> anyhow::Result<Vec<Entry>> {
-    let fetched = client
-        .get_manifest(repo, &digest.to_string())
-        .with_context(|| format!("source {source}"))?;
+    let fetched = client.get_manifest(repo, &digest.to_string()).with_context(|| format!("source {source}"))?;
     let parsed = Manifest::parse(&fetched.bytes, Some(&fetched.media_type))
         .with_context(|| format!("source {source}: {repo}@{digest} is not a usable manifest"))?;
     match parsed {
         Manifest::Image(m) => {
             let platform = platform_of(client, source, repo, &m.config)?;
-            Ok(vec![Entry {
-                source: source.to_string(),
-                repo: repo.clone(),
-                manifest: fetched,
-                platform,
-            }])
+            Ok(vec![Entry { source: source.to_string(), repo: repo.clone(), manifest: fetched, platform }])
         }
         Manifest::Index(idx) => {
             let mut out = Vec::new();
             for d in &idx.manifests {
                 if media::is_index(&d.media_type) {
-                    bail!("source {source}: the index {digest} holds another index ({}); merge its images by their own digests instead", d.digest);
+                    bail!(
+                        "source {source}: the index {digest} holds another index ({}); merge its images by their own digests instead",
+                        d.digest
+                    );
                 }
                 if !media::is_image_manifest(&d.media_type) {
                     continue;
@@ -181,9 +175,8 @@ fn resolve(client: &Client, source: &str, repo: &Repo, digest: &Digest) -> anyho
                     tracing::debug!(digest = %d.digest, "skipping a non-image entry of {source}");
                     continue;
                 }
-                let child = client
-                    .get_manifest(repo, &d.digest.to_string())
-                    .with_context(|| format!("source {source}: its image {}", d.digest))?;
+                let child =
+                    client.get_manifest(repo, &d.digest.to_string()).with_context(|| format!("source {source}: its image {}", d.digest))?;
                 let Manifest::Image(m) = Manifest::parse(&child.bytes, Some(&child.media_type))
                     .with_context(|| format!("source {source}: its image {} is not a usable manifest", d.digest))?
                 else {
@@ -193,12 +186,7 @@ fn resolve(client: &Client, source: &str, repo: &Repo, digest: &Digest) -> anyho
                     Some(p) => p.clone(),
                     None => platform_of(client, source, repo, &m.config)?,
                 };
-                out.push(Entry {
-                    source: format!("{source} ({platform})"),
-                    repo: repo.clone(),
-                    manifest: child,
-                    platform,
-                });
+                out.push(Entry { source: format!("{source} ({platform})"), repo: repo.clone(), manifest: child, platform });
             }
             if out.is_empty() {
                 bail!("source {source}: the index {digest} holds no images");
@@ -218,7 +206,8 @@ fn platform_of(client: &Client, source: &str, repo: &Repo, config: &Descriptor) 
     client
         .fetch_blob(repo, &config.digest, Some(config.size), &mut bytes)
         .with_context(|| format!("source {source}: fetching its config"))?;
-    let cfg = ImageConfig::parse(&bytes).with_context(|| format!("source {source}: its config {} is not an image config", config.digest))?;
+    let cfg =
+        ImageConfig::parse(&bytes).with_context(|| format!("source {source}: its config {} is not an image config", config.digest))?;
     if cfg.os.is_empty() || cfg.architecture.is_empty() {
         bail!("source {source}: its config does not say which os and architecture it is for, so it cannot be placed in an index");
     }
@@ -232,32 +221,19 @@ fn add_entry(entries: &mut Vec<Entry>, e: Entry) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(x) = entries.iter().find(|x| x.platform.matches(&e.platform)) {
-        bail!(
-            "{} and {} are both for {}; an index holds one image per platform, so pass only one of them",
-            x.source,
-            e.source,
-            e.platform
-        );
+        bail!("{} and {} are both for {}; an index holds one image per platform, so pass only one of them", x.source, e.source, e.platform);
     }
     entries.push(e);
     Ok(())
 }
 
 fn sort_entries(entries: &mut [Entry]) {
-    entries.sort_by(|x, y| {
-        platform_key(&x.platform)
-            .cmp(&platform_key(&y.platform))
-            .then_with(|| x.manifest.digest.cmp(&y.manifest.digest))
-    });
+    entries
+        .sort_by(|x, y| platform_key(&x.platform).cmp(&platform_key(&y.platform)).then_with(|| x.manifest.digest.cmp(&y.manifest.digest)));
 }
 
 fn platform_key(p: &Platform) -> (String, String, String, String) {
-    (
-        p.os.clone(),
-        p.architecture.clone(),
-        p.variant.clone().unwrap_or_default(),
-        p.os_version.clone().unwrap_or_default(),
-    )
+    (p.os.clone(), p.architecture.clone(), p.variant.clone().unwrap_or_default(), p.os_version.clone().unwrap_or_default())
 }
 
 /// The index: one descriptor per image with the platform from its config, exactly as
@@ -278,10 +254,7 @@ fn bring_into(client: &Client, e: &Entry, target: &Repo) -> anyhow::Result<()> {
     if &e.repo == target {
         return Ok(()); // read from there a moment ago
     }
-    if client
-        .manifest_exists(target, &digest)
-        .with_context(|| format!("checking {target}@{digest}"))?
-    {
+    if client.manifest_exists(target, &digest).with_context(|| format!("checking {target}@{digest}"))? {
         return Ok(());
     }
     let src = RegistrySource { client, repo: e.repo.clone() };

@@ -23,10 +23,5 @@ pub fn print_report(r: &GcReport) {
     if r.stale_temp_files > 0 {
         println!("deleted {} unfinished download(s)", r.stale_temp_files);
     }
-    println!(
-        "Total reclaimed space: {} ({} blob(s) deleted, {} kept)",
-        human_size(r.freed_bytes),
-        r.removed.len(),
-        r.kept
-    );
+    println!("Total reclaimed space: {} ({} blob(s) deleted, {} kept)", human_size(r.freed_bytes), r.removed.len(), r.kept);
 }

@@ -53,12 +53,8 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     let res = res?;
     summary("pull", &repo_of(&r).to_string(), "store", res.blobs_moved, res.bytes_moved, started);
     if media::is_index(&res.root.media_type) {
-        let have: Vec<String> = store
-            .platform_images(&res.root)?
-            .into_iter()
-            .filter(|i| i.present && !i.attestation)
-            .map(|i| i.label())
-            .collect();
+        let have: Vec<String> =
+            store.platform_images(&res.root)?.into_iter().filter(|i| i.present && !i.attestation).map(|i| i.label()).collect();
         eprintln!("pull: {r} is the index {}; in the store: {}", res.root.digest, have.join(", "));
     }
     // One platform asked for: the digest of the image that `kiln run`/FROM will use for it.

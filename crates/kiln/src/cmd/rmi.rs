@@ -29,11 +29,7 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         super::prune::print_report(&store.gc()?);
     }
     if !missing.is_empty() {
-        anyhow::bail!(
-            "no such image in the store at {}: {}; `kiln images` lists what is there",
-            store.dir().display(),
-            missing.join(", ")
-        );
+        anyhow::bail!("no such image in the store at {}: {}; `kiln images` lists what is there", store.dir().display(), missing.join(", "));
     }
     Ok(())
 }

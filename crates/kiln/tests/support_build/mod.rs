@@ -139,11 +139,7 @@ impl Kiln {
     pub fn image_refs(&self) -> Vec<String> {
         let o = self.cmd(&["images"]);
         assert_ok(&o, "kiln images");
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect()
+        String::from_utf8_lossy(&o.stdout).lines().skip(1).filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect()
     }
 }
 

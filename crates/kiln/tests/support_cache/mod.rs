@@ -241,11 +241,7 @@ pub fn raw_manifest(reference: &str, creds: Option<(&str, &str)>) -> Option<Vec<
 /// The manifest digest of a ref (`sha256:` of the raw bytes), or `None` when it does not exist.
 pub fn manifest_digest(reference: &str, creds: Option<(&str, &str)>) -> Option<String> {
     let raw = raw_manifest(reference, creds)?;
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run sha256sum");
+    let mut child = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("run sha256sum");
     child.stdin.take().expect("stdin").write_all(&raw).expect("feed sha256sum");
     let out = child.wait_with_output().expect("sha256sum");
     let hex = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
