@@ -2,7 +2,7 @@
 //!
 //! A cancelled job is put in exactly one bucket, by the strongest evidence available:
 //! 1. its check-run annotations, which are GitHub's own words ("Canceling since a higher priority
-//!    waiting request for '<group>' exists" = superseded, "The run was canceled by @user" = manual);
+//!    waiting request for '&lt;group&gt;' exists" = superseded, "The run was canceled by @user" = manual);
 //! 2. no step ever started = cancelled before it started (it cost a red mark, not runner time);
 //! 3. a newer run in the same concurrency group (same PR number, else same branch, within the same
 //!    workflow) was created before this job ended = superseded;

@@ -17,12 +17,12 @@
 //!   name or because no job has that id, are listed once per file among the files not used.
 //! - [`live`]: fetches the same objects from the API (Link pagination, ETag revalidation kept on
 //!   disk, rate-limit waits).
-//! - [`analyze`]: classifies every job of every run (success, failure, timed out, skipped, or
+//! - [`mod@analyze`]: classifies every job of every run (success, failure, timed out, skipped, or
 //!   cancelled as superseded / manual / before start / fail-fast / unknown), then counts per job:
 //!   rates, durations of successful runs, queue times, cancellations while a sibling succeeded,
 //!   and failures that hit every job (code) versus one job (runner or flake).
 //! - [`verdict`]: says the figures in plain words.
-//! - [`render`]: a terminal table, Markdown, JSON, and HTML with inline-SVG charts.
+//! - [`mod@render`]: a terminal table, Markdown, JSON, and HTML with inline-SVG charts.
 //! - [`synth`]: generated histories with a ledger of what was built, for tests.
 //!
 //! The library never prints; it logs through `tracing` and returns [`Report`]s and strings.

@@ -11,7 +11,7 @@
 //!   which is how a background process left by a step is cleaned up.
 //!
 //! Everything here runs single-threaded (required for `fork`), and never prints: failures go to
-//! the report pipe as [`Report::SetupFailed`].
+//! the report pipe as `Report::SetupFailed`.
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
