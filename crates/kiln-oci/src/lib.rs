@@ -9,10 +9,12 @@
 //! * [`Store`] — an OCI image layout under `<root>/store`, with atomic writes, tags in `index.json`,
 //!   and garbage collection. A tag may name an index of which only some platforms' images were
 //!   fetched; [`Store::select_platform`] picks one platform's image and says what is missing.
+//! * [`atomic`] — the one atomic file replacement, with an explicit durability choice.
 //! * [`layer`] — applying layer tarballs to a directory safely and writing layers deterministically.
 //!
 //! Nothing here prints; failures are typed errors that name the digest, reference or path involved.
 
+pub mod atomic;
 pub mod config;
 pub mod digest;
 pub mod fsroot;

@@ -451,18 +451,8 @@ impl Store {
     }
 
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-        let temp = self.temp_path("meta");
-        let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&temp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            fs::rename(&temp, path)?;
-            sync_parent(path)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        result.map_err(io_err("write", path))
+        // The index is what every later run trusts: durable before the call returns.
+        crate::atomic::write(path, bytes, crate::atomic::Durability::Synced).map_err(io_err("write", path))
     }
 
     fn temp_path(&self, kind: &str) -> PathBuf {
@@ -497,13 +487,6 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     }
     out.sort();
     Ok(out)
-}
-
-fn sync_parent(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(p) => File::open(p)?.sync_all(),
-        None => Ok(()),
-    }
 }
 
 /// A blob being written into the store; see [`Store::blob_writer`].
@@ -558,7 +541,7 @@ impl BlobWriter {
             fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
         }
         fs::rename(&temp, &dest).map_err(io_err("rename into place", &dest))?;
-        sync_parent(&dest).map_err(io_err("fsync directory of", &dest))?;
+        crate::atomic::sync_dir_of(&dest).map_err(io_err("fsync directory of", &dest))?;
         Ok(BlobInfo { digest, size })
     }
 }

@@ -252,24 +252,10 @@ fn helper_store(name: &str, host: &str, username: &str, password: &str) -> Resul
 
 /// Temp file beside the target, mode 0600 from creation, fsync, rename, fsync the directory.
 fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("config.json"), std::process::id()));
-    let res = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
     }
-    res
+    kiln_oci::atomic::write_with_mode(path, bytes, kiln_oci::atomic::Durability::Synced, 0o600)
 }
 
 #[cfg(test)]

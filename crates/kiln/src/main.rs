@@ -174,27 +174,13 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).without_time().init();
 }
 
-/// Writes `bytes` to `path` atomically (temp file beside it, fsync, rename).
+/// Writes `bytes` to `path` atomically and durably (see [`kiln_oci::atomic`]).
 pub fn atomic_write(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_replacing(path, bytes, true)
+    kiln_oci::atomic::write(path, bytes, kiln_oci::atomic::Durability::Synced)
 }
 
 /// [`atomic_write`] without the fsync, for files that are only a convenience after a crash
 /// (`last-build.json`): readers still never see a half-written file while kiln runs.
 pub fn atomic_write_unsynced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_replacing(path, bytes, false)
-}
-
-fn write_replacing(path: &std::path::Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.kiln-tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    if sync {
-        f.sync_all()?;
-    }
-    drop(f);
-    std::fs::rename(&tmp, path)
+    kiln_oci::atomic::write(path, bytes, kiln_oci::atomic::Durability::Unsynced)
 }

@@ -71,10 +71,7 @@ pub fn gzip_layer(store: &Store, layer: &Descriptor) -> Result<Descriptor, Layer
     // The memo is only a shortcut: a failure to write it costs a recompression later, nothing more.
     if let Some(dir) = memo.parent() {
         if fs::create_dir_all(dir).is_ok() {
-            let tmp = memo.with_extension(format!("tmp{}", std::process::id()));
-            if fs::write(&tmp, format!("{} {}\n", info.digest, info.size)).is_ok() && fs::rename(&tmp, &memo).is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
+            let _ = crate::atomic::write(&memo, format!("{} {}\n", info.digest, info.size).as_bytes(), crate::atomic::Durability::Unsynced);
         }
     }
     Ok(with(info.digest, info.size))
