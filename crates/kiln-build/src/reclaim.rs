@@ -177,7 +177,16 @@ mod tests {
         fs::create_dir_all(&live).unwrap();
         let lock = snaps.join("owners/4000002.lock");
         fs::write(&lock, "").unwrap();
-        let mut holder = std::process::Command::new("flock").arg(&lock).args(["sleep", "30"]).spawn().unwrap();
+        // The shell takes the lock on fd 9 and becomes `sleep`, so the lock's holder is the child
+        // itself: killing it releases the lock and leaves nothing running.
+        let mut holder = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec 9>>{}; flock -x 9; exec sleep 30", lock.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while owner_is_dead(&snaps, 4000002) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
