@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use kiln_cache::{CacheFrom, CacheTo, LocalCache, ResolvedPolicy};
+use kiln_cache::{CacheFrom, CacheSource, CacheTo, ExportReport, LocalCache, ResolvedPolicy};
 use kiln_dockerfile::dockerignore::Matcher;
 use kiln_dockerfile::instructions::resolve::BaseConfig;
 use kiln_dockerfile::instructions::{parse_build, resolve, Build, PlatformArgs, ResolveOptions};
@@ -159,7 +159,7 @@ pub struct Built {
     pub layers: Vec<LayerRef>,
     pub steps: Vec<StepReport>,
     /// One entry per `--cache-to`: what the export did, or the warning it gave.
-    pub cache_exports: Vec<serde_json::Value>,
+    pub cache_exports: Vec<ExportReport>,
     /// (step, what changed) for each step that missed a cache that had something close.
     pub explanations: Vec<(String, String)>,
     /// Where layers the store lacks can be mounted from (imported registry caches).
@@ -220,33 +220,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         None => kiln_sandbox::Sandbox::new().map_err(|e| BuildError::Usage(e.to_string()))?,
     }
     .with_cancel(opts.cancel.sandbox());
-    let client = opts.registry.as_deref();
-    let mut imported = Vec::new();
-    if opts.policy.policy.allows_import() {
-        for from in &opts.cache_from {
-            match from {
-                CacheFrom::Registry { reference } => {
-                    let Some(c) = client else { continue };
-                    let outcome = kiln_cache::RegistryCache::open(c, reference);
-                    if let Some(w) = outcome.warning() {
-                        progress.warn(w);
-                    }
-                    if let Some(rc) = outcome.cache() {
-                        imported.push(solve::Imported::Registry(rc));
-                    }
-                }
-                CacheFrom::Local { src } => {
-                    let outcome = kiln_cache::DirCache::open(src);
-                    if let Some(w) = outcome.warning() {
-                        progress.warn(w);
-                    }
-                    if let Some(dc) = outcome.cache() {
-                        imported.push(solve::Imported::Dir(dc));
-                    }
-                }
-            }
-        }
-    }
+    let cache_sources = open_sources(opts, &store, progress);
     let mut solver = solve::Solver {
         opts,
         store: &store,
@@ -266,7 +240,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         // Plain tar: the build never waits on gzip (100 MB of RUN output took 1.7 s to compress);
         // exports compress (`Artifact::for_export`, `export_caches`).
         wopts: WriteOptions { compression: kiln_oci::Compression::None, source_date_epoch: opts.source_date_epoch.map(|s| s as i64) },
-        imported: &imported,
+        sources: &cache_sources,
         used: Vec::new(),
         remote_layers: HashMap::new(),
         explain_pool: None,
@@ -288,12 +262,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         solver.ensure_local(&final_state.layers)?;
     }
     let final_key = final_state.key.clone();
-    let mut sources = kiln_cache::LayerSources::new();
-    for c in solver.imported {
-        if let solve::Imported::Registry(rc) = c {
-            sources.extend(&rc.layer_sources());
-        }
-    }
+    let sources = layer_sources(solver.sources);
     let used = std::mem::take(&mut solver.used);
     let explanations = std::mem::take(&mut solver.explanations);
     drop(solver);
@@ -368,19 +337,14 @@ fn cancelled(opts: &BuildOptions, store: &Store, mut solver: solve::Solver<'_>, 
     // mode=min exports the chains that end at the images built; cancelled, the target stage's
     // chain ends where it had got to.
     let reached: Vec<Digest> = solver.reached.get(&target).cloned().into_iter().collect();
-    let mut sources = kiln_cache::LayerSources::new();
-    for c in solver.imported {
-        if let solve::Imported::Registry(rc) = c {
-            sources.extend(&rc.layer_sources());
-        }
-    }
+    let sources = layer_sources(solver.sources);
     drop(solver);
     let finished = used.iter().filter(|r| r.layer.is_some()).count();
     let mut kept = vec![format!("{finished} finished layer steps kept in the local cache")];
     if !opts.cache_to.is_empty() && !used.is_empty() {
         if opts.policy.policy.allows_export() {
             match export_caches(opts, store, &used, &reached, &sources, progress) {
-                Ok(values) => kept.extend(values.iter().map(describe_export)),
+                Ok(reports) => kept.extend(reports.iter().map(ExportReport::to_string)),
                 Err(e) => kept.push(format!("cache export failed: {e}")),
             }
         } else {
@@ -390,16 +354,33 @@ fn cancelled(opts: &BuildOptions, store: &Store, mut solver: solve::Solver<'_>, 
     BuildError::Cancelled { kept: kept.join("; ") }
 }
 
-/// One `--cache-to` result in words, for the cancel line.
-fn describe_export(v: &serde_json::Value) -> String {
-    let place = v.get("reference").or_else(|| v.get("dest")).and_then(|r| r.as_str()).unwrap_or("the cache");
-    match (v.get("exported").and_then(|n| n.as_u64()), v.get("warning").and_then(|w| w.as_str())) {
-        (Some(n), _) => format!("{n} records exported to {place}"),
-        (None, Some(w)) => w.to_string(),
-        (None, None) => format!("exported to {place}"),
+/// Where a build looks records up, in order: the local cache, then each `--cache-from` the policy
+/// lets it read (a missing or unusable one is one warning, and the build goes on without it).
+fn open_sources<'a>(opts: &'a BuildOptions, store: &Store, progress: &dyn Progress) -> Vec<Box<dyn CacheSource + 'a>> {
+    let mut sources: Vec<Box<dyn CacheSource + 'a>> = vec![Box::new(LocalCache::open(&opts.root).source(store))];
+    if opts.policy.policy.allows_import() {
+        for from in &opts.cache_from {
+            let opened = from.open(opts.registry.as_deref());
+            if let Some(w) = opened.warning() {
+                progress.warn(w);
+            }
+            sources.extend(opened.cache());
+        }
     }
+    sources
 }
 
+/// Every repository the sources' layers can be mounted or streamed from.
+fn layer_sources(sources: &[Box<dyn CacheSource + '_>]) -> kiln_cache::LayerSources {
+    let mut out = kiln_cache::LayerSources::new();
+    for c in sources {
+        out.extend(&c.layer_sources());
+    }
+    out
+}
+
+/// Exports to every `--cache-to` the records its mode selects from `used` (`results`: the keys the
+/// images built end at). A failed export is a warning in its report, unless it asked to fail the build.
 fn export_caches(
     opts: &BuildOptions,
     store: &Store,
@@ -407,41 +388,27 @@ fn export_caches(
     results: &[Digest],
     sources: &kiln_cache::LayerSources,
     progress: &dyn Progress,
-) -> Result<Vec<serde_json::Value>, BuildError> {
+) -> Result<Vec<ExportReport>, BuildError> {
     let mut out = Vec::new();
     for to in &opts.cache_to {
-        match to {
-            CacheTo::Registry(target) => {
-                let Some(client) = opts.registry.as_deref() else { continue };
-                let records = kiln_cache::select(target.mode, used, results);
-                match kiln_cache::export(client, target, &records, store, sources) {
-                    Ok(kiln_cache::ExportOutcome::Exported(summary)) => {
-                        out.push(serde_json::to_value(&summary).unwrap_or_default());
-                    }
-                    Ok(other) => {
-                        let w = other.warning().unwrap_or("cache export failed").to_string();
-                        progress.warn(&w);
-                        out.push(serde_json::json!({"reference": target.reference.to_string(), "warning": w}));
-                    }
-                    Err(e) => {
-                        return Err(BuildError::Output {
-                            output: format!("--cache-to {}", target.reference),
-                            message: format!("{e} (ignore-error=false was asked for)"),
-                        })
-                    }
+        let opened = to.open(opts.registry.as_deref());
+        if let Some(w) = opened.warning() {
+            progress.warn(w);
+        }
+        let Some(sink) = opened.cache() else { continue };
+        let records = kiln_cache::select(sink.mode(), used, results);
+        match sink.export(&records, store, sources) {
+            Ok(report) => {
+                if let Some(w) = report.warning() {
+                    progress.warn(w);
                 }
+                out.push(report);
             }
-            CacheTo::Local { dest, mode } => {
-                let records = kiln_cache::select(*mode, used, results);
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-                match kiln_cache::export_dir(dest, &records, store, now) {
-                    Ok(summary) => out.push(serde_json::to_value(&summary).unwrap_or_default()),
-                    Err(e) => {
-                        let w = format!("cache export to {} failed: {e}", dest.display());
-                        progress.warn(&w);
-                        out.push(serde_json::json!({"dest": dest.display().to_string(), "warning": w}));
-                    }
-                }
+            Err(e) => {
+                return Err(BuildError::Output {
+                    output: format!("--cache-to {}", sink.describe()),
+                    message: format!("{e} (ignore-error=false was asked for)"),
+                })
             }
         }
     }

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln_cache::{LayerRecord, LocalCache, Record};
+use kiln_cache::{CacheSource, LayerRecord, LocalCache, Record};
 use kiln_dockerfile::instructions::{
     CommandLine, Copy, CopySource, Healthcheck, Instruction, Location, Mount, MountType, ResolvedStage, Sharing, Source, Step,
 };
@@ -36,11 +36,12 @@ pub(crate) struct Solver<'a> {
     pub stages: HashMap<usize, ImageState>,
     pub reports: Vec<StepReport>,
     pub wopts: WriteOptions,
-    /// Caches imported with `--cache-from`, looked up after the local cache.
-    pub imported: &'a [Imported<'a>],
+    /// Where records are looked up, in order: the local cache, then each `--cache-from`.
+    pub sources: &'a [Box<dyn CacheSource + 'a>],
     /// Every record this build used or made, config-only steps included: what `--cache-to` exports.
     pub used: Vec<Record>,
-    /// Layers known only from an imported cache: fetched when a step or the output needs them.
+    /// Layers known only from an imported cache (by index in `sources`): fetched when a step or the
+    /// output needs them.
     pub remote_layers: HashMap<Digest, (usize, Record)>,
     /// Records to explain misses against (local + imported), loaded on the first miss.
     pub explain_pool: Option<Vec<Record>>,
@@ -49,34 +50,6 @@ pub(crate) struct Solver<'a> {
     /// The key each stage has reached so far (its last finished step), by stage index: where a
     /// cancelled build's `mode=min` export ends.
     pub reached: HashMap<usize, Digest>,
-}
-
-/// A cache opened with `--cache-from`.
-pub(crate) enum Imported<'c> {
-    Registry(kiln_cache::RegistryCache<'c>),
-    Dir(kiln_cache::DirCache),
-}
-
-impl Imported<'_> {
-    fn lookup(&self, key: &Digest) -> Option<Record> {
-        match self {
-            Imported::Registry(c) => c.lookup(key),
-            Imported::Dir(c) => c.lookup(key),
-        }
-    }
-    fn records(&self) -> Vec<Record> {
-        match self {
-            Imported::Registry(c) => c.records(),
-            Imported::Dir(c) => c.records(),
-        }
-    }
-    fn fetch(&self, rec: &Record, store: &Store) -> Result<(), String> {
-        let r = match self {
-            Imported::Registry(c) => c.fetch_layer(rec, store),
-            Imported::Dir(c) => c.fetch_layer(rec, store),
-        };
-        r.map(|_| ()).map_err(|e| e.to_string())
-    }
 }
 
 /// A step's cache key: sha256 over its parent key and a canonical list of named inputs.
@@ -109,7 +82,7 @@ impl<'a> Solver<'a> {
             stages: self.stages.clone(),
             reports: Vec::new(),
             wopts: self.wopts.clone(),
-            imported: self.imported,
+            sources: self.sources,
             used: Vec::new(),
             remote_layers: self.remote_layers.clone(),
             explain_pool: None,
@@ -324,31 +297,28 @@ impl<'a> Solver<'a> {
         Ok(CacheStatus::Miss)
     }
 
-    /// A cached record for `key` (the local cache first, then the imported ones), applied to `state`.
+    /// A cached record for `key` from the first source that has it (the local cache first, then the
+    /// imported ones), applied to `state`.
     fn cached(&mut self, key: &Digest, state: &mut ImageState, text: &str) -> Option<CacheStatus> {
-        if let Some(rec) = self.cache.get(key) {
-            let usable = rec.layer.as_ref().is_none_or(|l| self.store.has_blob(&l.descriptor.digest));
-            if usable {
-                self.apply_record(&rec, state, text);
-                self.used.push(rec);
-                state.key = key.clone();
-                return Some(CacheStatus::HitLocal);
+        let (i, rec) = self.sources.iter().enumerate().find_map(|(i, c)| c.lookup(key).map(|r| (i, r)))?;
+        let status = if self.sources[i].layers_in_store() {
+            CacheStatus::HitLocal
+        } else {
+            // Lazy: the layer stays in the registry until a step or the output needs it.
+            if let Some(l) = &rec.layer {
+                if !self.store.has_blob(&l.descriptor.digest) {
+                    self.remote_layers.insert(l.descriptor.digest.clone(), (i, rec.clone()));
+                }
             }
-        }
-        let (i, rec) = self.imported.iter().enumerate().find_map(|(i, c)| c.lookup(key).map(|r| (i, r)))?;
-        // Lazy: the layer stays in the registry until a step or the output needs it.
-        if let Some(l) = &rec.layer {
-            if !self.store.has_blob(&l.descriptor.digest) {
-                self.remote_layers.insert(l.descriptor.digest.clone(), (i, rec.clone()));
+            if let Err(e) = self.cache.put(&rec) {
+                self.progress.warn(&format!("could not write the local cache: {e}"));
             }
-        }
-        if let Err(e) = self.cache.put(&rec) {
-            self.progress.warn(&format!("could not write the local cache: {e}"));
-        }
+            CacheStatus::HitRegistry
+        };
         self.apply_record(&rec, state, text);
         self.used.push(rec);
         state.key = key.clone();
-        Some(CacheStatus::HitRegistry)
+        Some(status)
     }
 
     /// `COPY --link` / `ADD --link`, as BuildKit does it: the files go into a layer of their own,
@@ -460,20 +430,19 @@ impl<'a> Solver<'a> {
             };
             wanted.push((d, i, rec));
         }
-        let (imported, store) = (self.imported, self.store);
+        let (sources, store) = (self.sources, self.store);
         kiln_oci::run_parallel(&wanted, 4, |(d, i, rec)| {
-            imported[*i].fetch(rec, store).map_err(|e| BuildError::Snapshot(format!("could not fetch cached layer {d}: {e}")))
+            sources[*i]
+                .fetch_layer(rec, store)
+                .map(|_| ())
+                .map_err(|e| BuildError::Snapshot(format!("could not fetch cached layer {d}: {e}")))
         })
     }
 
     /// What changed against the closest cached record, in words (`None` when nothing is cached).
     fn explain(&mut self, parent: &Digest, text: &str, inputs: &BTreeMap<String, String>) -> Option<String> {
         if self.explain_pool.is_none() {
-            let mut pool = self.cache.records();
-            for c in self.imported {
-                pool.extend(c.records());
-            }
-            self.explain_pool = Some(pool);
+            self.explain_pool = Some(self.sources.iter().flat_map(|c| c.records()).collect());
         }
         let pool = self.explain_pool.as_deref().unwrap_or(&[]);
         if pool.is_empty() {

@@ -10,46 +10,19 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use kiln_oci::{BlobInfo, Digest, Manifest, Store};
 
+use crate::backend::{CacheSink, CacheSource, ExportReport, ExportTarget, ExportWarning, Opened};
 use crate::format::{check_manifest, decode, descendants_of, encode, Entry, MAX_CONFIG};
-use crate::local::Record;
+use crate::local::{CacheError, Record};
 use crate::merge::{merge, PruneRules};
-use crate::registry::{ExportSummary, RegistryCacheError};
+use crate::registry::{ExportSummary, LayerSources, RegistryCacheError};
+use crate::spec::CacheMode;
 
 /// The `org.opencontainers.image.ref.name` of the cache manifest in a cache directory.
 pub const DIR_TAG: &str = "kiln-cache";
-
-/// The result of opening a `--cache-from type=local,src=DIR`.
-#[derive(Debug)]
-pub enum DirImport {
-    Ready(DirCache),
-    /// No cache there yet: a cold build, with one warning.
-    Missing {
-        warning: String,
-    },
-    /// Something is there but cannot be used, with a warning.
-    Unusable {
-        warning: String,
-        error: RegistryCacheError,
-    },
-}
-
-impl DirImport {
-    pub fn warning(&self) -> Option<&str> {
-        match self {
-            DirImport::Ready(_) => None,
-            DirImport::Missing { warning } | DirImport::Unusable { warning, .. } => Some(warning),
-        }
-    }
-    pub fn cache(self) -> Option<DirCache> {
-        match self {
-            DirImport::Ready(c) => Some(c),
-            _ => None,
-        }
-    }
-}
 
 /// A cache directory opened for import.
 #[derive(Debug)]
@@ -90,28 +63,24 @@ fn read_dir_entries(dir: &Path, layout: &Store) -> Result<Option<DirContent>, Re
 
 impl DirCache {
     /// Reads the directory's records (never its layers). Creates nothing.
-    pub fn open(src: &Path) -> DirImport {
+    pub fn open(src: &Path) -> Opened<DirCache> {
         if !src.join("index.json").is_file() {
-            return DirImport::Missing {
-                warning: format!(
-                    "cache directory {} has no cache yet: building without it; a --cache-to type=local export will create it",
-                    src.display()
-                ),
-            };
+            return Opened::Missing(format!(
+                "cache directory {} has no cache yet: building without it; a --cache-to type=local export will create it",
+                src.display()
+            ));
         }
         let result = Store::open_layout(src)
             .map_err(store_err(src, "opening the layout"))
             .and_then(|layout| read_dir_entries(src, &layout).map(|e| (layout, e)));
         match result {
-            Ok((layout, Some((entries, _)))) => DirImport::Ready(DirCache {
+            Ok((layout, Some((entries, _)))) => Opened::Opened(DirCache {
                 dir: src.to_path_buf(),
                 layout,
                 entries: entries.into_iter().map(|e| (e.key().clone(), e)).collect(),
             }),
-            Ok((_, None)) => DirImport::Missing {
-                warning: format!("cache directory {} holds no {DIR_TAG} manifest: building without it", src.display()),
-            },
-            Err(error) => DirImport::Unusable { warning: format!("cache directory {} not used: {error}", src.display()), error },
+            Ok((_, None)) => Opened::Missing(format!("cache directory {} holds no {DIR_TAG} manifest: building without it", src.display())),
+            Err(error) => Opened::Unusable(format!("cache directory {} not used: {error}", src.display())),
         }
     }
 
@@ -142,6 +111,59 @@ impl DirCache {
         let d = &layer.descriptor.digest;
         let f = self.layout.open_blob(d).map_err(store_err(&self.dir, format!("opening layer {d}")))?;
         store.put_blob_stream(f, Some(d)).map_err(store_err(&self.dir, format!("copying layer {d}")))
+    }
+}
+
+impl CacheSource for DirCache {
+    fn lookup(&self, key: &Digest) -> Option<Record> {
+        DirCache::lookup(self, key)
+    }
+
+    fn records(&self) -> Vec<Record> {
+        DirCache::records(self)
+    }
+
+    fn fetch_layer(&self, record: &Record, store: &Store) -> Result<BlobInfo, CacheError> {
+        Ok(DirCache::fetch_layer(self, record, store)?)
+    }
+
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+/// A `--cache-to type=local,dest=DIR` destination as a [`CacheSink`]: [`export_dir`]. A directory
+/// has no `ignore-error`: a failed export is always a warning.
+#[derive(Debug, Clone)]
+pub struct DirSink {
+    dest: PathBuf,
+    mode: CacheMode,
+}
+
+impl DirSink {
+    pub fn new(dest: &Path, mode: CacheMode) -> DirSink {
+        DirSink { dest: dest.to_path_buf(), mode }
+    }
+}
+
+impl CacheSink for DirSink {
+    fn mode(&self) -> CacheMode {
+        self.mode
+    }
+
+    fn export(&self, records: &[Record], store: &Store, _sources: &LayerSources) -> Result<ExportReport, CacheError> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        Ok(match export_dir(&self.dest, records, store, now) {
+            Ok(summary) => ExportReport::Exported(summary),
+            Err(e) => ExportReport::Warned(ExportWarning {
+                target: ExportTarget::Dest(self.dest.display().to_string()),
+                warning: format!("cache export to {} failed: {e}", self.dest.display()),
+            }),
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.dest.display().to_string()
     }
 }
 
@@ -225,7 +247,7 @@ mod tests {
         let a = layered(&store, "a", None);
         let b = layered(&store, "b", Some(&a));
         let dest = tmp.path().join("cache");
-        assert!(matches!(DirCache::open(&dest), DirImport::Missing { .. }));
+        assert!(matches!(DirCache::open(&dest), Opened::Missing(_)));
         assert!(!dest.exists(), "opening for import must not create the directory");
 
         let s = export_dir(&dest, &[a.clone(), b.clone()], &store, 100).unwrap();
@@ -265,7 +287,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("index.json"), b"{not json").unwrap();
         let out = DirCache::open(tmp.path());
-        assert!(matches!(out, DirImport::Unusable { .. }), "{out:?}");
+        assert!(matches!(out, Opened::Unusable(_)), "{out:?}");
         assert!(out.warning().unwrap_or_default().contains(&tmp.path().display().to_string()));
     }
 }

@@ -21,20 +21,26 @@
 //!
 //! * Import is lazy: [`RegistryCache::open`] reads the manifest and config only; a build asks
 //!   [`RegistryCache::lookup`] per step and [`RegistryCache::fetch_layer`] only for the layers it
-//!   really needs. A missing ref is a miss with one warning ([`ImportOutcome`]).
+//!   really needs. A missing ref is a miss with one warning ([`Opened::Missing`]).
 //! * Export is read-merge-write ([`export`]): the ref's records are merged with this build's
 //!   ([`merge()`]; same key: the last used wins; other branches and platforms are kept), aged out
 //!   (`ttl`) and trimmed to a size budget (`max-size`) without ever keeping a record whose ancestor
 //!   went, then the missing layers, the config and the manifest are pushed. A ref that changed in
 //!   between is read and merged again, so concurrent builds of different branches do not wipe each
 //!   other's cache. Failures are warnings ([`ExportOutcome`]) unless `ignore-error=false`.
-//! * [`select`] picks what `mode=min|max` exports; [`CacheFrom`] and [`CacheTo`] parse the flags.
+//! * [`select`] picks what `mode=min|max` exports; [`CacheFrom`] and [`CacheTo`] parse the flags
+//!   and open the stores they name.
+//! * Every store is one implementation of a small interface ([`mod@backend`]): a [`CacheSource`]
+//!   looks up records and fetches layers (the local cache, [`LocalSource`], is one like the
+//!   others), a [`CacheSink`] exports and reports ([`ExportReport`]), and opening either gives one
+//!   [`Opened`] outcome. A build iterates over them and never asks which kind it holds.
 //! * `type=local` directories ([`dir`]) hold the same manifest, config and layers in an OCI layout.
 //! * A miss is explained ([`explain_miss`]) by diffing the step against the closest record built on
 //!   the same parent: the instruction text, an arg, a context file.
 //! * Who may write at all is the [`policy`]: `--cache-policy auto` reads the CI event, so pull
 //!   requests (and forks above all) read the cache and never write it.
 
+pub mod backend;
 pub mod dir;
 pub mod explain;
 pub mod format;
@@ -44,11 +50,12 @@ pub mod policy;
 pub mod registry;
 pub mod spec;
 
-pub use dir::{export_dir, DirCache, DirImport, DIR_TAG};
+pub use backend::{CacheSink, CacheSource, ExportReport, ExportTarget, ExportWarning, Opened};
+pub use dir::{export_dir, DirCache, DirSink, DIR_TAG};
 pub use explain::{explain_miss, Change, Explanation};
 pub use format::{select, Entry, FormatError, CACHE_CONFIG_MEDIA_TYPE};
-pub use local::{CacheError, LayerRecord, LocalCache, Record};
+pub use local::{CacheError, LayerRecord, LocalCache, LocalSource, Record};
 pub use merge::{merge, Merged, PruneRules};
 pub use policy::{resolve as resolve_policy, resolve_from_process, CachePolicy, PolicyChoice, ResolvedPolicy};
-pub use registry::{export, export_at, ExportOutcome, ExportSummary, ImportOutcome, LayerSources, RegistryCache, RegistryCacheError};
+pub use registry::{export, export_at, ExportOutcome, ExportSummary, LayerSources, RegistryCache, RegistryCacheError, RegistrySink};
 pub use spec::{parse_go_duration, parse_size, CacheFrom, CacheMode, CacheTo, RegistryExport, SpecError, DEFAULT_TTL};

@@ -1,4 +1,4 @@
-//! The local cache directory.
+//! The local cache directory, and the crate's error type.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -6,10 +6,14 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kiln_oci::{Descriptor, Digest};
+use kiln_oci::{BlobInfo, Descriptor, Digest, Store};
 use serde::{Deserialize, Serialize};
 
-/// Local cache failures. Each names the path involved.
+use crate::backend::CacheSource;
+use crate::registry::RegistryCacheError;
+
+/// Cache failures: the local cache's (each names the path involved) and, through
+/// [`crate::CacheSource`] and [`crate::CacheSink`], every other store's.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cache: cannot {action} {path}: {source}")]
@@ -24,6 +28,19 @@ pub enum CacheError {
         key: String,
         #[source]
         source: serde_json::Error,
+    },
+    /// A registry ref or a cache directory failed; the message names it.
+    #[error(transparent)]
+    Store(#[from] RegistryCacheError),
+    #[error("cache: record {key} has no layer to fetch")]
+    NoLayer { key: Digest },
+    #[error("cache: layer {digest} of record {key} is no longer in the local store; run the build again to rebuild it")]
+    LayerGone { key: Digest, digest: Digest },
+    #[error("cache: cannot copy layer {digest} into the store: {source}")]
+    CopyLayer {
+        digest: Digest,
+        #[source]
+        source: kiln_oci::StoreError,
     },
 }
 
@@ -152,6 +169,52 @@ impl LocalCache {
     /// The layer digests the records refer to: roots the store's garbage collector must keep.
     pub fn layer_digests(&self) -> Vec<Digest> {
         self.records().into_iter().filter_map(|r| r.layer.map(|l| l.descriptor.digest)).collect()
+    }
+}
+
+/// The local cache as a [`CacheSource`]: the first place a build looks. A record is only served
+/// while its layer is still in `store` (after `kiln prune` it is a miss, and the next source or
+/// the step itself provides it).
+#[derive(Debug, Clone)]
+pub struct LocalSource {
+    cache: LocalCache,
+    store: Store,
+}
+
+impl LocalCache {
+    /// This cache as a source whose layers live in `store`.
+    pub fn source(&self, store: &Store) -> LocalSource {
+        LocalSource { cache: self.clone(), store: store.clone() }
+    }
+}
+
+impl CacheSource for LocalSource {
+    fn lookup(&self, key: &Digest) -> Option<Record> {
+        self.cache.get(key).filter(|r| r.layer.as_ref().is_none_or(|l| self.store.has_blob(&l.descriptor.digest)))
+    }
+
+    fn records(&self) -> Vec<Record> {
+        self.cache.records()
+    }
+
+    fn fetch_layer(&self, record: &Record, store: &Store) -> Result<BlobInfo, CacheError> {
+        let Some(layer) = &record.layer else { return Err(CacheError::NoLayer { key: record.key.clone() }) };
+        let digest = &layer.descriptor.digest;
+        let gone = || CacheError::LayerGone { key: record.key.clone(), digest: digest.clone() };
+        if store.has_blob(digest) {
+            let size = store.blob_size(digest).map_err(|_| gone())?;
+            return Ok(BlobInfo { digest: digest.clone(), size });
+        }
+        let f = self.store.open_blob(digest).map_err(|_| gone())?;
+        store.put_blob_stream(f, Some(digest)).map_err(|source| CacheError::CopyLayer { digest: digest.clone(), source })
+    }
+
+    fn layers_in_store(&self) -> bool {
+        true
+    }
+
+    fn describe(&self) -> String {
+        format!("the local cache ({})", self.cache.dir.display())
     }
 }
 

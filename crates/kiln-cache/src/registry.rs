@@ -8,7 +8,7 @@
 //! (this build's records must be in whatever the ref now holds); see `docs/cache.md`.
 //!
 //! Failures follow the house rule "cache is an accelerator, never a reason to fail": they come back
-//! as values carrying a warning ([`ImportOutcome`], [`ExportOutcome`]), and are only errors when the
+//! as values carrying a warning ([`Opened`], [`ExportOutcome`]), and are only errors when the
 //! user asked for `ignore-error=false`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -20,10 +20,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kiln_oci::{media, BlobInfo, Descriptor, Digest, Manifest, Reference, Store, StoreError};
 use kiln_registry::{Client, PushOutcome, RegistryError, Repo};
 
+use crate::backend::{CacheSink, CacheSource, ExportReport, ExportTarget, ExportWarning, Opened};
 use crate::format::{check_manifest, decode, descendants_of, encode, Entry, FormatError, MAX_CONFIG};
-use crate::local::Record;
+use crate::local::{CacheError, Record};
 use crate::merge::{merge, PruneRules};
-use crate::spec::RegistryExport;
+use crate::spec::{CacheMode, RegistryExport};
 
 /// How many read-merge-write cycles an export tries before giving up on a contended ref.
 pub const MAX_EXPORT_ATTEMPTS: u32 = 16;
@@ -184,35 +185,6 @@ fn read_current(client: &Client, reference: &Reference) -> Result<Option<Current
     Ok(Some(Current { digest: fetched.digest, entries, layers: image.layers.iter().map(|d| d.digest.clone()).collect(), dropped }))
 }
 
-/// The result of opening a `--cache-from type=registry` ref.
-#[derive(Debug)]
-pub enum ImportOutcome<'c> {
-    /// The ref's records are available for lookups.
-    Ready(RegistryCache<'c>),
-    /// The ref does not exist (yet): a cold build. Print `warning` once.
-    Missing { warning: String },
-    /// The ref exists but could not be read or is not a kiln cache. Print `warning`; `error` is
-    /// there for a caller that must fail instead.
-    Unusable { warning: String, error: RegistryCacheError },
-}
-
-impl<'c> ImportOutcome<'c> {
-    /// The one line to print, if any.
-    pub fn warning(&self) -> Option<&str> {
-        match self {
-            ImportOutcome::Ready(_) => None,
-            ImportOutcome::Missing { warning } | ImportOutcome::Unusable { warning, .. } => Some(warning),
-        }
-    }
-    /// The cache, when there is one.
-    pub fn cache(self) -> Option<RegistryCache<'c>> {
-        match self {
-            ImportOutcome::Ready(c) => Some(c),
-            _ => None,
-        }
-    }
-}
-
 /// A cache ref opened for import: its records in memory, its layers still in the registry.
 #[derive(Debug)]
 pub struct RegistryCache<'c> {
@@ -225,12 +197,13 @@ pub struct RegistryCache<'c> {
 }
 
 impl<'c> RegistryCache<'c> {
-    /// Fetches the ref's manifest and config, and nothing else. Never fails: see [`ImportOutcome`].
-    pub fn open(client: &'c Client, reference: &Reference) -> ImportOutcome<'c> {
+    /// Fetches the ref's manifest and config, and nothing else. Never fails: a ref that does not
+    /// exist is [`Opened::Missing`], one that cannot be read or is not a kiln cache [`Opened::Unusable`].
+    pub fn open(client: &'c Client, reference: &Reference) -> Opened<RegistryCache<'c>> {
         match read_current(client, reference) {
             Ok(Some(cur)) => {
                 tracing::debug!(reference = %reference, records = cur.entries.len(), digest = %cur.digest, "cache imported");
-                ImportOutcome::Ready(RegistryCache {
+                Opened::Opened(RegistryCache {
                     client,
                     reference: reference.clone(),
                     repo: repo_of(reference),
@@ -239,10 +212,10 @@ impl<'c> RegistryCache<'c> {
                     dropped: cur.dropped,
                 })
             }
-            Ok(None) => ImportOutcome::Missing {
-                warning: format!("cache {reference} not found (HTTP 404): building without it; a --cache-to export will create it"),
-            },
-            Err(error) => ImportOutcome::Unusable { warning: format!("cache {reference} not used: {error}"), error },
+            Ok(None) => {
+                Opened::Missing(format!("cache {reference} not found (HTTP 404): building without it; a --cache-to export will create it"))
+            }
+            Err(error) => Opened::Unusable(format!("cache {reference} not used: {error}")),
         }
     }
 
@@ -314,6 +287,61 @@ impl<'c> RegistryCache<'c> {
             context: format!("storing layer {}", d.digest),
             source,
         })
+    }
+}
+
+impl CacheSource for RegistryCache<'_> {
+    fn lookup(&self, key: &Digest) -> Option<Record> {
+        RegistryCache::lookup(self, key)
+    }
+
+    fn records(&self) -> Vec<Record> {
+        RegistryCache::records(self)
+    }
+
+    fn fetch_layer(&self, record: &Record, store: &Store) -> Result<BlobInfo, CacheError> {
+        Ok(RegistryCache::fetch_layer(self, record, store)?)
+    }
+
+    fn layer_sources(&self) -> LayerSources {
+        RegistryCache::layer_sources(self)
+    }
+
+    fn describe(&self) -> String {
+        self.reference.to_string()
+    }
+}
+
+/// A `--cache-to type=registry` destination as a [`CacheSink`]: [`export`] to the target ref.
+#[derive(Debug)]
+pub struct RegistrySink<'c> {
+    client: &'c Client,
+    target: RegistryExport,
+}
+
+impl<'c> RegistrySink<'c> {
+    pub fn new(client: &'c Client, target: RegistryExport) -> RegistrySink<'c> {
+        RegistrySink { client, target }
+    }
+}
+
+impl CacheSink for RegistrySink<'_> {
+    fn mode(&self) -> CacheMode {
+        self.target.mode
+    }
+
+    fn export(&self, records: &[Record], store: &Store, sources: &LayerSources) -> Result<ExportReport, CacheError> {
+        Ok(match export(self.client, &self.target, records, store, sources)? {
+            ExportOutcome::Exported(summary) => ExportReport::Exported(summary),
+            other => ExportReport::Warned(ExportWarning {
+                target: ExportTarget::Reference(self.target.reference.to_string()),
+                warning: other.warning().unwrap_or("cache export failed").to_string(),
+            }),
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.target.reference.to_string()
     }
 }
 

@@ -9,6 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kiln_oci::Reference;
+use kiln_registry::Client;
+
+use crate::backend::{CacheSink, CacheSource, Opened};
+use crate::dir::{DirCache, DirSink};
+use crate::registry::{RegistryCache, RegistrySink};
 
 /// The default age after which an exported record is pruned: 14 days (`ttl=336h`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(336 * 3600);
@@ -226,6 +231,34 @@ impl CacheTo {
                 Ok(CacheTo::Local { dest: PathBuf::from(dest), mode })
             }
             other => Err(err(format!("type={other:?} is not supported; use type=registry or type=local"))),
+        }
+    }
+}
+
+impl CacheFrom {
+    /// Opens the source for a build: reads its records (never its layers). `client` is what
+    /// registry sources speak through.
+    pub fn open<'c>(&self, client: Option<&'c Client>) -> Opened<Box<dyn CacheSource + 'c>> {
+        match self {
+            CacheFrom::Registry { reference } => match client {
+                Some(client) => RegistryCache::open(client, reference).map(|c| Box::new(c) as Box<dyn CacheSource + 'c>),
+                None => Opened::Unusable(format!("cache {reference} not used: the build has no registry client")),
+            },
+            CacheFrom::Local { src } => DirCache::open(src).map(|c| Box::new(c) as Box<dyn CacheSource + 'c>),
+        }
+    }
+}
+
+impl CacheTo {
+    /// The destination, ready to export to. Nothing is read or written until
+    /// [`CacheSink::export`].
+    pub fn open<'c>(&self, client: Option<&'c Client>) -> Opened<Box<dyn CacheSink + 'c>> {
+        match self {
+            CacheTo::Registry(target) => match client {
+                Some(client) => Opened::Opened(Box::new(RegistrySink::new(client, target.clone()))),
+                None => Opened::Unusable(format!("cache export to {} skipped: the build has no registry client", target.reference)),
+            },
+            CacheTo::Local { dest, mode } => Opened::Opened(Box::new(DirSink::new(dest, *mode))),
         }
     }
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use kiln_cache::{
-    export, export_at, CacheMode, ExportOutcome, ImportOutcome, LayerRecord, LayerSources, Record, RegistryCache, RegistryExport,
-    CACHE_CONFIG_MEDIA_TYPE,
+    export, export_at, CacheFrom, CacheMode, CacheSource, CacheTo, ExportOutcome, ExportReport, LayerRecord, LayerSources, Opened, Record,
+    RegistryCache, RegistryExport, CACHE_CONFIG_MEDIA_TYPE,
 };
 use kiln_oci::{media, Descriptor, Digest, Reference, Store};
 use kiln_registry::{Client, ClientOptions};
@@ -78,7 +78,7 @@ fn exported(outcome: ExportOutcome) -> kiln_cache::ExportSummary {
 
 fn open<'c>(client: &'c Client, reference: &Reference) -> RegistryCache<'c> {
     match RegistryCache::open(client, reference) {
-        ImportOutcome::Ready(c) => c,
+        Opened::Opened(c) => c,
         other => panic!("expected a cache, got {other:?}"),
     }
 }
@@ -148,7 +148,7 @@ fn a_missing_ref_is_a_miss_with_one_warning() {
     let c = client(dir.path());
     let reference = Reference::parse(&format!("{}/nothing/here:cache", reg.host())).unwrap();
     let outcome = RegistryCache::open(&c, &reference);
-    let ImportOutcome::Missing { warning } = &outcome else { panic!("expected a miss, got {outcome:?}") };
+    let Opened::Missing(warning) = &outcome else { panic!("expected a miss, got {outcome:?}") };
     assert!(warning.contains(&reference.to_string()) && warning.contains("not found"), "{warning}");
     assert_eq!(warning.lines().count(), 1);
     assert!(outcome.cache().is_none());
@@ -177,7 +177,7 @@ fn a_ref_that_is_not_a_cache_is_unusable_and_never_overwritten() {
 
     let outcome = RegistryCache::open(&c, &reference);
     let warning = outcome.warning().unwrap_or_default().to_string();
-    assert!(matches!(outcome, ImportOutcome::Unusable { .. }), "{outcome:?}");
+    assert!(matches!(outcome, Opened::Unusable(_)), "{outcome:?}");
     assert!(warning.contains("not a kiln cache"), "{warning}");
 
     let records = chain(&store, "main", "linux/amd64", 2);
@@ -365,7 +365,7 @@ fn registry_down_during_export_is_a_warning() {
     assert!(export(&c, &strict, &records, &store, &LayerSources::new()).is_err());
 
     let imported = RegistryCache::open(&c, &reference);
-    assert!(matches!(imported, ImportOutcome::Unusable { .. }), "{imported:?}");
+    assert!(matches!(imported, Opened::Unusable(_)), "{imported:?}");
 }
 
 #[test]
@@ -453,4 +453,53 @@ fn a_ref_whose_layer_the_registry_lost_heals_on_the_next_export() {
     assert!(cache.lookup(&first[0].key).is_some(), "a record whose layer survived is kept");
     assert!(cache.lookup(&first[1].key).is_none() && cache.lookup(&first[2].key).is_none(), "records on the lost layer are dropped");
     assert!(second.iter().all(|r| cache.lookup(&r.key).is_some()));
+}
+
+/// What a build does, through the backend interface only: open the `--cache-to` as a sink, export,
+/// open the `--cache-from` as a source, look up and fetch. Then a down registry: a warning entry
+/// naming the ref, or an error when `ignore-error=false` asked for one.
+#[test]
+fn registry_sink_and_source_through_the_backend_traits() {
+    if !require_tool("docker-registry") {
+        return;
+    }
+    let reg = Registry::start_plain().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s")).unwrap();
+    let c = client(dir.path());
+    let reference = format!("{}/app:cache", reg.host());
+    let records = chain(&store, "main", "linux/amd64", 3);
+
+    let to = CacheTo::parse(&format!("type=registry,ref={reference},mode=max")).unwrap();
+    let Opened::Opened(sink) = to.open(Some(&c)) else { panic!("a registry sink opens without I/O") };
+    assert_eq!((sink.mode(), sink.describe()), (CacheMode::Max, reference.clone()));
+    let report = sink.export(&records, &store, &LayerSources::new()).unwrap();
+    let ExportReport::Exported(summary) = &report else { panic!("expected an export, got {report:?}") };
+    assert_eq!((summary.exported, summary.records, summary.layers_uploaded), (3, 3, 2));
+
+    let from = CacheFrom::parse(&reference).unwrap();
+    let source: Box<dyn CacheSource + '_> = match from.open(Some(&c)) {
+        Opened::Opened(s) => s,
+        other => panic!("expected the ref to open, got {other:?}"),
+    };
+    assert!(!source.layers_in_store());
+    assert_eq!(source.describe(), reference);
+    assert_eq!(source.records().len(), 3);
+    let hit = source.lookup(&records[1].key).expect("a hit");
+    let layer = hit.layer.clone().expect("a layer").descriptor.digest;
+    assert!(source.layer_sources().get(&layer).is_some(), "a lazy hit's layer can be mounted from the ref");
+    let fresh = Store::open(&dir.path().join("fresh")).unwrap();
+    assert_eq!(source.fetch_layer(&hit, &fresh).unwrap().digest, layer);
+    assert!(source.fetch_layer(&records[2], &fresh).is_err(), "a config-only record has no layer");
+
+    let host = reg.host();
+    drop(reg);
+    let sink = to.open(Some(&c)).cache().unwrap();
+    let report = sink.export(&records, &store, &LayerSources::new()).expect("ignore-error=true: a warning, not an error");
+    let v = serde_json::to_value(&report).unwrap();
+    assert_eq!(v["reference"], reference.as_str(), "{v}");
+    assert!(v["warning"].as_str().is_some_and(|w| w.contains(&host)), "{v}");
+    let strict = CacheTo::parse(&format!("type=registry,ref={reference},ignore-error=false")).unwrap();
+    let err = strict.open(Some(&c)).cache().unwrap().export(&records, &store, &LayerSources::new()).unwrap_err();
+    assert!(err.to_string().contains(&host), "{err}");
 }
