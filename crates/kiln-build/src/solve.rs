@@ -5,6 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use kiln_cache::inputs::{self, Input, StepInputs};
 use kiln_cache::{CacheSource, LayerRecord, LocalCache, Record};
 use kiln_dockerfile::instructions::{
     CommandLine, Copy, CopySource, Healthcheck, Instruction, Location, Mount, MountType, ResolvedStage, Sharing, Source, Step,
@@ -52,14 +53,7 @@ pub(crate) struct Solver<'a> {
     pub reached: HashMap<usize, Digest>,
 }
 
-/// A step's cache key: sha256 over its parent key and a canonical list of named inputs.
-fn key_of(parent: &Digest, inputs: &BTreeMap<String, String>) -> Digest {
-    let mut s = format!("kiln-cache-v1\nparent {parent}\n");
-    for (k, v) in inputs {
-        s.push_str(&format!("{k}\t{}\n", v.replace('\n', "\\n")));
-    }
-    Digest::sha256_of(s.as_bytes())
-}
+mod canon;
 
 fn at(loc: &Location) -> String {
     format!("{}:{}", loc.file, loc.start_line)
@@ -130,6 +124,7 @@ impl<'a> Solver<'a> {
             let p = state.platform.clone();
             self.report(&name, &p, &format!("FROM {r}"), CacheStatus::None, 0.0);
         }
+        let first_record = self.used.len();
         for step in &stage.steps {
             self.opts.cancel.check()?;
             let at = at(&step.location);
@@ -144,6 +139,15 @@ impl<'a> Solver<'a> {
                 }
             })?;
             self.reached.insert(stage.index, state.key.clone());
+        }
+        // Config-only records reach the local cache when their stage is done, not as they are made,
+        // so that a stage running beside this one does not explain its misses against them.
+        for rec in self.used[first_record..].iter().filter(|r| r.layer.is_none()) {
+            if self.cache.get(&rec.key).is_none() {
+                if let Err(e) = self.cache.put(rec) {
+                    self.progress.warn(&format!("could not write the local cache: {e}"));
+                }
+            }
         }
         Ok(state)
     }
@@ -168,31 +172,10 @@ impl<'a> Solver<'a> {
         let started = Instant::now();
         let text = step.original.trim().to_string();
         self.progress.step_started(stage, &text);
-        let mut inputs: BTreeMap<String, String> = BTreeMap::new();
-        inputs.insert("instruction".into(), format!("{:?}", step.instruction));
-        inputs.insert("platform".into(), state.platform.to_string());
+        let mut inputs = StepInputs::new(canon::instruction(&step.instruction), &state.platform);
         let status = match &step.instruction {
             Instruction::Run(run) => {
-                let argv = self.run_argv(run, state);
-                inputs.insert("run".into(), argv.join("\u{1f}"));
-                for e in self.run_env(step, state) {
-                    let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
-                    inputs.insert(format!("env:{k}"), v.to_string());
-                }
-                inputs.insert("user".into(), state.user());
-                inputs.insert("workdir".into(), state.workdir());
-                for (i, m) in step.mounts.iter().enumerate() {
-                    inputs.insert(format!("mount:{i}"), format!("{m:?}"));
-                    if m.kind == MountType::Bind && m.from.is_none() {
-                        inputs.insert(format!("mount:{i}:content"), self.context_digest(m.source.as_deref().unwrap_or("/"))?.to_string());
-                    }
-                }
-                for (i, s) in step.mount_sources.iter().enumerate() {
-                    if let Some(Source::Stage(ix)) = s {
-                        let k = self.stages.get(ix).map(|st| st.key.to_string()).unwrap_or_default();
-                        inputs.insert(format!("mount:{i}:from"), k);
-                    }
-                }
+                self.run_inputs(step, run, state, &mut inputs)?;
                 self.layer_step(stage, step, state, inputs, |this, mounted, state| this.exec_run(step, run, mounted, state))?
             }
             Instruction::Copy(c) if c.link => {
@@ -207,7 +190,8 @@ impl<'a> Solver<'a> {
                 let wd = step.workdir.clone();
                 state.runtime().working_dir = Some(wd.clone());
                 let user = state.user();
-                inputs.insert("user".into(), user.clone());
+                inputs.set(Input::User, user.clone());
+                inputs.set(Input::Workdir, wd.clone());
                 // WORKDIR creates the directory, owned by the current USER as BuildKit does; a layer
                 // only when something was missing.
                 self.layer_step(stage, step, state, inputs, move |_this, mounted, _state| {
@@ -226,8 +210,13 @@ impl<'a> Solver<'a> {
             }
             _ => {
                 apply_meta(step, state);
-                let key = key_of(&state.key, &inputs);
-                let mut rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), inputs, None);
+                let key = inputs.key(&state.key);
+                // A config-only step can be the first thing that changed (an ENV, a LABEL): it is
+                // explained like any miss (and its record kept locally when the stage is done).
+                if !self.opts.no_cache && !self.sources.iter().any(|c| c.lookup(&key).is_some()) {
+                    self.note_miss(&state.key.clone(), &text, &inputs);
+                }
+                let mut rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), inputs.into_map(), None);
                 rec.created = state.created;
                 self.used.push(rec);
                 state.key = key;
@@ -252,23 +241,19 @@ impl<'a> Solver<'a> {
         _stage: &str,
         step: &Step,
         state: &mut ImageState,
-        inputs: BTreeMap<String, String>,
+        inputs: StepInputs,
         exec: F,
     ) -> Result<CacheStatus, BuildError>
     where
         F: FnOnce(&mut Self, &Mounted, &ImageState) -> Result<(), BuildError>,
     {
-        let key = key_of(&state.key, &inputs);
+        let key = inputs.key(&state.key);
         let text = step.original.trim().to_string();
         if !self.opts.no_cache {
             if let Some(hit) = self.cached(&key, state, &text) {
                 return Ok(hit);
             }
-            let why = self.explain(&state.key, &text, &inputs);
-            if let Some(why) = why {
-                self.progress.output(&text, format!("cache miss: {why}").as_bytes());
-                self.explanations.push((text.clone(), why));
-            }
+            self.note_miss(&state.key.clone(), &text, &inputs);
         }
         self.ensure_local(&state.layers)?;
         let lowers = self.snaps.lowers(self.store, &state.layers)?;
@@ -287,7 +272,7 @@ impl<'a> Solver<'a> {
         exec(self, &mounted, state)?;
         let layer = if self.snaps.is_native() { self.native_layer(&mounted, state)? } else { self.overlay_layer(&mut mounted, state)? };
         drop(mounted);
-        let rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), inputs, layer);
+        let rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), inputs.into_map(), layer);
         if let Err(e) = self.cache.put(&rec) {
             self.progress.warn(&format!("could not write the local cache: {e}"));
         }
@@ -332,13 +317,14 @@ impl<'a> Solver<'a> {
         c: &Copy,
         plan: CopyPlan,
         state: &mut ImageState,
-        inputs: BTreeMap<String, String>,
+        inputs: StepInputs,
     ) -> Result<CacheStatus, BuildError> {
         let text = step.original.trim().to_string();
         let no_parent = Digest::sha256_of(b"kiln COPY --link: no parent");
-        let layer_key = key_of(&no_parent, &inputs);
-        let joined_inputs = BTreeMap::from([("link".to_string(), layer_key.to_string())]);
-        let key = key_of(&state.key, &joined_inputs);
+        let layer_key = inputs.key(&no_parent);
+        let mut joined_inputs = StepInputs::default();
+        joined_inputs.set(Input::Link, layer_key.to_string());
+        let key = joined_inputs.key(&state.key);
         if !self.opts.no_cache {
             if let Some(hit) = self.cached(&key, state, &text) {
                 return Ok(hit);
@@ -362,7 +348,7 @@ impl<'a> Solver<'a> {
         let status =
             self.layer_step(stage, step, &mut alone, inputs, move |this, mounted, st| this.exec_copy(step, &c, &plan, mounted, st))?;
         let layer = alone.layers.first().map(|l| LayerRecord { descriptor: l.descriptor.clone(), diff_id: l.diff_id.clone() });
-        let mut rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), joined_inputs, layer);
+        let mut rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), joined_inputs.into_map(), layer);
         if let Some(inner) = self.used.last() {
             rec.created = inner.created;
         }
@@ -439,16 +425,28 @@ impl<'a> Solver<'a> {
         })
     }
 
+    /// Says why the step `text` missed (in its output and the build's explanations), if it can.
+    fn note_miss(&mut self, parent: &Digest, text: &str, inputs: &StepInputs) {
+        if let Some(why) = self.explain(parent, text, inputs) {
+            self.progress.output(text, format!("cache miss: {why}").as_bytes());
+            self.explanations.push((text.to_string(), why));
+        }
+    }
+
     /// What changed against the closest cached record, in words (`None` when nothing is cached).
-    fn explain(&mut self, parent: &Digest, text: &str, inputs: &BTreeMap<String, String>) -> Option<String> {
+    fn explain(&mut self, parent: &Digest, text: &str, inputs: &StepInputs) -> Option<String> {
         if self.explain_pool.is_none() {
             self.explain_pool = Some(self.sources.iter().flat_map(|c| c.records()).collect());
         }
         let pool = self.explain_pool.as_deref().unwrap_or(&[]);
+        // Records this build made (an earlier stage on the same base) are not what the step
+        // missed against: only what was cached before counts.
+        let made: std::collections::HashSet<&Digest> = self.used.iter().map(|r| &r.key).collect();
+        let pool: Vec<Record> = pool.iter().filter(|r| r.parent.as_ref() == Some(parent) && !made.contains(&r.key)).cloned().collect();
         if pool.is_empty() {
             return None;
         }
-        let ex = kiln_cache::explain_miss(Some(parent), text, inputs, pool);
+        let ex = kiln_cache::explain_miss(Some(parent), text, inputs, &pool);
         // "An earlier step changed" follows from the first miss; say only what is new here.
         if ex.changes.is_empty() || ex.changes.iter().all(|c| matches!(c, kiln_cache::Change::Parent)) {
             return None;
@@ -463,17 +461,7 @@ impl<'a> Solver<'a> {
             }
             return Some(c.to_string());
         }
-        let said: Vec<String> = ex
-            .changes
-            .iter()
-            .map(|c| match c {
-                kiln_cache::Change::Input { name, .. } if name == "from" => "the stage or image it copies from changed".to_string(),
-                kiln_cache::Change::Input { name, .. } if name.starts_with("mount:") && name.ends_with(":from") => {
-                    "the stage a --mount reads from changed".to_string()
-                }
-                c => c.to_string(),
-            })
-            .collect();
+        let said: Vec<String> = ex.changes.iter().map(ToString::to_string).collect();
         Some(said.join("; "))
     }
 
@@ -525,6 +513,47 @@ impl<'a> Solver<'a> {
         env
     }
 
+    /// RUN's inputs: the argv, every variable the process sees, user, workdir and each mount (its
+    /// spec, and what it reads: context files or another stage's or image's layers).
+    fn run_inputs(
+        &mut self,
+        step: &Step,
+        run: &kiln_dockerfile::instructions::Run,
+        state: &ImageState,
+        inputs: &mut StepInputs,
+    ) -> Result<(), BuildError> {
+        inputs.set(Input::Run, inputs::list(&self.run_argv(run, state)));
+        let image_env = state.env();
+        for e in self.run_env(step, state) {
+            let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
+            // A value a build ARG gave (and ENV did not) is a build arg, so that a miss says so.
+            let from_arg = step.args.iter().any(|(a, av)| a == k && av == v) && !image_env.contains(&e);
+            inputs.set(if from_arg { Input::Arg(k.to_string()) } else { Input::Env(k.to_string()) }, v);
+        }
+        inputs.set(Input::User, state.user());
+        inputs.set(Input::Workdir, state.workdir());
+        for (i, m) in step.mounts.iter().enumerate() {
+            inputs.set(Input::Mount(i), canon::mount(m));
+            if m.kind == MountType::Bind && m.from.is_none() {
+                inputs.set(Input::MountContent(i), self.context_digest(m.source.as_deref().unwrap_or("/"))?.to_string());
+            }
+        }
+        for (i, s) in step.mount_sources.iter().enumerate() {
+            let from = match s {
+                None => continue,
+                Some(Source::Stage(ix)) => self.stages.get(ix).map(|st| st.key.to_string()).unwrap_or_default(),
+                // An image is its layers, as for COPY --from: the same tag may name new content.
+                Some(src) => {
+                    let layers = self.source_layers(step, src)?;
+                    let ids: Vec<&Digest> = layers.iter().map(|l| &l.diff_id).collect();
+                    chain_ids(&ids).pop().map(|d| d.to_string()).unwrap_or_default()
+                }
+            };
+            inputs.set(Input::MountFrom(i), from);
+        }
+        Ok(())
+    }
+
     /// A context source's entries, less what `--exclude` names (patterns in `.dockerignore` syntax,
     /// matched against the path inside the source and against the path in the context).
     fn context_entries(&self, rel: &str, c: &Copy) -> Result<Vec<Entry>, BuildError> {
@@ -561,7 +590,7 @@ impl<'a> Solver<'a> {
             Kind::Dir => "dir".to_string(),
             Kind::Symlink { target } => format!("-> {target}"),
         };
-        Ok(format!("{} {:o} {}\n", e.rel, e.mode, content))
+        Ok(canon::listing_entry(&e.rel, e.mode, &content))
     }
 
     fn exec_run(
@@ -727,26 +756,20 @@ impl<'a> Solver<'a> {
     }
 
     /// Resolves COPY's sources and puts their content into the key.
-    fn copy_inputs(
-        &mut self,
-        step: &Step,
-        c: &Copy,
-        state: &ImageState,
-        inputs: &mut BTreeMap<String, String>,
-    ) -> Result<CopyPlan, BuildError> {
+    fn copy_inputs(&mut self, step: &Step, c: &Copy, state: &ImageState, inputs: &mut StepInputs) -> Result<CopyPlan, BuildError> {
         let mut plan = CopyPlan { items: Vec::new(), from: None };
         if let Some(src) = &step.copy_from {
             let layers = self.source_layers(step, src)?;
             let ids: Vec<&Digest> = layers.iter().map(|l| &l.diff_id).collect();
             let chain = chain_ids(&ids).pop().map(|d| d.to_string()).unwrap_or_default();
-            inputs.insert("from".into(), chain);
+            inputs.set(Input::CopyFrom, chain);
             plan.from = Some(layers);
         }
         for (i, s) in c.sources.iter().enumerate() {
             match s {
                 CopySource::Heredoc(h) => {
-                    inputs
-                        .insert(format!("src:{i}"), format!("heredoc {} {}", h.name, Digest::sha256_of(h.effective_content().as_bytes())));
+                    let body = Digest::sha256_of(h.effective_content().as_bytes());
+                    inputs.set(Input::Heredoc(i), inputs::list(&[h.name.clone(), body.to_string()]));
                     plan.items.push(CopyItem::Heredoc(h.name.clone(), h.effective_content()));
                 }
                 CopySource::Path(p) if c.add && (p.starts_with("http://") || p.starts_with("https://")) => {
@@ -764,7 +787,7 @@ impl<'a> Solver<'a> {
                             ));
                         }
                     }
-                    inputs.insert(format!("src:{i}:{p}"), digest.to_string());
+                    inputs.set(Input::Source(i, p.clone()), digest.to_string());
                     plan.items.push(CopyItem::Url(dir, name));
                 }
                 CopySource::Path(p) if plan.from.is_none() => {
@@ -776,18 +799,18 @@ impl<'a> Solver<'a> {
                         for e in &entries {
                             s.push_str(&self.entry_line(e, true)?);
                         }
-                        inputs.insert(format!("src:{i}:{rel}"), Digest::sha256_of(s.as_bytes()).to_string());
+                        inputs.set(Input::Source(i, rel.clone()), Digest::sha256_of(s.as_bytes()).to_string());
                         plan.items.push(CopyItem::Context(rel));
                     }
                 }
                 CopySource::Path(p) => {
-                    inputs.insert(format!("src:{i}"), p.clone());
+                    inputs.set(Input::FromPath(i), p.clone());
                     plan.items.push(CopyItem::Stage(p.clone()));
                 }
             }
         }
-        inputs.insert("user".into(), state.user());
-        inputs.insert("workdir".into(), state.workdir());
+        inputs.set(Input::User, state.user());
+        inputs.set(Input::Workdir, state.workdir());
         Ok(plan)
     }
 

@@ -35,8 +35,12 @@
 //!   others), a [`CacheSink`] exports and reports ([`ExportReport`]), and opening either gives one
 //!   [`Opened`] outcome. A build iterates over them and never asks which kind it holds.
 //! * `type=local` directories ([`dir`]) hold the same manifest, config and layers in an OCI layout.
+//! * The key encoding and the names of a step's inputs have one owner, [`mod@inputs`]: a build
+//!   names every input with an [`Input`] and hashes them with [`StepInputs::key`] (netstrings under a
+//!   version line, [`KEY_VERSION`]); records keep them as `name → value` strings.
 //! * A miss is explained ([`explain_miss`]) by diffing the step against the closest record built on
-//!   the same parent: the instruction text, an arg, a context file.
+//!   the same parent, naming inputs through [`Input::parse`]: the instruction text, a build arg, an
+//!   env var, a context file.
 //! * Who may write at all is the [`policy`]: `--cache-policy auto` reads the CI event, so pull
 //!   requests (and forks above all) read the cache and never write it.
 
@@ -44,6 +48,7 @@ pub mod backend;
 pub mod dir;
 pub mod explain;
 pub mod format;
+pub mod inputs;
 mod local;
 pub mod merge;
 pub mod policy;
@@ -54,6 +59,7 @@ pub use backend::{CacheSink, CacheSource, ExportReport, ExportTarget, ExportWarn
 pub use dir::{export_dir, DirCache, DirSink, DIR_TAG};
 pub use explain::{explain_miss, Change, Explanation};
 pub use format::{select, Entry, FormatError, CACHE_CONFIG_MEDIA_TYPE};
+pub use inputs::{Input, StepInputs, KEY_VERSION};
 pub use local::{CacheError, LayerRecord, LocalCache, LocalSource, Record};
 pub use merge::{merge, Merged, PruneRules};
 pub use policy::{resolve as resolve_policy, resolve_from_process, CachePolicy, PolicyChoice, ResolvedPolicy};

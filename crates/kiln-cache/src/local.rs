@@ -61,8 +61,9 @@ pub struct Record {
     pub parent: Option<Digest>,
     /// The instruction as expanded, e.g. `RUN make`.
     pub instruction: String,
-    /// Named inputs that went into the key (`arg:NAME`, `env:NAME`, `file:PATH`, `platform`, …) with
-    /// the value or digest used; `kiln cache explain` diffs these against the closest record.
+    /// Named inputs that went into the key ([`crate::Input`] names: `arg:NAME`, `env:NAME`,
+    /// `src:N:PATH`, `platform`, …) with the value or digest used; `kiln cache explain` diffs these
+    /// against the closest record.
     #[serde(default)]
     pub inputs: BTreeMap<String, String>,
     /// The layer the step added; `None` when it only changed the config.

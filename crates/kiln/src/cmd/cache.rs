@@ -96,7 +96,9 @@ pub fn run(c: Command, g: &Global) -> anyhow::Result<()> {
             let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
             let misses = v["misses"].as_array().cloned().unwrap_or_default();
             let steps = v["steps"].as_array().cloned().unwrap_or_default();
-            let missed: Vec<_> = steps.iter().filter(|s| s["cache"] == "miss").collect();
+            // Config-only steps have no cache status, but one that changed first is explained too.
+            let explained = |s: &serde_json::Value| misses.iter().any(|m| m["step"] == s["instruction"]);
+            let missed: Vec<_> = steps.iter().filter(|s| s["cache"] == "miss" || (s["cache"] == "none" && explained(s))).collect();
             if missed.is_empty() {
                 println!("every step of the last build was cached");
             }
