@@ -136,7 +136,7 @@ impl BaseImage {
             layers: self.layers.clone(),
             config,
             history,
-            key: kiln_oci::Digest::sha256_of(format!("from {} {platform}", self.manifest.digest).as_bytes()),
+            key: kiln_cache::inputs::image_root(&self.manifest.digest, platform),
             created,
             shell,
             cmd_set: false,

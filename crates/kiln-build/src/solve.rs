@@ -320,7 +320,7 @@ impl<'a> Solver<'a> {
         inputs: StepInputs,
     ) -> Result<CacheStatus, BuildError> {
         let text = step.original.trim().to_string();
-        let no_parent = Digest::sha256_of(b"kiln COPY --link: no parent");
+        let no_parent = inputs::link_root();
         let layer_key = inputs.key(&no_parent);
         let mut joined_inputs = StepInputs::default();
         joined_inputs.set(Input::Link, layer_key.to_string());

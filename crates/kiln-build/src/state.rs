@@ -42,7 +42,7 @@ impl ImageState {
             layers: Vec::new(),
             config,
             history: Vec::new(),
-            key: Digest::sha256_of(format!("scratch {platform}").as_bytes()),
+            key: kiln_cache::inputs::scratch_root(platform),
             created: 0,
             shell: default_shell(),
             cmd_set: false,

@@ -127,7 +127,7 @@ impl Input {
 
     /// Whether a changed value is a digest, so that the words should not quote it.
     fn is_digest(&self) -> bool {
-        matches!(self, Input::MountContent(_) | Input::MountFrom(_) | Input::Source(..) | Input::CopyFrom | Input::Link)
+        matches!(self, Input::MountContent(_) | Input::MountFrom(_) | Input::Source(..) | Input::Heredoc(_) | Input::CopyFrom | Input::Link)
     }
 }
 
@@ -224,6 +224,22 @@ impl StepInputs {
     pub fn into_map(self) -> BTreeMap<String, String> {
         self.map
     }
+}
+
+/// The parent key of a stage's first step on `FROM image`: the image's manifest digest for the
+/// platform. (A digest and a platform hold no space, so the text is unambiguous.)
+pub fn image_root(manifest: &Digest, platform: &kiln_oci::Platform) -> Digest {
+    Digest::sha256_of(format!("from {manifest} {platform}").as_bytes())
+}
+
+/// The parent key of a stage's first step on `FROM scratch`.
+pub fn scratch_root(platform: &kiln_oci::Platform) -> Digest {
+    Digest::sha256_of(format!("scratch {platform}").as_bytes())
+}
+
+/// The fixed parent a `COPY --link` layer's own key is computed on ([`Input::Link`]).
+pub fn link_root() -> Digest {
+    Digest::sha256_of(b"kiln COPY --link: no parent")
 }
 
 fn netstring(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -426,6 +442,18 @@ mod tests {
         assert_eq!(env.key(&parent).to_string(), "sha256:f049e50e9036e2aa904f31d5005e48bf7641efc9e8cb0f8a264b1612225a7a22");
     }
 
+    /// The roots chains start from; they are not versioned (a step's key is), so they stay fixed.
+    #[test]
+    fn golden_roots() {
+        let m = Digest::sha256_of(b"manifest");
+        assert_eq!(
+            image_root(&m, &platform()).to_string(),
+            format!("sha256:{}", Digest::sha256_of(format!("from {m} linux/amd64").as_bytes()).hex())
+        );
+        assert_eq!(scratch_root(&platform()).to_string(), "sha256:048cea675a49db586fc3f348f8d14d13696823ba4d67269e93f645d6e149a23c");
+        assert_eq!(link_root(), Digest::sha256_of(b"kiln COPY --link: no parent"));
+    }
+
     #[test]
     fn inputs_that_differ_only_in_escaping_get_different_keys() {
         let parent = Digest::sha256_of(b"p");
@@ -469,6 +497,7 @@ mod tests {
             "the command changed: was [\"make\"], now [\"make\", \"-j4\"]"
         );
         assert_eq!(d(Input::CopyFrom, Some("sha256:1"), Some("sha256:2")), "the stage or image it copies from changed");
+        assert_eq!(d(Input::Heredoc(1), Some(&list(&["a", "sha256:1"])), Some(&list(&["a", "sha256:2"]))), "heredoc source 1 changed");
         assert_eq!(d(Input::MountFrom(1), Some("sha256:1"), Some("sha256:2")), "the stage or image --mount 1 reads from changed");
     }
 }
