@@ -14,7 +14,7 @@ use std::fmt;
 use kiln_oci::Digest;
 use serde::Serialize;
 
-use crate::inputs::{describe_change, Input, StepInputs};
+use crate::inputs::{describe_change, is_current, Input, StepInputs};
 use crate::local::Record;
 
 /// One difference between a step that missed and the closest cached record.
@@ -53,20 +53,19 @@ pub struct Explanation {
 /// Explains the miss of a step (its `parent` key, expanded `instruction` and named `inputs`) against
 /// `records` (the local cache and any imported refs, together).
 ///
-/// A record holding an input name that [`Input::parse`] does not know was made by another key
-/// version (or another tool); diffing against it would name inputs no build of this kiln has, so it
-/// is never the closest.
+/// Only records of this key version ([`is_current`]: its key is the hash of its parent and inputs,
+/// every name one [`Input::parse`] knows) are candidates: diffing against another version's record
+/// would name inputs no build of this kiln has.
 pub fn explain_miss(parent: Option<&Digest>, instruction: &str, inputs: &StepInputs, records: &[Record]) -> Explanation {
     let now = inputs.as_map();
-    let best =
-        records.iter().filter(|r| r.parent.as_ref() == parent && r.inputs.keys().all(|n| Input::parse(n).is_some())).min_by_key(|r| {
-            (
-                r.instruction != instruction,
-                keyword(&r.instruction) != keyword(instruction),
-                input_changes(&r.inputs, now).len(),
-                Reverse(r.created),
-            )
-        });
+    let best = records.iter().filter(|r| r.parent.as_ref() == parent && is_current(r)).min_by_key(|r| {
+        (
+            r.instruction != instruction,
+            keyword(&r.instruction) != keyword(instruction),
+            input_changes(&r.inputs, now).len(),
+            Reverse(r.created),
+        )
+    });
     let Some(best) = best else {
         return Explanation { closest: None, changes: vec![Change::Parent] };
     };
@@ -119,9 +118,11 @@ mod tests {
         s
     }
 
-    fn rec(name: &str, parent: &str, instruction: &str, inputs: StepInputs, created: u64) -> Record {
+    /// A record as a build writes it: its key is the hash of its parent and inputs (`_name` only
+    /// says which record it is in the test).
+    fn rec(_name: &str, parent: &str, instruction: &str, inputs: StepInputs, created: u64) -> Record {
         Record {
-            key: key(name),
+            key: inputs.key(&key(parent)),
             parent: Some(key(parent)),
             instruction: instruction.into(),
             inputs: inputs.into_map(),
@@ -144,7 +145,7 @@ mod tests {
         ];
         let now = copy(&[(src(0, "src/main.c"), "sha256:dd"), (src(0, "Makefile"), "sha256:bb"), (src(0, "new.h"), "sha256:ee")]);
         let e = explain_miss(Some(&key("p")), "COPY . /src", &now, &records);
-        assert_eq!(e.closest, Some(key("copy-old")));
+        assert_eq!(e.closest.as_ref(), Some(&records[0].key));
         let lines: Vec<String> = e.changes.iter().map(ToString::to_string).collect();
         assert_eq!(lines, ["file new.h is new", "file src/main.c changed"]);
     }
@@ -154,7 +155,7 @@ mod tests {
         let run = |text: &str, v: &str| inputs(&format!("RUN command={text}"), &[(Input::Arg("VERSION".into()), v)]);
         let records = vec![rec("v1", "p", "RUN build", run("build", "1"), 10), rec("v2", "p", "RUN build", run("build", "2"), 20)];
         let e = explain_miss(Some(&key("p")), "RUN build", &run("build", "3"), &records);
-        assert_eq!(e.closest, Some(key("v2")), "ties go to the newest record");
+        assert_eq!(e.closest.as_ref(), Some(&records[1].key), "ties go to the newest record");
         assert_eq!(e.changes.len(), 1, "{:?}", e.changes);
         assert_eq!(e.changes[0].to_string(), "build arg VERSION changed: was \"2\", now \"3\"");
 
@@ -175,16 +176,27 @@ mod tests {
     }
 
     #[test]
-    fn records_with_names_no_build_makes_are_never_the_closest() {
-        // A record of another key version (version 1 wrote `file:PATH`) builds on the same parent.
-        let mut old = rec("old", "p", "COPY . /src", inputs("COPY", &[]), 99);
-        old.inputs.insert("file:a.txt".into(), "sha256:aa".into());
-        let current = rec("cur", "p", "COPY . /src", inputs("COPY", &[(src(0, "a.txt"), "sha256:aa")]), 1);
+    fn records_of_another_key_version_are_never_the_closest() {
         let now = inputs("COPY", &[(src(0, "a.txt"), "sha256:bb")]);
-        let e = explain_miss(Some(&key("p")), "COPY . /src", &now, &[old.clone(), current]);
-        assert_eq!(e.closest, Some(key("cur")));
+        let current = rec("cur", "p", "COPY . /src", inputs("COPY", &[(src(0, "a.txt"), "sha256:aa")]), 1);
+        // Version 1 wrote names this version does not make (`file:PATH`)…
+        let mut unknown_name = current.clone();
+        unknown_name.inputs.insert("file:a.txt".into(), "sha256:aa".into());
+        unknown_name.created = 99;
+        // … and names it does, hashed otherwise: its key is not the hash of its inputs.
+        let mut other_hash = rec("v1", "p", "COPY . /src", inputs("COPY", &[(src(0, "a.txt"), "sha256:bb")]), 99);
+        other_hash.key = key("kiln-cache-v1 …");
+        let old = [unknown_name, other_hash];
+        for r in &old {
+            assert!(!is_current(r), "{r:?}");
+        }
+        assert!(is_current(&current));
+        let mut all = old.to_vec();
+        all.push(current.clone());
+        let e = explain_miss(Some(&key("p")), "COPY . /src", &now, &all);
+        assert_eq!(e.closest.as_ref(), Some(&current.key));
         assert_eq!(e.changes.iter().map(ToString::to_string).collect::<Vec<_>>(), ["file a.txt changed"]);
-        let e = explain_miss(Some(&key("p")), "COPY . /src", &now, &[old]);
+        let e = explain_miss(Some(&key("p")), "COPY . /src", &now, &old);
         assert_eq!(e.changes, vec![Change::Parent]);
     }
 

@@ -205,15 +205,7 @@ impl StepInputs {
     }
 
     fn preimage(&self, parent: &Digest) -> Vec<u8> {
-        let mut b = Vec::with_capacity(256);
-        b.extend_from_slice(KEY_VERSION.as_bytes());
-        b.push(b'\n');
-        netstring(&mut b, parent.to_string().as_bytes());
-        for (k, v) in &self.map {
-            netstring(&mut b, k.as_bytes());
-            netstring(&mut b, v.as_bytes());
-        }
-        b
+        preimage(parent, &self.map)
     }
 
     /// The inputs by name, as a record stores them.
@@ -240,6 +232,26 @@ pub fn scratch_root(platform: &kiln_oci::Platform) -> Digest {
 /// The fixed parent a `COPY --link` layer's own key is computed on ([`Input::Link`]).
 pub fn link_root() -> Digest {
     Digest::sha256_of(b"kiln COPY --link: no parent")
+}
+
+fn preimage(parent: &Digest, inputs: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(256);
+    b.extend_from_slice(KEY_VERSION.as_bytes());
+    b.push(b'\n');
+    netstring(&mut b, parent.to_string().as_bytes());
+    for (k, v) in inputs {
+        netstring(&mut b, k.as_bytes());
+        netstring(&mut b, v.as_bytes());
+    }
+    b
+}
+
+/// Whether `record`'s key is what this key version computes from its parent and inputs: false for
+/// a record of another version (or another tool), which names inputs differently or hashed them
+/// otherwise and so cannot be diffed against a step of this build.
+pub fn is_current(record: &crate::Record) -> bool {
+    let Some(parent) = &record.parent else { return false };
+    record.inputs.keys().all(|n| Input::parse(n).is_some()) && Digest::sha256_of(&preimage(parent, &record.inputs)) == record.key
 }
 
 fn netstring(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -281,12 +293,13 @@ pub fn decode_list(v: &str) -> Option<Vec<String>> {
 }
 
 /// Canonical text of a typed value with named fields: `KIND name=value name=value…`, where a
-/// string is a netstring, an absent value `-`, a list a [`list`], a flag `true`/`false` and a
-/// number its decimal digits.
+/// string is a netstring, an absent string or number `-`, a list a [`list`], a flag
+/// `true`/`false`, a number its decimal digits and a word one of a closed set the writer chose.
 ///
-/// The writer of each kind fixes its field names and their order, every variable part is
-/// self-delimiting, and a value starts with a digit, `[`, `-`, `t`, `f` or (nested) a kind word,
-/// so two different values of one kind never give the same text. Readable enough for a record.
+/// The writer of each kind fixes its field names and their order, and every value is
+/// self-delimiting (a netstring or list carries its length; `-`, a flag, a number or a word runs to
+/// the next space or the end, and holds none), so two different values of one kind never give the
+/// same text. Readable enough for a record.
 #[derive(Debug, Clone)]
 pub struct Canon(String);
 

@@ -296,6 +296,16 @@ mod tests {
         let one = Instruction::Env(vec![("A".into(), "1,1:B,1:2".into())]);
         let two = Instruction::Env(vec![("A".into(), "1".into()), ("B".into(), "2".into())]);
         assert_ne!(instruction(&one), instruction(&two));
+        // A RUN whose command holds a backslash and an `n` against one that holds a newline (version
+        // 1 wrote both as `\n`).
+        let run = |s: &str| {
+            let r = Run { command: CommandLine::Shell(s.into()), heredocs: Vec::new(), mounts: Vec::new(), network: None, security: None };
+            instruction(&Instruction::Run(r))
+        };
+        assert_ne!(run("printf 'a\\nb'"), run("printf 'a\nb'"));
+        let platform = kiln_oci::Platform::parse("linux/amd64").unwrap();
+        let key = |text: String| kiln_cache::StepInputs::new(text, &platform).key(&kiln_oci::Digest::sha256_of(b"p"));
+        assert_ne!(key(run("printf 'a\\nb'")), key(run("printf 'a\nb'")));
         // Exec form with one word against shell form with the same text.
         let exec = Instruction::Cmd(CommandLine::Exec(vec!["echo hi".into()]));
         let shell = Instruction::Cmd(CommandLine::Shell("echo hi".into()));
