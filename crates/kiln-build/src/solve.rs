@@ -1,26 +1,30 @@
 //! The solver: walks the resolved stages step by step, reusing cached results and running the rest.
+//!
+//! Each step is first planned ([`plan::plan_step`], pure: its key inputs and its action), then
+//! looked up in the caches, and on a miss executed: RUN in [`run`], COPY/ADD and WORKDIR in
+//! [`copy`], config-only steps in [`meta`]. This module owns the walk, the cache lookups, the
+//! snapshots and the records.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use kiln_cache::inputs::{self, Input, StepInputs};
+use kiln_cache::inputs::{self, StepInputs};
 use kiln_cache::{CacheSource, LayerRecord, LocalCache, Record};
-use kiln_dockerfile::instructions::{
-    CommandLine, Copy, CopySource, Healthcheck, Instruction, Location, Mount, MountType, ResolvedStage, Sharing, Source, Step,
-};
+use kiln_dockerfile::instructions::{Location, ResolvedStage, Source, Step};
 use kiln_oci::layer::{write_layer_from_overlay_upper, write_layer_to_store, WriteOptions};
 use kiln_oci::{Digest, History, Store};
-use kiln_sandbox::{Sandbox, Spec, Stream};
+use kiln_sandbox::Sandbox;
 
 use crate::base::{self, BaseImage};
-use crate::context::{Context, Entry, Kind};
-use crate::copy::{self, Attrs, SourceRoot};
+use crate::context::Context;
 use crate::error::BuildError;
 use crate::snapshot::{chain_ids, remove_tree, Mounted, Snapshotter};
-use crate::state::{set_env, ImageState, LayerRef};
+use crate::state::{ImageState, LayerRef};
 use crate::{BuildOptions, CacheStatus, Progress, StepReport};
+use copy::Downloads;
+use plan::{Action, CopyPlan, PlanContext};
 
 /// Everything one build shares across stages.
 pub(crate) struct Solver<'a> {
@@ -54,6 +58,10 @@ pub(crate) struct Solver<'a> {
 }
 
 mod canon;
+mod copy;
+mod meta;
+mod plan;
+mod run;
 
 fn at(loc: &Location) -> String {
     format!("{}:{}", loc.file, loc.start_line)
@@ -144,9 +152,7 @@ impl<'a> Solver<'a> {
         // so that a stage running beside this one does not explain its misses against them.
         for rec in self.used[first_record..].iter().filter(|r| r.layer.is_none()) {
             if self.cache.get(&rec.key).is_none() {
-                if let Err(e) = self.cache.put(rec) {
-                    self.progress.warn(&format!("could not write the local cache: {e}"));
-                }
+                self.put_local(rec);
             }
         }
         Ok(state)
@@ -172,78 +178,54 @@ impl<'a> Solver<'a> {
         let started = Instant::now();
         let text = step.original.trim().to_string();
         self.progress.step_started(stage, &text);
-        let mut inputs = StepInputs::new(canon::instruction(&step.instruction), &state.platform);
-        let status = match &step.instruction {
-            Instruction::Run(run) => {
-                self.run_inputs(step, run, state, &mut inputs)?;
-                self.layer_step(stage, step, state, inputs, |this, mounted, state| this.exec_run(step, run, mounted, state))?
+        let from = match &step.copy_from {
+            Some(src) => Some(self.source_layers(step, src)?),
+            None => None,
+        };
+        let downloads = self.download(step)?;
+        let cx = PlanContext {
+            files: self.context,
+            copy_from: from.as_deref().map(chain_key),
+            mount_from: self.mount_keys(step)?,
+            urls: downloads.digests(),
+        };
+        let plan = plan::plan_step(step, state, &cx)?;
+        let status = match plan.action {
+            Action::Run(run) => {
+                self.layer_step(step, state, plan.inputs, |this, mounted, state| this.exec_run(step, &run, mounted, state))?
             }
-            Instruction::Copy(c) if c.link => {
-                let plan = self.copy_inputs(step, c, state, &mut inputs)?;
-                self.link_step(stage, step, c, plan, state, inputs)?
+            Action::Copy(copy) => self.layer_step(step, state, plan.inputs, |this, mounted, state| {
+                this.exec_copy(step, &copy, from.as_deref(), &downloads, mounted, state)
+            })?,
+            Action::Link { layer, copy } => self.link_step(step, copy, from.as_deref(), &downloads, state, layer, plan.inputs)?,
+            Action::Workdir { dir, user } => {
+                state.runtime().working_dir = Some(dir.clone());
+                // A layer only when something was missing.
+                self.layer_step(step, state, plan.inputs, |this, mounted, _state| this.exec_workdir(step, &dir, &user, mounted))?
             }
-            Instruction::Copy(c) => {
-                let plan = self.copy_inputs(step, c, state, &mut inputs)?;
-                self.layer_step(stage, step, state, inputs, move |this, mounted, state| this.exec_copy(step, c, &plan, mounted, state))?
-            }
-            Instruction::Workdir(_) => {
-                let wd = step.workdir.clone();
-                state.runtime().working_dir = Some(wd.clone());
-                let user = state.user();
-                inputs.set(Input::User, user.clone());
-                inputs.set(Input::Workdir, wd.clone());
-                // WORKDIR creates the directory, owned by the current USER as BuildKit does; a layer
-                // only when something was missing.
-                self.layer_step(stage, step, state, inputs, move |_this, mounted, _state| {
-                    let e = |m: String| BuildError::step(at(&step.location), m);
-                    let root = kiln_oci::fsroot::RootDir::open(&mounted.merged).map_err(|err| e(err.to_string()))?;
-                    let mut attrs = Attrs::default();
-                    if !user.is_empty() {
-                        let passwd = fs::read_to_string(mounted.merged.join("etc/passwd")).ok();
-                        let group = fs::read_to_string(mounted.merged.join("etc/group")).ok();
-                        let id = kiln_sandbox::user::resolve(&user, passwd.as_deref(), group.as_deref())
-                            .map_err(|err| e(format!("USER {user}: {err}")))?;
-                        attrs.chown = Some((id.uid, id.gid));
-                    }
-                    copy::make_dirs(&root, Path::new(&wd), attrs)
-                })?
-            }
-            _ => {
-                apply_meta(step, state);
-                let key = inputs.key(&state.key);
-                // A config-only step can be the first thing that changed (an ENV, a LABEL): it is
-                // explained like any miss (and its record kept locally when the stage is done).
-                if !self.opts.no_cache && !self.sources.iter().any(|c| c.lookup(&key).is_some()) {
-                    self.note_miss(&state.key.clone(), &text, &inputs);
-                }
-                let mut rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), inputs.into_map(), None);
-                rec.created = state.created;
-                self.used.push(rec);
-                state.key = key;
-                state.history.push(History {
-                    created: Some(crate::time::rfc3339(state.created)),
-                    created_by: Some(text.clone()),
-                    empty_layer: Some(true),
-                    ..History::default()
-                });
-                CacheStatus::None
-            }
+            Action::Meta => self.meta_step(step, state, plan.inputs, &text),
         };
         let p = state.platform.clone();
         self.report(stage, &p, &text, status, started.elapsed().as_secs_f64());
         Ok(())
     }
 
+    /// What each `RUN --mount=…,from=` source is keyed by: a stage by its key, an image by its
+    /// layers (as for COPY --from: the same tag may name new content).
+    fn mount_keys(&mut self, step: &Step) -> Result<Vec<Option<String>>, BuildError> {
+        let mut keys = Vec::new();
+        for s in &step.mount_sources {
+            keys.push(match s {
+                None => None,
+                Some(Source::Stage(ix)) => Some(self.stages.get(ix).map(|st| st.key.to_string()).unwrap_or_default()),
+                Some(src) => Some(chain_key(&self.source_layers(step, src)?)),
+            });
+        }
+        Ok(keys)
+    }
     /// A step that may add a layer: look up the cache; on a miss mount the parent's snapshot, let
     /// `exec` change the root, and turn the upper dir into a layer.
-    fn layer_step<F>(
-        &mut self,
-        _stage: &str,
-        step: &Step,
-        state: &mut ImageState,
-        inputs: StepInputs,
-        exec: F,
-    ) -> Result<CacheStatus, BuildError>
+    fn layer_step<F>(&mut self, step: &Step, state: &mut ImageState, inputs: StepInputs, exec: F) -> Result<CacheStatus, BuildError>
     where
         F: FnOnce(&mut Self, &Mounted, &ImageState) -> Result<(), BuildError>,
     {
@@ -272,13 +254,9 @@ impl<'a> Solver<'a> {
         exec(self, &mounted, state)?;
         let layer = if self.snaps.is_native() { self.native_layer(&mounted, state)? } else { self.overlay_layer(&mut mounted, state)? };
         drop(mounted);
-        let rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), inputs.into_map(), layer);
-        if let Err(e) = self.cache.put(&rec) {
-            self.progress.warn(&format!("could not write the local cache: {e}"));
-        }
-        self.apply_record(&rec, state, &text);
-        self.used.push(rec);
-        state.key = key;
+        let rec = Record::new(key, Some(state.key.clone()), text.clone(), inputs.into_map(), layer);
+        self.put_local(&rec);
+        self.commit_record(rec, state, &text);
         Ok(CacheStatus::Miss)
     }
 
@@ -295,14 +273,10 @@ impl<'a> Solver<'a> {
                     self.remote_layers.insert(l.descriptor.digest.clone(), (i, rec.clone()));
                 }
             }
-            if let Err(e) = self.cache.put(&rec) {
-                self.progress.warn(&format!("could not write the local cache: {e}"));
-            }
+            self.put_local(&rec);
             CacheStatus::HitRegistry
         };
-        self.apply_record(&rec, state, text);
-        self.used.push(rec);
-        state.key = key.clone();
+        self.commit_record(rec, state, text);
         Some(status)
     }
 
@@ -310,21 +284,19 @@ impl<'a> Solver<'a> {
     /// made on an empty root, so neither its content nor its cache key depends on the layers below.
     /// A change to an earlier step then re-uses the layer instead of copying again (two records:
     /// the layer's own, keyed without the parent, and the step's place in this chain).
+    #[allow(clippy::too_many_arguments)]
     fn link_step(
         &mut self,
-        stage: &str,
         step: &Step,
-        c: &Copy,
-        plan: CopyPlan,
+        copy: CopyPlan<'_>,
+        from: Option<&[LayerRef]>,
+        downloads: &Downloads,
         state: &mut ImageState,
+        layer_inputs: StepInputs,
         inputs: StepInputs,
     ) -> Result<CacheStatus, BuildError> {
         let text = step.original.trim().to_string();
-        let no_parent = inputs::link_root();
-        let layer_key = inputs.key(&no_parent);
-        let mut joined_inputs = StepInputs::default();
-        joined_inputs.set(Input::Link, layer_key.to_string());
-        let key = joined_inputs.key(&state.key);
+        let key = inputs.key(&state.key);
         if !self.opts.no_cache {
             if let Some(hit) = self.cached(&key, state, &text) {
                 return Ok(hit);
@@ -332,32 +304,25 @@ impl<'a> Solver<'a> {
         }
         // `--chown=name` is looked up in the image being built, as without --link: the empty root
         // has no /etc/passwd.
-        let mut c = c.clone();
+        let mut c = copy.copy.clone();
         if let Some(ch) = c.chown.clone().filter(|ch| ch.split(':').any(|p| p.parse::<u32>().is_err())) {
-            self.ensure_local(&state.layers)?;
-            let lowers = self.snaps.lowers(self.store, &state.layers)?;
-            let m = self.snaps.mount(&lowers, false)?;
-            let passwd = fs::read_to_string(m.merged.join("etc/passwd")).ok();
-            let group = fs::read_to_string(m.merged.join("etc/group")).ok();
+            let m = self.mount_layers(&state.layers, false)?;
+            let id = lookup_user(&m.merged, &ch);
             drop(m);
-            let id = kiln_sandbox::user::resolve(&ch, passwd.as_deref(), group.as_deref())
-                .map_err(|err| BuildError::step(at(&step.location), format!("--chown={ch}: {err}")))?;
+            let id = id.map_err(|err| BuildError::step(at(&step.location), format!("--chown={ch}: {err}")))?;
             c.chown = Some(format!("{}:{}", id.uid, id.gid));
         }
-        let mut alone = ImageState { layers: Vec::new(), history: Vec::new(), key: no_parent, ..state.clone() };
+        let copy = CopyPlan { copy: &c, items: copy.items };
+        let mut alone = ImageState { layers: Vec::new(), history: Vec::new(), key: inputs::link_root(), ..state.clone() };
         let status =
-            self.layer_step(stage, step, &mut alone, inputs, move |this, mounted, st| this.exec_copy(step, &c, &plan, mounted, st))?;
+            self.layer_step(step, &mut alone, layer_inputs, |this, mounted, st| this.exec_copy(step, &copy, from, downloads, mounted, st))?;
         let layer = alone.layers.first().map(|l| LayerRecord { descriptor: l.descriptor.clone(), diff_id: l.diff_id.clone() });
-        let mut rec = Record::new(key.clone(), Some(state.key.clone()), text.clone(), joined_inputs.into_map(), layer);
+        let mut rec = Record::new(key, Some(state.key.clone()), text.clone(), inputs.into_map(), layer);
         if let Some(inner) = self.used.last() {
             rec.created = inner.created;
         }
-        if let Err(e) = self.cache.put(&rec) {
-            self.progress.warn(&format!("could not write the local cache: {e}"));
-        }
-        self.apply_record(&rec, state, &text);
-        self.used.push(rec);
-        state.key = key;
+        self.put_local(&rec);
+        self.commit_record(rec, state, &text);
         Ok(status)
     }
 
@@ -478,270 +443,29 @@ impl<'a> Solver<'a> {
             ..History::default()
         });
     }
-
-    /// RUN's argv: exec form as is; shell form through SHELL; a heredoc script inline, as BuildKit
-    /// hands it to the shell.
-    fn run_argv(&self, run: &kiln_dockerfile::instructions::Run, state: &ImageState) -> Vec<String> {
-        match &run.command {
-            CommandLine::Exec(v) => v.clone(),
-            CommandLine::Shell(s) => {
-                let mut script = s.clone();
-                let only_heredoc = run.heredocs.len() == 1 && is_bare_heredoc(s);
-                if only_heredoc {
-                    script = run.heredocs[0].effective_content();
-                } else {
-                    for h in &run.heredocs {
-                        script.push('\n');
-                        script.push_str(&h.content);
-                        script.push_str(&h.name);
-                    }
-                }
-                let mut argv = state.shell.clone();
-                argv.push(script);
-                argv
-            }
+    /// Keeps `rec` in the local cache; a failure is a warning (the cache is an accelerator).
+    fn put_local(&self, rec: &Record) {
+        if let Err(e) = self.cache.put(rec) {
+            self.progress.warn(&format!("could not write the local cache: {e}"));
         }
     }
 
-    /// RUN's environment: the image's ENV with the stage's variables (ENV and ARG in one scope, the
-    /// later assignment winning, as BuildKit does) laid over it.
-    fn run_env(&self, step: &Step, state: &ImageState) -> Vec<String> {
-        let mut env = state.env();
-        for (k, v) in &step.vars {
-            set_env(&mut env, k, v);
-        }
-        env
+    /// The end of every step that has a record: the record applied to `state` (its layer, its
+    /// history), used by this build, and its key the stage's new key.
+    fn commit_record(&mut self, rec: Record, state: &mut ImageState, text: &str) {
+        self.apply_record(&rec, state, text);
+        state.key = rec.key.clone();
+        self.used.push(rec);
     }
 
-    /// RUN's inputs: the argv, every variable the process sees, user, workdir and each mount (its
-    /// spec, and what it reads: context files or another stage's or image's layers).
-    fn run_inputs(
-        &mut self,
-        step: &Step,
-        run: &kiln_dockerfile::instructions::Run,
-        state: &ImageState,
-        inputs: &mut StepInputs,
-    ) -> Result<(), BuildError> {
-        inputs.set(Input::Run, inputs::list(&self.run_argv(run, state)));
-        let image_env = state.env();
-        for e in self.run_env(step, state) {
-            let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
-            // A value a build ARG gave (and ENV did not) is a build arg, so that a miss says so.
-            let from_arg = step.args.iter().any(|(a, av)| a == k && av == v) && !image_env.contains(&e);
-            inputs.set(if from_arg { Input::Arg(k.to_string()) } else { Input::Env(k.to_string()) }, v);
-        }
-        inputs.set(Input::User, state.user());
-        inputs.set(Input::Workdir, state.workdir());
-        for (i, m) in step.mounts.iter().enumerate() {
-            inputs.set(Input::Mount(i), canon::mount(m));
-            if m.kind == MountType::Bind && m.from.is_none() {
-                inputs.set(Input::MountContent(i), self.context_digest(m.source.as_deref().unwrap_or("/"))?.to_string());
-            }
-        }
-        for (i, s) in step.mount_sources.iter().enumerate() {
-            let from = match s {
-                None => continue,
-                Some(Source::Stage(ix)) => self.stages.get(ix).map(|st| st.key.to_string()).unwrap_or_default(),
-                // An image is its layers, as for COPY --from: the same tag may name new content.
-                Some(src) => {
-                    let layers = self.source_layers(step, src)?;
-                    let ids: Vec<&Digest> = layers.iter().map(|l| &l.diff_id).collect();
-                    chain_ids(&ids).pop().map(|d| d.to_string()).unwrap_or_default()
-                }
-            };
-            inputs.set(Input::MountFrom(i), from);
-        }
-        Ok(())
+    /// A read-only (or writable) root of `layers`, fetching the ones only an imported cache has.
+    pub(super) fn mount_layers(&mut self, layers: &[LayerRef], writable: bool) -> Result<Mounted, BuildError> {
+        self.ensure_local(layers)?;
+        let lowers = self.snaps.lowers(self.store, layers)?;
+        self.snaps.mount(&lowers, writable)
     }
 
-    /// A context source's entries, less what `--exclude` names (patterns in `.dockerignore` syntax,
-    /// matched against the path inside the source and against the path in the context).
-    fn context_entries(&self, rel: &str, c: &Copy) -> Result<Vec<Entry>, BuildError> {
-        let entries = self.context.walk(rel)?;
-        if c.exclude.is_empty() {
-            return Ok(entries);
-        }
-        let m = kiln_dockerfile::dockerignore::Matcher::new(&c.exclude).map_err(|e| BuildError::Usage(format!("--exclude: {e}")))?;
-        Ok(entries
-            .into_iter()
-            .enumerate()
-            .filter(|(i, e)| {
-                let inner = e.rel.strip_prefix(rel).unwrap_or(&e.rel).trim_start_matches('/');
-                *i == 0 || !(m.matches(&e.rel) || (!inner.is_empty() && m.matches(inner)))
-            })
-            .map(|(_, e)| e)
-            .collect())
-    }
-
-    fn context_digest(&self, rel: &str) -> Result<Digest, BuildError> {
-        let rel = crate::context::clean_rel(rel).unwrap_or_default();
-        let entries = self.context.walk(&rel)?;
-        let mut s = String::new();
-        for e in &entries {
-            s.push_str(&self.entry_line(e, true)?);
-        }
-        Ok(Digest::sha256_of(s.as_bytes()))
-    }
-
-    fn entry_line(&self, e: &Entry, from_context: bool) -> Result<String, BuildError> {
-        let content = match &e.kind {
-            Kind::File { .. } if from_context => self.context.file_digest(&e.rel)?.to_string(),
-            Kind::File { size } => format!("size={size}"),
-            Kind::Dir => "dir".to_string(),
-            Kind::Symlink { target } => format!("-> {target}"),
-        };
-        Ok(canon::listing_entry(&e.rel, e.mode, &content))
-    }
-
-    fn exec_run(
-        &mut self,
-        step: &Step,
-        run: &kiln_dockerfile::instructions::Run,
-        mounted: &Mounted,
-        state: &ImageState,
-    ) -> Result<(), BuildError> {
-        // A foreign platform's binaries run through binfmt_misc (qemu-user-static); say how to get it.
-        if let Some(arch) = kiln_sandbox::arch::Arch::from_oci(&state.platform.architecture) {
-            if !arch.runs_natively_on(kiln_sandbox::arch::Arch::host()) {
-                kiln_sandbox::arch::ensure_runnable(arch, std::path::Path::new(kiln_sandbox::arch::BINFMT_DIR))
-                    .map_err(|e| BuildError::step(at(&step.location), format!("cannot run {} binaries: {e}", state.platform)))?;
-            }
-        }
-        let mut spec = Spec::new(&mounted.merged, self.run_argv(run, state));
-        spec.env = self.run_env(step, state);
-        spec.user = state.user();
-        spec.workdir = PathBuf::from(state.workdir());
-        if matches!(run.network, Some(kiln_dockerfile::instructions::Network::None)) {
-            spec.network = kiln_sandbox::Network::None;
-        }
-        let mut holds = StepHolds::default();
-        for (m, src) in step.mounts.iter().zip(step.mount_sources.iter()) {
-            if let Some(sm) = self.sandbox_mount(step, m, src.as_ref(), state, &mut holds)? {
-                spec.mounts.push(sm);
-            }
-        }
-        let progress = self.progress;
-        let text = step.original.trim().to_string();
-        let outcome = self
-            .sandbox
-            .run(&spec, &mut |_s: Stream, line: &[u8]| progress.output(&text, line))
-            .map_err(|e| BuildError::step(at(&step.location), format!("{text}: {e}")))?;
-        drop(holds);
-        if !outcome.success() {
-            let mut msg = format!("`{}` failed: {} ({})", text, outcome.status, outcome.command);
-            if !outcome.tail.is_empty() {
-                msg.push_str("\nlast lines of output:\n");
-                for l in &outcome.tail {
-                    msg.push_str("  ");
-                    msg.push_str(l);
-                    msg.push('\n');
-                }
-            }
-            return Err(BuildError::step(at(&step.location), msg.trim_end().to_string()));
-        }
-        Ok(())
-    }
-
-    fn sandbox_mount(
-        &mut self,
-        step: &Step,
-        m: &Mount,
-        src: Option<&Source>,
-        state: &ImageState,
-        holds: &mut StepHolds,
-    ) -> Result<Option<kiln_sandbox::Mount>, BuildError> {
-        let StepHolds { mounts: keep, locks, scratch } = holds;
-        let wd = state.workdir();
-        let target = if m.target.starts_with('/') { PathBuf::from(&m.target) } else { Path::new(&wd).join(&m.target) };
-        if m.kind != MountType::Secret && m.kind != MountType::Ssh && (target.as_os_str().is_empty() || target == Path::new("/")) {
-            return Err(BuildError::step(at(&step.location), format!("invalid --mount target {:?}: give target=PATH (not /)", m.target)));
-        }
-        Ok(Some(match m.kind {
-            MountType::Tmpfs => kiln_sandbox::Mount::Tmpfs { target, size_bytes: m.size },
-            MountType::Cache => {
-                let id = m.id.clone().unwrap_or_else(|| m.target.clone());
-                let dir = self.opts.root.join("cache").join("mounts").join(Digest::sha256_of(id.as_bytes()).hex());
-                fs::create_dir_all(&dir).map_err(|e| BuildError::Io { action: "create cache mount", path: dir.clone(), source: e })?;
-                let source = match m.sharing {
-                    Sharing::Shared => dir,
-                    // locked: one step at a time, across builds (flock on a file beside the dir).
-                    Sharing::Locked => {
-                        locks.push(lock_file(&dir, true)?.ok_or_else(|| BuildError::Snapshot("cache mount lock".into()))?);
-                        dir
-                    }
-                    // private: the shared dir when it is free, else a fresh one for this step alone.
-                    Sharing::Private => match lock_file(&dir, false)? {
-                        Some(l) => {
-                            locks.push(l);
-                            dir
-                        }
-                        None => {
-                            let d = self.snaps.temp_dir("private-cache")?;
-                            scratch.push(d.clone());
-                            d
-                        }
-                    },
-                };
-                if let (Some(u), Some(g)) = (m.uid, m.gid) {
-                    let _ = std::os::unix::fs::chown(&source, Some(u), Some(g));
-                }
-                if let Some(mode) = m.mode {
-                    let _ = fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(mode));
-                }
-                kiln_sandbox::Mount::Cache { source, target }
-            }
-            MountType::Secret => {
-                let id =
-                    m.id.clone()
-                        .unwrap_or_else(|| Path::new(&m.target).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
-                let Some(path) = self.opts.secrets.get(&id) else {
-                    if m.required {
-                        return Err(BuildError::step(
-                            at(&step.location),
-                            format!("secret {id:?} is required: pass --secret id={id},src=PATH"),
-                        ));
-                    }
-                    return Ok(None);
-                };
-                let target = if m.target.is_empty() { None } else { Some(target) };
-                kiln_sandbox::Mount::Secret {
-                    id,
-                    source: path.clone(),
-                    target,
-                    mode: m.mode,
-                    uid: m.uid.unwrap_or(0),
-                    gid: m.gid.unwrap_or(0),
-                }
-            }
-            MountType::Bind => {
-                let source_rel = m.source.clone().unwrap_or_else(|| "/".to_string());
-                let host = match src {
-                    None => {
-                        let rel = crate::context::clean_rel(&source_rel).ok_or_else(|| {
-                            BuildError::step(at(&step.location), format!("--mount source {source_rel:?} is outside the build context"))
-                        })?;
-                        self.context.root().join(rel)
-                    }
-                    Some(s) => {
-                        let layers = self.source_layers(step, s)?;
-                        self.ensure_local(&layers)?;
-                        let lowers = self.snaps.lowers(self.store, &layers)?;
-                        let mnt = self.snaps.mount(&lowers, false)?;
-                        let root = mnt.merged.clone();
-                        keep.push(mnt);
-                        kiln_oci::fsroot::safe_join(&root, Path::new(&source_rel), true)
-                            .map_err(|e| BuildError::step(at(&step.location), e.to_string()))?
-                    }
-                };
-                kiln_sandbox::Mount::Bind { source: host, target, readonly: m.readonly }
-            }
-            MountType::Ssh => {
-                return Err(BuildError::step(at(&step.location), "RUN --mount=type=ssh is not supported by kiln yet"));
-            }
-        }))
-    }
-
-    fn source_layers(&mut self, step: &Step, s: &Source) -> Result<Vec<LayerRef>, BuildError> {
+    pub(super) fn source_layers(&mut self, step: &Step, s: &Source) -> Result<Vec<LayerRef>, BuildError> {
         Ok(match s {
             Source::Stage(i) => {
                 self.stages.get(i).ok_or_else(|| BuildError::step(at(&step.location), format!("stage {i} is not built")))?.layers.clone()
@@ -754,393 +478,21 @@ impl<'a> Solver<'a> {
             Source::Scratch => Vec::new(),
         })
     }
-
-    /// Resolves COPY's sources and puts their content into the key.
-    fn copy_inputs(&mut self, step: &Step, c: &Copy, state: &ImageState, inputs: &mut StepInputs) -> Result<CopyPlan, BuildError> {
-        let mut plan = CopyPlan { items: Vec::new(), from: None };
-        if let Some(src) = &step.copy_from {
-            let layers = self.source_layers(step, src)?;
-            let ids: Vec<&Digest> = layers.iter().map(|l| &l.diff_id).collect();
-            let chain = chain_ids(&ids).pop().map(|d| d.to_string()).unwrap_or_default();
-            inputs.set(Input::CopyFrom, chain);
-            plan.from = Some(layers);
-        }
-        for (i, s) in c.sources.iter().enumerate() {
-            match s {
-                CopySource::Heredoc(h) => {
-                    let body = Digest::sha256_of(h.effective_content().as_bytes());
-                    inputs.set(Input::Heredoc(i), inputs::list(&[h.name.clone(), body.to_string()]));
-                    plan.items.push(CopyItem::Heredoc(h.name.clone(), h.effective_content()));
-                }
-                CopySource::Path(p) if c.add && (p.starts_with("http://") || p.starts_with("https://")) => {
-                    // The content decides the key, as in BuildKit: fetch now, verify --checksum.
-                    let dir = self.snaps.temp_dir("add-url")?;
-                    let name = url_file_name(p);
-                    let file = dir.join(&name);
-                    let digest = fetch_url(p, &file).map_err(|m| BuildError::step(at(&step.location), format!("ADD {p}: {m}")))?;
-                    if let Some(want) = &c.checksum {
-                        if want != &digest.to_string() {
-                            remove_tree(&dir);
-                            return Err(BuildError::step(
-                                at(&step.location),
-                                format!("ADD {p}: --checksum {want} does not match the download ({digest})"),
-                            ));
-                        }
-                    }
-                    inputs.set(Input::Source(i, p.clone()), digest.to_string());
-                    plan.items.push(CopyItem::Url(dir, name));
-                }
-                CopySource::Path(p) if plan.from.is_none() => {
-                    let matches =
-                        self.context.expand_source(p).map_err(|m| BuildError::step(at(&step.location), format!("COPY failed: {m}")))?;
-                    for rel in matches {
-                        let entries = self.context_entries(&rel, c)?;
-                        let mut s = String::new();
-                        for e in &entries {
-                            s.push_str(&self.entry_line(e, true)?);
-                        }
-                        inputs.set(Input::Source(i, rel.clone()), Digest::sha256_of(s.as_bytes()).to_string());
-                        plan.items.push(CopyItem::Context(rel));
-                    }
-                }
-                CopySource::Path(p) => {
-                    inputs.set(Input::FromPath(i), p.clone());
-                    plan.items.push(CopyItem::Stage(p.clone()));
-                }
-            }
-        }
-        inputs.set(Input::User, state.user());
-        inputs.set(Input::Workdir, state.workdir());
-        Ok(plan)
-    }
-
-    fn exec_copy(&mut self, step: &Step, c: &Copy, plan: &CopyPlan, mounted: &Mounted, state: &ImageState) -> Result<(), BuildError> {
-        let e = |m: String| BuildError::step(at(&step.location), m);
-        let wd = state.workdir();
-        let dest = if c.dest.starts_with('/') { c.dest.clone() } else { format!("{}/{}", wd.trim_end_matches('/'), c.dest) };
-        let mut attrs = Attrs::default();
-        if let Some(ch) = &c.chown {
-            let passwd = fs::read_to_string(mounted.merged.join("etc/passwd")).ok();
-            let group = fs::read_to_string(mounted.merged.join("etc/group")).ok();
-            let id =
-                kiln_sandbox::user::resolve(ch, passwd.as_deref(), group.as_deref()).map_err(|err| e(format!("--chown={ch}: {err}")))?;
-            attrs.chown = Some((id.uid, id.gid));
-        }
-        if let Some(m) = &c.chmod {
-            attrs.chmod = Some(u32::from_str_radix(m, 8).map_err(|_| e(format!("--chmod={m}: expected an octal mode such as 0755")))?);
-        }
-        let many = plan.items.len() > 1;
-        let dest_is_dir = c.dest.ends_with('/') || many;
-        // Sources from another stage or image are read from a read-only overlay of its layers.
-        let src_mount = match &plan.from {
-            Some(layers) => {
-                self.ensure_local(layers)?;
-                let lowers = self.snaps.lowers(self.store, layers)?;
-                Some(self.snaps.mount(&lowers, false)?)
-            }
-            None => None,
-        };
-        let tmp_heredocs = self.snaps.temp_dir("heredoc")?;
-        let result = (|| {
-            // Heredoc bodies become files in a temp dir first, so the sources below can borrow it.
-            for (i, item) in plan.items.iter().enumerate() {
-                if let CopyItem::Heredoc(name, content) = item {
-                    let d = tmp_heredocs.join(i.to_string());
-                    fs::create_dir_all(&d).map_err(|err| e(err.to_string()))?;
-                    fs::write(d.join(name), content).map_err(|err| e(err.to_string()))?;
-                }
-            }
-            let heredoc_dirs: Vec<PathBuf> = (0..plan.items.len()).map(|i| tmp_heredocs.join(i.to_string())).collect();
-            let mut sources = Vec::new();
-            for (i, item) in plan.items.iter().enumerate() {
-                match item {
-                    CopyItem::Context(rel) => {
-                        let entries = self.context_entries(rel, c)?;
-                        if c.add && entries.len() == 1 && c.unpack != Some(false) {
-                            let host = self.context.host_path(rel);
-                            if is_archive(&host) {
-                                unpack_into(&mounted.merged, &dest, &host).map_err(|m| e(format!("ADD {rel}: {m}")))?;
-                                continue;
-                            }
-                        }
-                        sources.push(copy::Source {
-                            root: SourceRoot { dir: self.context.root(), keep_owner: false },
-                            rel: rel.clone(),
-                            entries,
-                            parents: c.parents,
-                        });
-                    }
-                    CopyItem::Stage(p) => {
-                        let Some(m) = &src_mount else { continue };
-                        let (_, entries) =
-                            copy::walk_root(&m.merged, p.trim_start_matches('/')).map_err(|err| e(format!("COPY --from: {err}")))?;
-                        let rel = entries.first().map(|x| x.rel.clone()).unwrap_or_default();
-                        sources.push(copy::Source { root: SourceRoot { dir: &m.merged, keep_owner: true }, rel, entries, parents: false });
-                    }
-                    CopyItem::Url(dir, name) => {
-                        let meta = fs::metadata(dir.join(name)).map_err(|err| e(err.to_string()))?;
-                        let entry = Entry { rel: name.clone(), kind: Kind::File { size: meta.len() }, mode: 0o600, uid: 0, gid: 0 };
-                        sources.push(copy::Source {
-                            root: SourceRoot { dir, keep_owner: false },
-                            rel: name.clone(),
-                            entries: vec![entry],
-                            parents: false,
-                        });
-                    }
-                    CopyItem::Heredoc(name, content) => {
-                        let entry =
-                            Entry { rel: name.clone(), kind: Kind::File { size: content.len() as u64 }, mode: 0o644, uid: 0, gid: 0 };
-                        sources.push(copy::Source {
-                            root: SourceRoot { dir: &heredoc_dirs[i], keep_owner: false },
-                            rel: name.clone(),
-                            entries: vec![entry],
-                            parents: false,
-                        });
-                    }
-                }
-            }
-            copy::copy_into(&mounted.merged, &sources, &dest, dest_is_dir, attrs)
-        })();
-        remove_tree(&tmp_heredocs);
-        drop(src_mount);
-        result
-    }
 }
 
-/// What a COPY reads, resolved before its key is computed.
-pub(crate) struct CopyPlan {
-    items: Vec<CopyItem>,
-    from: Option<Vec<LayerRef>>,
+/// A user (`name`, `uid`, `name:group`, …) as ids, from the root's /etc/passwd and /etc/group.
+fn lookup_user(root: &Path, user: &str) -> Result<kiln_sandbox::user::Identity, kiln_sandbox::user::UserError> {
+    let passwd = fs::read_to_string(root.join("etc/passwd")).ok();
+    let group = fs::read_to_string(root.join("etc/group")).ok();
+    kiln_sandbox::user::resolve(user, passwd.as_deref(), group.as_deref())
 }
 
-enum CopyItem {
-    Context(String),
-    Stage(String),
-    Heredoc(String, String),
-    /// A downloaded ADD URL: the temp dir holding it and the file's name.
-    Url(PathBuf, String),
-}
-
-impl Drop for CopyPlan {
-    fn drop(&mut self) {
-        for item in &self.items {
-            if let CopyItem::Url(dir, _) = item {
-                remove_tree(dir);
-            }
-        }
-    }
-}
-
-/// The file name an ADD of `url` gets: the last path segment, or `index.html` for a bare host.
-fn url_file_name(url: &str) -> String {
-    let path = url.split(['?', '#']).next().unwrap_or(url);
-    let after_host = path.splitn(4, '/').nth(3).unwrap_or("");
-    match after_host.rsplit('/').next() {
-        Some(n) if !n.is_empty() && n != "." && n != ".." => n.to_string(),
-        _ => "index.html".to_string(),
-    }
-}
-
-/// Streams `url` to `dest`, returning the content's sha256. Redirects are followed; a non-2xx
-/// answer is an error naming the status.
-fn fetch_url(url: &str, dest: &Path) -> Result<Digest, String> {
-    let resp =
-        ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(30)).redirects(10).build().get(url).call().map_err(
-            |e| match e {
-                ureq::Error::Status(code, r) => format!("HTTP {code} {}", r.status_text()),
-                other => other.to_string(),
-            },
-        )?;
-    let f = fs::File::create(dest).map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
-    let mut w = kiln_oci::DigestWriter::new(std::io::BufWriter::new(f));
-    std::io::copy(&mut resp.into_reader(), &mut w).map_err(|e| format!("download broke off: {e}"))?;
-    let (mut inner, digest, _) = w.finish();
-    std::io::Write::flush(&mut inner).map_err(|e| e.to_string())?;
-    // Docker: files fetched by ADD are 0600.
-    fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(|e| e.to_string())?;
-    Ok(digest)
-}
-
-/// What a RUN step holds while it runs: read-only mounts of other stages, cache-mount locks, and
-/// private cache dirs (removed when dropped).
-#[derive(Default)]
-pub(crate) struct StepHolds {
-    mounts: Vec<Mounted>,
-    locks: Vec<fs::File>,
-    scratch: Vec<PathBuf>,
-}
-
-impl Drop for StepHolds {
-    fn drop(&mut self) {
-        self.mounts.clear();
-        self.locks.clear();
-        for d in &self.scratch {
-            remove_tree(d);
-        }
-    }
-}
-
-/// Takes an exclusive flock on `<dir>.lock`: waiting for it (`wait`), or `None` when it is held.
-fn lock_file(dir: &Path, wait: bool) -> Result<Option<fs::File>, BuildError> {
-    use std::os::fd::AsRawFd;
-    let path = dir.with_extension("lock");
-    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| BuildError::Io {
-        action: "open",
-        path: path.clone(),
-        source: e,
-    })?;
-    let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
-    // SAFETY: flock on a descriptor this function owns; no memory is passed.
-    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-        Ok(Some(f))
-    } else {
-        let e = std::io::Error::last_os_error();
-        if !wait && e.kind() == std::io::ErrorKind::WouldBlock {
-            Ok(None)
-        } else {
-            Err(BuildError::Io { action: "lock", path, source: e })
-        }
-    }
-}
-
-fn is_bare_heredoc(cmd: &str) -> bool {
-    let t = cmd.trim();
-    t.starts_with("<<") && !t.contains(char::is_whitespace)
+/// What a source made of `layers` is keyed by: their chain id (empty for none).
+fn chain_key(layers: &[LayerRef]) -> String {
+    let ids: Vec<&Digest> = layers.iter().map(|l| &l.diff_id).collect();
+    chain_ids(&ids).pop().map(|d| d.to_string()).unwrap_or_default()
 }
 
 fn dir_is_empty(p: &Path) -> bool {
     fs::read_dir(p).map(|mut r| r.next().is_none()).unwrap_or(true)
-}
-
-/// ADD's archive test: a tar, maybe compressed (gzip, zstd), recognised by content, not by name.
-fn is_archive(p: &Path) -> bool {
-    use std::io::Read;
-    let Ok(f) = fs::File::open(p) else { return false };
-    let Ok(mut r) = kiln_oci::layer::decompress(std::io::BufReader::new(f)) else { return false };
-    let mut head = vec![0u8; 512];
-    let mut got = 0;
-    while got < 512 {
-        match r.read(&mut head[got..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    got == 512 && &head[257..262] == b"ustar"
-}
-
-fn unpack_into(root: &Path, dest: &str, archive: &Path) -> Result<(), String> {
-    let rootdir = kiln_oci::fsroot::RootDir::open(root).map_err(|e| e.to_string())?;
-    let r = rootdir.resolve(Path::new(dest), true, kiln_oci::fsroot::Missing::Create).map_err(|e| e.to_string())?;
-    if !r.host_path.exists() {
-        fs::create_dir(&r.host_path).map_err(|e| e.to_string())?;
-    }
-    let f = fs::File::open(archive).map_err(|e| e.to_string())?;
-    kiln_oci::layer::apply_layer(std::io::BufReader::new(f), &r.host_path, &kiln_oci::layer::ApplyOptions::default())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// Applies an instruction that only changes the image config.
-fn apply_meta(step: &Step, state: &mut ImageState) {
-    match &step.instruction {
-        Instruction::Env(pairs) => {
-            let mut env = state.env();
-            for (k, v) in pairs {
-                set_env(&mut env, k, v);
-            }
-            state.runtime().env = Some(env);
-        }
-        Instruction::User(u) => state.runtime().user = Some(u.clone()),
-        Instruction::Label(pairs) => {
-            let rt = state.runtime();
-            let labels = rt.labels.get_or_insert_with(BTreeMap::new);
-            for (k, v) in pairs {
-                labels.insert(k.clone(), v.clone());
-            }
-        }
-        Instruction::Expose(ports) => {
-            let rt = state.runtime();
-            let map = rt.exposed_ports.get_or_insert_with(BTreeMap::new);
-            for p in ports {
-                let p = if p.contains('/') { p.to_lowercase() } else { format!("{p}/tcp") };
-                map.insert(p, serde_json::json!({}));
-            }
-        }
-        Instruction::Volume(vols) => {
-            let rt = state.runtime();
-            let map = rt.volumes.get_or_insert_with(BTreeMap::new);
-            for v in vols {
-                map.insert(v.clone(), serde_json::json!({}));
-            }
-        }
-        Instruction::StopSignal(s) => state.runtime().stop_signal = Some(s.clone()),
-        Instruction::Healthcheck(h) => state.runtime().healthcheck = Some(healthcheck_json(h, &state.shell)),
-        Instruction::Maintainer(m) => state.config.author = Some(m.clone()),
-        Instruction::Shell(s) => {
-            state.shell = s.clone();
-            state.runtime().shell = Some(s.clone());
-        }
-        Instruction::Entrypoint(cl) => {
-            let argv = command_argv(cl, &state.shell);
-            let rt = state.runtime();
-            rt.entrypoint = Some(argv);
-            // Docker: an ENTRYPOINT resets a CMD inherited from the base (not one set in this stage).
-            if !state.cmd_set {
-                state.runtime().cmd = None;
-            }
-        }
-        Instruction::Cmd(cl) => {
-            state.cmd_set = true;
-            state.runtime().cmd = Some(command_argv(cl, &state.shell));
-        }
-        Instruction::Onbuild(text, _) => {
-            state.runtime().on_build.get_or_insert_with(Vec::new).push(text.clone());
-        }
-        Instruction::Arg(_) | Instruction::From(_) | Instruction::Run(_) | Instruction::Copy(_) | Instruction::Workdir(_) => {}
-    }
-}
-
-fn command_argv(cl: &CommandLine, shell: &[String]) -> Vec<String> {
-    match cl {
-        CommandLine::Exec(v) => v.clone(),
-        CommandLine::Shell(s) => {
-            let mut v = shell.to_vec();
-            v.push(s.clone());
-            v
-        }
-    }
-}
-
-fn healthcheck_json(h: &Healthcheck, shell: &[String]) -> serde_json::Value {
-    let test: Vec<String> = match &h.test {
-        None => vec!["NONE".to_string()],
-        Some(CommandLine::Exec(v)) => {
-            let mut t = vec!["CMD".to_string()];
-            t.extend(v.iter().cloned());
-            t
-        }
-        Some(CommandLine::Shell(s)) => {
-            let _ = shell;
-            vec!["CMD-SHELL".to_string(), s.clone()]
-        }
-    };
-    let mut obj = serde_json::Map::new();
-    obj.insert("Test".into(), serde_json::json!(test));
-    let ns = |d: &std::time::Duration| serde_json::json!(d.as_nanos() as u64);
-    if let Some(d) = &h.interval {
-        obj.insert("Interval".into(), ns(d));
-    }
-    if let Some(d) = &h.timeout {
-        obj.insert("Timeout".into(), ns(d));
-    }
-    if let Some(d) = &h.start_period {
-        obj.insert("StartPeriod".into(), ns(d));
-    }
-    if let Some(d) = &h.start_interval {
-        obj.insert("StartInterval".into(), ns(d));
-    }
-    if let Some(r) = h.retries {
-        obj.insert("Retries".into(), serde_json::json!(r));
-    }
-    serde_json::Value::Object(obj)
 }

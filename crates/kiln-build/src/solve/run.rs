@@ -1,0 +1,204 @@
+//! RUN execution: the sandbox spec from the plan, and each `--mount` made real (tmpfs, cache dirs
+//! and their locks, secrets, binds of the context or of another stage's or image's root).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kiln_dockerfile::instructions::{Mount, MountType, Sharing, Source, Step};
+use kiln_oci::Digest;
+use kiln_sandbox::{Spec, Stream};
+
+use super::plan::RunPlan;
+use super::{at, Solver};
+use crate::error::BuildError;
+use crate::snapshot::{remove_tree, Mounted};
+use crate::state::ImageState;
+
+impl Solver<'_> {
+    pub(super) fn exec_run(&mut self, step: &Step, run: &RunPlan, mounted: &Mounted, state: &ImageState) -> Result<(), BuildError> {
+        // A foreign platform's binaries run through binfmt_misc (qemu-user-static); say how to get it.
+        if let Some(arch) = kiln_sandbox::arch::Arch::from_oci(&state.platform.architecture) {
+            if !arch.runs_natively_on(kiln_sandbox::arch::Arch::host()) {
+                kiln_sandbox::arch::ensure_runnable(arch, std::path::Path::new(kiln_sandbox::arch::BINFMT_DIR))
+                    .map_err(|e| BuildError::step(at(&step.location), format!("cannot run {} binaries: {e}", state.platform)))?;
+            }
+        }
+        let mut spec = Spec::new(&mounted.merged, run.argv.clone());
+        spec.env = run.env.clone();
+        spec.user = run.user.clone();
+        spec.workdir = PathBuf::from(&run.workdir);
+        if run.no_network {
+            spec.network = kiln_sandbox::Network::None;
+        }
+        let mut holds = StepHolds::default();
+        for (m, src) in step.mounts.iter().zip(step.mount_sources.iter()) {
+            if let Some(sm) = self.sandbox_mount(step, m, src.as_ref(), &run.workdir, &mut holds)? {
+                spec.mounts.push(sm);
+            }
+        }
+        let progress = self.progress;
+        let text = step.original.trim().to_string();
+        let outcome = self
+            .sandbox
+            .run(&spec, &mut |_s: Stream, line: &[u8]| progress.output(&text, line))
+            .map_err(|e| BuildError::step(at(&step.location), format!("{text}: {e}")))?;
+        drop(holds);
+        if !outcome.success() {
+            let mut msg = format!("`{}` failed: {} ({})", text, outcome.status, outcome.command);
+            if !outcome.tail.is_empty() {
+                msg.push_str("\nlast lines of output:\n");
+                for l in &outcome.tail {
+                    msg.push_str("  ");
+                    msg.push_str(l);
+                    msg.push('\n');
+                }
+            }
+            return Err(BuildError::step(at(&step.location), msg.trim_end().to_string()));
+        }
+        Ok(())
+    }
+
+    fn sandbox_mount(
+        &mut self,
+        step: &Step,
+        m: &Mount,
+        src: Option<&Source>,
+        wd: &str,
+        holds: &mut StepHolds,
+    ) -> Result<Option<kiln_sandbox::Mount>, BuildError> {
+        let target = if m.target.starts_with('/') { PathBuf::from(&m.target) } else { Path::new(wd).join(&m.target) };
+        if m.kind != MountType::Secret && m.kind != MountType::Ssh && (target.as_os_str().is_empty() || target == Path::new("/")) {
+            return Err(BuildError::step(at(&step.location), format!("invalid --mount target {:?}: give target=PATH (not /)", m.target)));
+        }
+        Ok(Some(match m.kind {
+            MountType::Tmpfs => kiln_sandbox::Mount::Tmpfs { target, size_bytes: m.size },
+            MountType::Cache => kiln_sandbox::Mount::Cache { source: self.cache_mount_dir(m, holds)?, target },
+            MountType::Secret => {
+                let id =
+                    m.id.clone()
+                        .unwrap_or_else(|| Path::new(&m.target).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+                let Some(path) = self.opts.secrets.get(&id) else {
+                    if m.required {
+                        return Err(BuildError::step(
+                            at(&step.location),
+                            format!("secret {id:?} is required: pass --secret id={id},src=PATH"),
+                        ));
+                    }
+                    return Ok(None);
+                };
+                let target = if m.target.is_empty() { None } else { Some(target) };
+                kiln_sandbox::Mount::Secret {
+                    id,
+                    source: path.clone(),
+                    target,
+                    mode: m.mode,
+                    uid: m.uid.unwrap_or(0),
+                    gid: m.gid.unwrap_or(0),
+                }
+            }
+            MountType::Bind => kiln_sandbox::Mount::Bind { source: self.bind_source(step, m, src, holds)?, target, readonly: m.readonly },
+            MountType::Ssh => {
+                return Err(BuildError::step(at(&step.location), "RUN --mount=type=ssh is not supported by kiln yet"));
+            }
+        }))
+    }
+
+    /// A cache mount's host dir, shared across builds by id, locked or made private as `sharing`
+    /// says.
+    fn cache_mount_dir(&mut self, m: &Mount, holds: &mut StepHolds) -> Result<PathBuf, BuildError> {
+        let id = m.id.clone().unwrap_or_else(|| m.target.clone());
+        let dir = self.opts.root.join("cache").join("mounts").join(Digest::sha256_of(id.as_bytes()).hex());
+        fs::create_dir_all(&dir).map_err(|e| BuildError::Io { action: "create cache mount", path: dir.clone(), source: e })?;
+        let source = match m.sharing {
+            Sharing::Shared => dir,
+            // locked: one step at a time, across builds (flock on a file beside the dir).
+            Sharing::Locked => {
+                holds.locks.push(lock_file(&dir, true)?.ok_or_else(|| BuildError::Snapshot("cache mount lock".into()))?);
+                dir
+            }
+            // private: the shared dir when it is free, else a fresh one for this step alone.
+            Sharing::Private => match lock_file(&dir, false)? {
+                Some(l) => {
+                    holds.locks.push(l);
+                    dir
+                }
+                None => {
+                    let d = self.snaps.temp_dir("private-cache")?;
+                    holds.scratch.push(d.clone());
+                    d
+                }
+            },
+        };
+        if let (Some(u), Some(g)) = (m.uid, m.gid) {
+            let _ = std::os::unix::fs::chown(&source, Some(u), Some(g));
+        }
+        if let Some(mode) = m.mode {
+            let _ = fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(mode));
+        }
+        Ok(source)
+    }
+
+    /// A bind mount's host path: in the context, or in a read-only mount of the `from=` stage or
+    /// image (held until the step ends).
+    fn bind_source(&mut self, step: &Step, m: &Mount, src: Option<&Source>, holds: &mut StepHolds) -> Result<PathBuf, BuildError> {
+        let source_rel = m.source.clone().unwrap_or_else(|| "/".to_string());
+        Ok(match src {
+            None => {
+                let rel = crate::context::clean_rel(&source_rel).ok_or_else(|| {
+                    BuildError::step(at(&step.location), format!("--mount source {source_rel:?} is outside the build context"))
+                })?;
+                self.context.root().join(rel)
+            }
+            Some(s) => {
+                let layers = self.source_layers(step, s)?;
+                let mnt = self.mount_layers(&layers, false)?;
+                let root = mnt.merged.clone();
+                holds.mounts.push(mnt);
+                kiln_oci::fsroot::safe_join(&root, Path::new(&source_rel), true)
+                    .map_err(|e| BuildError::step(at(&step.location), e.to_string()))?
+            }
+        })
+    }
+}
+
+/// What a RUN step holds while it runs: read-only mounts of other stages, cache-mount locks, and
+/// private cache dirs (removed when dropped).
+#[derive(Default)]
+struct StepHolds {
+    mounts: Vec<Mounted>,
+    locks: Vec<fs::File>,
+    scratch: Vec<PathBuf>,
+}
+
+impl Drop for StepHolds {
+    fn drop(&mut self) {
+        self.mounts.clear();
+        self.locks.clear();
+        for d in &self.scratch {
+            remove_tree(d);
+        }
+    }
+}
+
+/// Takes an exclusive flock on `<dir>.lock`: waiting for it (`wait`), or `None` when it is held.
+fn lock_file(dir: &Path, wait: bool) -> Result<Option<fs::File>, BuildError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.with_extension("lock");
+    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| BuildError::Io {
+        action: "open",
+        path: path.clone(),
+        source: e,
+    })?;
+    let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        Ok(Some(f))
+    } else {
+        let e = std::io::Error::last_os_error();
+        if !wait && e.kind() == std::io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(BuildError::Io { action: "lock", path, source: e })
+        }
+    }
+}
