@@ -25,6 +25,7 @@ mod context;
 mod copy;
 mod error;
 mod glob;
+pub mod metadata;
 mod native;
 pub mod output;
 pub mod push;
@@ -47,7 +48,7 @@ use kiln_dockerfile::instructions::{parse_build, resolve, Build, PlatformArgs, R
 use kiln_oci::layer::WriteOptions;
 use kiln_oci::{media, Descriptor, Digest, ImageConfig, ImageManifest, Manifest, Platform, RootFs, Store};
 use kiln_registry::Client;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use cancel::Cancel;
 pub use context::Context;
@@ -100,7 +101,7 @@ pub enum SnapshotterKind {
 }
 
 /// How a step was satisfied (the `cache` field of `kiln.steps` in the metadata file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CacheStatus {
     HitLocal,
@@ -122,7 +123,7 @@ impl CacheStatus {
 }
 
 /// One step as it went, for the summary and the metadata file.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
     pub stage: String,
     pub platform: String,

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
+use kiln_build::metadata::{CacheMiss, ImageMetadata, LastBuild, Metadata};
 use kiln_build::output::{self, Output};
 use kiln_build::{BuildOptions, Progress};
 
@@ -283,45 +284,41 @@ pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<(
             }
         }
     }
-    let steps: Vec<&kiln_build::StepReport> = built.iter().flat_map(|b| b.steps.iter()).collect();
-    let explanations: Vec<_> = built.iter().flat_map(|b| b.explanations.iter()).collect();
+    let steps: Vec<kiln_build::StepReport> = built.iter().flat_map(|b| b.steps.iter().cloned()).collect();
+    let misses: Vec<CacheMiss> =
+        built.iter().flat_map(|b| b.explanations.iter()).map(|(s, w)| CacheMiss { step: s.clone(), changed: w.clone() }).collect();
     if let Some(path) = &a.metadata_file {
-        let md = serde_json::json!({
-            "containerimage.digest": art.root.digest.to_string(),
-            "containerimage.descriptor": art.root,
-            "kiln.store.digest": local.root.digest.to_string(),
-            "containerimage.config.digest": if built.len() == 1 { Some(built[0].config_digest.to_string()) } else { None },
-            "image.name": tags.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","),
-            "kiln.platforms": platforms.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-            "kiln.images": built.iter().zip(&art.manifests).map(|(b, m)| serde_json::json!({
-                "platform": b.config.platform().to_string(),
-                "digest": m.digest.to_string(),
-                "config.digest": b.config_digest.to_string(),
-            })).collect::<Vec<_>>(),
-            "kiln.pushed": pushed,
-            "kiln.steps": steps,
-            "kiln.cache-policy": policy,
-            "kiln.cache-exports": built.iter().flat_map(|b| b.cache_exports.iter()).collect::<Vec<_>>(),
-            "kiln.cache-misses": explanations.iter().map(|(s, w)| serde_json::json!({"step": s, "changed": w})).collect::<Vec<_>>(),
-        });
-        let bytes = serde_json::to_vec_pretty(&md)?;
-        crate::atomic_write(path, &bytes).with_context(|| format!("--metadata-file {}", path.display()))?;
+        let md = Metadata {
+            digest: art.root.digest.to_string(),
+            descriptor: art.root.clone(),
+            store_digest: local.root.digest.to_string(),
+            config_digest: if built.len() == 1 { Some(built[0].config_digest.to_string()) } else { None },
+            image_name: tags.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","),
+            platforms: platforms.iter().map(|p| p.to_string()).collect(),
+            images: built
+                .iter()
+                .zip(&art.manifests)
+                .map(|(b, m)| ImageMetadata {
+                    platform: b.config.platform().to_string(),
+                    digest: m.digest.to_string(),
+                    config_digest: b.config_digest.to_string(),
+                })
+                .collect(),
+            pushed,
+            steps: steps.clone(),
+            cache_policy: policy.clone(),
+            cache_exports: built.iter().flat_map(|b| b.cache_exports.iter().cloned()).collect(),
+            cache_misses: misses.clone(),
+        };
+        md.write(path)?;
     }
     // `kiln cache explain` reads the last build's misses from here.
-    let last = serde_json::json!({
-        "digest": art.root.digest.to_string(),
-        "misses": explanations.iter().map(|(s, w)| serde_json::json!({"step": s, "changed": w})).collect::<Vec<_>>(),
-        "steps": steps,
-    });
-    if std::fs::create_dir_all(root.join("cache")).is_ok() {
-        let _ = crate::atomic_write_unsynced(&root.join("cache").join("last-build.json"), &serde_json::to_vec_pretty(&last)?);
-    }
-    let all_steps: Vec<kiln_build::StepReport> = steps.into_iter().cloned().collect();
-    eprintln!("{}", printer.summary(&all_steps, &art.root.digest.to_string()));
+    LastBuild { digest: art.root.digest.to_string(), misses: misses.clone(), steps: steps.clone() }.save(&root);
+    eprintln!("{}", printer.summary(&steps, &art.root.digest.to_string()));
     if a.progress != Mode::Quiet {
         eprintln!("{policy}");
-        for (step, why) in &explanations {
-            eprintln!("  miss: {step}: {why}");
+        for m in &misses {
+            eprintln!("  miss: {}: {}", m.step, m.changed);
         }
     }
     println!("{}", art.root.digest);

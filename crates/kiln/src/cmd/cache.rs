@@ -1,6 +1,7 @@
 //! `kiln cache ls|prune|explain`: look at and trim the build cache.
 
 use anyhow::Context as _;
+use kiln_build::metadata::LastBuild;
 use kiln_cache::{LocalCache, RegistryExport};
 use kiln_oci::{Reference, Store};
 
@@ -91,24 +92,12 @@ pub fn run(c: Command, g: &Global) -> anyhow::Result<()> {
             println!("removed {n} local cache records whose layers are gone");
         }
         Command::Explain => {
-            let path = root.join("cache").join("last-build.json");
-            let text = std::fs::read_to_string(&path).with_context(|| format!("no build recorded yet ({})", path.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
-            let misses = v["misses"].as_array().cloned().unwrap_or_default();
-            let steps = v["steps"].as_array().cloned().unwrap_or_default();
-            // Config-only steps have no cache status, but one that changed first is explained too.
-            let explained = |s: &serde_json::Value| misses.iter().any(|m| m["step"] == s["instruction"]);
-            let missed: Vec<_> = steps.iter().filter(|s| s["cache"] == "miss" || (s["cache"] == "none" && explained(s))).collect();
+            let last = LastBuild::load(&root)?;
+            let missed = last.explain();
             if missed.is_empty() {
                 println!("every step of the last build was cached");
             }
-            for s in missed {
-                let step = s["instruction"].as_str().unwrap_or_default();
-                let why = misses
-                    .iter()
-                    .find(|m| m["step"] == step)
-                    .and_then(|m| m["changed"].as_str())
-                    .unwrap_or("an earlier step changed, or nothing like it was cached");
+            for (step, why) in missed {
                 println!("{step}\n    {why}");
             }
         }
