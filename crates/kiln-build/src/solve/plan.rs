@@ -294,3 +294,321 @@ fn listing_digest(files: &dyn ContextFiles, entries: &[Entry]) -> Result<Digest,
     }
     Ok(Digest::sha256_of(s.as_bytes()))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Planning without root: no sandbox, no mount, no context directory. Steps come from the real
+    //! frontend; the context is a map of fake files; `--from` keys and downloads are data.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use kiln_dockerfile::instructions::{parse_build, resolve, ResolveOptions, Resolved};
+
+    use super::*;
+    use crate::solve::meta::apply_meta;
+
+    /// A context of fake files: path → (mode, content; `None` for a directory).
+    #[derive(Default)]
+    struct FakeContext(BTreeMap<String, (u32, Option<String>)>);
+
+    impl FakeContext {
+        fn with(mut self, path: &str, mode: u32, content: Option<&str>) -> FakeContext {
+            self.0.insert(path.to_string(), (mode, content.map(str::to_string)));
+            self
+        }
+    }
+
+    impl ContextFiles for FakeContext {
+        fn expand_source(&self, pattern: &str) -> Result<Vec<String>, String> {
+            let p = pattern.trim_matches('/');
+            if self.0.contains_key(p) {
+                Ok(vec![p.to_string()])
+            } else {
+                Err(format!("{pattern}: not found"))
+            }
+        }
+        fn walk(&self, rel: &str) -> Result<Vec<Entry>, BuildError> {
+            let under = format!("{rel}/");
+            Ok(self
+                .0
+                .iter()
+                .filter(|(p, _)| rel.is_empty() || *p == rel || p.starts_with(&under))
+                .map(|(p, (mode, content))| Entry {
+                    rel: p.clone(),
+                    kind: match content {
+                        Some(c) => Kind::File { size: c.len() as u64 },
+                        None => Kind::Dir,
+                    },
+                    mode: *mode,
+                    uid: 0,
+                    gid: 0,
+                })
+                .collect())
+        }
+        fn file_digest(&self, rel: &str) -> Result<Digest, BuildError> {
+            let (_, content) = &self.0[rel];
+            Ok(Digest::sha256_of(content.as_deref().unwrap_or_default().as_bytes()))
+        }
+    }
+
+    /// A context that must not be read (a COPY --from or a RUN without bind mounts).
+    struct NoContext;
+
+    impl ContextFiles for NoContext {
+        fn expand_source(&self, pattern: &str) -> Result<Vec<String>, String> {
+            panic!("the context was asked to expand {pattern}")
+        }
+        fn walk(&self, rel: &str) -> Result<Vec<Entry>, BuildError> {
+            panic!("the context was asked to walk {rel}")
+        }
+        fn file_digest(&self, rel: &str) -> Result<Digest, BuildError> {
+            panic!("the context was asked for {rel}")
+        }
+    }
+
+    fn cx(files: &dyn ContextFiles) -> PlanContext<'_> {
+        PlanContext { files, copy_from: None, mount_from: Vec::new(), urls: HashMap::new() }
+    }
+
+    fn resolved(dockerfile: &str) -> Resolved {
+        let df = kiln_dockerfile::parse_str(dockerfile).unwrap();
+        let build = parse_build(&df, "Dockerfile").unwrap();
+        resolve(&build, &ResolveOptions::default()).unwrap()
+    }
+
+    fn amd64() -> kiln_oci::Platform {
+        kiln_oci::Platform::parse("linux/amd64").unwrap()
+    }
+
+    /// The state before the target stage's last step: config-only steps and WORKDIR applied as the
+    /// solver applies them, from `state`.
+    fn state_before_last(r: &Resolved, mut state: ImageState) -> ImageState {
+        let steps = &r.stages.last().unwrap().steps;
+        for step in &steps[..steps.len() - 1] {
+            let plan = plan_step(step, &state, &cx(&NoContext)).unwrap();
+            match plan.action {
+                Action::Meta => apply_meta(step, &mut state),
+                Action::Workdir { dir, .. } => state.runtime().working_dir = Some(dir),
+                _ => panic!("only config-only steps and WORKDIR before the last one"),
+            }
+            state.key = plan.inputs.key(&state.key);
+        }
+        state
+    }
+
+    fn last_step(r: &Resolved) -> &Step {
+        r.stages.last().unwrap().steps.last().unwrap()
+    }
+
+    fn get(inputs: &StepInputs, input: Input) -> Option<&str> {
+        inputs.as_map().get(&input.name()).map(String::as_str)
+    }
+
+    fn names(inputs: &StepInputs) -> BTreeSet<String> {
+        inputs.as_map().keys().cloned().collect()
+    }
+
+    /// The planner gives the golden keys of `solve/canon.rs` (ENV, then RUN and COPY on it): the
+    /// keys are the planned inputs', not hand-built ones.
+    #[test]
+    fn planned_steps_give_the_golden_keys() {
+        let scratch = Digest::sha256_of(b"scratch linux/amd64");
+        let mut state = ImageState::scratch(&amd64());
+        state.runtime().env = None;
+        state.key = scratch.clone();
+
+        let r = resolved("FROM scratch\nENV MODE=dev\n");
+        let env = plan_step(last_step(&r), &state, &cx(&NoContext)).unwrap();
+        assert!(matches!(env.action, Action::Meta));
+        let env_key = env.inputs.key(&scratch);
+        assert_eq!(env_key.to_string(), "sha256:f049e50e9036e2aa904f31d5005e48bf7641efc9e8cb0f8a264b1612225a7a22");
+        apply_meta(last_step(&r), &mut state);
+
+        let r = resolved("FROM scratch\nARG VERSION=1.2\nRUN make\n");
+        let run = plan_step(last_step(&r), &state, &cx(&NoContext)).unwrap();
+        assert_eq!(run.inputs.key(&env_key).to_string(), "sha256:70a3c872608d94c4aabe9dfd8eaf938b035732d2a94c1f191965523a6db28203");
+
+        let files = FakeContext::default().with("a.txt", 0o644, Some("a\n"));
+        let r = resolved("FROM scratch\nCOPY a.txt /a\n");
+        let copy = plan_step(last_step(&r), &state, &cx(&files)).unwrap();
+        assert_eq!(copy.inputs.key(&env_key).to_string(), "sha256:76aa8894c3be4e9cf96f15963d0ffa809afe52b5657c9da2b27006b4ed06e9b9");
+    }
+
+    /// RUN's argv goes through SHELL; its env is the image's ENV with the stage's variables, a build
+    /// ARG's value keyed as `arg:`, an ENV's as `env:`; USER and WORKDIR in force are keyed too.
+    #[test]
+    fn run_plans_argv_env_user_and_workdir() {
+        let r = resolved(
+            "FROM scratch\nARG VERSION=1.2\nENV MODE=dev\nUSER app\nWORKDIR /src\nSHELL [\"/bin/bash\", \"-eu\", \"-c\"]\nRUN make $VERSION\n",
+        );
+        let state = state_before_last(&r, ImageState::scratch(&amd64()));
+        let plan = plan_step(last_step(&r), &state, &cx(&NoContext)).unwrap();
+        let Action::Run(run) = &plan.action else { panic!("RUN is planned as a run") };
+        assert_eq!(run.argv, vec!["/bin/bash", "-eu", "-c", "make $VERSION"]);
+        assert!(run.env.contains(&"MODE=dev".to_string()) && run.env.contains(&"VERSION=1.2".to_string()), "{:?}", run.env);
+        assert_eq!((run.user.as_str(), run.workdir.as_str(), run.no_network), ("app", "/src", false));
+        let i = &plan.inputs;
+        assert_eq!(get(i, Input::Run), Some(inputs::list(&run.argv).as_str()));
+        assert_eq!(get(i, Input::Arg("VERSION".into())), Some("1.2"));
+        assert_eq!(get(i, Input::Env("VERSION".into())), None);
+        assert_eq!(get(i, Input::Env("MODE".into())), Some("dev"));
+        assert_eq!(get(i, Input::User), Some("app"));
+        assert_eq!(get(i, Input::Workdir), Some("/src"));
+
+        // Exec form as is; a lone heredoc is the script; --network=none reaches the plan.
+        let r = resolved("FROM scratch\nRUN [\"echo\", \"hi\"]\n");
+        let Action::Run(run) = plan_step(last_step(&r), &ImageState::scratch(&amd64()), &cx(&NoContext)).unwrap().action else { panic!() };
+        assert_eq!(run.argv, vec!["echo", "hi"]);
+        let r = resolved("FROM scratch\nRUN --network=none <<EOF\necho hi\nEOF\n");
+        let Action::Run(run) = plan_step(last_step(&r), &ImageState::scratch(&amd64()), &cx(&NoContext)).unwrap().action else { panic!() };
+        assert_eq!(run.argv, vec!["/bin/sh", "-c", "echo hi\n"]);
+        assert!(run.no_network);
+    }
+
+    /// Each mount is keyed by its spec; a bind of the context also by the content it reads, a mount
+    /// `from=` another stage by that stage's key (given as data).
+    #[test]
+    fn run_mounts_are_keyed_by_spec_context_content_and_source_key() {
+        let r = resolved(
+            "FROM scratch AS base\nFROM scratch\n\
+             RUN --mount=type=bind,source=src,target=/s --mount=type=cache,target=/c --mount=type=bind,from=base,target=/b true\n",
+        );
+        let step = last_step(&r);
+        let state = ImageState::scratch(&amd64());
+        let plan_with = |content: &str, base_key: &str| {
+            let files = FakeContext::default().with("src", 0o755, None).with("src/a", 0o644, Some(content));
+            let mut cx = cx(&files);
+            cx.mount_from = vec![None, None, Some(base_key.to_string())];
+            plan_step(step, &state, &cx).unwrap().inputs
+        };
+        let inputs = plan_with("1", "sha256:base");
+        for i in 0..3 {
+            assert_eq!(get(&inputs, Input::Mount(i)), Some(canon::mount(&step.mounts[i]).as_str()));
+        }
+        assert!(get(&inputs, Input::MountContent(0)).is_some());
+        assert_eq!(get(&inputs, Input::MountContent(1)), None);
+        assert_eq!(get(&inputs, Input::MountContent(2)), None);
+        assert_eq!(get(&inputs, Input::MountFrom(2)), Some("sha256:base"));
+        assert_eq!(get(&inputs, Input::MountFrom(0)), None);
+        assert_eq!(plan_with("1", "sha256:base"), inputs, "planning is deterministic");
+        let changed = plan_with("2", "sha256:base");
+        assert_ne!(get(&changed, Input::MountContent(0)), get(&inputs, Input::MountContent(0)), "a changed context file changes the key");
+        assert_ne!(get(&plan_with("1", "sha256:other"), Input::MountFrom(2)), Some("sha256:base"));
+    }
+
+    /// COPY from the context: each match keyed by its listing (modes, file digests from the
+    /// context), heredocs by name and body; USER and WORKDIR in force are keyed.
+    #[test]
+    fn copy_sources_are_keyed_by_their_content() {
+        let r = resolved("FROM scratch\nWORKDIR /app\nCOPY src/ <<EOF ./\nhello\nEOF\n");
+        let state = state_before_last(&r, ImageState::scratch(&amd64()));
+        let files =
+            |a: &str| FakeContext::default().with("src", 0o755, None).with("src/a.c", 0o644, Some(a)).with("src/b.c", 0o600, Some("b"));
+        let (one, two) = (files("a"), files("a2"));
+        let plan = plan_step(last_step(&r), &state, &cx(&one)).unwrap();
+        let Action::Copy(copy) = &plan.action else { panic!("COPY is planned as a copy") };
+        assert_eq!(copy.items, vec![CopyItem::Context("src".into()), CopyItem::Heredoc("EOF".into(), "hello\n".into())]);
+        let listing = ["src", "src/a.c", "src/b.c"]
+            .iter()
+            .map(|p| {
+                let (mode, content) = &one.0[*p];
+                let c = content.as_deref().map(|c| Digest::sha256_of(c.as_bytes()).to_string()).unwrap_or_else(|| "dir".into());
+                canon::listing_entry(p, *mode, &c)
+            })
+            .collect::<String>();
+        assert_eq!(get(&plan.inputs, Input::Source(0, "src".into())), Some(Digest::sha256_of(listing.as_bytes()).to_string().as_str()));
+        let heredoc = inputs::list(&["EOF".to_string(), Digest::sha256_of(b"hello\n").to_string()]);
+        assert_eq!(get(&plan.inputs, Input::Heredoc(1)), Some(heredoc.as_str()));
+        assert_eq!(get(&plan.inputs, Input::Workdir), Some("/app"));
+        assert_eq!(get(&plan.inputs, Input::User), Some(""));
+        let other = plan_step(last_step(&r), &state, &cx(&two)).unwrap();
+        assert_ne!(other.inputs.key(&state.key), plan.inputs.key(&state.key), "a changed file changes the key");
+    }
+
+    /// COPY --from never reads the context: its paths are keyed as written, its content by the
+    /// source's key (given as data).
+    #[test]
+    fn copy_from_is_keyed_by_the_source_not_the_context() {
+        let r = resolved("FROM scratch AS build\nFROM scratch\nCOPY --from=build /out/app /usr/bin/\n");
+        let mut cx = cx(&NoContext);
+        cx.copy_from = Some("sha256:chain".into());
+        let plan = plan_step(last_step(&r), &ImageState::scratch(&amd64()), &cx).unwrap();
+        let Action::Copy(copy) = &plan.action else { panic!() };
+        assert_eq!(copy.items, vec![CopyItem::Stage("/out/app".into())]);
+        assert_eq!(get(&plan.inputs, Input::CopyFrom), Some("sha256:chain"));
+        assert_eq!(get(&plan.inputs, Input::FromPath(0)), Some("/out/app"));
+    }
+
+    /// ADD of a URL is keyed by the download's digest, and `--checksum` is checked against it.
+    #[test]
+    fn add_url_is_keyed_by_its_download_and_checked() {
+        let url = "https://example.com/f.tgz";
+        let digest = Digest::sha256_of(b"payload");
+        let mut cx = cx(&NoContext);
+        cx.urls.insert(url.to_string(), digest.clone());
+        let r = resolved(&format!("FROM scratch\nADD {url} /f\n"));
+        let plan = plan_step(last_step(&r), &ImageState::scratch(&amd64()), &cx).unwrap();
+        let Action::Copy(copy) = &plan.action else { panic!() };
+        assert_eq!(copy.items, vec![CopyItem::Url(url.into())]);
+        assert_eq!(get(&plan.inputs, Input::Source(0, url.into())), Some(digest.to_string().as_str()));
+        let r = resolved(&format!("FROM scratch\nADD --checksum=sha256:0000 {url} /f\n"));
+        let err = plan_step(last_step(&r), &ImageState::scratch(&amd64()), &cx).err().unwrap().to_string();
+        assert!(err.contains(&format!("ADD {url}: --checksum sha256:0000 does not match the download ({digest})")), "{err}");
+    }
+
+    /// WORKDIR plans the directory to create and the USER who owns it, both keyed.
+    #[test]
+    fn workdir_plans_the_dir_and_its_owner() {
+        let r = resolved("FROM scratch\nUSER app\nWORKDIR /w\nWORKDIR x\n");
+        let state = state_before_last(&r, ImageState::scratch(&amd64()));
+        let plan = plan_step(last_step(&r), &state, &cx(&NoContext)).unwrap();
+        let Action::Workdir { dir, user } = &plan.action else { panic!("WORKDIR is planned as a workdir") };
+        assert_eq!((dir.as_str(), user.as_str()), ("/w/x", "app"));
+        assert_eq!(get(&plan.inputs, Input::Workdir), Some("/w/x"));
+        assert_eq!(get(&plan.inputs, Input::User), Some("app"));
+    }
+
+    /// Config-only steps are keyed by their instruction and platform alone, and their text tells
+    /// them apart.
+    #[test]
+    fn config_only_steps_are_keyed_by_their_text() {
+        let state = ImageState::scratch(&amd64());
+        let plan = |df: &str| {
+            let r = resolved(df);
+            let p = plan_step(last_step(&r), &state, &cx(&NoContext)).unwrap();
+            assert!(matches!(p.action, Action::Meta), "{df}");
+            p.inputs
+        };
+        let label = plan("FROM scratch\nLABEL a=1\n");
+        assert_eq!(names(&label), BTreeSet::from([Input::Instruction.name(), Input::Platform.name()]));
+        assert_eq!(get(&label, Input::Platform), Some("linux/amd64"));
+        assert_ne!(label.key(&state.key), plan("FROM scratch\nLABEL a=2\n").key(&state.key));
+        for df in ["FROM scratch\nENV A=1\n", "FROM scratch\nCMD [\"sh\"]\n", "FROM scratch\nEXPOSE 80\n", "FROM scratch\nUSER app\n"] {
+            assert_eq!(names(&plan(df)).len(), 2, "{df}");
+        }
+    }
+
+    /// `COPY --link`: the step's only input is the layer's key, made over the link root and not the
+    /// parent, so the same files on another parent re-use the layer.
+    #[test]
+    fn link_keys_the_layer_without_the_parent() {
+        let files = FakeContext::default().with("a.txt", 0o644, Some("a\n"));
+        let r = resolved("FROM scratch\nCOPY --link a.txt /a\n");
+        let plain = ImageState::scratch(&amd64());
+        let mut other = plain.clone();
+        other.key = Digest::sha256_of(b"another parent");
+        other.layers.push(crate::state::LayerRef {
+            descriptor: kiln_oci::Descriptor::new("application/vnd.oci.image.layer.v1.tar", Digest::sha256_of(b"l"), 1),
+            diff_id: Digest::sha256_of(b"l"),
+        });
+        let a = plan_step(last_step(&r), &plain, &cx(&files)).unwrap();
+        let b = plan_step(last_step(&r), &other, &cx(&files)).unwrap();
+        let Action::Link { layer, copy } = &a.action else { panic!("COPY --link is planned as a link") };
+        assert_eq!(copy.items, vec![CopyItem::Context("a.txt".into())]);
+        assert_eq!(names(&a.inputs), BTreeSet::from([Input::Link.name()]));
+        assert_eq!(get(&a.inputs, Input::Link), Some(layer.key(&inputs::link_root()).to_string().as_str()));
+        assert!(get(layer, Input::Source(0, "a.txt".into())).is_some());
+        assert_eq!(a.inputs, b.inputs, "the layer's key does not depend on the parent");
+        assert_ne!(a.inputs.key(&plain.key), b.inputs.key(&other.key), "the step's place in its chain does");
+    }
+}
