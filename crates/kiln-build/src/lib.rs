@@ -45,7 +45,6 @@ use kiln_cache::{CacheFrom, CacheSource, CacheTo, ExportReport, LocalCache, Reso
 use kiln_dockerfile::dockerignore::Matcher;
 use kiln_dockerfile::instructions::resolve::BaseConfig;
 use kiln_dockerfile::instructions::{parse_build, resolve, Build, PlatformArgs, ResolveOptions};
-use kiln_oci::layer::WriteOptions;
 use kiln_oci::{media, Descriptor, Digest, ImageConfig, ImageManifest, Manifest, Platform, RootFs, Store};
 use kiln_registry::Client;
 use serde::{Deserialize, Serialize};
@@ -222,32 +221,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     }
     .with_cancel(opts.cancel.sandbox());
     let cache_sources = open_sources(opts, &store, progress);
-    let mut solver = solve::Solver {
-        opts,
-        store: &store,
-        cache: LocalCache::open(&opts.root),
-        snaps: match opts.snapshotter {
-            SnapshotterKind::Native => snapshot::Snapshotter::open_native(&opts.root),
-            // Auto starts with overlayfs and falls back at the first mount that fails (solve.rs).
-            SnapshotterKind::Overlay | SnapshotterKind::Auto => snapshot::Snapshotter::open(&opts.root),
-        },
-        context: &context,
-        sandbox,
-        progress,
-        bases: HashMap::new(),
-        base_lookup: &bases,
-        stages: HashMap::new(),
-        reports: Vec::new(),
-        // Plain tar: the build never waits on gzip (100 MB of RUN output took 1.7 s to compress);
-        // exports compress (`Artifact::for_export`, `export_caches`).
-        wopts: WriteOptions { compression: kiln_oci::Compression::None, source_date_epoch: opts.source_date_epoch.map(|s| s as i64) },
-        sources: &cache_sources,
-        used: Vec::new(),
-        remote_layers: HashMap::new(),
-        explain_pool: None,
-        explanations: Vec::new(),
-        reached: HashMap::new(),
-    };
+    let shared = solve::Shared { opts, store: &store, context: &context, progress, base_lookup: &bases, sources: &cache_sources };
+    let mut solver = solve::Solver::new(shared, sandbox);
     let final_state = match solve_stages(&mut solver, &resolved) {
         Ok(st) => st,
         Err(e) if opts.cancel.is_cancelled() => {
@@ -256,16 +231,16 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
         }
         Err(e) => return Err(e),
     };
-    let steps = std::mem::take(&mut solver.reports);
+    let steps = std::mem::take(&mut solver.collected.reports);
     // The store keeps whole images: layers that came from a remote cache are fetched now, unless the
     // image only goes to a registry (then the push mounts them from the cache's repository).
     if opts.fetch_final {
         solver.ensure_local(&final_state.layers)?;
     }
     let final_key = final_state.key.clone();
-    let sources = layer_sources(solver.sources);
-    let used = std::mem::take(&mut solver.used);
-    let explanations = std::mem::take(&mut solver.explanations);
+    let sources = layer_sources(solver.shared.sources);
+    let used = std::mem::take(&mut solver.collected.used);
+    let explanations = std::mem::take(&mut solver.collected.explanations);
     drop(solver);
     let mut built = assemble(&store, final_state, steps, opts.source_date_epoch)?;
     built.explanations = explanations;
@@ -334,11 +309,11 @@ fn solve_stages(solver: &mut solve::Solver<'_>, resolved: &kiln_dockerfile::inst
 /// A cancelled build's last act: export what finished to the caches the policy allows (the local
 /// cache has it already), and say what was kept.
 fn cancelled(opts: &BuildOptions, store: &Store, mut solver: solve::Solver<'_>, target: usize, progress: &dyn Progress) -> BuildError {
-    let used = std::mem::take(&mut solver.used);
+    let used = std::mem::take(&mut solver.collected.used);
     // mode=min exports the chains that end at the images built; cancelled, the target stage's
     // chain ends where it had got to.
-    let reached: Vec<Digest> = solver.reached.get(&target).cloned().into_iter().collect();
-    let sources = layer_sources(solver.sources);
+    let reached: Vec<Digest> = solver.collected.reached.get(&target).cloned().into_iter().collect();
+    let sources = layer_sources(solver.shared.sources);
     drop(solver);
     let finished = used.iter().filter(|r| r.layer.is_some()).count();
     let mut kept = vec![format!("{finished} finished layer steps kept in the local cache")];

@@ -26,35 +26,59 @@ use crate::{BuildOptions, CacheStatus, Progress, StepReport};
 use copy::Downloads;
 use plan::{Action, CopyPlan, PlanContext};
 
-/// Everything one build shares across stages.
-pub(crate) struct Solver<'a> {
+/// What every stage of one build reads and none changes: borrowed by each fork.
+#[derive(Clone, Copy)]
+pub(crate) struct Shared<'a> {
     pub opts: &'a BuildOptions,
     pub store: &'a Store,
-    pub cache: LocalCache,
-    pub snaps: Snapshotter,
     pub context: &'a Context,
-    pub sandbox: Sandbox,
     pub progress: &'a dyn Progress,
-    pub bases: HashMap<String, BaseImage>,
     pub base_lookup: &'a base::Bases,
-    /// Final state of each built stage, by stage index.
-    pub stages: HashMap<usize, ImageState>,
-    pub reports: Vec<StepReport>,
-    pub wopts: WriteOptions,
     /// Where records are looked up, in order: the local cache, then each `--cache-from`.
     pub sources: &'a [Box<dyn CacheSource + 'a>],
+}
+
+/// What a solver collects as it builds, which [`Solver::join`] merges from its forks.
+#[derive(Default)]
+pub(crate) struct Collected {
+    pub reports: Vec<StepReport>,
     /// Every record this build used or made, config-only steps included: what `--cache-to` exports.
     pub used: Vec<Record>,
-    /// Layers known only from an imported cache (by index in `sources`): fetched when a step or the
-    /// output needs them.
-    pub remote_layers: HashMap<Digest, (usize, Record)>,
-    /// Records to explain misses against (local + imported), loaded on the first miss.
-    pub explain_pool: Option<Vec<Record>>,
     /// (step, why it missed) for the summary and `kiln cache explain`.
     pub explanations: Vec<(String, String)>,
     /// The key each stage has reached so far (its last finished step), by stage index: where a
     /// cancelled build's `mode=min` export ends.
     pub reached: HashMap<usize, Digest>,
+    /// Layers known only from an imported cache (by index in `sources`): fetched when a step or the
+    /// output needs them.
+    pub remote_layers: HashMap<Digest, (usize, Record)>,
+}
+
+impl Collected {
+    fn merge(&mut self, other: Collected) {
+        let Collected { reports, used, explanations, reached, remote_layers } = other;
+        self.reports.extend(reports);
+        self.used.extend(used);
+        self.explanations.extend(explanations);
+        self.reached.extend(reached);
+        self.remote_layers.extend(remote_layers);
+    }
+}
+
+/// Builds stages: one for the build, and a fork for each stage that runs beside others.
+pub(crate) struct Solver<'a> {
+    pub shared: Shared<'a>,
+    cache: LocalCache,
+    snaps: Snapshotter,
+    sandbox: Sandbox,
+    wopts: WriteOptions,
+    /// Base images looked up so far, by `image platform`.
+    bases: HashMap<String, BaseImage>,
+    /// Final state of each built stage, by stage index.
+    pub stages: HashMap<usize, ImageState>,
+    /// Records to explain misses against (local + imported), loaded on the first miss.
+    explain_pool: Option<Vec<Record>>,
+    pub collected: Collected,
 }
 
 mod canon;
@@ -68,38 +92,46 @@ fn at(loc: &Location) -> String {
 }
 
 impl<'a> Solver<'a> {
+    pub fn new(shared: Shared<'a>, sandbox: Sandbox) -> Solver<'a> {
+        let opts = shared.opts;
+        Solver {
+            shared,
+            cache: LocalCache::open(&opts.root),
+            snaps: match opts.snapshotter {
+                crate::SnapshotterKind::Native => Snapshotter::open_native(&opts.root),
+                // Auto starts with overlayfs and falls back at the first mount that fails (`layer_step`).
+                crate::SnapshotterKind::Overlay | crate::SnapshotterKind::Auto => Snapshotter::open(&opts.root),
+            },
+            sandbox,
+            // Plain tar: the build never waits on gzip (100 MB of RUN output took 1.7 s to compress);
+            // exports compress (`Artifact::for_export`, `export_caches`).
+            wopts: WriteOptions { compression: kiln_oci::Compression::None, source_date_epoch: opts.source_date_epoch.map(|s| s as i64) },
+            bases: HashMap::new(),
+            stages: HashMap::new(),
+            explain_pool: None,
+            collected: Collected::default(),
+        }
+    }
+
     /// A solver for one stage running beside others: it shares everything read-only and collects
     /// its own reports and records, which [`Solver::join`] folds back in.
     pub fn fork(&self) -> Solver<'a> {
         Solver {
-            opts: self.opts,
-            store: self.store,
+            shared: self.shared,
             cache: self.cache.clone(),
             snaps: self.snaps.clone(),
-            context: self.context,
             sandbox: self.sandbox.clone(),
-            progress: self.progress,
-            bases: self.bases.clone(),
-            base_lookup: self.base_lookup,
-            stages: self.stages.clone(),
-            reports: Vec::new(),
             wopts: self.wopts.clone(),
-            sources: self.sources,
-            used: Vec::new(),
-            remote_layers: self.remote_layers.clone(),
+            bases: self.bases.clone(),
+            stages: self.stages.clone(),
             explain_pool: None,
-            explanations: Vec::new(),
-            reached: HashMap::new(),
+            collected: Collected { remote_layers: self.collected.remote_layers.clone(), ..Collected::default() },
         }
     }
 
     pub fn join(&mut self, sub: Solver<'a>) {
-        self.reports.extend(sub.reports);
-        self.used.extend(sub.used);
-        self.remote_layers.extend(sub.remote_layers);
-        self.explanations.extend(sub.explanations);
+        self.collected.merge(sub.collected);
         self.bases.extend(sub.bases);
-        self.reached.extend(sub.reached);
     }
 
     /// Builds one stage; its deps are already in `self.stages`.
@@ -110,7 +142,7 @@ impl<'a> Solver<'a> {
             Some(p) => kiln_oci::Platform::parse(p)
                 .map_err(|e| BuildError::step(at(&stage.location), format!("FROM --platform={p}: {e}")))?
                 .normalized(),
-            None => self.opts.platform.clone(),
+            None => self.shared.opts.platform.clone(),
         };
         let mut state = match &stage.base {
             Source::Scratch => ImageState::scratch(&platform),
@@ -132,25 +164,25 @@ impl<'a> Solver<'a> {
             let p = state.platform.clone();
             self.report(&name, &p, &format!("FROM {r}"), CacheStatus::None, 0.0);
         }
-        let first_record = self.used.len();
+        let first_record = self.collected.used.len();
         for step in &stage.steps {
-            self.opts.cancel.check()?;
+            self.shared.opts.cancel.check()?;
             let at = at(&step.location);
             let text = step.original.trim().to_string();
             // A step that fails because the build was cancelled (its RUN killed, its sandbox gone)
             // is a cancel, whatever it says.
             self.step(&name, step, &mut state).map_err(|e| {
-                if self.opts.cancel.is_cancelled() {
+                if self.shared.opts.cancel.is_cancelled() {
                     BuildError::Cancelled { kept: String::new() }
                 } else {
                     e.in_step(&at, &text)
                 }
             })?;
-            self.reached.insert(stage.index, state.key.clone());
+            self.collected.reached.insert(stage.index, state.key.clone());
         }
         // Config-only records reach the local cache when their stage is done, not as they are made,
         // so that a stage running beside this one does not explain its misses against them.
-        for rec in self.used[first_record..].iter().filter(|r| r.layer.is_none()) {
+        for rec in self.collected.used[first_record..].iter().filter(|r| r.layer.is_none()) {
             if self.cache.get(&rec.key).is_none() {
                 self.put_local(rec);
             }
@@ -161,7 +193,7 @@ impl<'a> Solver<'a> {
     fn base(&mut self, image: &str, platform: &kiln_oci::Platform) -> Result<&BaseImage, BuildError> {
         let k = format!("{image} {platform}");
         if !self.bases.contains_key(&k) {
-            let b = self.base_lookup.get(image, platform)?;
+            let b = self.shared.base_lookup.get(image, platform)?;
             self.bases.insert(k.clone(), b);
         }
         Ok(&self.bases[&k])
@@ -170,21 +202,21 @@ impl<'a> Solver<'a> {
     fn report(&mut self, stage: &str, platform: &kiln_oci::Platform, instruction: &str, cache: CacheStatus, seconds: f64) {
         let r =
             StepReport { stage: stage.to_string(), platform: platform.to_string(), instruction: instruction.to_string(), cache, seconds };
-        self.progress.step_done(&r);
-        self.reports.push(r);
+        self.shared.progress.step_done(&r);
+        self.collected.reports.push(r);
     }
 
     fn step(&mut self, stage: &str, step: &Step, state: &mut ImageState) -> Result<(), BuildError> {
         let started = Instant::now();
         let text = step.original.trim().to_string();
-        self.progress.step_started(stage, &text);
+        self.shared.progress.step_started(stage, &text);
         let from = match &step.copy_from {
             Some(src) => Some(self.source_layers(step, src)?),
             None => None,
         };
         let downloads = self.download(step)?;
         let cx = PlanContext {
-            files: self.context,
+            files: self.shared.context,
             copy_from: from.as_deref().map(chain_key),
             mount_from: self.mount_keys(step)?,
             urls: downloads.digests(),
@@ -231,22 +263,22 @@ impl<'a> Solver<'a> {
     {
         let key = inputs.key(&state.key);
         let text = step.original.trim().to_string();
-        if !self.opts.no_cache {
+        if !self.shared.opts.no_cache {
             if let Some(hit) = self.cached(&key, state, &text) {
                 return Ok(hit);
             }
             self.note_miss(&state.key.clone(), &text, &inputs);
         }
         self.ensure_local(&state.layers)?;
-        let lowers = self.snaps.lowers(self.store, &state.layers)?;
+        let lowers = self.snaps.lowers(self.shared.store, &state.layers)?;
         let mut mounted = match self.snaps.mount(&lowers, true) {
             Ok(m) => m,
             // `--snapshotter auto`: the first step that needs a root finds out whether overlayfs
             // mounts here (a fully cached build never mounts anything).
-            Err(e) if self.opts.snapshotter == crate::SnapshotterKind::Auto && !self.snaps.is_native() => {
-                self.progress.warn(&format!("{e}; falling back to the copying snapshotter (slower)"));
-                self.snaps = Snapshotter::open_native(&self.opts.root);
-                let lowers = self.snaps.lowers(self.store, &state.layers)?;
+            Err(e) if self.shared.opts.snapshotter == crate::SnapshotterKind::Auto && !self.snaps.is_native() => {
+                self.shared.progress.warn(&format!("{e}; falling back to the copying snapshotter (slower)"));
+                self.snaps = Snapshotter::open_native(&self.shared.opts.root);
+                let lowers = self.snaps.lowers(self.shared.store, &state.layers)?;
                 self.snaps.mount(&lowers, true)?
             }
             Err(e) => return Err(e),
@@ -263,14 +295,14 @@ impl<'a> Solver<'a> {
     /// A cached record for `key` from the first source that has it (the local cache first, then the
     /// imported ones), applied to `state`.
     fn cached(&mut self, key: &Digest, state: &mut ImageState, text: &str) -> Option<CacheStatus> {
-        let (i, rec) = self.sources.iter().enumerate().find_map(|(i, c)| c.lookup(key).map(|r| (i, r)))?;
-        let status = if self.sources[i].layers_in_store() {
+        let (i, rec) = self.shared.sources.iter().enumerate().find_map(|(i, c)| c.lookup(key).map(|r| (i, r)))?;
+        let status = if self.shared.sources[i].layers_in_store() {
             CacheStatus::HitLocal
         } else {
             // Lazy: the layer stays in the registry until a step or the output needs it.
             if let Some(l) = &rec.layer {
-                if !self.store.has_blob(&l.descriptor.digest) {
-                    self.remote_layers.insert(l.descriptor.digest.clone(), (i, rec.clone()));
+                if !self.shared.store.has_blob(&l.descriptor.digest) {
+                    self.collected.remote_layers.insert(l.descriptor.digest.clone(), (i, rec.clone()));
                 }
             }
             self.put_local(&rec);
@@ -297,7 +329,7 @@ impl<'a> Solver<'a> {
     ) -> Result<CacheStatus, BuildError> {
         let text = step.original.trim().to_string();
         let key = inputs.key(&state.key);
-        if !self.opts.no_cache {
+        if !self.shared.opts.no_cache {
             if let Some(hit) = self.cached(&key, state, &text) {
                 return Ok(hit);
             }
@@ -318,7 +350,7 @@ impl<'a> Solver<'a> {
             self.layer_step(step, &mut alone, layer_inputs, |this, mounted, st| this.exec_copy(step, &copy, from, downloads, mounted, st))?;
         let layer = alone.layers.first().map(|l| LayerRecord { descriptor: l.descriptor.clone(), diff_id: l.diff_id.clone() });
         let mut rec = Record::new(key, Some(state.key.clone()), text.clone(), inputs.into_map(), layer);
-        if let Some(inner) = self.used.last() {
+        if let Some(inner) = self.collected.used.last() {
             rec.created = inner.created;
         }
         self.put_local(&rec);
@@ -334,7 +366,7 @@ impl<'a> Solver<'a> {
             return Ok(None);
         }
         let upper = mounted.upper.clone();
-        let info = write_layer_to_store(self.store, |w| write_layer_from_overlay_upper(&upper, w, &self.wopts).map(|(_, i)| i))
+        let info = write_layer_to_store(self.shared.store, |w| write_layer_from_overlay_upper(&upper, w, &self.wopts).map(|(_, i)| i))
             .map_err(|e| BuildError::Layer { digest: "(new)".into(), source: e })?;
         let mut ids: Vec<&Digest> = state.layers.iter().map(|l| &l.diff_id).collect();
         ids.push(&info.diff_id);
@@ -357,8 +389,9 @@ impl<'a> Solver<'a> {
         if entries.is_empty() {
             return Ok(None);
         }
-        let info = write_layer_to_store(self.store, |w| kiln_oci::layer::write_layer_from_entries(entries, w, &self.wopts).map(|(_, i)| i))
-            .map_err(|e| BuildError::Layer { digest: "(new)".into(), source: e })?;
+        let info =
+            write_layer_to_store(self.shared.store, |w| kiln_oci::layer::write_layer_from_entries(entries, w, &self.wopts).map(|(_, i)| i))
+                .map_err(|e| BuildError::Layer { digest: "(new)".into(), source: e })?;
         let mut ids: Vec<&Digest> = state.layers.iter().map(|l| &l.diff_id).collect();
         ids.push(&info.diff_id);
         if let Some(chain) = chain_ids(&ids).pop() {
@@ -373,15 +406,15 @@ impl<'a> Solver<'a> {
         let mut wanted: Vec<(&Digest, usize, Record)> = Vec::new();
         for l in layers {
             let d = &l.descriptor.digest;
-            if self.store.has_blob(d) || wanted.iter().any(|(w, _, _)| *w == d) {
+            if self.shared.store.has_blob(d) || wanted.iter().any(|(w, _, _)| *w == d) {
                 continue;
             }
-            let Some((i, rec)) = self.remote_layers.get(d).cloned() else {
+            let Some((i, rec)) = self.collected.remote_layers.get(d).cloned() else {
                 return Err(BuildError::Snapshot(format!("layer {d} is neither in the store nor in an imported cache")));
             };
             wanted.push((d, i, rec));
         }
-        let (sources, store) = (self.sources, self.store);
+        let (sources, store) = (self.shared.sources, self.shared.store);
         kiln_oci::run_parallel(&wanted, 4, |(d, i, rec)| {
             sources[*i]
                 .fetch_layer(rec, store)
@@ -393,20 +426,20 @@ impl<'a> Solver<'a> {
     /// Says why the step `text` missed (in its output and the build's explanations), if it can.
     fn note_miss(&mut self, parent: &Digest, text: &str, inputs: &StepInputs) {
         if let Some(why) = self.explain(parent, text, inputs) {
-            self.progress.output(text, format!("cache miss: {why}").as_bytes());
-            self.explanations.push((text.to_string(), why));
+            self.shared.progress.output(text, format!("cache miss: {why}").as_bytes());
+            self.collected.explanations.push((text.to_string(), why));
         }
     }
 
     /// What changed against the closest cached record, in words (`None` when nothing is cached).
     fn explain(&mut self, parent: &Digest, text: &str, inputs: &StepInputs) -> Option<String> {
         if self.explain_pool.is_none() {
-            self.explain_pool = Some(self.sources.iter().flat_map(|c| c.records()).collect());
+            self.explain_pool = Some(self.shared.sources.iter().flat_map(|c| c.records()).collect());
         }
         let pool = self.explain_pool.as_deref().unwrap_or(&[]);
         // Records this build made (an earlier stage on the same base) are not what the step
         // missed against: only what was cached before counts.
-        let made: std::collections::HashSet<&Digest> = self.used.iter().map(|r| &r.key).collect();
+        let made: std::collections::HashSet<&Digest> = self.collected.used.iter().map(|r| &r.key).collect();
         let pool: Vec<Record> = pool.iter().filter(|r| r.parent.as_ref() == Some(parent) && !made.contains(&r.key)).cloned().collect();
         if pool.is_empty() {
             return None;
@@ -431,7 +464,7 @@ impl<'a> Solver<'a> {
     }
 
     fn apply_record(&self, rec: &Record, state: &mut ImageState, text: &str) {
-        let created = self.opts.source_date_epoch.unwrap_or(rec.created);
+        let created = self.shared.opts.source_date_epoch.unwrap_or(rec.created);
         if let Some(l) = &rec.layer {
             state.layers.push(LayerRef { descriptor: l.descriptor.clone(), diff_id: l.diff_id.clone() });
             state.created = state.created.max(created);
@@ -446,7 +479,7 @@ impl<'a> Solver<'a> {
     /// Keeps `rec` in the local cache; a failure is a warning (the cache is an accelerator).
     fn put_local(&self, rec: &Record) {
         if let Err(e) = self.cache.put(rec) {
-            self.progress.warn(&format!("could not write the local cache: {e}"));
+            self.shared.progress.warn(&format!("could not write the local cache: {e}"));
         }
     }
 
@@ -455,13 +488,13 @@ impl<'a> Solver<'a> {
     fn commit_record(&mut self, rec: Record, state: &mut ImageState, text: &str) {
         self.apply_record(&rec, state, text);
         state.key = rec.key.clone();
-        self.used.push(rec);
+        self.collected.used.push(rec);
     }
 
     /// A read-only (or writable) root of `layers`, fetching the ones only an imported cache has.
     pub(super) fn mount_layers(&mut self, layers: &[LayerRef], writable: bool) -> Result<Mounted, BuildError> {
         self.ensure_local(layers)?;
-        let lowers = self.snaps.lowers(self.store, layers)?;
+        let lowers = self.snaps.lowers(self.shared.store, layers)?;
         self.snaps.mount(&lowers, writable)
     }
 
@@ -471,7 +504,7 @@ impl<'a> Solver<'a> {
                 self.stages.get(i).ok_or_else(|| BuildError::step(at(&step.location), format!("stage {i} is not built")))?.layers.clone()
             }
             Source::Image(r) => self
-                .base(r, &self.opts.platform.clone())
+                .base(r, &self.shared.opts.platform.clone())
                 .map_err(|e| BuildError::step(at(&step.location), format!("no stage is named {r:?}, so it was taken as an image: {e}")))?
                 .layers
                 .clone(),

@@ -127,16 +127,16 @@ impl Solver<'_> {
         for (i, item) in plan.items.iter().enumerate() {
             match item {
                 CopyItem::Context(rel) => {
-                    let entries = context_entries(self.context, rel, c)?;
+                    let entries = context_entries(self.shared.context, rel, c)?;
                     if c.add && entries.len() == 1 && c.unpack != Some(false) {
-                        let host = self.context.host_path(rel);
+                        let host = self.shared.context.host_path(rel);
                         if is_archive(&host) {
                             unpack_into(root, dest, &host).map_err(|m| e(format!("ADD {rel}: {m}")))?;
                             continue;
                         }
                     }
                     sources.push(crate::copy::Source {
-                        root: SourceRoot { dir: self.context.root(), keep_owner: false },
+                        root: SourceRoot { dir: self.shared.context.root(), keep_owner: false },
                         rel: rel.clone(),
                         entries,
                         parents: c.parents,

@@ -18,12 +18,12 @@ impl Solver<'_> {
         apply_meta(step, state);
         let key = inputs.key(&state.key);
         // A config-only step can be the first thing that changed (an ENV, a LABEL).
-        if !self.opts.no_cache && !self.sources.iter().any(|c| c.lookup(&key).is_some()) {
+        if !self.shared.opts.no_cache && !self.shared.sources.iter().any(|c| c.lookup(&key).is_some()) {
             self.note_miss(&state.key.clone(), text, &inputs);
         }
         let mut rec = Record::new(key.clone(), Some(state.key.clone()), text.to_string(), inputs.into_map(), None);
         rec.created = state.created;
-        self.used.push(rec);
+        self.collected.used.push(rec);
         state.key = key;
         state.history.push(History {
             created: Some(crate::time::rfc3339(state.created)),

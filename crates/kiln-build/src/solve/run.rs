@@ -36,7 +36,7 @@ impl Solver<'_> {
                 spec.mounts.push(sm);
             }
         }
-        let progress = self.progress;
+        let progress = self.shared.progress;
         let text = step.original.trim().to_string();
         let outcome = self
             .sandbox
@@ -77,7 +77,7 @@ impl Solver<'_> {
                 let id =
                     m.id.clone()
                         .unwrap_or_else(|| Path::new(&m.target).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
-                let Some(path) = self.opts.secrets.get(&id) else {
+                let Some(path) = self.shared.opts.secrets.get(&id) else {
                     if m.required {
                         return Err(BuildError::step(
                             at(&step.location),
@@ -107,7 +107,7 @@ impl Solver<'_> {
     /// says.
     fn cache_mount_dir(&mut self, m: &Mount, holds: &mut StepHolds) -> Result<PathBuf, BuildError> {
         let id = m.id.clone().unwrap_or_else(|| m.target.clone());
-        let dir = self.opts.root.join("cache").join("mounts").join(Digest::sha256_of(id.as_bytes()).hex());
+        let dir = self.shared.opts.root.join("cache").join("mounts").join(Digest::sha256_of(id.as_bytes()).hex());
         fs::create_dir_all(&dir).map_err(|e| BuildError::Io { action: "create cache mount", path: dir.clone(), source: e })?;
         let source = match m.sharing {
             Sharing::Shared => dir,
@@ -147,7 +147,7 @@ impl Solver<'_> {
                 let rel = crate::context::clean_rel(&source_rel).ok_or_else(|| {
                     BuildError::step(at(&step.location), format!("--mount source {source_rel:?} is outside the build context"))
                 })?;
-                self.context.root().join(rel)
+                self.shared.context.root().join(rel)
             }
             Some(s) => {
                 let layers = self.source_layers(step, s)?;
