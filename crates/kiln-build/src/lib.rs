@@ -14,8 +14,11 @@
 //!    layers ([`snapshot`]) with a fresh upper dir: RUN in `kiln-sandbox`, COPY/ADD by writing into the
 //!    merged root through the one safe path resolver. The upper dir becomes the step's layer (overlay
 //!    whiteouts turn into OCI `.wh.` entries) and is kept as the next step's lower dir.
-//! 5. **Export.** The final stage's layers and config become an OCI manifest in the local store, and
-//!    optionally an OCI layout or docker-archive tarball ([`output`]).
+//! 5. **Export.** The final stage's layers and config become an OCI manifest in the local store.
+//!    A whole `kiln build` ([`orchestrate::build_all`]) builds each platform that way, runs the
+//!    `--test` gate, then hands the result to one [`export::Exporter`] per output (store tag, registry
+//!    push, OCI layout, docker archive; the formats are in [`output`]) and types what it leaves
+//!    behind ([`metadata`]).
 //!
 //! Nothing here prints: progress goes through the [`Progress`] trait, which the CLI renders.
 
@@ -24,9 +27,11 @@ pub mod cancel;
 mod context;
 mod copy;
 mod error;
+pub mod export;
 mod glob;
 pub mod metadata;
 mod native;
+pub mod orchestrate;
 pub mod output;
 pub mod push;
 pub mod reclaim;
@@ -137,6 +142,8 @@ pub trait Progress: Sync {
     fn output(&self, instruction: &str, line: &[u8]);
     fn step_done(&self, report: &StepReport);
     fn warn(&self, message: &str);
+    /// A line saying what the build did besides its steps (a test passed, an image was pushed).
+    fn info(&self, _message: &str) {}
 }
 
 /// A [`Progress`] that drops everything.

@@ -88,4 +88,10 @@ impl Progress for Printer {
     fn warn(&self, message: &str) {
         eprintln!("warning: {message}");
     }
+
+    fn info(&self, message: &str) {
+        if !self.quiet() {
+            eprintln!("{message}");
+        }
+    }
 }

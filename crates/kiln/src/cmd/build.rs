@@ -1,14 +1,14 @@
-//! `kiln build [CONTEXT]`: flags in, `kiln_build::build`, outputs and the summary out.
+//! `kiln build [CONTEXT]`: flags in, a `BuildRequest` to `kiln_build::orchestrate::build_all`, the summary out.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
-use kiln_build::metadata::{CacheMiss, ImageMetadata, LastBuild, Metadata};
-use kiln_build::output::{self, Output};
-use kiln_build::{BuildOptions, Progress};
+use kiln_build::orchestrate::BuildRequest;
+use kiln_build::output::Output;
+use kiln_build::BuildOptions;
 
-use kiln_oci::{Platform, Reference, Store};
+use kiln_oci::{Platform, Reference};
 
 use crate::progress::{Mode, Printer};
 use crate::Global;
@@ -121,36 +121,29 @@ fn parse_secret(s: &str) -> anyhow::Result<(String, PathBuf)> {
     }
 }
 
+/// `--platform a,b`: each normalized, duplicates dropped, at least one; this machine's by default.
+fn parse_platforms(list: Option<&str>) -> anyhow::Result<Vec<Platform>> {
+    let Some(list) = list else { return Ok(vec![Platform::host()]) };
+    let mut v: Vec<Platform> = Vec::new();
+    for p in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let p = Platform::parse(p).with_context(|| format!("--platform {p}"))?.normalized();
+        if !v.contains(&p) {
+            v.push(p);
+        }
+    }
+    if v.is_empty() {
+        bail!("--platform {list:?}: name at least one platform, e.g. linux/amd64");
+    }
+    Ok(v)
+}
+
 pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<()> {
     let root = g.root();
-    let platforms: Vec<Platform> = match &a.platform {
-        Some(list) => {
-            let mut v: Vec<Platform> = Vec::new();
-            for p in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let p = Platform::parse(p).with_context(|| format!("--platform {p}"))?.normalized();
-                if !v.contains(&p) {
-                    v.push(p);
-                }
-            }
-            if v.is_empty() {
-                bail!("--platform {list:?}: name at least one platform, e.g. linux/amd64");
-            }
-            v
-        }
-        None => vec![Platform::host()],
-    };
+    let platforms = parse_platforms(a.platform.as_deref())?;
     let tags: Vec<Reference> =
         a.tags.iter().map(|t| Reference::parse(t).with_context(|| format!("--tag {t}"))).collect::<anyhow::Result<_>>()?;
-    let mut outputs: Vec<Output> = a.outputs.iter().map(|o| Output::parse(o)).collect::<Result<_, _>>()?;
-    if a.push && !outputs.iter().any(|o| matches!(o, Output::Registry { .. })) {
-        outputs.push(Output::Registry { push_by_digest: false });
-    }
-    if outputs.is_empty() {
-        outputs.push(Output::Image);
-    }
-    if outputs.iter().any(|o| matches!(o, Output::Registry { .. })) && tags.is_empty() {
-        bail!("pushing needs a name: add -t REGISTRY/NAME[:TAG]");
-    }
+    let outputs: Vec<Output> = a.outputs.iter().map(|o| Output::parse(o)).collect::<Result<_, _>>()?;
+    let outputs = Output::resolve(outputs, a.push, &tags)?;
     let mut secrets = BTreeMap::new();
     for s in &a.secrets {
         let (id, p) = parse_secret(s)?;
@@ -166,161 +159,43 @@ pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<(
     let cache_to =
         a.cache_to.iter().map(|s| kiln_cache::CacheTo::parse(s).map_err(|e| anyhow::anyhow!("{e}"))).collect::<anyhow::Result<Vec<_>>>()?;
     let sde = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
-    let client = std::sync::Arc::new(a.net.client());
-    let base = BuildOptions {
+    let options = BuildOptions {
         root: root.clone(),
         context: a.context.clone(),
         dockerfile: a.file.clone(),
         build_args: parse_kv(&a.build_args, "--build-arg")?,
         target: a.target.clone(),
-        platform: platforms[0].clone(),
         no_cache: a.no_cache,
         secrets,
         init_binary: None,
         source_date_epoch: sde,
         cache_from,
         cache_to,
-        policy: policy.clone(),
-        registry: Some(client.clone()),
+        policy,
+        registry: Some(std::sync::Arc::new(a.net.client())),
         snapshotter: match a.snapshotter {
             SnapshotterArg::Auto => kiln_build::SnapshotterKind::Auto,
             SnapshotterArg::Overlay => kiln_build::SnapshotterKind::Overlay,
             SnapshotterArg::Native => kiln_build::SnapshotterKind::Native,
         },
-        // A push-only build with no smoke test needs no layer locally: cached ones are mounted.
-        fetch_final: a.test.is_some() || outputs.iter().any(|o| !matches!(o, Output::Registry { .. })),
+        platform: platforms[0].clone(),
+        // Set per platform by build_all (a push-only build with no test needs no layer locally).
+        fetch_final: true,
         cancel: cancel.clone(),
     };
     let printer = Printer::new(a.progress);
+    let request = BuildRequest { options, platforms, tags, outputs, test: a.test.clone() };
+    let done = kiln_build::orchestrate::build_all(&request, &printer)?;
+    done.record(&root, a.metadata_file.as_deref())?;
 
-    // Each platform is its own build; they share the store, the local cache and the snapshots
-    // (all safe for concurrent use), and run side by side up to the number of cores.
-    let per_platform: Vec<BuildOptions> = platforms.iter().map(|p| BuildOptions { platform: p.clone(), ..base.clone() }).collect();
-    let width = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
-    let mut built = Vec::new();
-    for chunk in per_platform.chunks(width) {
-        let results: Vec<Result<kiln_build::Built, kiln_build::BuildError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunk.iter().map(|o| s.spawn(|| kiln_build::build(o, &printer))).collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(kiln_build::BuildError::Usage("a build thread panicked".into()))))
-                .collect()
-        });
-        // Cancelled, every platform kept something: say it all in the one line.
-        let mut kept = Vec::new();
-        for (o, r) in chunk.iter().zip(results) {
-            match r {
-                Ok(b) => built.push(b),
-                Err(kiln_build::BuildError::Cancelled { kept: k }) => {
-                    kept.push(if platforms.len() > 1 { format!("{}: {k}", o.platform) } else { k })
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if !kept.is_empty() {
-            return Err(kiln_build::BuildError::Cancelled { kept: kept.join("; ") }.into());
-        }
-    }
-
-    if let Some(cmd) = &a.test {
-        // The test runs on each platform's image by digest (foreign ones under emulation): nothing
-        // is tagged, exported or pushed before every one passes.
-        let store = Store::open(&root)?;
-        for b in &built {
-            let platform = b.config.platform();
-            let name = format!("kiln.local/test@{}", b.manifest.digest);
-            store.tag_name(&name, &b.manifest)?;
-            let req = kiln_build::run::RunRequest {
-                root: &root,
-                image: &name,
-                platform: &platform,
-                command: vec![cmd.clone()],
-                shell: true,
-                init_binary: None,
-                cancel: cancel.clone(),
-            };
-            let status = kiln_build::run::run_image(&req, &mut |_s, line| printer.output(cmd, line));
-            let _ = store.untag_name(&name);
-            let status = status?;
-            if status != kiln_sandbox::ExitStatus::Code(0) {
-                bail!("--test {cmd:?} failed on {platform} ({status}); nothing was tagged, exported or pushed");
-            }
-            if a.progress != Mode::Quiet {
-                eprintln!("test passed on {platform}: {cmd}");
-            }
-        }
-    }
-
-    let store = Store::open(&root)?;
-    let local = if built.len() == 1 { output::Artifact::single(&built[0]) } else { output::Artifact::index(&store, &built)? };
-    // The store keeps the plain-tar form; whatever leaves the machine is gzipped first (once: the
-    // form is remembered), and that is the digest the build reports, as BuildKit reports the pushed one.
-    let leaves = outputs.iter().any(|o| !matches!(o, Output::Image));
-    let art = if leaves { local.for_export(&store)? } else { local.clone() };
-    let mut pushed: Option<String> = None;
-    for o in &outputs {
-        match o {
-            Output::Image => output::tag(&store, &local, &tags)?,
-            Output::Oci { dest, tar } => output::write_oci(&store, &art, dest, *tar, &tags)?,
-            Output::Docker { dest } => output::write_docker(&store, &art, dest, &tags)?,
-            Output::Registry { push_by_digest } => {
-                let mut sources = kiln_cache::LayerSources::new();
-                for b in &built {
-                    sources.extend(&b.layer_sources);
-                }
-                for t in &tags {
-                    let d = kiln_build::push::push_artifact(&client, &store, &art, t, *push_by_digest, &sources)?;
-                    if a.progress != Mode::Quiet {
-                        eprintln!(
-                            "pushed {} ({d})",
-                            if *push_by_digest { t.repository_only().with_digest(d.clone()).to_string() } else { t.to_string() }
-                        );
-                    }
-                    pushed = Some(d.to_string());
-                    if *push_by_digest {
-                        break; // one repository is enough: the digest names the image everywhere
-                    }
-                }
-            }
-        }
-    }
-    let steps: Vec<kiln_build::StepReport> = built.iter().flat_map(|b| b.steps.iter().cloned()).collect();
-    let misses: Vec<CacheMiss> =
-        built.iter().flat_map(|b| b.explanations.iter()).map(|(s, w)| CacheMiss { step: s.clone(), changed: w.clone() }).collect();
-    if let Some(path) = &a.metadata_file {
-        let md = Metadata {
-            digest: art.root.digest.to_string(),
-            descriptor: art.root.clone(),
-            store_digest: local.root.digest.to_string(),
-            config_digest: if built.len() == 1 { Some(built[0].config_digest.to_string()) } else { None },
-            image_name: tags.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","),
-            platforms: platforms.iter().map(|p| p.to_string()).collect(),
-            images: built
-                .iter()
-                .zip(&art.manifests)
-                .map(|(b, m)| ImageMetadata {
-                    platform: b.config.platform().to_string(),
-                    digest: m.digest.to_string(),
-                    config_digest: b.config_digest.to_string(),
-                })
-                .collect(),
-            pushed,
-            steps: steps.clone(),
-            cache_policy: policy.clone(),
-            cache_exports: built.iter().flat_map(|b| b.cache_exports.iter().cloned()).collect(),
-            cache_misses: misses.clone(),
-        };
-        md.write(path)?;
-    }
-    // `kiln cache explain` reads the last build's misses from here.
-    LastBuild { digest: art.root.digest.to_string(), misses: misses.clone(), steps: steps.clone() }.save(&root);
-    eprintln!("{}", printer.summary(&steps, &art.root.digest.to_string()));
+    let md = &done.metadata;
+    eprintln!("{}", printer.summary(done.steps(), &md.digest));
     if a.progress != Mode::Quiet {
-        eprintln!("{policy}");
-        for m in &misses {
+        eprintln!("{}", md.cache_policy);
+        for m in &md.cache_misses {
             eprintln!("  miss: {}: {}", m.step, m.changed);
         }
     }
-    println!("{}", art.root.digest);
+    println!("{}", md.digest);
     Ok(())
 }
