@@ -62,11 +62,14 @@ impl Solver<'_> {
             }
             let dir = self.snaps.temp_dir("add-url")?;
             let name = url_file_name(p);
-            downloads.files.push(Download { url: p.clone(), dir: dir.clone(), name: name.clone(), digest: Digest::sha256_of(b"") });
-            let digest = fetch_url(p, &dir.join(&name)).map_err(|m| BuildError::step(at(&step.location), format!("ADD {p}: {m}")))?;
-            if let Some(d) = downloads.files.last_mut() {
-                d.digest = digest;
-            }
+            let digest = match fetch_url(p, &dir.join(&name)) {
+                Ok(d) => d,
+                Err(m) => {
+                    remove_tree(&dir);
+                    return Err(BuildError::step(at(&step.location), format!("ADD {p}: {m}")));
+                }
+            };
+            downloads.files.push(Download { url: p.clone(), dir, name, digest });
         }
         Ok(downloads)
     }
