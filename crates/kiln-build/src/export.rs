@@ -174,3 +174,44 @@ impl Exporter for RegistryPush {
         Ok(done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(s: &str) -> Reference {
+        Reference::parse(s).unwrap()
+    }
+
+    #[test]
+    fn outputs_default_to_the_store_and_push_adds_one_registry_output() {
+        let t = [tag("localhost:5000/app:1")];
+        assert_eq!(Output::resolve(vec![], false, &[]).unwrap(), vec![Output::Image]);
+        assert_eq!(Output::resolve(vec![], true, &t).unwrap(), vec![Output::Registry { push_by_digest: false }]);
+        let by_digest = vec![Output::Registry { push_by_digest: true }];
+        assert_eq!(Output::resolve(by_digest.clone(), true, &t).unwrap(), by_digest);
+        let oci = Output::Oci { dest: "x.tar".into(), tar: true };
+        assert_eq!(Output::resolve(vec![oci.clone()], true, &t).unwrap(), vec![oci, Output::Registry { push_by_digest: false }]);
+    }
+
+    #[test]
+    fn pushing_without_a_tag_is_refused() {
+        let e = Output::resolve(vec![], true, &[]).unwrap_err();
+        assert_eq!(e.to_string(), "pushing needs a name: add -t REGISTRY/NAME[:TAG]");
+        assert!(Output::resolve(vec![Output::Registry { push_by_digest: true }], false, &[]).is_err());
+    }
+
+    #[test]
+    fn only_the_store_keeps_the_plain_form_and_only_a_push_needs_no_local_layers() {
+        let all = [
+            Output::Image,
+            Output::Oci { dest: "a".into(), tar: false },
+            Output::Docker { dest: "b".into() },
+            Output::Registry { push_by_digest: false },
+        ];
+        let leaves: Vec<bool> = all.iter().map(|o| o.exporter().leaves_machine()).collect();
+        let local: Vec<bool> = all.iter().map(|o| o.exporter().needs_local_layers()).collect();
+        assert_eq!(leaves, [false, true, true, true]);
+        assert_eq!(local, [true, true, true, false]);
+    }
+}

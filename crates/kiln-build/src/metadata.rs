@@ -190,6 +190,52 @@ mod tests {
     }
 
     #[test]
+    fn metadata_file_keys_are_buildx_and_kiln_names_in_sorted_order() {
+        let digest = kiln_oci::Digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        let md = Metadata {
+            config_digest: None,
+            descriptor: Descriptor::new(kiln_oci::media::OCI_MANIFEST, digest.clone(), 7),
+            digest: digest.to_string(),
+            image_name: "a:1,b:2".into(),
+            cache_exports: Vec::new(),
+            cache_misses: vec![CacheMiss { step: "RUN b".into(), changed: "file:x changed".into() }],
+            cache_policy: ResolvedPolicy { policy: kiln_cache::CachePolicy::ReadWrite, provider: None, reason: "given".into() },
+            images: vec![ImageMetadata { config_digest: "c".into(), digest: "d".into(), platform: "linux/amd64".into() }],
+            platforms: vec!["linux/amd64".into()],
+            pushed: None,
+            steps: vec![step("RUN b", CacheStatus::Miss)],
+            store_digest: digest.to_string(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("md.json");
+        md.write(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "containerimage.config.digest",
+                "containerimage.descriptor",
+                "containerimage.digest",
+                "image.name",
+                "kiln.cache-exports",
+                "kiln.cache-misses",
+                "kiln.cache-policy",
+                "kiln.images",
+                "kiln.platforms",
+                "kiln.pushed",
+                "kiln.steps",
+                "kiln.store.digest",
+            ]
+        );
+        assert!(v["containerimage.config.digest"].is_null() && v["kiln.pushed"].is_null());
+        assert_eq!(v["kiln.images"][0]["config.digest"], "c");
+        assert_eq!(v["kiln.cache-misses"][0], serde_json::json!({"step": "RUN b", "changed": "file:x changed"}));
+        assert_eq!(v["kiln.steps"][0]["cache"], "miss");
+        assert_eq!(v["containerimage.descriptor"]["digest"], digest.to_string());
+    }
+
+    #[test]
     fn a_missing_last_build_says_no_build_was_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let e = LastBuild::load(dir.path()).unwrap_err();

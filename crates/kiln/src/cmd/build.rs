@@ -1,7 +1,7 @@
 //! `kiln build [CONTEXT]`: flags in, a `BuildRequest` to `kiln_build::orchestrate::build_all`, the summary out.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use kiln_build::orchestrate::BuildRequest;
@@ -139,6 +139,25 @@ fn parse_platforms(list: Option<&str>) -> anyhow::Result<Vec<Platform>> {
 
 pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<()> {
     let root = g.root();
+    let request = request(&a, &root, cancel)?;
+    let printer = Printer::new(a.progress);
+    let done = kiln_build::orchestrate::build_all(&request, &printer)?;
+    done.record(&root, a.metadata_file.as_deref())?;
+
+    let md = &done.metadata;
+    eprintln!("{}", printer.summary(done.steps(), &md.digest));
+    if a.progress != Mode::Quiet {
+        eprintln!("{}", md.cache_policy);
+        for m in &md.cache_misses {
+            eprintln!("  miss: {}: {}", m.step, m.changed);
+        }
+    }
+    println!("{}", md.digest);
+    Ok(())
+}
+
+/// The flags, parsed and checked, as a request (in the order the checks have always run).
+fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result<BuildRequest> {
     let platforms = parse_platforms(a.platform.as_deref())?;
     let tags: Vec<Reference> =
         a.tags.iter().map(|t| Reference::parse(t).with_context(|| format!("--tag {t}"))).collect::<anyhow::Result<_>>()?;
@@ -158,17 +177,18 @@ pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let cache_to =
         a.cache_to.iter().map(|s| kiln_cache::CacheTo::parse(s).map_err(|e| anyhow::anyhow!("{e}"))).collect::<anyhow::Result<Vec<_>>>()?;
-    let sde = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
     let options = BuildOptions {
-        root: root.clone(),
+        root: root.to_path_buf(),
         context: a.context.clone(),
         dockerfile: a.file.clone(),
         build_args: parse_kv(&a.build_args, "--build-arg")?,
         target: a.target.clone(),
+        // Set per platform by build_all, as is fetch_final.
+        platform: platforms[0].clone(),
         no_cache: a.no_cache,
         secrets,
         init_binary: None,
-        source_date_epoch: sde,
+        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok()),
         cache_from,
         cache_to,
         policy,
@@ -178,24 +198,8 @@ pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<(
             SnapshotterArg::Overlay => kiln_build::SnapshotterKind::Overlay,
             SnapshotterArg::Native => kiln_build::SnapshotterKind::Native,
         },
-        platform: platforms[0].clone(),
-        // Set per platform by build_all (a push-only build with no test needs no layer locally).
         fetch_final: true,
         cancel: cancel.clone(),
     };
-    let printer = Printer::new(a.progress);
-    let request = BuildRequest { options, platforms, tags, outputs, test: a.test.clone() };
-    let done = kiln_build::orchestrate::build_all(&request, &printer)?;
-    done.record(&root, a.metadata_file.as_deref())?;
-
-    let md = &done.metadata;
-    eprintln!("{}", printer.summary(done.steps(), &md.digest));
-    if a.progress != Mode::Quiet {
-        eprintln!("{}", md.cache_policy);
-        for m in &md.cache_misses {
-            eprintln!("  miss: {}: {}", m.step, m.changed);
-        }
-    }
-    println!("{}", md.digest);
-    Ok(())
+    Ok(BuildRequest { options, platforms, tags, outputs, test: a.test.clone() })
 }
