@@ -7,8 +7,9 @@
 //! miss ("what changed?") without re-running anything.
 //!
 //! Records live in a [`LocalCache`] under the kiln root (`<root>/cache/records/<hex>.json`), one small
-//! JSON file per key, written atomically (temp file, fsync, rename) so that an interrupted build never
-//! leaves a record a later build would trust. The layers themselves live in the local store, addressed
+//! JSON file per key, replaced atomically (`kiln_oci::atomic`, not fsynced: a record lost or torn by a
+//! machine crash reads as a miss, which costs a rebuild, never a wrong image), so that an interrupted build
+//! never leaves a record a later build would trust. The layers themselves live in the local store, addressed
 //! by digest; a record is only a hit if its layer blob is still there.
 //!
 //! # The registry cache

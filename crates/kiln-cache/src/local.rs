@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -135,12 +135,7 @@ impl LocalCache {
         fs::create_dir_all(&self.dir).map_err(io_err("create", &self.dir))?;
         let bytes = serde_json::to_vec_pretty(record).map_err(|source| CacheError::Encode { key: record.key.to_string(), source })?;
         let path = self.path(&record.key);
-        let tmp = self.dir.join(format!(".tmp-{}-{}", std::process::id(), record.key.hex()));
-        let mut f = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(&bytes).map_err(io_err("write", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(io_err("rename into", &path))?;
-        Ok(())
+        kiln_oci::atomic::write(&path, &bytes, kiln_oci::atomic::Durability::Unsynced).map_err(io_err("write", &path))
     }
 
     /// Every complete record (unreadable ones are skipped), for `cache ls`, explain and pruning.
