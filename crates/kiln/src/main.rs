@@ -178,9 +178,3 @@ fn init_logging(verbose: u8) {
 pub fn atomic_write(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     kiln_oci::atomic::write(path, bytes, kiln_oci::atomic::Durability::Synced)
 }
-
-/// [`atomic_write`] without the fsync, for files that are only a convenience after a crash
-/// (`last-build.json`): readers still never see a half-written file while kiln runs.
-pub fn atomic_write_unsynced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    kiln_oci::atomic::write(path, bytes, kiln_oci::atomic::Durability::Unsynced)
-}
