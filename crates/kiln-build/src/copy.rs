@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use kiln_oci::fsroot::{Missing, RootDir};
 
 use crate::context::{Entry, Kind};
-use crate::error::BuildError;
+use crate::error::{BuildError, SnapshotError};
 
 /// Where a source's bytes are read from.
 pub struct SourceRoot<'a> {
@@ -50,7 +50,7 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BuildE
 }
 
 fn root_err(e: kiln_oci::fsroot::RootError) -> BuildError {
-    BuildError::Snapshot(e.to_string())
+    BuildError::Snapshot(SnapshotError::Root(e))
 }
 
 /// Copies `sources` to `dest` (an absolute path inside `root`). `dest_is_dir` is Docker's rule:

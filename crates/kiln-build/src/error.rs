@@ -14,9 +14,9 @@ pub enum BuildError {
     Parse(#[from] kiln_dockerfile::ParseError),
     #[error(transparent)]
     Instruction(#[from] kiln_dockerfile::instructions::InstructionError),
-    /// A step failed; `at` is `file:line`.
-    #[error("{at}: {message}")]
-    Step { at: String, message: String },
+    /// A step failed (boxed: a failure carries its typed cause, and most results never fail).
+    #[error(transparent)]
+    Step(Box<StepError>),
     #[error("cannot read the Dockerfile {}: {source}", path.display())]
     Dockerfile {
         path: PathBuf,
@@ -39,7 +39,7 @@ pub enum BuildError {
         source: kiln_oci::layer::LayerError,
     },
     #[error("snapshot: {0}")]
-    Snapshot(String),
+    Snapshot(#[source] SnapshotError),
     #[error("base image {reference}: {message}")]
     Base { reference: String, message: String },
     #[error("output {output}: {message}")]
@@ -64,12 +64,311 @@ impl BuildError {
     /// Places an error in the step it happened in, unless it already says where (or is a cancel).
     pub(crate) fn in_step(self, at: &str, step: &str) -> BuildError {
         match self {
-            e @ (BuildError::Step { .. } | BuildError::InStep { .. } | BuildError::Cancelled { .. }) => e,
+            e @ (BuildError::Step(_) | BuildError::InStep { .. } | BuildError::Cancelled { .. }) => e,
             e => BuildError::InStep { at: at.to_string(), step: step.to_string(), source: Box::new(e) },
         }
     }
 
+    /// A step refused by a check of kiln's own (see [`StepFailure::Refused`]).
     pub(crate) fn step(at: impl std::fmt::Display, message: impl Into<String>) -> BuildError {
-        BuildError::Step { at: at.to_string(), message: message.into() }
+        BuildError::failed(at, StepFailure::Refused(message.into()))
+    }
+
+    /// A step failed at `at` (`file:line`) the way `failure` says.
+    pub(crate) fn failed(at: impl std::fmt::Display, failure: StepFailure) -> BuildError {
+        BuildError::Step(Box::new(StepError { at: at.to_string(), failure }))
+    }
+}
+
+/// A step that failed: where (`file:line` in the Dockerfile) and how. Its `source()` is the
+/// [`StepFailure`], whose own `source()` is the typed cause, if there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("{at}: {failure}")]
+pub struct StepError {
+    pub at: String,
+    #[source]
+    pub failure: StepFailure,
+}
+
+/// How a step failed. Each variant that has a cause keeps it as its `source()`; `what` is the
+/// part of the step it was doing (`--chown=app`, `ADD x.tar`), empty when the step says enough.
+#[derive(Debug, thiserror::Error)]
+pub enum StepFailure {
+    /// A check kiln makes itself (a required secret not given, a bad flag value, a stage not
+    /// built): the message is the whole story, there is no cause underneath.
+    #[error("{0}")]
+    Refused(String),
+    /// RUN's command ran and did not succeed; `tail` is its last lines of output.
+    #[error("{}", exited(text, status, command, tail))]
+    Exited { text: String, status: kiln_sandbox::ExitStatus, command: String, tail: Vec<String> },
+    /// RUN's command could not be run (namespaces, mounts, exec).
+    #[error("{text}: {source}")]
+    Sandbox {
+        text: String,
+        #[source]
+        source: kiln_sandbox::Error,
+    },
+    /// A foreign platform's binaries cannot run here (no binfmt_misc handler).
+    #[error("cannot run {platform} binaries: {source}")]
+    Emulation {
+        platform: String,
+        #[source]
+        source: kiln_sandbox::arch::ArchError,
+    },
+    /// A user or group name not found in the image (`--chown`, `USER`).
+    #[error("{}{source}", prefix(what))]
+    User {
+        what: String,
+        #[source]
+        source: kiln_sandbox::user::UserError,
+    },
+    /// A path that would leave the root file system, or cannot be resolved in it.
+    #[error("{}{source}", prefix(what))]
+    Root {
+        what: String,
+        #[source]
+        source: kiln_oci::fsroot::RootError,
+    },
+    #[error("{}{source}", prefix(what))]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}{source}", prefix(what))]
+    Platform {
+        what: String,
+        #[source]
+        source: kiln_oci::PlatformError,
+    },
+    /// An archive that ADD unpacks could not be applied.
+    #[error("{}{source}", prefix(what))]
+    Layer {
+        what: String,
+        #[source]
+        source: kiln_oci::layer::LayerError,
+    },
+    /// ADD could not download `url`.
+    #[error("ADD {url}: {source}")]
+    Fetch {
+        url: String,
+        #[source]
+        source: FetchError,
+    },
+    /// Something the step needed failed on its own (a base image, a walk of another stage's root).
+    #[error("{}{source}", prefix(what))]
+    Build {
+        what: String,
+        #[source]
+        source: Box<BuildError>,
+    },
+}
+
+/// A snapshot (a step's root file system, its layers, its diff) could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// `cp -a` of the parent for a native snapshot exited non-zero.
+    #[error("copying {} for a native snapshot failed ({status})", lower.display())]
+    Copy { lower: PathBuf, status: std::process::ExitStatus },
+    #[error("the path {path} contains ':' or ',', which overlayfs cannot take; choose a --root without them")]
+    OverlayPath { path: String },
+    /// overlayfs refused the mount; `options` are the faithful-diff options asked for.
+    #[error(
+        "cannot mount overlayfs at {} with {options} ({source}); kiln needs root and a kernel with overlayfs that takes these \
+         options (they keep each step's upper dir a faithful diff), or use --snapshotter native",
+        target.display()
+    )]
+    Overlay {
+        target: PathBuf,
+        options: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The native snapshotter's tree diff failed.
+    #[error("comparing {} with its parent: {source}", merged.display())]
+    Diff {
+        merged: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("layer {digest} is neither in the store nor in an imported cache")]
+    LayerMissing { digest: kiln_oci::Digest },
+    /// Boxed: a cache error is large and rare (the chain still reaches it, as a `Box`).
+    #[error("could not fetch cached layer {digest}: {source}")]
+    Fetch {
+        digest: kiln_oci::Digest,
+        #[source]
+        source: Box<kiln_cache::CacheError>,
+    },
+    /// A blocking lock returned as held (cannot happen with a working flock).
+    #[error("cache mount lock")]
+    Lock,
+    /// A path inside a root file system could not be resolved safely.
+    #[error("{0}")]
+    Root(#[source] kiln_oci::fsroot::RootError),
+}
+
+/// Why ADD could not download a URL.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The server answered, with a status that is not 2xx.
+    #[error("HTTP {code} {text}")]
+    Status { code: u16, text: String },
+    /// No answer (DNS, connect, TLS, timeout).
+    #[error(transparent)]
+    Request(Box<ureq::Error>),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The body stopped before its end.
+    #[error("download broke off: {0}")]
+    BrokeOff(#[source] io::Error),
+    /// Finishing the downloaded file (flush, permissions) failed.
+    #[error("{0}")]
+    Finish(#[source] io::Error),
+}
+
+fn prefix(what: &str) -> String {
+    if what.is_empty() {
+        String::new()
+    } else {
+        format!("{what}: ")
+    }
+}
+
+fn exited(text: &str, status: &kiln_sandbox::ExitStatus, command: &str, tail: &[String]) -> String {
+    let mut msg = format!("`{text}` failed: {status} ({command})");
+    if !tail.is_empty() {
+        msg.push_str("\nlast lines of output:\n");
+        for l in tail {
+            msg.push_str("  ");
+            msg.push_str(l);
+            msg.push('\n');
+        }
+    }
+    msg.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+    use std::io::ErrorKind;
+
+    use super::*;
+
+    /// The chain of `source()`s below `e`, for tests that look for a typed cause in it.
+    fn chain<'a>(e: &'a (dyn std::error::Error + 'static)) -> Vec<&'a (dyn std::error::Error + 'static)> {
+        let mut out = Vec::new();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            out.push(c);
+            cur = c.source();
+        }
+        out
+    }
+
+    #[test]
+    fn a_sandbox_failure_keeps_the_sandbox_error_as_its_source() {
+        let failure = StepFailure::Sandbox {
+            text: "RUN make".into(),
+            source: kiln_sandbox::Error::Spawn {
+                binary: "/proc/self/exe".into(),
+                source: io::Error::new(ErrorKind::PermissionDenied, "denied"),
+            },
+        };
+        let e = BuildError::failed("Dockerfile:3", failure);
+        assert_eq!(e.to_string(), "Dockerfile:3: RUN make: cannot start the sandbox init process /proc/self/exe: denied");
+        let causes = chain(&e);
+        assert!(matches!(causes[0].downcast_ref::<StepFailure>(), Some(StepFailure::Sandbox { .. })), "{causes:?}");
+        let sandbox = causes.iter().find_map(|c| c.downcast_ref::<kiln_sandbox::Error>()).expect("a kiln_sandbox::Error in the chain");
+        assert!(matches!(sandbox, kiln_sandbox::Error::Spawn { .. }));
+        let io = causes.iter().find_map(|c| c.downcast_ref::<io::Error>()).expect("the io::Error under it");
+        assert_eq!(io.kind(), ErrorKind::PermissionDenied);
+    }
+
+    #[test]
+    fn an_io_failure_reaches_the_io_error_with_its_kind() {
+        let e =
+            BuildError::failed("Dockerfile:7", StepFailure::Io { what: String::new(), source: io::Error::from(ErrorKind::StorageFull) });
+        let io = chain(&e).into_iter().find_map(|c| c.downcast_ref::<io::Error>()).expect("an io::Error in the chain");
+        assert_eq!(io.kind(), ErrorKind::StorageFull);
+        assert!(e.to_string().starts_with("Dockerfile:7: "), "{e}");
+    }
+
+    #[test]
+    fn a_user_lookup_failure_keeps_the_user_error_and_names_the_flag() {
+        let source = kiln_sandbox::user::resolve("nobody-here", Some("root:x:0:0::/root:/bin/sh\n"), None).unwrap_err();
+        let text = source.to_string();
+        let e = BuildError::failed("Dockerfile:2", StepFailure::User { what: "--chown=nobody-here".into(), source });
+        assert_eq!(e.to_string(), format!("Dockerfile:2: --chown=nobody-here: {text}"));
+        assert!(chain(&e).iter().any(|c| c.downcast_ref::<kiln_sandbox::user::UserError>().is_some()));
+    }
+
+    #[test]
+    fn an_exited_command_reads_as_before_with_its_tail() {
+        let failure = StepFailure::Exited {
+            text: "RUN false".into(),
+            status: kiln_sandbox::ExitStatus::Code(1),
+            command: "/bin/sh -c false".into(),
+            tail: vec!["one".into(), "two".into()],
+        };
+        assert_eq!(failure.to_string(), "`RUN false` failed: exit code 1 (/bin/sh -c false)\nlast lines of output:\n  one\n  two");
+        let bare = StepFailure::Exited {
+            text: "RUN false".into(),
+            status: kiln_sandbox::ExitStatus::Signal(9),
+            command: "/bin/sh -c false".into(),
+            tail: vec![],
+        };
+        assert_eq!(bare.to_string(), "`RUN false` failed: signal 9 (/bin/sh -c false)");
+        assert!(bare.source().is_none());
+    }
+
+    #[test]
+    fn a_refused_step_reads_as_its_message() {
+        let e = BuildError::step("Dockerfile:4", "RUN --mount=type=ssh is not supported by kiln yet");
+        assert_eq!(e.to_string(), "Dockerfile:4: RUN --mount=type=ssh is not supported by kiln yet");
+        assert!(matches!(&e, BuildError::Step(s) if matches!(s.failure, StepFailure::Refused(_))), "{e:?}");
+    }
+
+    #[test]
+    fn a_base_image_failure_in_a_step_keeps_the_build_error() {
+        let inner = BuildError::Io { action: "read", path: "/x".into(), source: io::Error::from(ErrorKind::NotFound) };
+        let inner_text = inner.to_string();
+        let e = BuildError::failed(
+            "Dockerfile:1",
+            StepFailure::Build { what: "no stage is named \"b\", so it was taken as an image".into(), source: Box::new(inner) },
+        );
+        assert_eq!(e.to_string(), format!("Dockerfile:1: no stage is named \"b\", so it was taken as an image: {inner_text}"));
+        let io = chain(&e).into_iter().find_map(|c| c.downcast_ref::<io::Error>()).expect("the io::Error at the bottom");
+        assert_eq!(io.kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_fetch_failure_keeps_the_io_error() {
+        let e = BuildError::failed(
+            "Dockerfile:5",
+            StepFailure::Fetch { url: "http://h/x".into(), source: FetchError::BrokeOff(io::Error::from(ErrorKind::ConnectionReset)) },
+        );
+        assert!(e.to_string().starts_with("Dockerfile:5: ADD http://h/x: download broke off: "), "{e}");
+        let io = chain(&e).into_iter().find_map(|c| c.downcast_ref::<io::Error>()).expect("an io::Error");
+        assert_eq!(io.kind(), ErrorKind::ConnectionReset);
+        let status = StepFailure::Fetch { url: "http://h/x".into(), source: FetchError::Status { code: 404, text: "Not Found".into() } };
+        assert_eq!(status.to_string(), "ADD http://h/x: HTTP 404 Not Found");
+    }
+
+    #[test]
+    fn an_overlay_mount_failure_keeps_the_os_error() {
+        let e = BuildError::Snapshot(SnapshotError::Overlay {
+            target: "/m".into(),
+            options: "redirect_dir=off".into(),
+            source: io::Error::from_raw_os_error(libc::EPERM),
+        });
+        assert!(e.to_string().starts_with("snapshot: cannot mount overlayfs at /m with redirect_dir=off ("), "{e}");
+        assert!(e.to_string().ends_with("or use --snapshotter native"), "{e}");
+        let io = chain(&e).into_iter().find_map(|c| c.downcast_ref::<io::Error>()).expect("an io::Error");
+        assert_eq!(io.raw_os_error(), Some(libc::EPERM));
     }
 }

@@ -35,7 +35,7 @@ use std::sync::Mutex;
 use kiln_oci::layer::{apply_layer, ApplyOptions};
 use kiln_oci::{Digest, Store};
 
-use crate::error::BuildError;
+use crate::error::{BuildError, SnapshotError};
 use crate::state::LayerRef;
 
 /// Overlay's mount data must fit in one page; past this depth a flat snapshot is made instead.
@@ -235,7 +235,7 @@ impl Snapshotter {
                 .status()
                 .map_err(io_err("run cp for", &merged))?;
             if !st.success() {
-                return Err(BuildError::Snapshot(format!("copying {} for a native snapshot failed ({st})", lower.display())));
+                return Err(BuildError::Snapshot(SnapshotError::Copy { lower, status: st }));
             }
             return Ok(Mounted { merged, upper: base.join("upper"), base, mounted: false, lower: Some(lower) });
         }
@@ -250,9 +250,7 @@ impl Snapshotter {
         for (i, l) in lowers.iter().enumerate() {
             let s = l.to_string_lossy();
             if s.contains(':') || s.contains(',') {
-                return Err(BuildError::Snapshot(format!(
-                    "the path {s} contains ':' or ',', which overlayfs cannot take; choose a --root without them"
-                )));
+                return Err(BuildError::Snapshot(SnapshotError::OverlayPath { path: s.into_owned() }));
             }
             if i > 0 {
                 data.push(':');
@@ -344,12 +342,11 @@ fn mount_faithful(target: &Path, lowers_and_dirs: &str, flags: libc::c_ulong) ->
         }
         Err(e) => e,
     };
-    Err(BuildError::Snapshot(format!(
-        "cannot mount overlayfs at {} with {} ({err}); kiln needs root and a kernel with overlayfs that takes these \
-         options (they keep each step's upper dir a faithful diff), or use --snapshotter native",
-        target.display(),
-        FAITHFUL.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-    )))
+    Err(BuildError::Snapshot(SnapshotError::Overlay {
+        target: target.to_path_buf(),
+        options: FAITHFUL.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+        source: err,
+    }))
 }
 
 fn with_options(data: &str, features: &[&str]) -> String {

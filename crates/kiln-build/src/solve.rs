@@ -19,7 +19,7 @@ use kiln_sandbox::Sandbox;
 
 use crate::base::{self, BaseImage};
 use crate::context::Context;
-use crate::error::BuildError;
+use crate::error::{BuildError, SnapshotError, StepFailure};
 use crate::snapshot::{chain_ids, remove_tree, Mounted, Snapshotter};
 use crate::state::{ImageState, LayerRef};
 use crate::{BuildOptions, CacheStatus, Progress, StepReport};
@@ -140,7 +140,9 @@ impl<'a> Solver<'a> {
         // platform: its base image, its RUN steps (native or emulated) and its cache keys.
         let platform = match stage.platform.as_deref().filter(|p| !p.is_empty()) {
             Some(p) => kiln_oci::Platform::parse(p)
-                .map_err(|e| BuildError::step(at(&stage.location), format!("FROM --platform={p}: {e}")))?
+                .map_err(|source| {
+                    BuildError::failed(at(&stage.location), StepFailure::Platform { what: format!("FROM --platform={p}"), source })
+                })?
                 .normalized(),
             None => self.shared.opts.platform.clone(),
         };
@@ -151,7 +153,10 @@ impl<'a> Solver<'a> {
                 .get(i)
                 .cloned()
                 .ok_or_else(|| BuildError::step(at(&stage.location), format!("stage {i} was not built before this one")))?,
-            Source::Image(r) => self.base(r, &platform).map_err(|e| BuildError::step(at(&stage.location), e.to_string()))?.state(&platform),
+            Source::Image(r) => self
+                .base(r, &platform)
+                .map_err(|e| BuildError::failed(at(&stage.location), StepFailure::Build { what: String::new(), source: Box::new(e) }))?
+                .state(&platform),
         };
         state.cmd_set = false;
         // The base's ONBUILD triggers ran as this stage's first steps (spliced in before
@@ -341,7 +346,8 @@ impl<'a> Solver<'a> {
             let m = self.mount_layers(&state.layers, false)?;
             let id = lookup_user(&m.merged, &ch);
             drop(m);
-            let id = id.map_err(|err| BuildError::step(at(&step.location), format!("--chown={ch}: {err}")))?;
+            let id =
+                id.map_err(|source| BuildError::failed(at(&step.location), StepFailure::User { what: format!("--chown={ch}"), source }))?;
             c.chown = Some(format!("{}:{}", id.uid, id.gid));
         }
         let copy = CopyPlan { copy: &c, items: copy.items };
@@ -385,7 +391,7 @@ impl<'a> Solver<'a> {
     fn native_layer(&mut self, mounted: &Mounted, state: &ImageState) -> Result<Option<LayerRecord>, BuildError> {
         let lower = mounted.lower.clone().unwrap_or_default();
         let entries = crate::native::diff(&lower, &mounted.merged)
-            .map_err(|e| BuildError::Snapshot(format!("comparing {} with its parent: {e}", mounted.merged.display())))?;
+            .map_err(|source| BuildError::Snapshot(SnapshotError::Diff { merged: mounted.merged.clone(), source }))?;
         if entries.is_empty() {
             return Ok(None);
         }
@@ -410,7 +416,7 @@ impl<'a> Solver<'a> {
                 continue;
             }
             let Some((i, rec)) = self.collected.remote_layers.get(d).cloned() else {
-                return Err(BuildError::Snapshot(format!("layer {d} is neither in the store nor in an imported cache")));
+                return Err(BuildError::Snapshot(SnapshotError::LayerMissing { digest: d.clone() }));
             };
             wanted.push((d, i, rec));
         }
@@ -419,7 +425,7 @@ impl<'a> Solver<'a> {
             sources[*i]
                 .fetch_layer(rec, store)
                 .map(|_| ())
-                .map_err(|e| BuildError::Snapshot(format!("could not fetch cached layer {d}: {e}")))
+                .map_err(|source| BuildError::Snapshot(SnapshotError::Fetch { digest: (*d).clone(), source: Box::new(source) }))
         })
     }
 
@@ -505,7 +511,10 @@ impl<'a> Solver<'a> {
             }
             Source::Image(r) => self
                 .base(r, &self.shared.opts.platform.clone())
-                .map_err(|e| BuildError::step(at(&step.location), format!("no stage is named {r:?}, so it was taken as an image: {e}")))?
+                .map_err(|e| {
+                    let what = format!("no stage is named {r:?}, so it was taken as an image");
+                    BuildError::failed(at(&step.location), StepFailure::Build { what, source: Box::new(e) })
+                })?
                 .layers
                 .clone(),
             Source::Scratch => Vec::new(),

@@ -13,7 +13,7 @@ use super::plan::{context_entries, is_url, CopyItem, CopyPlan};
 use super::{at, lookup_user, Solver};
 use crate::context::{Entry, Kind};
 use crate::copy::{Attrs, SourceRoot};
-use crate::error::BuildError;
+use crate::error::{BuildError, FetchError, StepFailure};
 use crate::snapshot::{remove_tree, Mounted};
 use crate::state::{ImageState, LayerRef};
 
@@ -64,9 +64,9 @@ impl Solver<'_> {
             let name = url_file_name(p);
             let digest = match fetch_url(p, &dir.join(&name)) {
                 Ok(d) => d,
-                Err(m) => {
+                Err(source) => {
                     remove_tree(&dir);
-                    return Err(BuildError::step(at(&step.location), format!("ADD {p}: {m}")));
+                    return Err(BuildError::failed(at(&step.location), StepFailure::Fetch { url: p.clone(), source }));
                 }
             };
             downloads.files.push(Download { url: p.clone(), dir, name, digest });
@@ -134,7 +134,7 @@ impl Solver<'_> {
                     if c.add && entries.len() == 1 && c.unpack != Some(false) {
                         let host = self.shared.context.host_path(rel);
                         if is_archive(&host) {
-                            unpack_into(root, dest, &host).map_err(|m| e(format!("ADD {rel}: {m}")))?;
+                            unpack_into(root, dest, &host, &format!("ADD {rel}")).map_err(|f| BuildError::failed(at(&step.location), f))?;
                             continue;
                         }
                     }
@@ -147,8 +147,9 @@ impl Solver<'_> {
                 }
                 CopyItem::Stage(p) => {
                     let Some(m) = src_mount else { continue };
-                    let (_, entries) =
-                        crate::copy::walk_root(&m.merged, p.trim_start_matches('/')).map_err(|err| e(format!("COPY --from: {err}")))?;
+                    let (_, entries) = crate::copy::walk_root(&m.merged, p.trim_start_matches('/')).map_err(|err| {
+                        BuildError::failed(at(&step.location), StepFailure::Build { what: "COPY --from".into(), source: Box::new(err) })
+                    })?;
                     let rel = entries.first().map(|x| x.rel.clone()).unwrap_or_default();
                     sources.push(crate::copy::Source {
                         root: SourceRoot { dir: &m.merged, keep_owner: true },
@@ -159,7 +160,8 @@ impl Solver<'_> {
                 }
                 CopyItem::Url(url) => {
                     let d = downloads.get(url).ok_or_else(|| e(format!("ADD {url}: not downloaded")))?;
-                    let meta = fs::metadata(d.dir.join(&d.name)).map_err(|err| e(err.to_string()))?;
+                    let meta = fs::metadata(d.dir.join(&d.name))
+                        .map_err(|source| BuildError::failed(at(&step.location), StepFailure::Io { what: String::new(), source }))?;
                     sources.push(one(&d.dir, &d.name, Kind::File { size: meta.len() }, 0o600));
                 }
                 CopyItem::Heredoc(name, content) => {
@@ -172,11 +174,12 @@ impl Solver<'_> {
 
     /// WORKDIR creates the directory, owned by the current USER as BuildKit does.
     pub(super) fn exec_workdir(&mut self, step: &Step, dir: &str, user: &str, mounted: &Mounted) -> Result<(), BuildError> {
-        let e = |m: String| BuildError::step(at(&step.location), m);
-        let root = kiln_oci::fsroot::RootDir::open(&mounted.merged).map_err(|err| e(err.to_string()))?;
+        let e = |f: StepFailure| BuildError::failed(at(&step.location), f);
+        let root =
+            kiln_oci::fsroot::RootDir::open(&mounted.merged).map_err(|source| e(StepFailure::Root { what: String::new(), source }))?;
         let mut attrs = Attrs::default();
         if !user.is_empty() {
-            let id = lookup_user(&mounted.merged, user).map_err(|err| e(format!("USER {user}: {err}")))?;
+            let id = lookup_user(&mounted.merged, user).map_err(|source| e(StepFailure::User { what: format!("USER {user}"), source }))?;
             attrs.chown = Some((id.uid, id.gid));
         }
         crate::copy::make_dirs(&root, Path::new(dir), attrs)
@@ -188,7 +191,8 @@ fn copy_attrs(step: &Step, c: &Copy, root: &Path) -> Result<Attrs, BuildError> {
     let e = |m: String| BuildError::step(at(&step.location), m);
     let mut attrs = Attrs::default();
     if let Some(ch) = &c.chown {
-        let id = lookup_user(root, ch).map_err(|err| e(format!("--chown={ch}: {err}")))?;
+        let id = lookup_user(root, ch)
+            .map_err(|source| BuildError::failed(at(&step.location), StepFailure::User { what: format!("--chown={ch}"), source }))?;
         attrs.chown = Some((id.uid, id.gid));
     }
     if let Some(m) = &c.chmod {
@@ -199,12 +203,12 @@ fn copy_attrs(step: &Step, c: &Copy, root: &Path) -> Result<Attrs, BuildError> {
 
 /// Heredoc bodies become files in a temp dir first (one dir per item), so the sources can borrow it.
 fn write_heredocs(step: &Step, plan: &CopyPlan<'_>, tmp: &Path) -> Result<Vec<PathBuf>, BuildError> {
-    let e = |m: String| BuildError::step(at(&step.location), m);
+    let e = |source: std::io::Error| BuildError::failed(at(&step.location), StepFailure::Io { what: String::new(), source });
     for (i, item) in plan.items.iter().enumerate() {
         if let CopyItem::Heredoc(name, content) = item {
             let d = tmp.join(i.to_string());
-            fs::create_dir_all(&d).map_err(|err| e(err.to_string()))?;
-            fs::write(d.join(name), content).map_err(|err| e(err.to_string()))?;
+            fs::create_dir_all(&d).map_err(e)?;
+            fs::write(d.join(name), content).map_err(e)?;
         }
     }
     Ok((0..plan.items.len()).map(|i| tmp.join(i.to_string())).collect())
@@ -222,21 +226,22 @@ fn url_file_name(url: &str) -> String {
 
 /// Streams `url` to `dest`, returning the content's sha256. Redirects are followed; a non-2xx
 /// answer is an error naming the status.
-fn fetch_url(url: &str, dest: &Path) -> Result<Digest, String> {
+fn fetch_url(url: &str, dest: &Path) -> Result<Digest, FetchError> {
     let resp =
         ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(30)).redirects(10).build().get(url).call().map_err(
             |e| match e {
-                ureq::Error::Status(code, r) => format!("HTTP {code} {}", r.status_text()),
-                other => other.to_string(),
+                ureq::Error::Status(code, r) => FetchError::Status { code, text: r.status_text().to_string() },
+                other => FetchError::Request(Box::new(other)),
             },
         )?;
-    let f = fs::File::create(dest).map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+    let write_err = |source| FetchError::Write { path: dest.to_path_buf(), source };
+    let f = fs::File::create(dest).map_err(write_err)?;
     let mut w = kiln_oci::DigestWriter::new(std::io::BufWriter::new(f));
-    std::io::copy(&mut resp.into_reader(), &mut w).map_err(|e| format!("download broke off: {e}"))?;
+    std::io::copy(&mut resp.into_reader(), &mut w).map_err(FetchError::BrokeOff)?;
     let (mut inner, digest, _) = w.finish();
-    std::io::Write::flush(&mut inner).map_err(|e| e.to_string())?;
+    std::io::Write::flush(&mut inner).map_err(FetchError::Finish)?;
     // Docker: files fetched by ADD are 0600.
-    fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(|e| e.to_string())?;
+    fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(FetchError::Finish)?;
     Ok(digest)
 }
 
@@ -256,14 +261,35 @@ fn is_archive(p: &Path) -> bool {
     got == 512 && &head[257..262] == b"ustar"
 }
 
-fn unpack_into(root: &Path, dest: &str, archive: &Path) -> Result<(), String> {
-    let rootdir = kiln_oci::fsroot::RootDir::open(root).map_err(|e| e.to_string())?;
-    let r = rootdir.resolve(Path::new(dest), true, kiln_oci::fsroot::Missing::Create).map_err(|e| e.to_string())?;
+/// Unpacks `archive` into `dest` inside `root`; a failure says `what` (`ADD x.tar`) and keeps its cause.
+fn unpack_into(root: &Path, dest: &str, archive: &Path, what: &str) -> Result<(), StepFailure> {
+    let root_err = |source| StepFailure::Root { what: what.to_string(), source };
+    let io_err = |source| StepFailure::Io { what: what.to_string(), source };
+    let rootdir = kiln_oci::fsroot::RootDir::open(root).map_err(root_err)?;
+    let r = rootdir.resolve(Path::new(dest), true, kiln_oci::fsroot::Missing::Create).map_err(root_err)?;
     if !r.host_path.exists() {
-        fs::create_dir(&r.host_path).map_err(|e| e.to_string())?;
+        fs::create_dir(&r.host_path).map_err(io_err)?;
     }
-    let f = fs::File::open(archive).map_err(|e| e.to_string())?;
+    let f = fs::File::open(archive).map_err(io_err)?;
     kiln_oci::layer::apply_layer(std::io::BufReader::new(f), &r.host_path, &kiln_oci::layer::ApplyOptions::default())
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|source| StepFailure::Layer { what: what.to_string(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn unpacking_a_missing_archive_keeps_the_io_error_and_says_which_add() {
+        let root = tempfile::tempdir().unwrap();
+        let f = unpack_into(root.path(), "/dst", &root.path().join("no-such.tar"), "ADD no-such.tar").unwrap_err();
+        assert!(f.to_string().starts_with("ADD no-such.tar: "), "{f}");
+        let io = f.source().and_then(|s| s.downcast_ref::<std::io::Error>()).expect("the io::Error as source");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        let e = BuildError::failed("Dockerfile:9", f);
+        assert!(e.to_string().starts_with("Dockerfile:9: ADD no-such.tar: "), "{e}");
+    }
 }

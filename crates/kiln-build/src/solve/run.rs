@@ -10,7 +10,7 @@ use kiln_sandbox::{Spec, Stream};
 
 use super::plan::RunPlan;
 use super::{at, Solver};
-use crate::error::BuildError;
+use crate::error::{BuildError, SnapshotError, StepFailure};
 use crate::snapshot::{remove_tree, Mounted};
 use crate::state::ImageState;
 
@@ -19,8 +19,9 @@ impl Solver<'_> {
         // A foreign platform's binaries run through binfmt_misc (qemu-user-static); say how to get it.
         if let Some(arch) = kiln_sandbox::arch::Arch::from_oci(&state.platform.architecture) {
             if !arch.runs_natively_on(kiln_sandbox::arch::Arch::host()) {
-                kiln_sandbox::arch::ensure_runnable(arch, std::path::Path::new(kiln_sandbox::arch::BINFMT_DIR))
-                    .map_err(|e| BuildError::step(at(&step.location), format!("cannot run {} binaries: {e}", state.platform)))?;
+                kiln_sandbox::arch::ensure_runnable(arch, std::path::Path::new(kiln_sandbox::arch::BINFMT_DIR)).map_err(|source| {
+                    BuildError::failed(at(&step.location), StepFailure::Emulation { platform: state.platform.to_string(), source })
+                })?;
             }
         }
         let mut spec = Spec::new(&mounted.merged, run.argv.clone());
@@ -41,19 +42,11 @@ impl Solver<'_> {
         let outcome = self
             .sandbox
             .run(&spec, &mut |_s: Stream, line: &[u8]| progress.output(&text, line))
-            .map_err(|e| BuildError::step(at(&step.location), format!("{text}: {e}")))?;
+            .map_err(|source| BuildError::failed(at(&step.location), StepFailure::Sandbox { text: text.clone(), source }))?;
         drop(holds);
         if !outcome.success() {
-            let mut msg = format!("`{}` failed: {} ({})", text, outcome.status, outcome.command);
-            if !outcome.tail.is_empty() {
-                msg.push_str("\nlast lines of output:\n");
-                for l in &outcome.tail {
-                    msg.push_str("  ");
-                    msg.push_str(l);
-                    msg.push('\n');
-                }
-            }
-            return Err(BuildError::step(at(&step.location), msg.trim_end().to_string()));
+            let kiln_sandbox::Outcome { status, command, tail, .. } = outcome;
+            return Err(BuildError::failed(at(&step.location), StepFailure::Exited { text, status, command, tail }));
         }
         Ok(())
     }
@@ -113,7 +106,7 @@ impl Solver<'_> {
             Sharing::Shared => dir,
             // locked: one step at a time, across builds (flock on a file beside the dir).
             Sharing::Locked => {
-                holds.locks.push(lock_file(&dir, true)?.ok_or_else(|| BuildError::Snapshot("cache mount lock".into()))?);
+                holds.locks.push(lock_file(&dir, true)?.ok_or_else(|| BuildError::Snapshot(SnapshotError::Lock))?);
                 dir
             }
             // private: the shared dir when it is free, else a fresh one for this step alone.
@@ -155,7 +148,7 @@ impl Solver<'_> {
                 let root = mnt.merged.clone();
                 holds.mounts.push(mnt);
                 kiln_oci::fsroot::safe_join(&root, Path::new(&source_rel), true)
-                    .map_err(|e| BuildError::step(at(&step.location), e.to_string()))?
+                    .map_err(|source| BuildError::failed(at(&step.location), StepFailure::Root { what: String::new(), source }))?
             }
         })
     }
