@@ -3,7 +3,9 @@
 
 use kiln_oci::{media, Descriptor, ImageConfig, Manifest, Platform, Reference, Store, StoreError};
 
-use crate::error::BuildError;
+use std::sync::Arc;
+
+use crate::error::{BaseFailure, BuildError};
 use crate::state::{default_shell, ImageState, LayerRef};
 
 /// A base image resolved for one platform.
@@ -20,15 +22,11 @@ pub struct BaseImage {
 pub struct Bases {
     store: Store,
     client: Option<std::sync::Arc<kiln_registry::Client>>,
-    memo: std::sync::Mutex<std::collections::HashMap<(String, String), Result<BaseImage, Remembered>>>,
+    memo: std::sync::Mutex<std::collections::HashMap<(String, String), Looked>>,
 }
 
-/// A failure as it is given again: the same variant where that matters to its message.
-#[derive(Clone)]
-enum Remembered {
-    Base(String),
-    Other(String),
-}
+/// A lookup's result as it is given again; a failure is shared by every mention of the image.
+type Looked = Result<BaseImage, Arc<BuildError>>;
 
 impl Bases {
     pub fn new(store: Store, client: Option<std::sync::Arc<kiln_registry::Client>>) -> Bases {
@@ -37,23 +35,14 @@ impl Bases {
 
     pub fn get(&self, image: &str, platform: &Platform) -> Result<BaseImage, BuildError> {
         let k = (image.to_string(), platform.to_string());
-        let again = |r: Remembered| match r {
-            Remembered::Base(message) => BuildError::Base { reference: image.to_string(), message },
-            Remembered::Other(message) => BuildError::Usage(message),
-        };
         if let Some(r) = self.memo.lock().ok().and_then(|m| m.get(&k).cloned()) {
-            return r.map_err(again);
+            return r.map_err(BuildError::Again);
         }
-        let r = ensure(&self.store, self.client.as_deref(), image, platform);
-        let remembered = match &r {
-            Ok(b) => Ok(b.clone()),
-            Err(BuildError::Base { message, .. }) => Err(Remembered::Base(message.clone())),
-            Err(e) => Err(Remembered::Other(e.to_string())),
-        };
+        let r = ensure(&self.store, self.client.as_deref(), image, platform).map_err(Arc::new);
         if let Ok(mut m) = self.memo.lock() {
-            m.insert(k, remembered);
+            m.insert(k, r.clone());
         }
-        r
+        r.map_err(BuildError::Again)
     }
 }
 
@@ -69,8 +58,8 @@ pub fn ensure(store: &Store, client: Option<&kiln_registry::Client>, image: &str
         Err(e) => e,
     };
     let Some(client) = client else { return Err(local_err) };
-    let err = |message: String| BuildError::Base { reference: image.to_string(), message };
-    let reference = Reference::parse(image).map_err(|e| err(e.to_string()))?;
+    let err = |source: BaseFailure| BuildError::Base { reference: image.to_string(), source };
+    let reference = Reference::parse(image).map_err(|e| err(BaseFailure::Reference(e)))?;
     if reference.registry() == "kiln.local" {
         // kiln's own namespace for imported images never names a real registry.
         return Err(local_err);
@@ -80,25 +69,21 @@ pub fn ensure(store: &Store, client: Option<&kiln_registry::Client>, image: &str
         _ => "not in the local store".to_string(),
     };
     let selection = kiln_registry::PlatformSelection::Only(vec![platform.clone()]);
-    let pulled = kiln_registry::pull_to_store(client, store, &reference, &selection, kiln_registry::Tagging::Keep, &kiln_registry::NoProgress)
-        .map_err(|e| {
-            err(format!(
-                "{why}, and pulling it failed: {e}. Pull it with `kiln pull --platform {platform} {image}` (kiln login first if it is private) or import it with `kiln import --platform {platform} ROOTFS.tar -t {image}`"
-            ))
-        })?;
+    let pulled =
+        kiln_registry::pull_to_store(client, store, &reference, &selection, kiln_registry::Tagging::Keep, &kiln_registry::NoProgress)
+            .map_err(|source| {
+                err(BaseFailure::Pull { why, platform: platform.to_string(), image: image.to_string(), source: Box::new(source) })
+            })?;
     load(store, &reference.with_digest(pulled.root.digest).to_string(), platform)
 }
 
 /// Finds `image` in the store for `platform`: an index is narrowed to the platform's image, which
 /// must have been fetched; an image manifest must be for the platform (or name none in its config).
 pub fn load(store: &Store, image: &str, platform: &Platform) -> Result<BaseImage, BuildError> {
-    let err = |message: String| BuildError::Base { reference: image.to_string(), message };
-    let reference = Reference::parse(image).map_err(|e| err(e.to_string()))?;
+    let err = |source: BaseFailure| BuildError::Base { reference: image.to_string(), source };
+    let reference = Reference::parse(image).map_err(|e| err(BaseFailure::Reference(e)))?;
     let Some(root) = store.resolve(&reference)? else {
-        return Err(err(format!(
-            "not in the local store ({}); run `kiln pull {image}` or `kiln import ROOTFS.tar -t {image}` first",
-            reference
-        )));
+        return Err(err(BaseFailure::NotLocal { reference: reference.to_string(), image: image.to_string() }));
     };
     // Named as the user wrote it, so the suggested `kiln pull` is the command they would type.
     let desc = store.select_platform(image, &root, platform)?;
@@ -107,15 +92,15 @@ pub fn load(store: &Store, image: &str, platform: &Platform) -> Result<BaseImage
 
 /// The layers and config of the image manifest `desc`.
 pub(crate) fn load_manifest(store: &Store, image: &str, mut desc: Descriptor) -> Result<BaseImage, BuildError> {
-    let err = |message: String| BuildError::Base { reference: image.to_string(), message };
+    let err = |source: BaseFailure| BuildError::Base { reference: image.to_string(), source };
     let raw = store.read_manifest(&desc)?;
     let Manifest::Image(m) = &raw.value else {
-        return Err(err(format!("{} is an index where an image manifest was expected", desc.digest)));
+        return Err(err(BaseFailure::NotAnImage { digest: desc.digest.clone() }));
     };
     let config = store.read_config(&m.config.digest)?.value;
     let ids = &config.rootfs.diff_ids;
     if ids.len() != m.layers.len() {
-        return Err(err(format!("its config lists {} layers but its manifest {}", ids.len(), m.layers.len())));
+        return Err(err(BaseFailure::LayerCount { config: ids.len(), manifest: m.layers.len() }));
     }
     let layers = m.layers.iter().zip(ids).map(|(d, id)| LayerRef { descriptor: d.clone(), diff_id: id.clone() }).collect();
     if desc.media_type.is_empty() {
@@ -141,5 +126,39 @@ impl BaseImage {
             shell,
             cmd_set: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_missing_base_says_what_to_run_and_keeps_why_as_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let e = load(&store, "busybox:1", &Platform::host()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "base image busybox:1: not in the local store (docker.io/library/busybox:1); run `kiln pull busybox:1` or `kiln import ROOTFS.tar -t busybox:1` first"
+        );
+        assert!(matches!(e.source().and_then(|s| s.downcast_ref::<BaseFailure>()), Some(BaseFailure::NotLocal { .. })), "{e:?}");
+        let bad = load(&store, "busybox@sha256:nothex", &Platform::host()).unwrap_err();
+        let failure = bad.source().and_then(|s| s.downcast_ref::<BaseFailure>());
+        assert!(matches!(failure, Some(BaseFailure::Reference(_))), "{bad:?}");
+        assert!(failure.and_then(|f| f.source()).and_then(|s| s.downcast_ref::<kiln_oci::ReferenceError>()).is_some(), "{bad:?}");
+    }
+
+    #[test]
+    fn a_failed_lookup_is_given_again_with_the_same_text_and_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let bases = Bases::new(Store::open(dir.path()).unwrap(), None);
+        let first = bases.get("busybox:1", &Platform::host()).unwrap_err();
+        let again = bases.get("busybox:1", &Platform::host()).unwrap_err();
+        assert_eq!(first.to_string(), again.to_string());
+        assert!(first.to_string().starts_with("base image busybox:1: not in the local store"), "{first}");
+        assert!(matches!(again.source().and_then(|s| s.downcast_ref::<BaseFailure>()), Some(BaseFailure::NotLocal { .. })), "{again:?}");
     }
 }

@@ -40,8 +40,30 @@ pub enum BuildError {
     },
     #[error("snapshot: {0}")]
     Snapshot(#[source] SnapshotError),
-    #[error("base image {reference}: {message}")]
-    Base { reference: String, message: String },
+    #[error("base image {reference}: {source}")]
+    Base {
+        reference: String,
+        #[source]
+        source: BaseFailure,
+    },
+    /// An image `kiln run` was asked for could not be found or pulled.
+    #[error("image {reference}: {source}")]
+    Image {
+        reference: String,
+        #[source]
+        source: BaseFailure,
+    },
+    /// A failure given again: a base image is looked up once per build however often it is named,
+    /// and its failure is shared by every mention.
+    #[error(transparent)]
+    Again(std::sync::Arc<BuildError>),
+    /// The sandbox for `kiln run` could not be set up, or its command could not be run.
+    #[error("{}{source}", prefix(image))]
+    Run {
+        image: String,
+        #[source]
+        source: kiln_sandbox::Error,
+    },
     #[error("output {output}: {message}")]
     Output { output: String, message: String },
     #[error("{0}")]
@@ -161,6 +183,31 @@ pub enum StepFailure {
         what: String,
         #[source]
         source: Box<BuildError>,
+    },
+}
+
+/// Why a base image (or the image of `kiln run`) could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseFailure {
+    #[error("{0}")]
+    Reference(#[source] kiln_oci::ReferenceError),
+    #[error("not in the local store ({reference}); run `kiln pull {image}` or `kiln import ROOTFS.tar -t {image}` first")]
+    NotLocal { reference: String, image: String },
+    #[error("{digest} is an index where an image manifest was expected")]
+    NotAnImage { digest: kiln_oci::Digest },
+    #[error("its config lists {config} layers but its manifest {manifest}")]
+    LayerCount { config: usize, manifest: usize },
+    /// Not here (`why`), and the pull failed.
+    #[error(
+        "{why}, and pulling it failed: {source}. Pull it with `kiln pull --platform {platform} {image}` (kiln login first if it is private) or import it with `kiln import --platform {platform} ROOTFS.tar -t {image}`"
+    )]
+    Pull {
+        why: String,
+        platform: String,
+        image: String,
+        /// Boxed: a registry error is large (the chain still reaches it, as a `Box`).
+        #[source]
+        source: Box<kiln_registry::RegistryError>,
     },
 }
 

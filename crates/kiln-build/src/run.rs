@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use kiln_oci::{Platform, Store};
 use kiln_sandbox::{ExitStatus, Sandbox, Spec, Stream};
 
-use crate::error::BuildError;
+use crate::error::{BaseFailure, BuildError};
 use crate::snapshot::Snapshotter;
 use crate::state::LayerRef;
 
@@ -66,9 +66,11 @@ pub fn ensure_image(
 ) -> Result<RunTarget, BuildError> {
     let store = Store::open(root)?;
     let lease = store.lease()?;
-    let reference = kiln_oci::Reference::parse(image).map_err(|e| BuildError::Usage(format!("image {image}: {e}")))?;
+    let reference = kiln_oci::Reference::parse(image)
+        .map_err(|e| BuildError::Image { reference: image.to_string(), source: BaseFailure::Reference(e) })?;
     let local = |name: &str| -> Result<Option<Platform>, BuildError> {
-        let r = kiln_oci::Reference::parse(name).map_err(|e| BuildError::Usage(format!("image {name}: {e}")))?;
+        let r = kiln_oci::Reference::parse(name)
+            .map_err(|e| BuildError::Image { reference: name.to_string(), source: BaseFailure::Reference(e) })?;
         let Some(root) = store.resolve(&r)? else { return Ok(None) };
         if platform.is_none() {
             if let Some(only) = lone_image_platform(&store, &root)? {
@@ -137,7 +139,7 @@ pub fn run_image(req: &RunRequest<'_>, sink: &mut dyn FnMut(Stream, &[u8])) -> R
     let _lease = store.lease()?;
     crate::reclaim::reclaim(req.root);
     let base = crate::base::load(&store, req.image, req.platform).map_err(|e| match e {
-        BuildError::Base { reference, message } => BuildError::Usage(format!("image {reference}: {message}")),
+        BuildError::Base { reference, source } => BuildError::Image { reference, source },
         e => e,
     })?;
     let layers: Vec<LayerRef> = base.layers.clone();
@@ -178,12 +180,12 @@ pub fn run_image(req: &RunRequest<'_>, sink: &mut dyn FnMut(Stream, &[u8])) -> R
     spec.workdir = PathBuf::from(rc.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()));
     let sandbox = match &req.init_binary {
         Some(b) => Sandbox::with_init_binary(b),
-        None => Sandbox::new().map_err(|e| BuildError::Usage(e.to_string()))?,
+        None => Sandbox::new().map_err(|source| BuildError::Run { image: String::new(), source })?,
     }
     .with_cancel(req.cancel.sandbox());
     let outcome = sandbox.run(&spec, sink).map_err(|e| match e {
         kiln_sandbox::Error::Cancelled { .. } => BuildError::Cancelled { kept: format!("{} stopped", req.image) },
-        e => BuildError::Usage(format!("{}: {e}", req.image)),
+        source => BuildError::Run { image: req.image.to_string(), source },
     })?;
     drop(mounted);
     Ok(outcome.status)
