@@ -191,7 +191,7 @@ pub fn walk_root(root: &Path, rel: &str) -> Result<(PathBuf, Vec<Entry>), BuildE
     let rootdir = RootDir::open(root).map_err(root_err)?;
     let r = rootdir
         .resolve(Path::new(&format!("/{rel}")), true, Missing::Fail)
-        .map_err(|e| BuildError::Usage(format!("\"{rel}\": not found in the source image ({e})")))?;
+        .map_err(|source| BuildError::NotInImage { rel: rel.to_string(), source })?;
     let host = r.host_path;
     let base_rel = host.strip_prefix(root).unwrap_or(&host).to_string_lossy().into_owned();
     let mut out = Vec::new();

@@ -53,6 +53,25 @@ pub enum BuildError {
         #[source]
         source: BaseFailure,
     },
+    /// `COPY --from`'s source path is not in the other stage's or image's root.
+    #[error("\"{rel}\": not found in the source image ({source})")]
+    NotInImage {
+        rel: String,
+        #[source]
+        source: kiln_oci::fsroot::RootError,
+    },
+    /// `COPY --exclude` patterns that do not parse.
+    #[error("--exclude: {0}")]
+    Exclude(#[source] kiln_dockerfile::dockerignore::IgnoreError),
+    /// `kiln run` could not pull its image; `had` says what was tried first (ends in "; and " or
+    /// is "not in the local store, and ", or empty).
+    #[error("image {image}: {had}pulling it failed: {source}")]
+    Pull {
+        image: String,
+        had: String,
+        #[source]
+        source: Box<kiln_registry::RegistryError>,
+    },
     /// A failure given again: a base image is looked up once per build however often it is named,
     /// and its failure is shared by every mention.
     #[error(transparent)]
@@ -417,5 +436,14 @@ mod tests {
         assert!(e.to_string().ends_with("or use --snapshotter native"), "{e}");
         let io = chain(&e).into_iter().find_map(|c| c.downcast_ref::<io::Error>()).expect("an io::Error");
         assert_eq!(io.raw_os_error(), Some(libc::EPERM));
+    }
+
+    #[test]
+    fn a_bad_exclude_pattern_keeps_the_ignore_error() {
+        let Err(source) = kiln_dockerfile::dockerignore::Matcher::new(&["["]) else { panic!("\"[\" should not parse") };
+        let text = source.to_string();
+        let e = BuildError::Exclude(source);
+        assert_eq!(e.to_string(), format!("--exclude: {text}"));
+        assert!(e.source().and_then(|s| s.downcast_ref::<kiln_dockerfile::dockerignore::IgnoreError>()).is_some());
     }
 }

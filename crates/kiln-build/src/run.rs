@@ -110,11 +110,11 @@ pub fn ensure_image(
     let tagging = if policy == PullPolicy::Always { kiln_registry::Tagging::Follow } else { kiln_registry::Tagging::Keep };
     let pulled = kiln_registry::pull_to_store(client, &store, &reference, &selection, tagging, progress).map_err(|e| {
         let had = match &local_first {
-            Some(Err(local)) => format!("{local}; and pulling it failed: "),
-            Some(_) => "not in the local store, and pulling it failed: ".to_string(),
-            None => "pulling it failed: ".to_string(),
+            Some(Err(local)) => format!("{local}; and "),
+            Some(_) => "not in the local store, and ".to_string(),
+            None => String::new(),
         };
-        BuildError::Usage(format!("image {image}: {had}{e}"))
+        BuildError::Pull { image: image.to_string(), had, source: Box::new(e) }
     })?;
     let name = if pulled.tagged { image.to_string() } else { reference.with_digest(pulled.root.digest.clone()).to_string() };
     match local(&name)? {

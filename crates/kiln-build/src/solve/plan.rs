@@ -264,7 +264,7 @@ pub(crate) fn context_entries(files: &dyn ContextFiles, rel: &str, c: &Copy) -> 
     if c.exclude.is_empty() {
         return Ok(entries);
     }
-    let m = kiln_dockerfile::dockerignore::Matcher::new(&c.exclude).map_err(|e| BuildError::Usage(format!("--exclude: {e}")))?;
+    let m = kiln_dockerfile::dockerignore::Matcher::new(&c.exclude).map_err(BuildError::Exclude)?;
     Ok(entries
         .into_iter()
         .enumerate()
