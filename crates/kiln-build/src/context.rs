@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use kiln_dockerfile::dockerignore::Matcher;
 use kiln_oci::Digest;
 
-use crate::error::BuildError;
+use crate::error::{BuildError, SourceMiss};
 use crate::glob::glob_match;
 
 /// One file system object of the context (or of another stage's root) that a COPY reads.
@@ -84,14 +84,14 @@ impl Context {
 
     /// Expands a COPY source (maybe a glob) to the matching paths, in sorted order. A plain path
     /// that does not exist, or is ignored, is an error naming it.
-    pub fn expand_source(&self, src: &str) -> Result<Vec<String>, String> {
+    pub fn expand_source(&self, src: &str) -> Result<Vec<String>, SourceMiss> {
         let Some(clean) = clean_rel(src) else {
-            return Err(format!("{src}: the path is outside the build context"));
+            return Err(SourceMiss::Outside { src: src.to_string() });
         };
         if !has_glob(&clean) {
             let host = self.root.join(&clean);
             if fs::symlink_metadata(&host).is_err() || self.excluded(&clean) {
-                return Err(format!("\"{src}\": not found in the build context (or excluded by .dockerignore)"));
+                return Err(SourceMiss::NotFound { src: src.to_string() });
             }
             return Ok(vec![clean]);
         }
@@ -100,7 +100,7 @@ impl Context {
         self.glob_walk("", &parts, &mut found);
         found.sort();
         if found.is_empty() {
-            return Err(format!("\"{src}\": no file in the build context matches"));
+            return Err(SourceMiss::NoMatch { src: src.to_string() });
         }
         Ok(found)
     }
@@ -245,9 +245,9 @@ mod tests {
         let ctx = Context::open(d.path(), m).unwrap();
         let rels: Vec<String> = ctx.walk("src").unwrap().into_iter().map(|e| e.rel).collect();
         assert_eq!(rels, vec!["src", "src/a.txt", "src/keep", "src/keep/c.log"]);
-        assert!(ctx.expand_source("src/b.log").is_err());
+        assert_eq!(ctx.expand_source("src/b.log"), Err(SourceMiss::NotFound { src: "src/b.log".into() }));
         assert_eq!(ctx.expand_source("src/*.txt").unwrap(), vec!["src/a.txt"]);
-        assert!(ctx.expand_source("../etc/passwd").is_err());
+        assert_eq!(ctx.expand_source("../etc/passwd"), Err(SourceMiss::Outside { src: "../etc/passwd".into() }));
         let d1 = ctx.file_digest("src/a.txt").unwrap();
         fs::write(d.path().join("src/a.txt"), "changed").unwrap();
         assert_eq!(ctx.file_digest("src/a.txt").unwrap(), d1, "hashed once per build");

@@ -189,6 +189,9 @@ pub enum StepFailure {
         #[source]
         source: kiln_oci::layer::LayerError,
     },
+    /// A COPY source names nothing in the build context.
+    #[error("COPY failed: {0}")]
+    Source(#[source] SourceMiss),
     /// ADD could not download `url`.
     #[error("ADD {url}: {source}")]
     Fetch {
@@ -272,6 +275,17 @@ pub enum SnapshotError {
     /// A path inside a root file system could not be resolved safely.
     #[error("{0}")]
     Root(#[source] kiln_oci::fsroot::RootError),
+}
+
+/// Why a COPY source names nothing in the build context.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SourceMiss {
+    #[error("{src}: the path is outside the build context")]
+    Outside { src: String },
+    #[error("\"{src}\": not found in the build context (or excluded by .dockerignore)")]
+    NotFound { src: String },
+    #[error("\"{src}\": no file in the build context matches")]
+    NoMatch { src: String },
 }
 
 /// Why ADD could not download a URL.

@@ -12,14 +12,14 @@ use kiln_oci::Digest;
 
 use super::{at, canon};
 use crate::context::{Entry, Kind};
-use crate::error::BuildError;
+use crate::error::{BuildError, SourceMiss, StepFailure};
 use crate::state::{set_env, ImageState};
 
 /// What planning reads of the build context: which paths a source names, their entries, and the
 /// digest of a file's content.
 pub(crate) trait ContextFiles {
     /// The context paths a COPY source (maybe a glob) matches.
-    fn expand_source(&self, pattern: &str) -> Result<Vec<String>, String>;
+    fn expand_source(&self, pattern: &str) -> Result<Vec<String>, SourceMiss>;
     /// The entries at and under `rel`, the top one first.
     fn walk(&self, rel: &str) -> Result<Vec<Entry>, BuildError>;
     /// The sha256 of the context file `rel`.
@@ -27,7 +27,7 @@ pub(crate) trait ContextFiles {
 }
 
 impl ContextFiles for crate::context::Context {
-    fn expand_source(&self, pattern: &str) -> Result<Vec<String>, String> {
+    fn expand_source(&self, pattern: &str) -> Result<Vec<String>, SourceMiss> {
         crate::context::Context::expand_source(self, pattern)
     }
     fn walk(&self, rel: &str) -> Result<Vec<Entry>, BuildError> {
@@ -234,7 +234,7 @@ fn plan_copy<'s>(
                 plan.items.push(CopyItem::Url(p.clone()));
             }
             CopySource::Path(p) if step.copy_from.is_none() => {
-                let matches = cx.files.expand_source(p).map_err(|m| BuildError::step(at(&step.location), format!("COPY failed: {m}")))?;
+                let matches = cx.files.expand_source(p).map_err(|m| BuildError::failed(at(&step.location), StepFailure::Source(m)))?;
                 for rel in matches {
                     let entries = context_entries(cx.files, &rel, c)?;
                     inputs.set(Input::Source(i, rel.clone()), listing_digest(cx.files, &entries)?.to_string());
@@ -319,12 +319,12 @@ mod tests {
     }
 
     impl ContextFiles for FakeContext {
-        fn expand_source(&self, pattern: &str) -> Result<Vec<String>, String> {
+        fn expand_source(&self, pattern: &str) -> Result<Vec<String>, SourceMiss> {
             let p = pattern.trim_matches('/');
             if self.0.contains_key(p) {
                 Ok(vec![p.to_string()])
             } else {
-                Err(format!("{pattern}: not found"))
+                Err(SourceMiss::NotFound { src: pattern.to_string() })
             }
         }
         fn walk(&self, rel: &str) -> Result<Vec<Entry>, BuildError> {
@@ -355,7 +355,7 @@ mod tests {
     struct NoContext;
 
     impl ContextFiles for NoContext {
-        fn expand_source(&self, pattern: &str) -> Result<Vec<String>, String> {
+        fn expand_source(&self, pattern: &str) -> Result<Vec<String>, SourceMiss> {
             panic!("the context was asked to expand {pattern}")
         }
         fn walk(&self, rel: &str) -> Result<Vec<Entry>, BuildError> {
