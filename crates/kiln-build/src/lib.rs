@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cancel::Cancel;
 pub use context::Context;
-pub use error::BuildError;
+pub use error::{BaseFailure, BuildError, FetchError, SnapshotError, SourceMiss, StepError, StepFailure};
 pub use state::{ImageState, LayerRef};
 
 /// What to build.
