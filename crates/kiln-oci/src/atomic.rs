@@ -18,7 +18,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// What a machine crash may do to a file written with [`write`].
+/// What a machine crash may do to a file written with [`write()`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     /// fsync the file before the rename and the directory after it.
@@ -32,7 +32,7 @@ pub fn write(path: &Path, bytes: &[u8], durability: Durability) -> io::Result<()
     write_with_mode(path, bytes, durability, 0o644)
 }
 
-/// [`write`] with the file's mode set from its creation (0600 for credentials: never readable by
+/// [`write()`] with the file's mode set from its creation (0600 for credentials: never readable by
 /// others, not even for a moment).
 pub fn write_with_mode(path: &Path, bytes: &[u8], durability: Durability, mode: u32) -> io::Result<()> {
     let tmp = temp_beside(path);
