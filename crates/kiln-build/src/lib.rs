@@ -92,6 +92,9 @@ pub struct BuildOptions {
     pub fetch_final: bool,
     /// Stops the build from another thread (see [`cancel`]).
     pub cancel: Cancel,
+    // -- options: RUN environment (network, hosts, shm, ulimit, secrets, ssh) --
+    // -- options: build contexts, --pull, inline cache --
+    // -- options: image metadata (labels, annotations) --
 }
 
 /// `--snapshotter`.

@@ -71,6 +71,10 @@ pub struct Args {
     pub snapshotter: SnapshotterArg,
     #[command(flatten)]
     pub net: super::copy::NetArgs,
+    // -- flags: RUN environment (network, hosts, shm, ulimit, secrets, ssh) --
+    // -- flags: outputs and --load --
+    // -- flags: build contexts, --pull, inline cache --
+    // -- flags: image metadata (labels, annotations, iidfile, quiet, attestations) --
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -200,6 +204,9 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
         },
         fetch_final: true,
         cancel: cancel.clone(),
+        // -- options: RUN environment --
+        // -- options: build contexts, --pull, inline cache --
+        // -- options: image metadata --
     };
     Ok(BuildRequest { options, platforms, tags, outputs, test: a.test.clone() })
 }
