@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use kiln_dockerfile::dockerignore::Matcher;
 use kiln_oci::Digest;
 
-use crate::error::{BuildError, SourceMiss};
+use crate::error::{BuildError, ContextError, SourceMiss};
 use crate::glob::glob_match;
 
 /// One file system object of the context (or of another stage's root) that a COPY reads.
@@ -69,7 +69,7 @@ impl Context {
     pub fn open(root: &Path, ignore: Matcher) -> Result<Context, BuildError> {
         let root = fs::canonicalize(root).map_err(io_err("open the build context", root))?;
         if !root.is_dir() {
-            return Err(BuildError::Usage(format!("the build context {} is not a directory", root.display())));
+            return Err(ContextError::NotADirectory(root.to_path_buf()).into());
         }
         Ok(Context { root, ignore, hashes: Mutex::new(HashMap::new()) })
     }
@@ -145,7 +145,7 @@ impl Context {
         let host = self.root.join(rel);
         let real = fs::canonicalize(&host).map_err(io_err("read", &host))?;
         if !real.starts_with(&self.root) {
-            return Err(BuildError::Usage(format!("{rel}: a symlink in the build context points outside it")));
+            return Err(ContextError::SymlinkOutside(rel.to_string()).into());
         }
         Ok(real)
     }
@@ -211,7 +211,7 @@ fn entry_from(rel: &str, host: &Path, meta: &fs::Metadata) -> Result<Entry, Buil
     } else if ft.is_file() {
         Kind::File { size: meta.len() }
     } else {
-        return Err(BuildError::Usage(format!("{rel}: only files, directories and symlinks can be copied")));
+        return Err(ContextError::UnsupportedType(rel.to_string()).into());
     };
     Ok(Entry { rel: rel.to_string(), kind, mode: meta.permissions().mode() & 0o7777, uid: meta.uid(), gid: meta.gid() })
 }

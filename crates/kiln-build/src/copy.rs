@@ -101,7 +101,7 @@ pub(crate) fn make_dirs(rootdir: &RootDir, path: &Path, attrs: Attrs) -> Result<
         match fs::symlink_metadata(&r.host_path) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
-                return Err(BuildError::Usage(format!("cannot copy to {}: {} is not a directory", path.display(), cur.display())));
+                return Err(BuildError::CopyDestination { dest: path.to_path_buf(), component: cur });
             }
             Err(_) => {
                 fs::create_dir(&r.host_path).map_err(io_err("create", &r.host_path))?;

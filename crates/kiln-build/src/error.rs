@@ -83,8 +83,51 @@ pub enum BuildError {
         #[source]
         source: kiln_sandbox::Error,
     },
+    // Left for output.rs while its parse and checks move to a typed error (issue 12's outputs).
     #[error("output {output}: {message}")]
     Output { output: String, message: String },
+    /// The build context, or a file in it, cannot be used.
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    /// A `.dockerignore` that does not parse.
+    #[error("{}: {source}", path.display())]
+    Dockerignore {
+        path: PathBuf,
+        #[source]
+        source: kiln_dockerfile::dockerignore::IgnoreError,
+    },
+    /// A COPY/ADD destination runs through something that is not a directory.
+    #[error("cannot copy to {}: {} is not a directory", dest.display(), component.display())]
+    CopyDestination { dest: PathBuf, component: PathBuf },
+    /// The sandbox could not be prepared before the first RUN.
+    #[error("cannot prepare the sandbox: {0}")]
+    SandboxSetup(#[source] kiln_sandbox::Error),
+    /// A thread of kiln's own panicked (a bug in kiln); `what` names the work it was doing.
+    #[error("{what} panicked")]
+    Panicked { what: &'static str },
+    /// The stage asked for was not among the stages built (a bug in kiln's stage selection).
+    #[error("the target stage {target:?} was not built")]
+    TargetNotBuilt { target: String },
+    /// `kiln run` cannot run the image as asked.
+    #[error(transparent)]
+    RunImage(#[from] RunRefusal),
+    /// `--test CMD` did not succeed on a platform: nothing was tagged, exported or pushed.
+    #[error("--test {command:?} failed on {platform} ({status}); nothing was tagged, exported or pushed")]
+    TestFailed { command: String, platform: String, status: kiln_sandbox::ExitStatus },
+    /// A `--cache-to` that was asked not to ignore errors (`ignore-error=false`) failed.
+    #[error("output --cache-to {sink}: {source} (ignore-error=false was asked for)")]
+    CacheExport {
+        sink: String,
+        #[source]
+        source: Box<kiln_cache::CacheError>,
+    },
+    /// Pushing to a registry failed.
+    #[error("output push {target}: {source}")]
+    Push {
+        target: String,
+        #[source]
+        source: Box<PushFailure>,
+    },
     #[error("{0}")]
     Usage(String),
     /// A step failed for a reason that is not the step's own (a full disk, a store error): the
@@ -99,6 +142,44 @@ pub enum BuildError {
     /// The build was cancelled (a signal); what finished is kept (see [`crate::Cancel`]).
     #[error("build cancelled: {kept}")]
     Cancelled { kept: String },
+}
+
+/// Why the build context (or a file in it) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("the build context {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// `rel` is relative to the context.
+    #[error("{0}: a symlink in the build context points outside it")]
+    SymlinkOutside(String),
+    #[error("{0}: only files, directories and symlinks can be copied")]
+    UnsupportedType(String),
+}
+
+/// Why `kiln run` cannot run an image.
+#[derive(Debug, thiserror::Error)]
+pub enum RunRefusal {
+    /// Not in the store, and the pull policy (`how`, e.g. " (--pull never)") forbids pulling.
+    #[error(
+        "image {image} is not in the local store{how}; pull it (kiln pull {image}), or run without --pull never to let kiln run pull it"
+    )]
+    NotInStore { image: String, how: String },
+    /// `kiln.local/…` names are made by builds and imports, never pulled.
+    #[error("image {image} is not in the local store, and kiln.local names are never pulled: build it, or import it with `kiln import ROOTFS.tar -t {image}`")]
+    LocalNameMissing { image: String },
+    #[error("{image} has no ENTRYPOINT or CMD: give a command, e.g. `kiln run {image} -- sh`")]
+    NoCommand { image: String },
+}
+
+/// Why a push failed: the registry's answer, or a manifest or layer kiln could not send.
+#[derive(Debug, thiserror::Error)]
+pub enum PushFailure {
+    #[error(transparent)]
+    Registry(#[from] kiln_registry::RegistryError),
+    #[error(transparent)]
+    Manifest(#[from] kiln_oci::ManifestError),
+    #[error("layer {0} is neither in the local store nor in a known cache repository")]
+    LayerNowhere(kiln_oci::Digest),
 }
 
 impl BuildError {
@@ -139,6 +220,14 @@ pub enum StepFailure {
     /// built): the message is the whole story, there is no cause underneath.
     #[error("{0}")]
     Refused(String),
+    /// A base image's `ONBUILD` trigger does not parse.
+    #[error("ONBUILD trigger {trigger:?} of {image}: {source}")]
+    OnBuild {
+        trigger: String,
+        image: String,
+        #[source]
+        source: Box<BuildError>,
+    },
     /// RUN's command ran and did not succeed; `tail` is its last lines of output.
     #[error("{}", exited(text, status, command, tail))]
     Exited { text: String, status: kiln_sandbox::ExitStatus, command: String, tail: Vec<String> },

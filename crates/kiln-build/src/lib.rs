@@ -56,7 +56,9 @@ use serde::{Deserialize, Serialize};
 
 pub use cancel::Cancel;
 pub use context::Context;
-pub use error::{BaseFailure, BuildError, FetchError, SnapshotError, SourceMiss, StepError, StepFailure};
+pub use error::{
+    BaseFailure, BuildError, ContextError, FetchError, PushFailure, RunRefusal, SnapshotError, SourceMiss, StepError, StepFailure,
+};
 pub use state::{ImageState, LayerRef};
 
 /// What to build.
@@ -95,6 +97,8 @@ pub struct BuildOptions {
     // -- options: RUN environment (network, hosts, shm, ulimit, secrets, ssh) --
     // -- options: build contexts, --pull, inline cache --
     // -- options: image metadata (labels, annotations) --
+    /// `--label K=V`: set on the final image's config, over the Dockerfile's `LABEL`s.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `--snapshotter`.
@@ -227,7 +231,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     let context = Context::open(&opts.context, read_dockerignore(&opts.context, &dockerfile)?)?;
     let sandbox = match &opts.init_binary {
         Some(b) => kiln_sandbox::Sandbox::with_init_binary(b),
-        None => kiln_sandbox::Sandbox::new().map_err(|e| BuildError::Usage(e.to_string()))?,
+        None => kiln_sandbox::Sandbox::new().map_err(BuildError::SandboxSetup)?,
     }
     .with_cancel(opts.cancel.sandbox());
     let cache_sources = open_sources(opts, &store, progress);
@@ -252,7 +256,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     let used = std::mem::take(&mut solver.collected.used);
     let explanations = std::mem::take(&mut solver.collected.explanations);
     drop(solver);
-    let mut built = assemble(&store, final_state, steps, opts.source_date_epoch)?;
+    let mut built = assemble(&store, final_state, steps, opts)?;
     built.explanations = explanations;
     built.layer_sources = sources.clone();
     if opts.policy.policy.allows_export() {
@@ -305,7 +309,7 @@ fn solve_stages(solver: &mut solve::Solver<'_>, resolved: &kiln_dockerfile::inst
                     }
                 }
                 Err(_) => {
-                    first_err.get_or_insert(BuildError::Usage("a stage's build thread panicked".into()));
+                    first_err.get_or_insert(BuildError::Panicked { what: "a stage's build thread" });
                 }
             }
         }
@@ -313,7 +317,7 @@ fn solve_stages(solver: &mut solve::Solver<'_>, resolved: &kiln_dockerfile::inst
             return Err(e);
         }
     }
-    solver.stages.remove(&resolved.target).ok_or_else(|| BuildError::Usage("the target stage was not built".to_string()))
+    solver.stages.remove(&resolved.target).ok_or_else(|| BuildError::TargetNotBuilt { target: resolved.target.to_string() })
 }
 
 /// A cancelled build's last act: export what finished to the caches the policy allows (the local
@@ -391,10 +395,7 @@ fn export_caches(
                 out.push(report);
             }
             Err(e) => {
-                return Err(BuildError::Output {
-                    output: format!("--cache-to {}", sink.describe()),
-                    message: format!("{e} (ignore-error=false was asked for)"),
-                })
+                return Err(BuildError::CacheExport { sink: sink.describe(), source: Box::new(e) })
             }
         }
     }
@@ -436,11 +437,12 @@ fn splice_onbuild(build: &mut Build, bases: &base::Bases, opts: &BuildOptions) -
                 for t in on_build {
                     let text = format!("FROM scratch\n{t}\n");
                     let loc = build.stages[i].location.clone();
-                    let bad = |m: String| {
-                        BuildError::step(format!("{}:{}", loc.file, loc.start_line), format!("ONBUILD trigger {t:?} of {image}: {m}"))
+                    let bad = |e: BuildError| {
+                        let failure = StepFailure::OnBuild { trigger: t.clone(), image: image.clone(), source: Box::new(e) };
+                        BuildError::failed(format!("{}:{}", loc.file, loc.start_line), failure)
                     };
-                    let df = kiln_dockerfile::parse_str(&text).map_err(|e| bad(e.to_string()))?;
-                    let b = parse_build(&df, &loc.file).map_err(|e| bad(e.to_string()))?;
+                    let df = kiln_dockerfile::parse_str(&text).map_err(|e| bad(e.into()))?;
+                    let b = parse_build(&df, &loc.file).map_err(|e| bad(e.into()))?;
                     for mut c in b.stages.into_iter().flat_map(|s| s.commands) {
                         c.location = loc.clone();
                         out.push(c);
@@ -498,12 +500,19 @@ fn read_dockerignore(context: &Path, dockerfile: &Path) -> Result<Matcher, Build
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(source) => return Err(BuildError::Io { action: "read", path, source }),
     };
-    Matcher::from_dockerignore(&text).map_err(|e| BuildError::Usage(format!("{}: {e}", path.display())))
+    Matcher::from_dockerignore(&text).map_err(|source| BuildError::Dockerignore { path: path.to_path_buf(), source })
 }
 
 /// Writes the config and manifest of `state` to the store.
-fn assemble(store: &Store, state: ImageState, steps: Vec<StepReport>, sde: Option<u64>) -> Result<Built, BuildError> {
+fn assemble(store: &Store, state: ImageState, steps: Vec<StepReport>, opts: &BuildOptions) -> Result<Built, BuildError> {
+    let sde = opts.source_date_epoch;
     let mut config = state.config.clone();
+    // `--label`: on the image only, over the Dockerfile's LABELs, as BuildKit applies them at export
+    // (so they are in no step's cache key, and a changed label rebuilds nothing).
+    if !opts.labels.is_empty() {
+        let rc = config.config.get_or_insert_with(Default::default);
+        rc.labels.get_or_insert_with(Default::default).extend(opts.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
     config.rootfs = RootFs { diff_ids: state.layers.iter().map(|l| l.diff_id.clone()).collect(), ..RootFs::default() };
     config.history = Some(state.history.clone());
     config.created = Some(time::rfc3339(sde.unwrap_or(state.created)));

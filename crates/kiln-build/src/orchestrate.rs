@@ -88,7 +88,7 @@ fn build_platforms(per_platform: &[BuildOptions], progress: &dyn Progress) -> Re
     for chunk in per_platform.chunks(width) {
         let results: Vec<Result<Built, BuildError>> = std::thread::scope(|s| {
             let handles: Vec<_> = chunk.iter().map(|o| s.spawn(|| crate::build(o, progress))).collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(BuildError::Usage("a build thread panicked".into())))).collect()
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(BuildError::Panicked { what: "a platform's build thread" }))).collect()
         });
         // Cancelled, every platform kept something: say it all in the one line.
         let mut kept = Vec::new();
@@ -129,9 +129,7 @@ fn test_gate(opts: &BuildOptions, built: &[Built], cmd: &str, progress: &dyn Pro
         let _ = store.untag_name(&name);
         let status = status?;
         if status != kiln_sandbox::ExitStatus::Code(0) {
-            return Err(BuildError::Usage(format!(
-                "--test {cmd:?} failed on {platform} ({status}); nothing was tagged, exported or pushed"
-            )));
+            return Err(BuildError::TestFailed { command: cmd.to_string(), platform: platform.to_string(), status });
         }
         progress.info(&format!("test passed on {platform}: {cmd}"));
     }

@@ -9,11 +9,11 @@ use kiln_cache::LayerSources;
 use kiln_oci::{Digest, Manifest, Reference, Store};
 use kiln_registry::{Client, Repo};
 
-use crate::error::BuildError;
+use crate::error::{BuildError, PushFailure};
 use crate::output::Artifact;
 
-fn err(target: &Reference, e: impl std::fmt::Display) -> BuildError {
-    BuildError::Output { output: format!("push {target}"), message: e.to_string() }
+fn err(target: &Reference, e: impl Into<PushFailure>) -> BuildError {
+    BuildError::Push { target: target.to_string(), source: Box::new(e.into()) }
 }
 
 /// Pushes `art` to `target`'s repository, under its tag (or by digest when `by_digest`).
@@ -76,7 +76,7 @@ fn push_blob(
     // Known only from a cache: mount it from there; if the registry refuses the mount, stream it
     // from the cache's repository (never through the local store).
     let Some(src) = sources.get(d).cloned() else {
-        return Err(err(target, format!("layer {d} is neither in the local store nor in a known cache repository")));
+        return Err(err(target, PushFailure::LayerNowhere(d.clone())));
     };
     let size = client.blob_exists(&src, d, &kiln_registry_scopes(&src)).map_err(|e| err(target, e))?.unwrap_or(0);
     let open = |offset: u64| -> io::Result<Box<dyn Read + Send + '_>> { Ok(Box::new(client.blob_reader_at(&src, d, Some(size), offset))) };

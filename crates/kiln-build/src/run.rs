@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use kiln_oci::{Platform, Store};
 use kiln_sandbox::{ExitStatus, Sandbox, Spec, Stream};
 
-use crate::error::{BaseFailure, BuildError};
+use crate::error::{BaseFailure, BuildError, RunRefusal};
 use crate::snapshot::Snapshotter;
 use crate::state::LayerRef;
 
@@ -81,11 +81,7 @@ pub fn ensure_image(
         store.select_platform(image, &root, &want)?;
         Ok(Some(want))
     };
-    let not_here = |how: &str| {
-        BuildError::Usage(format!(
-            "image {image} is not in the local store{how}; pull it (kiln pull {image}), or run without --pull never to let kiln run pull it"
-        ))
-    };
+    let not_here = |how: &str| BuildError::from(RunRefusal::NotInStore { image: image.to_string(), how: how.to_string() });
     let kiln_local = reference.registry() == "kiln.local";
     let local_first = match policy {
         PullPolicy::Always if !kiln_local => None,
@@ -95,9 +91,7 @@ pub fn ensure_image(
         Some(Ok(Some(p))) => return Ok(RunTarget { image: image.to_string(), platform: p, pulled: None, lease }),
         Some(Ok(None)) if policy == PullPolicy::Never => return Err(not_here("")),
         Some(Ok(None)) if kiln_local => {
-            return Err(BuildError::Usage(format!(
-                "image {image} is not in the local store, and kiln.local names are never pulled: build it, or import it with `kiln import ROOTFS.tar -t {image}`"
-            )))
+            return Err(RunRefusal::LocalNameMissing { image: image.to_string() }.into())
         }
         Some(Err(e)) if policy == PullPolicy::Never || kiln_local => return Err(e),
         _ => {}
@@ -158,10 +152,7 @@ pub fn run_image(req: &RunRequest<'_>, sink: &mut dyn FnMut(Stream, &[u8])) -> R
         v
     };
     if argv.is_empty() {
-        return Err(BuildError::Usage(format!(
-            "{} has no ENTRYPOINT or CMD: give a command, e.g. `kiln run {} -- sh`",
-            req.image, req.image
-        )));
+        return Err(RunRefusal::NoCommand { image: req.image.to_string() }.into());
     }
     let snaps = Snapshotter::open(req.root);
     let lowers = snaps.lowers(&store, &layers)?;

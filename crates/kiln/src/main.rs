@@ -48,7 +48,7 @@ impl Global {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Build an image from a Dockerfile.
-    Build(cmd::build::Args),
+    Build(Box<cmd::build::Args>),
     /// Run a command in an image from the local store.
     Run(cmd::run::Args),
     /// Look at and trim the build cache.
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     };
     signals::watch(cancel.clone(), mode, grace);
     let result = match cli.command {
-        Command::Build(a) => cmd::build::run(a, &cli.global, &cancel),
+        Command::Build(a) => cmd::build::run(*a, &cli.global, &cancel),
         Command::Run(a) => match cmd::run::run(a, &cli.global, &cancel) {
             Ok(code) => return code,
             Err(e) => Err(e),

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use kiln_cache::inputs::{self, Input, StepInputs};
-use kiln_dockerfile::instructions::{CommandLine, Copy, CopySource, Instruction, MountType, Network, Run, Step};
+use kiln_dockerfile::instructions::{CommandLine, Copy, CopySource, Instruction, MountType, Network, Run, Security, Step};
 use kiln_oci::Digest;
 
 use super::{at, canon};
@@ -130,6 +130,14 @@ pub(crate) fn plan_step<'s>(step: &'s Step, state: &ImageState, cx: &PlanContext
 /// RUN's inputs: the argv, every variable the process sees, user, workdir and each mount (its
 /// spec, and what it reads: context files or another stage's or image's layers).
 fn plan_run(step: &Step, run: &Run, state: &ImageState, cx: &PlanContext<'_>, inputs: &mut StepInputs) -> Result<RunPlan, BuildError> {
+    // BuildKit runs `--security=insecure` with every capability and no seccomp (behind `--allow
+    // security.insecure`); kiln has no such mode, and running it confined would not be what was asked.
+    if matches!(run.security, Some(Security::Insecure)) {
+        return Err(BuildError::step(
+            at(&step.location),
+            "RUN --security=insecure is not supported by kiln: its steps always run confined (drop the flag, or build this image with buildx)",
+        ));
+    }
     let plan = RunPlan {
         argv: run_argv(run, state),
         env: run_env(step, state),

@@ -75,6 +75,23 @@ pub struct Args {
     // -- flags: outputs and --load --
     // -- flags: build contexts, --pull, inline cache --
     // -- flags: image metadata (labels, annotations, iidfile, quiet, attestations) --
+    /// Set a label on the image (repeatable): K=V, over the Dockerfile's LABELs.
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Write the image ID (the config digest; the index digest for several platforms) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Print only the image digest: no progress, no summary (errors still go to stderr).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Provenance attestation: only false (or 0) for now; attestations are not built yet.
+    #[arg(long, value_name = "VALUE")]
+    pub provenance: Option<String>,
+    /// SBOM attestation: only false (or 0) for now; attestations are not built yet.
+    #[arg(long, value_name = "VALUE")]
+    pub sbom: Option<String>,
+    #[command(flatten)]
+    pub unsupported: super::buildx::Unsupported,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -125,6 +142,20 @@ fn parse_secret(s: &str) -> anyhow::Result<(String, PathBuf)> {
     }
 }
 
+/// `--label K=V` (a label needs its `=`; an empty value is a label with an empty value).
+fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for it in items {
+        match it.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            _ => bail!("--label {it:?}: expected KEY=VALUE"),
+        }
+    }
+    Ok(out)
+}
+
 /// `--platform a,b`: each normalized, duplicates dropped, at least one; this machine's by default.
 fn parse_platforms(list: Option<&str>) -> anyhow::Result<Vec<Platform>> {
     let Some(list) = list else { return Ok(vec![Platform::host()]) };
@@ -142,15 +173,28 @@ fn parse_platforms(list: Option<&str>) -> anyhow::Result<Vec<Platform>> {
 }
 
 pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<()> {
+    a.unsupported.refuse()?;
+    super::buildx::attestation("--provenance", a.provenance.as_deref())?;
+    super::buildx::attestation("--sbom", a.sbom.as_deref())?;
     let root = g.root();
     let request = request(&a, &root, cancel)?;
-    let printer = Printer::new(a.progress);
+    let mode = if a.quiet { Mode::Quiet } else { a.progress };
+    let printer = Printer::new(mode);
     let done = kiln_build::orchestrate::build_all(&request, &printer)?;
     done.record(&root, a.metadata_file.as_deref())?;
 
     let md = &done.metadata;
-    eprintln!("{}", printer.summary(done.steps(), &md.digest));
-    if a.progress != Mode::Quiet {
+    if let Some(path) = &a.iidfile {
+        // buildx writes the config digest (docker's image ID) when there is one image, else the
+        // index's digest.
+        let id = md.config_digest.as_deref().unwrap_or(&md.digest);
+        kiln_oci::atomic::write(path, id.as_bytes(), kiln_oci::atomic::Durability::Synced)
+            .with_context(|| format!("--iidfile {}", path.display()))?;
+    }
+    if !a.quiet {
+        eprintln!("{}", printer.summary(done.steps(), &md.digest));
+    }
+    if mode != Mode::Quiet {
         eprintln!("{}", md.cache_policy);
         for m in &md.cache_misses {
             eprintln!("  miss: {}: {}", m.step, m.changed);
@@ -207,6 +251,7 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
         // -- options: RUN environment --
         // -- options: build contexts, --pull, inline cache --
         // -- options: image metadata --
+        labels: parse_labels(&a.labels)?,
     };
     Ok(BuildRequest { options, platforms, tags, outputs, test: a.test.clone() })
 }

@@ -5,6 +5,7 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 pub mod build;
+pub mod buildx;
 pub mod cache;
 pub mod ci_report;
 pub mod copy;
