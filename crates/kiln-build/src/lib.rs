@@ -394,9 +394,7 @@ fn export_caches(
                 }
                 out.push(report);
             }
-            Err(e) => {
-                return Err(BuildError::CacheExport { sink: sink.describe(), source: Box::new(e) })
-            }
+            Err(e) => return Err(BuildError::CacheExport { sink: sink.describe(), source: Box::new(e) }),
         }
     }
     Ok(out)

@@ -88,7 +88,10 @@ fn build_platforms(per_platform: &[BuildOptions], progress: &dyn Progress) -> Re
     for chunk in per_platform.chunks(width) {
         let results: Vec<Result<Built, BuildError>> = std::thread::scope(|s| {
             let handles: Vec<_> = chunk.iter().map(|o| s.spawn(|| crate::build(o, progress))).collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(BuildError::Panicked { what: "a platform's build thread" }))).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(BuildError::Panicked { what: "a platform's build thread" })))
+                .collect()
         });
         // Cancelled, every platform kept something: say it all in the one line.
         let mut kept = Vec::new();

@@ -90,9 +90,7 @@ pub fn ensure_image(
     match local_first {
         Some(Ok(Some(p))) => return Ok(RunTarget { image: image.to_string(), platform: p, pulled: None, lease }),
         Some(Ok(None)) if policy == PullPolicy::Never => return Err(not_here("")),
-        Some(Ok(None)) if kiln_local => {
-            return Err(RunRefusal::LocalNameMissing { image: image.to_string() }.into())
-        }
+        Some(Ok(None)) if kiln_local => return Err(RunRefusal::LocalNameMissing { image: image.to_string() }.into()),
         Some(Err(e)) if policy == PullPolicy::Never || kiln_local => return Err(e),
         _ => {}
     }
