@@ -192,8 +192,8 @@ impl BuildError {
     }
 
     /// A step refused by a check of kiln's own (see [`StepFailure::Refused`]).
-    pub(crate) fn step(at: impl std::fmt::Display, message: impl Into<String>) -> BuildError {
-        BuildError::failed(at, StepFailure::Refused(message.into()))
+    pub(crate) fn refused(at: impl std::fmt::Display, refusal: Refusal) -> BuildError {
+        BuildError::failed(at, StepFailure::Refused(refusal))
     }
 
     /// A step failed at `at` (`file:line`) the way `failure` says.
@@ -217,9 +217,10 @@ pub struct StepError {
 #[derive(Debug, thiserror::Error)]
 pub enum StepFailure {
     /// A check kiln makes itself (a required secret not given, a bad flag value, a stage not
-    /// built): the message is the whole story, there is no cause underneath.
+    /// built): the [`Refusal`] is the whole story, there is no cause underneath. It is the
+    /// `source()` too, so a caller walking the chain can downcast to it.
     #[error("{0}")]
-    Refused(String),
+    Refused(#[source] Refusal),
     /// A base image's `ONBUILD` trigger does not parse.
     #[error("ONBUILD trigger {trigger:?} of {image}: {source}")]
     OnBuild {
@@ -295,6 +296,47 @@ pub enum StepFailure {
         #[source]
         source: Box<BuildError>,
     },
+}
+
+/// A step kiln refuses by a check of its own: an option it does not support, a value that
+/// cannot be used, or something the build should have given it. Nothing fails underneath, so
+/// none has a `source()`; the message is the whole story and says what to do.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// BuildKit runs `--security=insecure` unconfined; kiln has no such mode, and running the
+    /// step confined would not be what was asked.
+    #[error(
+        "RUN --security=insecure is not supported by kiln: its steps always run confined (drop the flag, or build this image with buildx)"
+    )]
+    InsecureSecurity,
+    /// `RUN --mount=type=ssh` (no agent forwarding in kiln yet).
+    #[error("RUN --mount=type=ssh is not supported by kiln yet")]
+    SshUnsupported,
+    /// A `--mount` whose target is empty or `/` (as written, before WORKDIR is applied).
+    #[error("invalid --mount target {target:?}: give target=PATH (not /)")]
+    MountTarget { target: String },
+    /// A bind mount's `source=` climbs out of the build context.
+    #[error("--mount source {path:?} is outside the build context")]
+    MountSourceOutside { path: String },
+    /// A `--mount=type=secret,required` whose id was not given with `--secret`.
+    #[error("secret {id:?} is required: pass --secret id={id},src=PATH")]
+    SecretRequired { id: String },
+    /// An ADD URL that the fetch before planning did not download (a bug in kiln).
+    #[error("ADD {url}: not downloaded")]
+    AddNotDownloaded { url: String },
+    /// `ADD --checksum` that the downloaded content does not have.
+    #[error("ADD {url}: --checksum {want} does not match the download ({got})")]
+    ChecksumMismatch { url: String, want: String, got: kiln_oci::Digest },
+    /// `--chmod` that is not an octal mode.
+    #[error("--chmod={mode}: expected an octal mode such as 0755")]
+    Chmod { mode: String },
+    /// A stage used as a base before it was built (a bug in kiln's stage order).
+    #[error("stage {stage} was not built before this one")]
+    BaseStageNotBuilt { stage: usize },
+    /// A stage a `--from` or `--mount from=` names that has not been built (a bug in kiln's stage
+    /// order).
+    #[error("stage {stage} is not built")]
+    SourceStageNotBuilt { stage: usize },
 }
 
 /// Why a base image (or the image of `kiln run`) could not be had.
@@ -496,10 +538,51 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_step_reads_as_its_message() {
-        let e = BuildError::step("Dockerfile:4", "RUN --mount=type=ssh is not supported by kiln yet");
+    fn a_refused_step_reads_as_its_refusal_and_keeps_it_typed() {
+        let e = BuildError::refused("Dockerfile:4", Refusal::SshUnsupported);
         assert_eq!(e.to_string(), "Dockerfile:4: RUN --mount=type=ssh is not supported by kiln yet");
-        assert!(matches!(&e, BuildError::Step(s) if matches!(s.failure, StepFailure::Refused(_))), "{e:?}");
+        let BuildError::Step(s) = &e else { panic!("not a step error: {e:?}") };
+        assert!(matches!(s.failure, StepFailure::Refused(Refusal::SshUnsupported)), "{e:?}");
+        // The refusal is the last link: a caller walking the chain can downcast to it, and there
+        // is nothing below it.
+        let causes = chain(&e);
+        let last = causes.last().expect("a cause");
+        assert_eq!(last.downcast_ref::<Refusal>(), Some(&Refusal::SshUnsupported), "{causes:?}");
+        assert!(last.source().is_none());
+    }
+
+    /// Each refusal's text, byte for byte: users (and the CLI tests) read these.
+    #[test]
+    fn every_refusal_reads_as_before() {
+        let digest = kiln_oci::Digest::sha256_of(b"x");
+        let cases: Vec<(Refusal, String)> = vec![
+            (
+                Refusal::InsecureSecurity,
+                "RUN --security=insecure is not supported by kiln: its steps always run confined (drop the flag, or build this image with buildx)"
+                    .into(),
+            ),
+            (Refusal::SshUnsupported, "RUN --mount=type=ssh is not supported by kiln yet".into()),
+            (Refusal::MountTarget { target: "/".into() }, "invalid --mount target \"/\": give target=PATH (not /)".into()),
+            (Refusal::MountTarget { target: String::new() }, "invalid --mount target \"\": give target=PATH (not /)".into()),
+            (
+                Refusal::MountSourceOutside { path: "../x".into() },
+                "--mount source \"../x\" is outside the build context".into(),
+            ),
+            (Refusal::SecretRequired { id: "tok".into() }, "secret \"tok\" is required: pass --secret id=tok,src=PATH".into()),
+            (Refusal::AddNotDownloaded { url: "http://h/a".into() }, "ADD http://h/a: not downloaded".into()),
+            (
+                Refusal::ChecksumMismatch { url: "http://h/a".into(), want: "sha256:00".into(), got: digest.clone() },
+                format!("ADD http://h/a: --checksum sha256:00 does not match the download ({digest})"),
+            ),
+            (Refusal::Chmod { mode: "rwx".into() }, "--chmod=rwx: expected an octal mode such as 0755".into()),
+            (Refusal::BaseStageNotBuilt { stage: 2 }, "stage 2 was not built before this one".into()),
+            (Refusal::SourceStageNotBuilt { stage: 0 }, "stage 0 is not built".into()),
+        ];
+        for (refusal, want) in cases {
+            assert_eq!(refusal.to_string(), want, "{refusal:?}");
+            assert!(refusal.source().is_none(), "{refusal:?}");
+            assert_eq!(StepFailure::Refused(refusal).to_string(), want);
+        }
     }
 
     #[test]

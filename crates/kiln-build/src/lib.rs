@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 pub use cancel::Cancel;
 pub use context::Context;
 pub use error::{
-    BaseFailure, BuildError, ContextError, FetchError, PushFailure, RunRefusal, SnapshotError, SourceMiss, StepError, StepFailure,
+    BaseFailure, BuildError, ContextError, FetchError, PushFailure, Refusal, RunRefusal, SnapshotError, SourceMiss, StepError, StepFailure,
 };
 pub use state::{ImageState, LayerRef};
 

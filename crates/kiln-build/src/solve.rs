@@ -19,7 +19,7 @@ use kiln_sandbox::Sandbox;
 
 use crate::base::{self, BaseImage};
 use crate::context::Context;
-use crate::error::{BuildError, SnapshotError, StepFailure};
+use crate::error::{BuildError, Refusal, SnapshotError, StepFailure};
 use crate::snapshot::{chain_ids, remove_tree, Mounted, Snapshotter};
 use crate::state::{ImageState, LayerRef};
 use crate::{BuildOptions, CacheStatus, Progress, StepReport};
@@ -152,7 +152,7 @@ impl<'a> Solver<'a> {
                 .stages
                 .get(i)
                 .cloned()
-                .ok_or_else(|| BuildError::step(at(&stage.location), format!("stage {i} was not built before this one")))?,
+                .ok_or_else(|| BuildError::refused(at(&stage.location), Refusal::BaseStageNotBuilt { stage: *i }))?,
             Source::Image(r) => self
                 .base(r, &platform)
                 .map_err(|e| BuildError::failed(at(&stage.location), StepFailure::Build { what: String::new(), source: Box::new(e) }))?
@@ -506,9 +506,12 @@ impl<'a> Solver<'a> {
 
     pub(super) fn source_layers(&mut self, step: &Step, s: &Source) -> Result<Vec<LayerRef>, BuildError> {
         Ok(match s {
-            Source::Stage(i) => {
-                self.stages.get(i).ok_or_else(|| BuildError::step(at(&step.location), format!("stage {i} is not built")))?.layers.clone()
-            }
+            Source::Stage(i) => self
+                .stages
+                .get(i)
+                .ok_or_else(|| BuildError::refused(at(&step.location), Refusal::SourceStageNotBuilt { stage: *i }))?
+                .layers
+                .clone(),
             Source::Image(r) => self
                 .base(r, &self.shared.opts.platform.clone())
                 .map_err(|e| {

@@ -13,7 +13,7 @@ use super::plan::{context_entries, is_url, CopyItem, CopyPlan};
 use super::{at, lookup_user, Solver};
 use crate::context::{Entry, Kind};
 use crate::copy::{Attrs, SourceRoot};
-use crate::error::{BuildError, FetchError, StepFailure};
+use crate::error::{BuildError, FetchError, Refusal, StepFailure};
 use crate::snapshot::{remove_tree, Mounted};
 use crate::state::{ImageState, LayerRef};
 
@@ -118,7 +118,6 @@ impl Solver<'_> {
         root: &Path,
         dest: &str,
     ) -> Result<Vec<crate::copy::Source<'x>>, BuildError> {
-        let e = |m: String| BuildError::step(at(&step.location), m);
         let c = plan.copy;
         let one = |dir: &'x Path, name: &str, kind: Kind, mode: u32| crate::copy::Source {
             root: SourceRoot { dir, keep_owner: false },
@@ -159,7 +158,9 @@ impl Solver<'_> {
                     });
                 }
                 CopyItem::Url(url) => {
-                    let d = downloads.get(url).ok_or_else(|| e(format!("ADD {url}: not downloaded")))?;
+                    let d = downloads
+                        .get(url)
+                        .ok_or_else(|| BuildError::refused(at(&step.location), Refusal::AddNotDownloaded { url: url.clone() }))?;
                     let meta = fs::metadata(d.dir.join(&d.name))
                         .map_err(|source| BuildError::failed(at(&step.location), StepFailure::Io { what: String::new(), source }))?;
                     sources.push(one(&d.dir, &d.name, Kind::File { size: meta.len() }, 0o600));
@@ -188,7 +189,6 @@ impl Solver<'_> {
 
 /// `--chown` (looked up in the root being written) and `--chmod`.
 fn copy_attrs(step: &Step, c: &Copy, root: &Path) -> Result<Attrs, BuildError> {
-    let e = |m: String| BuildError::step(at(&step.location), m);
     let mut attrs = Attrs::default();
     if let Some(ch) = &c.chown {
         let id = lookup_user(root, ch)
@@ -196,7 +196,8 @@ fn copy_attrs(step: &Step, c: &Copy, root: &Path) -> Result<Attrs, BuildError> {
         attrs.chown = Some((id.uid, id.gid));
     }
     if let Some(m) = &c.chmod {
-        attrs.chmod = Some(u32::from_str_radix(m, 8).map_err(|_| e(format!("--chmod={m}: expected an octal mode such as 0755")))?);
+        attrs.chmod =
+            Some(u32::from_str_radix(m, 8).map_err(|_| BuildError::refused(at(&step.location), Refusal::Chmod { mode: m.clone() }))?);
     }
     Ok(attrs)
 }

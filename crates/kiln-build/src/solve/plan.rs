@@ -12,7 +12,7 @@ use kiln_oci::Digest;
 
 use super::{at, canon};
 use crate::context::{Entry, Kind};
-use crate::error::{BuildError, SourceMiss, StepFailure};
+use crate::error::{BuildError, Refusal, SourceMiss, StepFailure};
 use crate::state::{set_env, ImageState};
 
 /// What planning reads of the build context: which paths a source names, their entries, and the
@@ -133,10 +133,7 @@ fn plan_run(step: &Step, run: &Run, state: &ImageState, cx: &PlanContext<'_>, in
     // BuildKit runs `--security=insecure` with every capability and no seccomp (behind `--allow
     // security.insecure`); kiln has no such mode, and running it confined would not be what was asked.
     if matches!(run.security, Some(Security::Insecure)) {
-        return Err(BuildError::step(
-            at(&step.location),
-            "RUN --security=insecure is not supported by kiln: its steps always run confined (drop the flag, or build this image with buildx)",
-        ));
+        return Err(BuildError::refused(at(&step.location), Refusal::InsecureSecurity));
     }
     let plan = RunPlan {
         argv: run_argv(run, state),
@@ -229,13 +226,12 @@ fn plan_copy<'s>(
             }
             CopySource::Path(p) if c.add && is_url(p) => {
                 // The content decides the key, as in BuildKit (fetched before planning).
-                let digest = cx.urls.get(p).ok_or_else(|| BuildError::step(at(&step.location), format!("ADD {p}: not downloaded")))?;
+                let digest =
+                    cx.urls.get(p).ok_or_else(|| BuildError::refused(at(&step.location), Refusal::AddNotDownloaded { url: p.clone() }))?;
                 if let Some(want) = &c.checksum {
                     if want != &digest.to_string() {
-                        return Err(BuildError::step(
-                            at(&step.location),
-                            format!("ADD {p}: --checksum {want} does not match the download ({digest})"),
-                        ));
+                        let refusal = Refusal::ChecksumMismatch { url: p.clone(), want: want.clone(), got: digest.clone() };
+                        return Err(BuildError::refused(at(&step.location), refusal));
                     }
                 }
                 inputs.set(Input::Source(i, p.clone()), digest.to_string());

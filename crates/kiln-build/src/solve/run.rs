@@ -10,7 +10,7 @@ use kiln_sandbox::{Spec, Stream};
 
 use super::plan::RunPlan;
 use super::{at, Solver};
-use crate::error::{BuildError, SnapshotError, StepFailure};
+use crate::error::{BuildError, Refusal, SnapshotError, StepFailure};
 use crate::snapshot::{remove_tree, Mounted};
 use crate::state::ImageState;
 
@@ -61,7 +61,7 @@ impl Solver<'_> {
     ) -> Result<Option<kiln_sandbox::Mount>, BuildError> {
         let target = if m.target.starts_with('/') { PathBuf::from(&m.target) } else { Path::new(wd).join(&m.target) };
         if m.kind != MountType::Secret && m.kind != MountType::Ssh && (target.as_os_str().is_empty() || target == Path::new("/")) {
-            return Err(BuildError::step(at(&step.location), format!("invalid --mount target {:?}: give target=PATH (not /)", m.target)));
+            return Err(BuildError::refused(at(&step.location), Refusal::MountTarget { target: m.target.clone() }));
         }
         Ok(Some(match m.kind {
             MountType::Tmpfs => kiln_sandbox::Mount::Tmpfs { target, size_bytes: m.size },
@@ -72,10 +72,7 @@ impl Solver<'_> {
                         .unwrap_or_else(|| Path::new(&m.target).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
                 let Some(path) = self.shared.opts.secrets.get(&id) else {
                     if m.required {
-                        return Err(BuildError::step(
-                            at(&step.location),
-                            format!("secret {id:?} is required: pass --secret id={id},src=PATH"),
-                        ));
+                        return Err(BuildError::refused(at(&step.location), Refusal::SecretRequired { id }));
                     }
                     return Ok(None);
                 };
@@ -91,7 +88,7 @@ impl Solver<'_> {
             }
             MountType::Bind => kiln_sandbox::Mount::Bind { source: self.bind_source(step, m, src, holds)?, target, readonly: m.readonly },
             MountType::Ssh => {
-                return Err(BuildError::step(at(&step.location), "RUN --mount=type=ssh is not supported by kiln yet"));
+                return Err(BuildError::refused(at(&step.location), Refusal::SshUnsupported));
             }
         }))
     }
@@ -137,9 +134,8 @@ impl Solver<'_> {
         let source_rel = m.source.clone().unwrap_or_else(|| "/".to_string());
         Ok(match src {
             None => {
-                let rel = crate::context::clean_rel(&source_rel).ok_or_else(|| {
-                    BuildError::step(at(&step.location), format!("--mount source {source_rel:?} is outside the build context"))
-                })?;
+                let rel = crate::context::clean_rel(&source_rel)
+                    .ok_or_else(|| BuildError::refused(at(&step.location), Refusal::MountSourceOutside { path: source_rel.clone() }))?;
                 self.shared.context.root().join(rel)
             }
             Some(s) => {
