@@ -9,17 +9,58 @@
 //! accelerator, never a reason to fail). An export gives an [`ExportReport`], which is what
 //! `--metadata-file` records under `kiln.cache-exports`.
 //!
-//! Adding a store is one module that implements these traits, plus its arm in [`crate::spec`]
-//! (the `type=` it answers to, its options, and how it opens).
+//! Before a build, a `--cache-from`/`--cache-to` value is parsed by the [`Backend`] its `type=`
+//! names into a typed spec (a [`SourceSpec`] or a [`SinkSpec`], held by [`crate::CacheFrom`] and
+//! [`crate::CacheTo`]); at build time the spec opens the store. Adding a store is one module that
+//! implements these traits, plus its line in the list of backends in [`crate::spec`] (see the
+//! crate doc for a walk-through).
 
+use std::any::Any;
 use std::fmt;
 
 use kiln_oci::{BlobInfo, Digest, Store};
+use kiln_registry::Client;
 use serde::Serialize;
 
 use crate::local::{CacheError, Record};
 use crate::registry::{ExportSummary, LayerSources};
-use crate::spec::CacheMode;
+use crate::spec::{CacheFrom, CacheMode, CacheTo, Options, SpecError};
+
+/// One kind of cache store, as the `type=` of `--cache-from`/`--cache-to` names it: it reads its
+/// own options and gives the typed spec to open at build time. Parsing does no I/O, so a bad flag
+/// fails before anything is built.
+pub trait Backend: Sync {
+    /// The `type=` value it answers to (`registry`, `local`).
+    fn name(&self) -> &'static str;
+
+    /// How it is used, for the message when a value gives no `type=` (`type=registry,ref=REF`).
+    fn usage(&self) -> &'static str;
+
+    /// A `--cache-from` of this type. Must refuse every key it does not take
+    /// ([`Options::accept`]): a mistyped option that is ignored is a cache that never warms.
+    fn source(&self, options: &Options<'_>) -> Result<CacheFrom, SpecError>;
+
+    /// A `--cache-to` of this type; `mode=` (common to every sink) is already read. Refuses
+    /// unknown keys as [`Backend::source`] does (list `mode` among the accepted ones).
+    fn sink(&self, options: &Options<'_>, mode: CacheMode) -> Result<CacheTo, SpecError>;
+}
+
+/// A parsed `--cache-from`: what it takes to open the source when the build starts.
+///
+/// `Any` lets a caller that knows the backend read its typed options back
+/// ([`crate::CacheFrom::get`]).
+pub trait SourceSpec: Any + fmt::Debug + Send + Sync {
+    /// Opens the source: reads its records (never its layers). Never fails: a store that is not
+    /// there or cannot be used is one warning. `client` is what registry-backed stores speak through.
+    fn open<'c>(&self, client: Option<&'c Client>) -> Opened<Box<dyn CacheSource + 'c>>;
+}
+
+/// A parsed `--cache-to`: what it takes to open the sink when the build exports.
+pub trait SinkSpec: Any + fmt::Debug + Send + Sync {
+    /// The destination, ready to export to. Nothing is read or written until
+    /// [`CacheSink::export`].
+    fn open<'c>(&self, client: Option<&'c Client>) -> Opened<Box<dyn CacheSink + 'c>>;
+}
 
 /// Where a build looks up records and, for a hit it needs, fetches the layer.
 pub trait CacheSource: Send + Sync + fmt::Debug {
@@ -156,8 +197,9 @@ mod tests {
     use kiln_oci::{media, Descriptor};
 
     use super::*;
+    use crate::dir::{DirExport, DirImport};
     use crate::local::{LayerRecord, LocalCache};
-    use crate::spec::{CacheFrom, CacheTo};
+    use crate::registry::{RegistryExport, RegistryImport};
 
     fn key(s: &str) -> Digest {
         Digest::sha256_of(s.as_bytes())
@@ -229,7 +271,7 @@ mod tests {
         let spec = format!("type=local,dest={},mode=max", dest.display());
 
         let sink: Box<dyn CacheSink> = opened(CacheTo::parse(&spec).unwrap().open(None));
-        assert_eq!(sink.mode(), crate::spec::CacheMode::Max);
+        assert_eq!(sink.mode(), CacheMode::Max);
         assert_eq!(sink.describe(), dest.display().to_string());
         let report = sink.export(&[a.clone(), b.clone()], &store, &LayerSources::new()).unwrap();
         let ExportReport::Exported(summary) = &report else { panic!("expected an export, got {report:?}") };
@@ -257,7 +299,7 @@ mod tests {
     fn opening_gives_opened_missing_or_unusable_with_one_warning() {
         let tmp = tempfile::tempdir().unwrap();
         let missing = tmp.path().join("nothing");
-        let from = CacheFrom::Local { src: missing.clone() };
+        let from = CacheFrom::from(DirImport { src: missing.clone() });
         let out = from.open(None);
         let Opened::Missing(w) = &out else { panic!("expected a miss, got {out:?}") };
         assert!(w.contains(&missing.display().to_string()) && w.contains("has no cache yet"), "{w}");
@@ -268,13 +310,13 @@ mod tests {
         let junk = tmp.path().join("junk");
         std::fs::create_dir(&junk).unwrap();
         std::fs::write(junk.join("index.json"), b"{not json").unwrap();
-        let out = CacheFrom::Local { src: junk.clone() }.open(None);
+        let out = CacheFrom::from(DirImport { src: junk.clone() }).open(None);
         assert!(matches!(&out, Opened::Unusable(w) if w.contains("not used")), "{out:?}");
 
         let reference = kiln_oci::Reference::parse("127.0.0.1:1/app:cache").unwrap();
-        let out = CacheFrom::Registry { reference: reference.clone() }.open(None);
+        let out = CacheFrom::from(RegistryImport { reference: reference.clone() }).open(None);
         assert!(matches!(&out, Opened::Unusable(w) if w.contains("127.0.0.1:1/app:cache")), "{out:?}");
-        let out = CacheTo::Registry(crate::spec::RegistryExport::new(reference)).open(None);
+        let out = CacheTo::from(RegistryExport::new(reference)).open(None);
         assert!(out.warning().is_some_and(|w| w.contains("127.0.0.1:1/app:cache")));
 
         let opened = Opened::Opened(7).map(|n| n * 6);
@@ -290,7 +332,7 @@ mod tests {
         let a = layered(&store, "a", None);
         let dest = tmp.path().join("a-file");
         std::fs::write(&dest, b"not a directory").unwrap();
-        let sink = opened(CacheTo::Local { dest: dest.clone(), mode: crate::spec::CacheMode::Min }.open(None));
+        let sink = opened(CacheTo::from(DirExport { dest: dest.clone(), mode: CacheMode::Min }).open(None));
         let report = sink.export(&[a], &store, &LayerSources::new()).expect("a directory export never fails the build");
         let w = report.warning().expect("a warning");
         assert!(w.starts_with(&format!("cache export to {} failed: ", dest.display())), "{w}");

@@ -14,15 +14,68 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kiln_oci::{BlobInfo, Digest, Manifest, Store};
 
-use crate::backend::{CacheSink, CacheSource, ExportReport, ExportTarget, ExportWarning, Opened};
+use kiln_registry::Client;
+
+use crate::backend::{Backend, CacheSink, CacheSource, ExportReport, ExportTarget, ExportWarning, Opened, SinkSpec, SourceSpec};
 use crate::format::{check_manifest, decode, descendants_of, encode, Entry, MAX_CONFIG};
 use crate::local::{CacheError, Record};
 use crate::merge::{merge, PruneRules};
 use crate::registry::{ExportSummary, LayerSources, RegistryCacheError};
-use crate::spec::CacheMode;
+use crate::spec::{CacheFrom, CacheMode, CacheTo, Options, SpecError};
 
 /// The `org.opencontainers.image.ref.name` of the cache manifest in a cache directory.
 pub const DIR_TAG: &str = "kiln-cache";
+
+/// `type=local`: a cache directory (`--cache-from type=local,src=DIR`,
+/// `--cache-to type=local,dest=DIR[,mode=…]`).
+#[derive(Debug, Clone, Copy)]
+pub struct DirBackend;
+
+impl Backend for DirBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    // src= and dest= differ between the two flags, hence no single example.
+    fn usage(&self) -> &'static str {
+        "type=local,…"
+    }
+
+    fn source(&self, options: &Options<'_>) -> Result<CacheFrom, SpecError> {
+        options.accept(&["src"])?;
+        Ok(DirImport { src: PathBuf::from(options.require("src", "DIR")?) }.into())
+    }
+
+    fn sink(&self, options: &Options<'_>, mode: CacheMode) -> Result<CacheTo, SpecError> {
+        options.accept(&["dest", "mode"])?;
+        Ok(DirExport { dest: PathBuf::from(options.require("dest", "DIR")?), mode }.into())
+    }
+}
+
+/// A `--cache-from type=local` source: the directory to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirImport {
+    pub src: PathBuf,
+}
+
+impl SourceSpec for DirImport {
+    fn open<'c>(&self, _client: Option<&'c Client>) -> Opened<Box<dyn CacheSource + 'c>> {
+        DirCache::open(&self.src).map(|c| Box::new(c) as Box<dyn CacheSource + 'c>)
+    }
+}
+
+/// A `--cache-to type=local` destination: the directory to write, and what to export to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirExport {
+    pub dest: PathBuf,
+    pub mode: CacheMode,
+}
+
+impl SinkSpec for DirExport {
+    fn open<'c>(&self, _client: Option<&'c Client>) -> Opened<Box<dyn CacheSink + 'c>> {
+        Opened::Opened(Box::new(DirSink::new(&self.dest, self.mode)))
+    }
+}
 
 /// A cache directory opened for import.
 #[derive(Debug)]

@@ -30,7 +30,7 @@
 //!   between is read and merged again, so concurrent builds of different branches do not wipe each
 //!   other's cache. Failures are warnings ([`ExportOutcome`]) unless `ignore-error=false`.
 //! * [`select`] picks what `mode=min|max` exports; [`CacheFrom`] and [`CacheTo`] parse the flags
-//!   and open the stores they name.
+//!   (through the backend their `type=` names) and open the stores they name.
 //! * Every store is one implementation of a small interface ([`mod@backend`]): a [`CacheSource`]
 //!   looks up records and fetches layers (the local cache, [`LocalSource`], is one like the
 //!   others), a [`CacheSink`] exports and reports ([`ExportReport`]), and opening either gives one
@@ -44,6 +44,29 @@
 //!   env var, a context file.
 //! * Who may write at all is the [`policy`]: `--cache-policy auto` reads the CI event, so pull
 //!   requests (and forks above all) read the cache and never write it.
+//!
+//! # Adding a cache backend
+//!
+//! A backend (the next is `type=gha`) is one module and one line; nothing outside this crate
+//! changes, because a build only ever holds a [`CacheFrom`]/[`CacheTo`] and the traits they open to.
+//! [`mod@registry`] and [`mod@dir`] are the two to copy from.
+//!
+//! 1. In a new module, a unit struct that implements [`Backend`]: its `type=` ([`Backend::name`]),
+//!    a usage line for the "no type= given" message, and [`Backend::source`] /
+//!    [`Backend::sink`], which read the [`Options`] of one flag value. They call
+//!    [`Options::accept`] with every key they take (a key not listed is refused by name; `type` is
+//!    implied, and a sink lists `mode`, which [`CacheTo::parse`] has already read for it),
+//!    [`Options::require`] for keys they cannot do without, and [`Options::error`] for a value they
+//!    cannot use. Parsing does no I/O.
+//! 2. The typed specs they return: a struct for each side, implementing [`SourceSpec`] and
+//!    [`SinkSpec`], whose `open` makes the store at build time (a [`CacheSource`], a [`CacheSink`])
+//!    or says in one [`Opened::Missing`]/[`Opened::Unusable`] warning why the build goes on without
+//!    it. A backend that cannot be one side returns an [`Options::error`] from that method.
+//! 3. One line in [`BACKENDS`] (`spec.rs`): the unknown-`type=` and no-`type=` messages list the
+//!    backends from there, and the tests in `spec.rs` check every entry refuses unknown keys.
+//! 4. Declare the module here (`pub mod gha;`); callers that need a spec's options back read them
+//!    with [`CacheFrom::get`] / [`CacheTo::get`] (re-exporting the specs at the crate root is a
+//!    convenience, as for the two backends here).
 
 pub mod backend;
 pub mod dir;
@@ -56,13 +79,16 @@ pub mod policy;
 pub mod registry;
 pub mod spec;
 
-pub use backend::{CacheSink, CacheSource, ExportReport, ExportTarget, ExportWarning, Opened};
-pub use dir::{export_dir, DirCache, DirSink, DIR_TAG};
+pub use backend::{Backend, CacheSink, CacheSource, ExportReport, ExportTarget, ExportWarning, Opened, SinkSpec, SourceSpec};
+pub use dir::{export_dir, DirBackend, DirCache, DirExport, DirImport, DirSink, DIR_TAG};
 pub use explain::{explain_miss, Change, Explanation};
 pub use format::{select, Entry, FormatError, CACHE_CONFIG_MEDIA_TYPE};
 pub use inputs::{Input, StepInputs, KEY_VERSION};
 pub use local::{CacheError, LayerRecord, LocalCache, LocalSource, Record};
 pub use merge::{merge, Merged, PruneRules};
 pub use policy::{resolve as resolve_policy, resolve_from_process, CachePolicy, PolicyChoice, ResolvedPolicy};
-pub use registry::{export, export_at, ExportOutcome, ExportSummary, LayerSources, RegistryCache, RegistryCacheError, RegistrySink};
-pub use spec::{parse_go_duration, parse_size, CacheFrom, CacheMode, CacheTo, RegistryExport, SpecError, DEFAULT_TTL};
+pub use registry::{
+    export, export_at, ExportOutcome, ExportSummary, LayerSources, RegistryBackend, RegistryCache, RegistryCacheError, RegistryExport,
+    RegistryImport, RegistrySink, DEFAULT_TTL,
+};
+pub use spec::{parse_go_duration, parse_size, CacheFrom, CacheMode, CacheTo, Options, SpecError, BACKENDS};

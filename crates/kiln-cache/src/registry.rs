@@ -20,14 +20,110 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kiln_oci::{media, BlobInfo, Descriptor, Digest, Manifest, Reference, Store, StoreError};
 use kiln_registry::{Client, PushOutcome, RegistryError, Repo};
 
-use crate::backend::{CacheSink, CacheSource, ExportReport, ExportTarget, ExportWarning, Opened};
+use crate::backend::{Backend, CacheSink, CacheSource, ExportReport, ExportTarget, ExportWarning, Opened, SinkSpec, SourceSpec};
 use crate::format::{check_manifest, decode, descendants_of, encode, Entry, FormatError, MAX_CONFIG};
 use crate::local::{CacheError, Record};
 use crate::merge::{merge, PruneRules};
-use crate::spec::{CacheMode, RegistryExport};
+use crate::spec::{parse_go_duration, parse_size, CacheFrom, CacheMode, CacheTo, Options, SpecError};
 
 /// How many read-merge-write cycles an export tries before giving up on a contended ref.
 pub const MAX_EXPORT_ATTEMPTS: u32 = 16;
+
+/// The default age after which an exported record is pruned: 14 days (`ttl=336h`).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(336 * 3600);
+
+/// `type=registry`: a cache ref in an OCI registry (`--cache-from type=registry,ref=REF`, or REF
+/// alone; `--cache-to type=registry,ref=REF[,mode=…][,ignore-error=…][,ttl=…][,max-size=…]`).
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryBackend;
+
+impl Backend for RegistryBackend {
+    fn name(&self) -> &'static str {
+        "registry"
+    }
+
+    fn usage(&self) -> &'static str {
+        "type=registry,ref=REF"
+    }
+
+    fn source(&self, options: &Options<'_>) -> Result<CacheFrom, SpecError> {
+        options.accept(&["ref"])?;
+        let reference = parse_ref(options, options.require("ref", "REF")?)?;
+        Ok(RegistryImport { reference }.into())
+    }
+
+    fn sink(&self, options: &Options<'_>, mode: CacheMode) -> Result<CacheTo, SpecError> {
+        options.accept(&["ref", "mode", "ignore-error", "ttl", "max-size"])?;
+        let reference = parse_ref(options, options.require("ref", "REF")?)?;
+        let ignore_error = options.bool("ignore-error", true)?;
+        let ttl = match options.get("ttl") {
+            None => Some(DEFAULT_TTL),
+            Some(v) => {
+                let d = parse_go_duration(v).map_err(|e| options.error(format!("ttl={v:?}: {e}")))?;
+                // ttl=0 is buildx's "keep forever".
+                (!d.is_zero()).then_some(d)
+            }
+        };
+        let max_size = match options.get("max-size") {
+            None => None,
+            Some(v) => Some(parse_size(v).map_err(|e| options.error(format!("max-size={v:?}: {e}")))?),
+        };
+        Ok(RegistryExport { reference, mode, ignore_error, ttl, max_size }.into())
+    }
+}
+
+/// `ref=` as an image reference. A `--cache-to` ref must be a tag: the export moves it.
+fn parse_ref(options: &Options<'_>, r: &str) -> Result<Reference, SpecError> {
+    let reference = Reference::parse(r).map_err(|e| options.error(format!("ref={r:?} is not an image reference: {e}")))?;
+    if reference.digest().is_some() && options.flag() == "--cache-to" {
+        return Err(options.error(format!("ref={r:?} pins a digest; a cache ref is updated in place, so give it a tag (e.g. :buildcache)")));
+    }
+    Ok(reference)
+}
+
+/// A `--cache-from type=registry` source: the cache ref to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryImport {
+    pub reference: Reference,
+}
+
+impl SourceSpec for RegistryImport {
+    fn open<'c>(&self, client: Option<&'c Client>) -> Opened<Box<dyn CacheSource + 'c>> {
+        match client {
+            Some(client) => RegistryCache::open(client, &self.reference).map(|c| Box::new(c) as Box<dyn CacheSource + 'c>),
+            None => Opened::Unusable(format!("cache {} not used: the build has no registry client", self.reference)),
+        }
+    }
+}
+
+/// Export settings of a registry `--cache-to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryExport {
+    pub reference: Reference,
+    pub mode: CacheMode,
+    /// `true` (default): a failed export is a warning. `false`: it fails the build.
+    pub ignore_error: bool,
+    /// Records not exported for this long are pruned; `None` (`ttl=0`) keeps them forever.
+    pub ttl: Option<Duration>,
+    /// Total bytes of layers the ref may hold; oldest records go first. `None`: no budget.
+    pub max_size: Option<u64>,
+}
+
+impl RegistryExport {
+    /// The defaults of `type=registry,ref=R`: `mode=min`, `ignore-error=true`, `ttl=336h`, no size budget.
+    pub fn new(reference: Reference) -> RegistryExport {
+        RegistryExport { reference, mode: CacheMode::Min, ignore_error: true, ttl: Some(DEFAULT_TTL), max_size: None }
+    }
+}
+
+impl SinkSpec for RegistryExport {
+    fn open<'c>(&self, client: Option<&'c Client>) -> Opened<Box<dyn CacheSink + 'c>> {
+        match client {
+            Some(client) => Opened::Opened(Box::new(RegistrySink::new(client, self.clone()))),
+            None => Opened::Unusable(format!("cache export to {} skipped: the build has no registry client", self.reference)),
+        }
+    }
+}
 
 /// Registry cache failures. Registry errors already name the reference and the HTTP status.
 #[derive(Debug, thiserror::Error)]
