@@ -18,9 +18,11 @@
 //! [`GZIP_LEVEL`]; the compressed digest and the diff id are computed in the same streaming pass.
 //!
 //! Compression: `kiln build` writes its layers plain (an uncompressed blob's digest is its diff id,
-//! hashed once) and [`gzip_image`] compresses an image when it is exported; see `gzip.rs`.
+//! hashed once) and [`gzip_image`] compresses an image when it is exported; see `gzip.rs`, and
+//! [`compress_image`] for the other codecs (`compression=zstd|uncompressed`, levels, forced).
 
 mod apply;
+mod codec;
 mod gzip;
 mod write;
 
@@ -28,6 +30,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
 
 pub use apply::{apply_layer, ApplyOptions, ApplyReport};
+pub use codec::{compress_image, compress_layer, compress_layers, Codec};
 pub use gzip::{gzip_image, gzip_layer, gzip_layers, is_plain_layer};
 pub use write::{
     write_layer_from_dir, write_layer_from_entries, write_layer_from_overlay_upper, write_layer_from_tar, write_layer_to_store,
