@@ -130,6 +130,21 @@ impl Output {
                 Some(v) => Err(bad(&format!("{k}={v}: expected true or false"))),
             }
         };
+        if dest.is_some() && !matches!(ty.as_str(), "oci" | "docker") {
+            return Err(bad(&format!("kiln does not support dest= for type={ty}")));
+        }
+        // Every attribute kiln does not act on is refused by name: `type=image,name=R,push=true` once
+        // exited 0 without pushing because the rest of the line was dropped.
+        let known: &[&str] = match ty.as_str() {
+            "oci" => &["tar"],
+            "registry" => &["push-by-digest"],
+            _ => &[],
+        };
+        if let Some(k) = kv.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(bad(
+                &format!("kiln does not support {k}= for type={ty} yet (accepted: {})", known.join(", ")).replace(" (accepted: )", "")
+            ));
+        }
         match ty.as_str() {
             "image" => Ok(Output::Image),
             "oci" => Ok(Output::Oci { dest: dest.ok_or_else(|| bad("type=oci needs dest=PATH"))?, tar: flag(&kv, "tar", true)? }),
@@ -274,4 +289,24 @@ pub fn descriptor_with_platform(built: &Built) -> Descriptor {
     let mut d = built.manifest.clone();
     d.platform = Some(built.config.platform());
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_kiln_does_not_act_on_are_refused_by_name() {
+        // The seed workflow's line: it must fail loudly, never exit 0 without pushing.
+        let seed = "type=image,name=localhost:5000/app,push-by-digest=true,name-canonical=true,push=true";
+        let e = Output::parse(seed).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("--output {seed:?}: kiln does not support ")), "{e}");
+        assert!(e.contains("for type=image yet"), "{e}");
+        let e = Output::parse("type=registry,compression=zstd").unwrap_err().to_string();
+        assert!(e.contains("kiln does not support compression= for type=registry yet (accepted: push-by-digest)"), "{e}");
+        assert!(Output::parse("type=image,dest=x").is_err());
+        assert_eq!(Output::parse("type=registry,push-by-digest=true").unwrap(), Output::Registry { push_by_digest: true });
+        assert_eq!(Output::parse("type=oci,dest=o.tar,tar=false").unwrap(), Output::Oci { dest: "o.tar".into(), tar: false });
+        assert_eq!(Output::parse("type=image").unwrap(), Output::Image);
+    }
 }
