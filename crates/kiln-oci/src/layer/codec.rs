@@ -4,7 +4,7 @@
 //!
 //! The model is the one of `gzip.rs`, generalised: a layer's export form is a pure function of its
 //! bytes and the [`Codec`], so it is remembered per codec under `<store>/compressed/<codec>/<algo>/<hex>`
-//! ("<digest> <size>"), and the default gzip keeps its own memo (`gzip.rs`), so builds made before
+//! (`"<digest> <size>"`), and the default gzip keeps its own memo (`gzip.rs`), so builds made before
 //! this module name the same blobs. Every codec is deterministic: the same input bytes and codec give
 //! the same output bytes (flate2 + zlib-rs and zstd at pinned versions, single stream, no names or
 //! times), which is what keeps pushed digests reproducible across machines.
