@@ -83,9 +83,9 @@ pub enum BuildError {
         #[source]
         source: kiln_sandbox::Error,
     },
-    // Left for output.rs while its parse and checks move to a typed error (issue 12's outputs).
-    #[error("output {output}: {message}")]
-    Output { output: String, message: String },
+    /// An output cannot be written as asked (see [`crate::output`]).
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     /// The build context, or a file in it, cannot be used.
     #[error(transparent)]
     Context(#[from] ContextError),
@@ -128,8 +128,6 @@ pub enum BuildError {
         #[source]
         source: Box<PushFailure>,
     },
-    #[error("{0}")]
-    Usage(String),
     /// A step failed for a reason that is not the step's own (a full disk, a store error): the
     /// step's place and text, then the cause.
     #[error("{at}: {step}: {source}")]

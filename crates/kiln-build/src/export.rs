@@ -1,19 +1,20 @@
-//! Exporters: where a finished build goes. Each `--output` becomes one [`Exporter`] (see
+//! Exporters: where a finished build goes. Each resolved `--output` becomes one [`Exporter`] (see
 //! [`Output::exporter`]), and every exporter is fed the same [`BuildResult`]: the per-platform images
-//! and the artifact in both its forms (as the store keeps it, and as it leaves the machine).
+//! and the artifact over them as the store keeps it. Each derives the form it writes from that
+//! ([`Artifact::in_form`]: its compression and annotations), so two outputs never disagree about
+//! the build, only about how it is packed.
 //!
-//! A new kind of output (a local directory, a tar of the root file system, `--load`, attestations)
-//! is one implementation of [`Exporter`] plus one arm in [`Output::parse`]; the orchestration
-//! ([`crate::orchestrate`]) runs whatever exporters it is given, in order.
-
-use std::path::PathBuf;
+//! A new kind of output (attestations, say) is one implementation of [`Exporter`] plus one arm in
+//! [`Output::parse`]; the orchestration ([`crate::orchestrate`]) checks every exporter before the
+//! build ([`Exporter::check`]) and runs them, in order, after it.
 
 use kiln_cache::LayerSources;
-use kiln_oci::{Digest, Reference, Store};
+use kiln_oci::{Platform, Reference, Store};
 use kiln_registry::Client;
 
+use crate::engine::Engine;
 use crate::error::BuildError;
-use crate::output::{self, Artifact, Output};
+use crate::output::{self, Artifact, Dest, ImageOutput, LayoutFormat, LayoutOutput, Output, OutputError, RootfsFormat, RootfsOutput};
 use crate::{Built, Progress};
 
 /// What every exporter is fed: the images a build made, one per platform, and the artifact over them.
@@ -23,16 +24,9 @@ pub struct BuildResult {
     pub images: Vec<Built>,
     /// The artifact as the store keeps it (plain-tar layers; an index when there are several images).
     pub local: Artifact,
-    /// The artifact as it leaves the machine (gzipped layers), or `local` when nothing leaves.
-    pub export: Artifact,
 }
 
 impl BuildResult {
-    /// The digest the build reports: the exported form's root, as BuildKit reports the pushed one.
-    pub fn digest(&self) -> &Digest {
-        &self.export.root.digest
-    }
-
     /// Where layers the store lacks can be mounted or streamed from, over every image.
     pub fn layer_sources(&self) -> LayerSources {
         let mut sources = LayerSources::new();
@@ -41,29 +35,41 @@ impl BuildResult {
         }
         sources
     }
+
+    /// The platform of a one-image build (annotations limited to a platform need it).
+    pub fn single_platform(&self) -> Option<Platform> {
+        match self.images.as_slice() {
+            [one] => Some(one.config.platform()),
+            _ => None,
+        }
+    }
 }
 
 /// What exporters share besides the result.
 pub struct ExportContext<'a> {
     pub store: &'a Store,
-    /// `--tag`s, in the order given.
-    pub tags: &'a [Reference],
     /// For exporters that talk to a registry.
     pub registry: Option<&'a Client>,
     /// Where exporters report what they did (`info`) and warn.
     pub progress: &'a dyn Progress,
+    /// `SOURCE_DATE_EPOCH`, for the times in a root file system tar.
+    pub source_date_epoch: Option<u64>,
 }
 
 /// What one export did, for the summary and the metadata file.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct ExportDone {
+    /// The artifact it wrote, in the form it wrote it (`None` for file-system outputs).
+    pub wrote: Option<Artifact>,
     /// The digest a registry stored, for an exporter that pushed.
-    pub pushed: Option<Digest>,
+    pub pushed: Option<kiln_oci::Digest>,
+    /// The names it gave the image (`image.name` in the metadata).
+    pub names: Vec<String>,
 }
 
 /// One output of a build.
 pub trait Exporter: std::fmt::Debug + Send + Sync {
-    /// Whether it writes the form that leaves the machine (gzipped layers) rather than the store's.
+    /// Whether what it writes leaves the machine (the build then reports that form's digest).
     fn leaves_machine(&self) -> bool {
         true
     }
@@ -74,6 +80,12 @@ pub trait Exporter: std::fmt::Debug + Send + Sync {
         true
     }
 
+    /// What can be checked before the build, so that a build is not spent on an output that cannot
+    /// be written (no Docker engine for `--load`, say).
+    fn check(&self) -> Result<(), BuildError> {
+        Ok(())
+    }
+
     fn export(&self, result: &BuildResult, ctx: &ExportContext<'_>) -> Result<ExportDone, BuildError>;
 }
 
@@ -81,137 +93,148 @@ impl Output {
     /// The exporter that writes this output.
     pub fn exporter(&self) -> Box<dyn Exporter> {
         match self {
-            Output::Image => Box::new(StoreTag),
-            Output::Oci { dest, tar } => Box::new(OciLayout { dest: dest.clone(), tar: *tar }),
-            Output::Docker { dest } => Box::new(DockerArchive { dest: dest.clone() }),
-            Output::Registry { push_by_digest } => Box::new(RegistryPush { by_digest: *push_by_digest }),
+            Output::Image(o) => Box::new(ImageExport(o.clone())),
+            Output::Oci(o) => Box::new(LayoutExport { format: LayoutFormat::Oci, out: o.clone() }),
+            Output::Docker(o) => Box::new(LayoutExport { format: LayoutFormat::Docker, out: o.clone() }),
+            Output::Local(o) => Box::new(RootfsExport { format: RootfsFormat::Local, out: o.clone() }),
+            Output::Tar(o) => Box::new(RootfsExport { format: RootfsFormat::Tar, out: o.clone() }),
         }
-    }
-
-    /// The outputs a build writes: those asked for, a registry push for `--push` (unless one was
-    /// asked for already), and the store when nothing was. Pushing needs a name.
-    pub fn resolve(mut outputs: Vec<Output>, push: bool, tags: &[Reference]) -> Result<Vec<Output>, BuildError> {
-        if push && !outputs.iter().any(|o| matches!(o, Output::Registry { .. })) {
-            outputs.push(Output::Registry { push_by_digest: false });
-        }
-        if outputs.is_empty() {
-            outputs.push(Output::Image);
-        }
-        if outputs.iter().any(|o| matches!(o, Output::Registry { .. })) && tags.is_empty() {
-            return Err(BuildError::Usage("pushing needs a name: add -t REGISTRY/NAME[:TAG]".into()));
-        }
-        Ok(outputs)
     }
 }
 
-/// `type=image`: tags the image in the local store under every `--tag`.
-#[derive(Debug, Clone, Copy)]
-pub struct StoreTag;
+/// `type=image` / `type=registry` / `--push`: tags the image in the local store under its names
+/// (`store=true`), and pushes it to each name's registry (`push=true`), or by digest to the first
+/// name's repository only (the digest names the image everywhere).
+#[derive(Debug, Clone)]
+pub struct ImageExport(pub ImageOutput);
 
-impl Exporter for StoreTag {
+impl Exporter for ImageExport {
+    fn leaves_machine(&self) -> bool {
+        self.0.push
+    }
+
+    fn needs_local_layers(&self) -> bool {
+        // Recompressing (another codec, or forced) reads every layer.
+        self.0.store || self.0.form.codec != kiln_oci::layer::Codec::DEFAULT || self.0.form.force
+    }
+
+    fn export(&self, result: &BuildResult, ctx: &ExportContext<'_>) -> Result<ExportDone, BuildError> {
+        let o = &self.0;
+        let single = result.single_platform();
+        let mut done = ExportDone::default();
+        if o.store {
+            let art = result.local.with_annotations(ctx.store, &o.form, single.as_ref())?;
+            output::tag(ctx.store, &art, &o.names)?;
+            done.names = o.names.iter().map(Reference::to_string).collect();
+            done.wrote = Some(art);
+        }
+        if o.push {
+            let client = ctx.registry.ok_or(OutputError::NoRegistryClient)?;
+            let art = result.local.in_form(ctx.store, &o.form, single.as_ref(), false)?;
+            let sources = result.layer_sources();
+            done.names.clear();
+            for t in &o.names {
+                let d = crate::push::push_artifact(client, ctx.store, &art, t, o.push_by_digest, &sources)?;
+                let repo = t.repository_only();
+                let named = if o.push_by_digest { repo.with_digest(d.clone()).to_string() } else { t.to_string() };
+                ctx.progress.info(&format!("pushed {named} ({d})"));
+                done.names.push(if o.push_by_digest { repo.to_string() } else { t.to_string() });
+                if o.name_canonical {
+                    done.names.push(repo.with_digest(d.clone()).to_string());
+                }
+                done.pushed = Some(d);
+                if o.push_by_digest {
+                    break;
+                }
+            }
+            done.wrote = Some(art);
+        }
+        Ok(done)
+    }
+}
+
+/// `type=oci` and `type=docker`: an image file to a path or stdout, or, for `type=docker` without
+/// `dest` (`--load`), into the local Docker engine.
+#[derive(Debug, Clone)]
+pub struct LayoutExport {
+    pub format: LayoutFormat,
+    pub out: LayoutOutput,
+}
+
+impl Exporter for LayoutExport {
+    fn check(&self) -> Result<(), BuildError> {
+        if self.out.dest.is_none() {
+            Engine::from_env().and_then(|e| e.reachable()).map_err(OutputError::from)?;
+        }
+        Ok(())
+    }
+
+    fn export(&self, result: &BuildResult, ctx: &ExportContext<'_>) -> Result<ExportDone, BuildError> {
+        let art = result.local.in_form(ctx.store, &self.out.form, result.single_platform().as_ref(), true)?;
+        let names = &self.out.names;
+        match &self.out.dest {
+            Some(dest) => output::write_layout(ctx.store, &art, self.format, dest, self.out.tar, names)?,
+            None => {
+                if art.images.len() != 1 {
+                    return Err(OutputError::DockerOnePlatform { count: art.images.len() }.into());
+                }
+                let engine = Engine::from_env().map_err(OutputError::from)?;
+                let at = std::path::PathBuf::from(engine.to_string());
+                let said = engine
+                    .load(|w| output::write_archive_to(ctx.store, &art, LayoutFormat::Docker, names, w, &at))?
+                    .map_err(OutputError::from)?;
+                for line in said {
+                    ctx.progress.info(&format!("docker engine: {line}"));
+                }
+            }
+        }
+        Ok(ExportDone { names: names.iter().map(Reference::to_string).collect(), wrote: Some(art), pushed: None })
+    }
+}
+
+/// `type=local` and `type=tar`: the root file system as files.
+#[derive(Debug, Clone)]
+pub struct RootfsExport {
+    pub format: RootfsFormat,
+    pub out: RootfsOutput,
+}
+
+impl Exporter for RootfsExport {
     fn leaves_machine(&self) -> bool {
         false
     }
 
     fn export(&self, result: &BuildResult, ctx: &ExportContext<'_>) -> Result<ExportDone, BuildError> {
-        output::tag(ctx.store, &result.local, ctx.tags)?;
-        Ok(ExportDone::default())
-    }
-}
-
-/// `type=oci,dest=P[,tar=false]`: an OCI image layout, as a tarball or a directory.
-#[derive(Debug, Clone)]
-pub struct OciLayout {
-    pub dest: PathBuf,
-    pub tar: bool,
-}
-
-impl Exporter for OciLayout {
-    fn export(&self, result: &BuildResult, ctx: &ExportContext<'_>) -> Result<ExportDone, BuildError> {
-        output::write_oci(ctx.store, &result.export, &self.dest, self.tar, ctx.tags)?;
-        Ok(ExportDone::default())
-    }
-}
-
-/// `type=docker,dest=P`: a tarball `docker load` accepts.
-#[derive(Debug, Clone)]
-pub struct DockerArchive {
-    pub dest: PathBuf,
-}
-
-impl Exporter for DockerArchive {
-    fn export(&self, result: &BuildResult, ctx: &ExportContext<'_>) -> Result<ExportDone, BuildError> {
-        output::write_docker(ctx.store, &result.export, &self.dest, ctx.tags)?;
-        Ok(ExportDone::default())
-    }
-}
-
-/// `type=registry[,push-by-digest=true]` (and `--push`): pushes to the registry of each `--tag`, or,
-/// by digest, to the first tag's repository only (the digest names the image everywhere).
-#[derive(Debug, Clone, Copy)]
-pub struct RegistryPush {
-    pub by_digest: bool,
-}
-
-impl Exporter for RegistryPush {
-    fn needs_local_layers(&self) -> bool {
-        false
-    }
-
-    fn export(&self, result: &BuildResult, ctx: &ExportContext<'_>) -> Result<ExportDone, BuildError> {
-        let client = ctx.registry.ok_or_else(|| BuildError::Usage("pushing needs a registry client".into()))?;
-        let sources = result.layer_sources();
-        let mut done = ExportDone::default();
-        for t in ctx.tags {
-            let d = crate::push::push_artifact(client, ctx.store, &result.export, t, self.by_digest, &sources)?;
-            let named = if self.by_digest { t.repository_only().with_digest(d.clone()).to_string() } else { t.to_string() };
-            ctx.progress.info(&format!("pushed {named} ({d})"));
-            done.pushed = Some(d);
-            if self.by_digest {
-                break;
-            }
+        output::write_rootfs(ctx.store, &result.images, self.format, &self.out.dest, self.out.platform_split, ctx.source_date_epoch)?;
+        if let Dest::Path(p) = &self.out.dest {
+            ctx.progress.info(&format!("wrote the root file system to {}", p.display()));
         }
-        Ok(done)
+        Ok(ExportDone::default())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::OutputFlags;
 
     fn tag(s: &str) -> Reference {
         Reference::parse(s).unwrap()
     }
 
     #[test]
-    fn outputs_default_to_the_store_and_push_adds_one_registry_output() {
+    fn only_image_outputs_that_store_or_recompress_need_local_layers() {
         let t = [tag("localhost:5000/app:1")];
-        assert_eq!(Output::resolve(vec![], false, &[]).unwrap(), vec![Output::Image]);
-        assert_eq!(Output::resolve(vec![], true, &t).unwrap(), vec![Output::Registry { push_by_digest: false }]);
-        let by_digest = vec![Output::Registry { push_by_digest: true }];
-        assert_eq!(Output::resolve(by_digest.clone(), true, &t).unwrap(), by_digest);
-        let oci = Output::Oci { dest: "x.tar".into(), tar: true };
-        assert_eq!(Output::resolve(vec![oci.clone()], true, &t).unwrap(), vec![oci, Output::Registry { push_by_digest: false }]);
-    }
-
-    #[test]
-    fn pushing_without_a_tag_is_refused() {
-        let e = Output::resolve(vec![], true, &[]).unwrap_err();
-        assert_eq!(e.to_string(), "pushing needs a name: add -t REGISTRY/NAME[:TAG]");
-        assert!(Output::resolve(vec![Output::Registry { push_by_digest: true }], false, &[]).is_err());
-    }
-
-    #[test]
-    fn only_the_store_keeps_the_plain_form_and_only_a_push_needs_no_local_layers() {
-        let all = [
-            Output::Image,
-            Output::Oci { dest: "a".into(), tar: false },
-            Output::Docker { dest: "b".into() },
-            Output::Registry { push_by_digest: false },
-        ];
-        let leaves: Vec<bool> = all.iter().map(|o| o.exporter().leaves_machine()).collect();
+        let flags = OutputFlags { tags: &t, ..Default::default() };
+        let all: Vec<Output> =
+            ["type=image", "type=registry", "type=registry,compression=zstd", "type=image,push=true", "type=oci,dest=a", "-"]
+                .iter()
+                .map(|s| Output::parse(s).unwrap())
+                .collect();
+        let all = Output::resolve(all, &flags).unwrap();
         let local: Vec<bool> = all.iter().map(|o| o.exporter().needs_local_layers()).collect();
-        assert_eq!(leaves, [false, true, true, true]);
-        assert_eq!(local, [true, true, true, false]);
+        let leaves: Vec<bool> = all.iter().map(|o| o.exporter().leaves_machine()).collect();
+        assert_eq!(local, [true, false, true, true, true, true]);
+        assert_eq!(leaves, [false, true, true, true, true, false]);
     }
 }

@@ -16,9 +16,10 @@
 //!    whiteouts turn into OCI `.wh.` entries) and is kept as the next step's lower dir.
 //! 5. **Export.** The final stage's layers and config become an OCI manifest in the local store.
 //!    A whole `kiln build` ([`orchestrate::build_all`]) builds each platform that way, runs the
-//!    `--test` gate, then hands the result to one [`export::Exporter`] per output (store tag, registry
-//!    push, OCI layout, docker archive; the formats are in [`output`]) and types what it leaves
-//!    behind ([`metadata`]).
+//!    `--test` gate, then hands the result to one [`export::Exporter`] per output (store tag and/or
+//!    registry push, OCI layout, docker archive or the Docker engine ([`engine`]), the root file
+//!    system as files or a tar; the formats are in [`output`]) and types what it leaves behind
+//!    ([`metadata`]).
 //!
 //! Nothing here prints: progress goes through the [`Progress`] trait, which the CLI renders.
 
@@ -26,6 +27,7 @@ mod base;
 pub mod cancel;
 mod context;
 mod copy;
+pub mod engine;
 mod error;
 pub mod export;
 mod glob;

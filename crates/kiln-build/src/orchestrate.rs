@@ -60,6 +60,9 @@ impl BuildOutcome {
 /// Builds every platform, runs the test gate, then the exporters in order.
 pub fn build_all(req: &BuildRequest, progress: &dyn Progress) -> Result<BuildOutcome, BuildError> {
     let exporters: Vec<Box<dyn Exporter>> = req.outputs.iter().map(Output::exporter).collect();
+    for e in &exporters {
+        e.check()?;
+    }
     let fetch_final = req.test.is_some() || exporters.iter().any(|e| e.needs_local_layers());
     let per_platform: Vec<BuildOptions> =
         req.platforms.iter().map(|p| BuildOptions { platform: p.clone(), fetch_final, ..req.options.clone() }).collect();
@@ -70,13 +73,24 @@ pub fn build_all(req: &BuildRequest, progress: &dyn Progress) -> Result<BuildOut
 
     let store = Store::open(&req.options.root)?;
     let local = if built.len() == 1 { Artifact::single(&built[0]) } else { Artifact::index(&store, &built)? };
-    // The store keeps the plain-tar form; whatever leaves the machine is gzipped first (once: the
-    // form is remembered), and that is the digest the build reports, as BuildKit reports the pushed one.
-    let export = if exporters.iter().any(|e| e.leaves_machine()) { local.for_export(&store)? } else { local.clone() };
-    let result = BuildResult { images: built, local, export };
-    let ctx = ExportContext { store: &store, tags: &req.tags, registry: req.options.registry.as_deref(), progress };
+    let result = BuildResult { images: built, local };
+    let ctx = ExportContext {
+        store: &store,
+        registry: req.options.registry.as_deref(),
+        progress,
+        source_date_epoch: req.options.source_date_epoch,
+    };
     let exports = exporters.iter().map(|e| e.export(&result, &ctx)).collect::<Result<Vec<_>, _>>()?;
-    let metadata = metadata(req, &result, &exports);
+    // The build reports the form that left the machine first (as BuildKit reports the pushed one),
+    // else what it stored.
+    let reported = exporters
+        .iter()
+        .zip(&exports)
+        .find_map(|(e, d)| d.wrote.as_ref().filter(|_| e.leaves_machine()))
+        .or_else(|| exports.iter().find_map(|d| d.wrote.as_ref()))
+        .unwrap_or(&result.local)
+        .clone();
+    let metadata = metadata(req, &result, &reported, &exports);
     Ok(BuildOutcome { result, exports, metadata })
 }
 
@@ -140,14 +154,23 @@ fn test_gate(opts: &BuildOptions, built: &[Built], cmd: &str, progress: &dyn Pro
 }
 
 /// The `--metadata-file` document (and the source of `last-build.json`).
-fn metadata(req: &BuildRequest, result: &BuildResult, exports: &[ExportDone]) -> Metadata {
-    let (built, art) = (&result.images, &result.export);
+fn metadata(req: &BuildRequest, result: &BuildResult, art: &Artifact, exports: &[ExportDone]) -> Metadata {
+    let built = &result.images;
+    let mut names: Vec<String> = Vec::new();
+    for n in exports.iter().flat_map(|d| &d.names) {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    if names.is_empty() {
+        names = req.tags.iter().map(|t| t.to_string()).collect();
+    }
     Metadata {
         digest: art.root.digest.to_string(),
         descriptor: art.root.clone(),
         store_digest: result.local.root.digest.to_string(),
         config_digest: if built.len() == 1 { Some(built[0].config_digest.to_string()) } else { None },
-        image_name: req.tags.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","),
+        image_name: names.join(","),
         platforms: req.platforms.iter().map(|p| p.to_string()).collect(),
         images: built
             .iter()

@@ -52,6 +52,7 @@
 //! assert!(reg.token_server().unwrap().tokens_issued() > 1, "the client never refreshed");
 //! ```
 
+mod dockerd;
 pub mod error;
 pub mod http;
 pub mod oci;
@@ -61,6 +62,7 @@ mod rootfs;
 mod server;
 mod token;
 
+pub use dockerd::Dockerd;
 pub use error::{Error, Result};
 pub use proxy::{FaultKind, FaultProxy, FaultProxyOptions};
 pub use registry::{Registry, TOKEN_ISSUER, TOKEN_SERVICE};

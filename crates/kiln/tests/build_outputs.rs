@@ -9,8 +9,7 @@ mod support_build;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use serde_json::Value;
 use support_build::{assert_ok, digest, path_str, read_json, stderr, stdout, write_context, Kiln};
@@ -159,70 +158,6 @@ fn oci_archive_is_accepted_by_buildah_pull() {
     assert_eq!(content, "hello\n", "buildah's container has the file kiln's COPY wrote");
 }
 
-/// A dockerd private to one test: its own data root, exec root and socket; killed by PID on drop.
-struct Dockerd {
-    child: Child,
-    sock: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Dockerd {
-    /// Starts dockerd and waits until it answers. `Err` says why it could not start.
-    fn start() -> Result<Dockerd, String> {
-        // Short paths: the socket path must fit in sun_path (108 bytes).
-        let dir = tempfile::Builder::new().prefix("kd").tempdir_in("/tmp").map_err(|e| e.to_string())?;
-        let p = |n: &str| dir.path().join(n).display().to_string();
-        let sock = format!("unix://{}", p("d.sock"));
-        let log = fs::File::create(dir.path().join("log")).map_err(|e| e.to_string())?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new("dockerd")
-            .args(["--iptables=false", "--ip-masq=false", "--bridge=none", "--storage-driver=vfs"])
-            .args(["--data-root", &p("data"), "--exec-root", &p("exec"), "--pidfile", &p("pid"), "-H", &sock])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| format!("spawn dockerd: {e}"))?;
-        let mut d = Dockerd { child, sock, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                let log = fs::read_to_string(d._dir.path().join("log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(10).collect();
-                return Err(format!("dockerd exited ({status}) before answering; last log lines:\n{}", tail.join("\n")));
-            }
-            if d.docker(&["version"]).status.success() {
-                return Ok(d);
-            }
-            if Instant::now() > deadline {
-                return Err("dockerd did not answer within 60 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker").arg("-H").arg(&self.sock).args(args).output().unwrap_or_else(|e| panic!("run docker: {e}"))
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        // SIGTERM first so dockerd stops its containerd and unmounts; SIGKILL if it hangs.
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn docker_archive_loads_into_dockerd() {
     if !support_build::can_build() || !kiln_testkit::require_tool("dockerd") || !kiln_testkit::require_tool("docker") {
@@ -231,16 +166,7 @@ fn docker_archive_loads_into_dockerd() {
     let k = Kiln::new();
     let tar = k.path("y.tar");
     let md = build_with_outputs(&k, &[format!("type=docker,dest={}", path_str(&tar))]);
-    let d = match Dockerd::start() {
-        Ok(d) => d,
-        Err(why) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("dockerd is needed for `docker load` and could not start: {why}");
-            }
-            eprintln!("skipping: dockerd could not start here: {why}");
-            return;
-        }
-    };
+    let Some(d) = kiln_testkit::Dockerd::start_or_skip() else { return };
     let o = d.docker(&["load", "-i", path_str(&tar)]);
     assert_ok(&o, "docker load");
     assert!(stdout(&o).contains("kiln.test/out:v1"), "docker load names the tag: {}", stdout(&o));

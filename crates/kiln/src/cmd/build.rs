@@ -36,8 +36,11 @@ pub struct Args {
     /// Run every step, reusing nothing from the cache.
     #[arg(long)]
     pub no_cache: bool,
-    /// Where the image goes: type=image (default), type=oci,dest=P[,tar=false], type=docker,dest=P,
-    /// type=registry[,push-by-digest=true].
+    /// Where the result goes (repeatable), as buildx: type=image[,name=N][,push=true][,push-by-digest=true]
+    /// [,name-canonical=true][,store=false] (the default), type=registry, type=oci,dest=P|-[,tar=false],
+    /// type=docker[,dest=P|-] (without dest: into the Docker engine), type=local,dest=DIR (or -o DIR),
+    /// type=tar,dest=P|- (or -o -); image outputs also take compression=gzip|zstd|uncompressed,
+    /// compression-level=N, force-compression=true and annotation[-TYPE][[PLATFORM]].KEY=VALUE.
     #[arg(short = 'o', long = "output")]
     pub outputs: Vec<String>,
     /// Write the image digest, config digest and per-step record here as JSON.
@@ -73,11 +76,19 @@ pub struct Args {
     pub net: super::copy::NetArgs,
     // -- flags: RUN environment (network, hosts, shm, ulimit, secrets, ssh) --
     // -- flags: outputs and --load --
+    /// Load the image into the local Docker engine (DOCKER_HOST, else /var/run/docker.sock), as
+    /// `docker load` does, tags kept (same as --output type=docker). One platform only.
+    #[arg(long)]
+    pub load: bool,
     // -- flags: build contexts, --pull, inline cache --
     // -- flags: image metadata (labels, annotations, iidfile, quiet, attestations) --
     /// Set a label on the image (repeatable): K=V, over the Dockerfile's LABELs.
     #[arg(long = "label", value_name = "K=V")]
     pub labels: Vec<String>,
+    /// Add an annotation to the image (repeatable): [TYPE[,TYPE…][[PLATFORM]]:]KEY=VALUE, where TYPE is
+    /// manifest (the default), manifest-descriptor, index or index-descriptor.
+    #[arg(long = "annotation", value_name = "ANNOTATION")]
+    pub annotations: Vec<String>,
     /// Write the image ID (the config digest; the index digest for several platforms) to this file.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
@@ -200,7 +211,10 @@ pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<(
             eprintln!("  miss: {}: {}", m.step, m.changed);
         }
     }
-    println!("{}", md.digest);
+    // An output written to stdout (dest=-) owns it: the digest would corrupt the tar.
+    if !kiln_build::output::Output::any_to_stdout(&request.outputs) {
+        println!("{}", md.digest);
+    }
     Ok(())
 }
 
@@ -210,7 +224,25 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
     let tags: Vec<Reference> =
         a.tags.iter().map(|t| Reference::parse(t).with_context(|| format!("--tag {t}"))).collect::<anyhow::Result<_>>()?;
     let outputs: Vec<Output> = a.outputs.iter().map(|o| Output::parse(o)).collect::<Result<_, _>>()?;
-    let outputs = Output::resolve(outputs, a.push, &tags)?;
+    let mut annotations = Vec::new();
+    for s in &a.annotations {
+        annotations.extend(kiln_build::output::Annotation::parse_flag(s).map_err(kiln_build::output::OutputError::from)?);
+    }
+    let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    let flags = kiln_build::output::OutputFlags {
+        push: a.push,
+        load: a.load,
+        tags: &tags,
+        annotations: &annotations,
+        source_date_epoch,
+        stdout_is_terminal: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    };
+    let outputs = Output::resolve(outputs, &flags)?;
+    if a.quiet && Output::any_to_stdout(&outputs) {
+        bail!("-q prints the image digest to stdout, where an --output with dest=- writes; drop one of them");
+    }
+    let mut net = a.net.clone();
+    net.insecure_registry.extend(outputs.iter().flat_map(Output::insecure_hosts));
     let mut secrets = BTreeMap::new();
     for s in &a.secrets {
         let (id, p) = parse_secret(s)?;
@@ -236,11 +268,11 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
         no_cache: a.no_cache,
         secrets,
         init_binary: None,
-        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok()),
+        source_date_epoch,
         cache_from,
         cache_to,
         policy,
-        registry: Some(std::sync::Arc::new(a.net.client())),
+        registry: Some(std::sync::Arc::new(net.client())),
         snapshotter: match a.snapshotter {
             SnapshotterArg::Auto => kiln_build::SnapshotterKind::Auto,
             SnapshotterArg::Overlay => kiln_build::SnapshotterKind::Overlay,
