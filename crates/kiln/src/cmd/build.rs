@@ -43,9 +43,6 @@ pub struct Args {
     /// Write the image digest, config digest and per-step record here as JSON.
     #[arg(long)]
     pub metadata_file: Option<PathBuf>,
-    /// A secret for RUN --mount=type=secret: id=ID,src=PATH (repeatable).
-    #[arg(long = "secret")]
-    pub secrets: Vec<String>,
     /// Push the image to the registry of each --tag (same as --output type=registry).
     #[arg(long)]
     pub push: bool,
@@ -72,6 +69,25 @@ pub struct Args {
     #[command(flatten)]
     pub net: super::copy::NetArgs,
     // -- flags: RUN environment (network, hosts, shm, ulimit, secrets, ssh) --
+    /// Network of every RUN without its own --network: default (in kiln, the host's network: kiln
+    /// has no sandboxed network with outside access), none (only lo), or host.
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<String>,
+    /// Add a line to /etc/hosts in every RUN (repeatable): HOST:IP or HOST=IP, e.g. db:10.0.0.5,
+    /// host:::1. Never written to a layer.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<String>,
+    /// Size of /dev/shm in RUN: bytes, or with a unit (64m, 2g); default 64m.
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// A resource limit for every RUN (repeatable): TYPE=SOFT[:HARD], e.g. nofile=1024:4096
+    /// (-1 or infinity: unlimited).
+    #[arg(long = "ulimit", value_name = "TYPE=SOFT[:HARD]")]
+    pub ulimits: Vec<String>,
+    /// A secret for RUN --mount=type=secret (repeatable): id=ID[,src=PATH|,env=VAR][,type=file|env].
+    /// Without src and env: the environment variable ID if set, else the file ID.
+    #[arg(long = "secret", value_name = "id=ID,…")]
+    pub secrets: Vec<String>,
     // -- flags: outputs and --load --
     // -- flags: build contexts, --pull, inline cache --
     // -- flags: image metadata (labels, annotations, iidfile, quiet, attestations) --
@@ -118,28 +134,6 @@ fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, Str
         }
     }
     Ok(out)
-}
-
-fn parse_secret(s: &str) -> anyhow::Result<(String, PathBuf)> {
-    let mut id = None;
-    let mut src = None;
-    for part in s.split(',') {
-        match part.split_once('=') {
-            Some(("id", v)) => id = Some(v.to_string()),
-            Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
-            Some(("type", "file")) => {}
-            _ => bail!("--secret {s:?}: expected id=ID,src=PATH"),
-        }
-    }
-    match (id, src) {
-        (Some(i), Some(p)) => {
-            if !p.is_file() {
-                bail!("--secret {s:?}: {} is not a readable file", p.display());
-            }
-            Ok((i, p))
-        }
-        _ => bail!("--secret {s:?}: expected id=ID,src=PATH"),
-    }
 }
 
 /// `--label K=V` (a label needs its `=`; an empty value is a label with an empty value).
@@ -211,11 +205,6 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
         a.tags.iter().map(|t| Reference::parse(t).with_context(|| format!("--tag {t}"))).collect::<anyhow::Result<_>>()?;
     let outputs: Vec<Output> = a.outputs.iter().map(|o| Output::parse(o)).collect::<Result<_, _>>()?;
     let outputs = Output::resolve(outputs, a.push, &tags)?;
-    let mut secrets = BTreeMap::new();
-    for s in &a.secrets {
-        let (id, p) = parse_secret(s)?;
-        secrets.insert(id, p);
-    }
     let choice: kiln_cache::PolicyChoice = a.cache_policy.parse().map_err(anyhow::Error::msg)?;
     let policy = kiln_cache::resolve_from_process(choice);
     let cache_from = a
@@ -234,7 +223,6 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
         // Set per platform by build_all, as is fetch_final.
         platform: platforms[0].clone(),
         no_cache: a.no_cache,
-        secrets,
         init_binary: None,
         source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok()),
         cache_from,
@@ -249,6 +237,16 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
         fetch_final: true,
         cancel: cancel.clone(),
         // -- options: RUN environment --
+        run_env: kiln_build::RunEnvironment::from_flags(
+            &kiln_build::run_env::RunFlags {
+                network: a.network.as_deref(),
+                add_hosts: &a.add_hosts,
+                shm_size: a.shm_size.as_deref(),
+                ulimits: &a.ulimits,
+                secrets: &a.secrets,
+            },
+            &|name| std::env::var_os(name),
+        )?,
         // -- options: build contexts, --pull, inline cache --
         // -- options: image metadata --
         labels: parse_labels(&a.labels)?,
