@@ -319,6 +319,9 @@ pub enum Refusal {
     /// A `--mount=type=secret,required` whose id was not given with `--secret`.
     #[error("secret {id:?} is required: pass --secret id={id},src=PATH")]
     SecretRequired { id: String },
+    /// A `--secret` taken from an environment variable that kiln's process no longer has.
+    #[error("secret {id:?}: environment variable {var} is not set")]
+    SecretEnvUnset { id: String, var: String },
     /// An ADD URL that the fetch before planning did not download (a bug in kiln).
     #[error("ADD {url}: not downloaded")]
     AddNotDownloaded { url: String },
@@ -567,6 +570,10 @@ mod tests {
                 "--mount source \"../x\" is outside the build context".into(),
             ),
             (Refusal::SecretRequired { id: "tok".into() }, "secret \"tok\" is required: pass --secret id=tok,src=PATH".into()),
+            (
+                Refusal::SecretEnvUnset { id: "tok".into(), var: "GH_TOKEN".into() },
+                "secret \"tok\": environment variable GH_TOKEN is not set".into(),
+            ),
             (Refusal::AddNotDownloaded { url: "http://h/a".into() }, "ADD http://h/a: not downloaded".into()),
             (
                 Refusal::ChecksumMismatch { url: "http://h/a".into(), want: "sha256:00".into(), got: digest.clone() },

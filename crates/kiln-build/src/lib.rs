@@ -38,6 +38,7 @@ pub mod output;
 pub mod push;
 pub mod reclaim;
 pub mod run;
+pub mod run_env;
 pub mod snapshot;
 mod solve;
 mod state;
@@ -61,6 +62,7 @@ pub use context::Context;
 pub use error::{
     BaseFailure, BuildError, ContextError, FetchError, PushFailure, Refusal, RunRefusal, SnapshotError, SourceMiss, StepError, StepFailure,
 };
+pub use run_env::RunEnvironment;
 pub use state::{ImageState, LayerRef};
 
 /// What to build.
@@ -75,8 +77,6 @@ pub struct BuildOptions {
     pub target: Option<String>,
     pub platform: Platform,
     pub no_cache: bool,
-    /// `--secret id=ID,src=PATH`.
-    pub secrets: BTreeMap<String, PathBuf>,
     /// The binary the sandbox re-executes (default: the running executable).
     pub init_binary: Option<PathBuf>,
     /// `SOURCE_DATE_EPOCH`: clamps layer mtimes and sets every `created` time.
@@ -97,6 +97,9 @@ pub struct BuildOptions {
     /// Stops the build from another thread (see [`cancel`]).
     pub cancel: Cancel,
     // -- options: RUN environment (network, hosts, shm, ulimit, secrets, ssh) --
+    /// `--network`, `--add-host`, `--shm-size`, `--ulimit`, `--secret`: what every RUN runs in
+    /// beyond what the Dockerfile says (see [`run_env`]).
+    pub run_env: RunEnvironment,
     // -- options: build contexts, --pull, inline cache --
     // -- options: image metadata (labels, annotations) --
     /// `--label K=V`: set on the final image's config, over the Dockerfile's `LABEL`s.

@@ -93,6 +93,8 @@ fn mount_defaults_and_errors() {
     assert_eq!((m.id.as_deref(), m.required), (Some("key"), true));
     let m = Mount::parse("type=secret,id=tok,env=TOKEN", 0).unwrap();
     assert_eq!((m.env.as_deref(), m.target.as_str()), (Some("TOKEN"), ""));
+    let m = Mount::parse("type=secret,id=tok,env=TOKEN,target=/tok", 0).unwrap();
+    assert_eq!((m.id.as_deref(), m.env.as_deref(), m.target.as_str()), (Some("tok"), Some("TOKEN"), "/tok"));
     let m = Mount::parse("type=cache", 0).unwrap();
     assert_eq!((m.target.as_str(), m.readonly), ("", false), "an empty target means the working directory");
     let m = Mount::parse("type=secret,source=npmrc,target=/root/.npmrc", 0).unwrap();
@@ -111,6 +113,7 @@ fn mount_defaults_and_errors() {
         "type=cache,target=/x,mode=9",
         "type=tmpfs,target=/x,size=lots",
         "type=secret",
+        "type=secret,env=TOKEN",
         "type=bind,target=/x,ro=maybe",
         "type=bind,target=/x,sharing=locked",
         "\"target=/x",

@@ -261,6 +261,10 @@ fn expansion_in_copy_run_mounts_and_heredocs() {
     let targets: Vec<&str> = r.stages[0].steps[1].mounts.iter().map(|m| m.target.as_str()).collect();
     assert_eq!(targets, ["/src/.cache", "/abs"]);
     assert_eq!(r.stages[0].steps[1].mount_sources, vec![None, Some(Source::Image("a".into()))]);
+    // A secret with only env= keeps its empty target (no file); with a relative one, it is placed.
+    let r = ok("FROM a\nWORKDIR /src\nRUN --mount=type=secret,id=t,env=T --mount=type=secret,id=u,env=U,target=u true\n", &[], None);
+    let targets: Vec<&str> = r.stages[0].steps[1].mounts.iter().map(|m| m.target.as_str()).collect();
+    assert_eq!(targets, ["", "/src/u"]);
     let e = run("FROM a\nRUN --mount=type=$T,target=/x true\n", &[], None).unwrap_err();
     assert!(matches!(*e.kind, ErrorKind::Mount(_)), "{e}");
     assert_eq!(e.location.start_line, 2);

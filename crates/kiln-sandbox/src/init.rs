@@ -23,7 +23,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::protocol::{CreatedPath, Report, INIT_ARG, INIT_ENV, PARENT_ENV, PROTOCOL_VERSION, REPORT_FD, SPEC_FD};
-use crate::spec::{Mount, Network, Spec};
+use crate::spec::{HostEntry, Mount, Network, SecretSource, Spec};
 use crate::sys;
 use crate::user;
 
@@ -212,15 +212,25 @@ fn prepare(spec: &Spec, m: &mut Mounter<'_>) -> Result<(), Failure> {
     m.root_fd = Some(root_fd);
 
     m.mount_proc()?;
-    m.mount_dev()?;
+    m.mount_dev(spec.shm_size)?;
     if spec.mount_sys {
         m.mount_sys()?;
     }
-    for f in ["/etc/hosts", "/etc/resolv.conf"] {
-        let host = Path::new(f);
+    if spec.extra_hosts.is_empty() {
+        let host = Path::new("/etc/hosts");
         if host.exists() {
-            m.bind(host, host, true, Kind::File).map_err(fail("bind /etc/hosts or /etc/resolv.conf"))?;
+            m.bind(host, host, true, Kind::File).map_err(fail("bind /etc/hosts"))?;
         }
+    } else {
+        // The host's file with the extra lines, staged in our private /dev tmpfs like a secret:
+        // it is a read-only mount over the image's file (or over a mount point removed after the
+        // run), so neither the host's file nor the image's layer ever holds the extra lines.
+        let content = hosts_with(std::fs::read("/etc/hosts").unwrap_or_default(), &spec.extra_hosts);
+        m.bind_content(".kiln-hosts", &content, Path::new("/etc/hosts"), 0o644, 0, 0, 0).map_err(fail("write /etc/hosts"))?;
+    }
+    let resolv = Path::new("/etc/resolv.conf");
+    if resolv.exists() {
+        m.bind(resolv, resolv, true, Kind::File).map_err(fail("bind /etc/resolv.conf"))?;
     }
     let mut extra: Vec<&Mount> = spec.mounts.iter().collect();
     // Parents before children, whatever order the caller used (as Docker sorts mounts).
@@ -268,7 +278,25 @@ fn exec_command(spec: &Spec, alive: &OwnedFd) -> Result<std::convert::Infallible
     let to_c =
         |s: &str| CString::new(s).map_err(|_| Failure { stage: "prepare the command", message: format!("{s:?} contains a NUL byte") });
     let argv: Vec<CString> = spec.argv.iter().map(|a| to_c(a)).collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = env.iter().map(|e| to_c(e)).collect::<Result<_, _>>()?;
+    let secret_names: Vec<String> = spec.secret_env.iter().map(|s| format!("{}=", s.name)).collect();
+    let mut envp: Vec<CString> =
+        env.iter().filter(|e| !secret_names.iter().any(|n| e.starts_with(n.as_str()))).map(|e| to_c(e)).collect::<Result<_, _>>()?;
+    for (s, prefix) in spec.secret_env.iter().zip(&secret_names) {
+        let mut bytes = prefix.clone().into_bytes();
+        bytes.extend_from_slice(s.value.as_bytes());
+        // The message names the variable, never the value.
+        let c = CString::new(bytes)
+            .map_err(|_| Failure { stage: "prepare the command", message: format!("the secret for ${} contains a NUL byte", s.name) })?;
+        envp.push(c);
+    }
+
+    // Before giving up root: raising a hard limit needs CAP_SYS_RESOURCE.
+    for r in &spec.rlimits {
+        sys::setrlimit(r.resource, r.soft, r.hard).map_err(|e| Failure {
+            stage: "set the ulimits",
+            message: format!("{}={}:{}: {e}", r.resource.name(), show_limit(r.soft), show_limit(r.hard)),
+        })?;
+    }
 
     sys::set_identity(id.uid, id.gid, &id.groups).map_err(fail("switch to the user"))?;
     // Changing credentials clears the parent-death signal; arm it again, and make sure the outer
@@ -290,6 +318,25 @@ fn exec_command(spec: &Spec, alive: &OwnedFd) -> Result<std::convert::Infallible
         }
     }
     Err(Failure { stage: "exec", message })
+}
+
+fn show_limit(v: u64) -> String {
+    if v == crate::spec::Rlimit::INFINITY {
+        "unlimited".to_string()
+    } else {
+        v.to_string()
+    }
+}
+
+/// `base` (an `/etc/hosts`) with one `IP<TAB>NAME` line per entry after it.
+fn hosts_with(mut base: Vec<u8>, extra: &[HostEntry]) -> Vec<u8> {
+    if !base.is_empty() && !base.ends_with(b"\n") {
+        base.push(b'\n');
+    }
+    for h in extra {
+        base.extend_from_slice(format!("{}\t{}\n", h.ip, h.name).as_bytes());
+    }
+    base
 }
 
 fn read_optional(path: &str) -> Result<Option<String>, Failure> {
@@ -484,11 +531,11 @@ impl Mounter<'_> {
         }
     }
 
-    fn mount_dev(&mut self) -> Result<(), Failure> {
-        self.mount_dev_inner().map_err(fail("set up /dev"))
+    fn mount_dev(&mut self, shm_size: Option<u64>) -> Result<(), Failure> {
+        self.mount_dev_inner(shm_size).map_err(fail("set up /dev"))
     }
 
-    fn mount_dev_inner(&mut self) -> io::Result<()> {
+    fn mount_dev_inner(&mut self, shm_size: Option<u64>) -> io::Result<()> {
         self.mount_fs("/dev", "tmpfs", libc::MS_NOSUID | libc::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
         let dev = self.reopen(Path::new("/dev"))?;
         let d = dev.as_fd();
@@ -522,7 +569,7 @@ impl Mounter<'_> {
             &sys::fd_path(shm.as_fd()),
             Some("tmpfs"),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            Some("mode=1777,size=65536k"),
+            Some(&format!("mode=1777,size={}", shm_size.map_or_else(|| "65536k".to_string(), |n| n.to_string()))),
         )?;
         Ok(())
     }
@@ -571,29 +618,55 @@ impl Mounter<'_> {
                 )
             }
             Mount::Secret { source, mode, uid, gid, .. } => {
-                // Stage the content in our private /dev tmpfs (it never touches the root's
-                // disk), bind the staged file at the target, then unlink the staging name: the
-                // mount keeps the inode alive and /dev shows nothing.
-                let content = std::fs::read(source)?;
-                let dev = self.reopen(Path::new("/dev"))?;
-                let name = format!(".kiln-secret-{index}");
-                let staged = File::from(sys::openat(dev.as_fd(), OsStr::new(&name), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?);
-                (&staged).write_all(&content)?;
-                std::os::unix::fs::fchown(&staged, Some(*uid), Some(*gid))?;
-                staged.set_permissions(PermissionsExt::from_mode(mode.unwrap_or(0o400)))?;
-                let bound = self.bind(&sys::fd_path(staged.as_fd()), &target, false, Kind::File);
-                let removed = sys::unlinkat(dev.as_fd(), OsStr::new(&name), false);
-                bound?;
-                removed?;
-                self.remount_ro(&target, libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC)
+                let content = match source {
+                    SecretSource::File(path) => std::fs::read(path)?,
+                    SecretSource::Value(v) => v.as_bytes().to_vec(),
+                };
+                let extra = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                self.bind_content(&format!(".kiln-secret-{index}"), &content, &target, mode.unwrap_or(0o400), *uid, *gid, extra)
             }
         }
+    }
+
+    /// Stages `content` in our private /dev tmpfs (it never touches the root's disk), binds the
+    /// staged file read-only at `target`, then unlinks the staging name: the mount keeps the
+    /// inode alive and /dev shows nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn bind_content(
+        &mut self,
+        staging: &str,
+        content: &[u8],
+        target: &Path,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        extra: libc::c_ulong,
+    ) -> io::Result<()> {
+        let dev = self.reopen(Path::new("/dev"))?;
+        let staged = File::from(sys::openat(dev.as_fd(), OsStr::new(staging), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?);
+        (&staged).write_all(content)?;
+        std::os::unix::fs::fchown(&staged, Some(uid), Some(gid))?;
+        staged.set_permissions(PermissionsExt::from_mode(mode))?;
+        let bound = self.bind(&sys::fd_path(staged.as_fd()), target, false, Kind::File);
+        let removed = sys::unlinkat(dev.as_fd(), OsStr::new(staging), false);
+        bound?;
+        removed?;
+        self.remount_ro(target, extra)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_hosts_follow_the_hosts_file_one_line_each() {
+        let extra = [HostEntry { name: "db".into(), ip: "10.0.0.5".into() }, HostEntry { name: "v6".into(), ip: "::1".into() }];
+        assert_eq!(hosts_with(b"127.0.0.1 localhost".to_vec(), &extra), b"127.0.0.1 localhost\n10.0.0.5\tdb\n::1\tv6\n");
+        assert_eq!(hosts_with(b"a\n".to_vec(), &extra[..1]), b"a\n10.0.0.5\tdb\n");
+        assert_eq!(hosts_with(Vec::new(), &extra[..1]), b"10.0.0.5\tdb\n");
+        assert_eq!(show_limit(crate::spec::Rlimit::INFINITY), "unlimited");
+    }
 
     #[test]
     fn normalize_never_climbs_above_root() {

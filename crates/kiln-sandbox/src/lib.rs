@@ -14,11 +14,13 @@
 //! kiln alone; then it unshares a PID namespace and forks; the child, PID 1 of that
 //! namespace, unshares mount, UTS and IPC namespaces (and a network namespace with only `lo`
 //! for [`Network::None`]), makes every mount private, mounts a fresh `/proc`, a minimal `/dev`
-//! (tmpfs with the usual nodes, `pts`, `shm`), a read-only `/sys`, the host's `/etc/hosts` and
-//! `/etc/resolv.conf` read-only, then the step's mounts, pivots into the root, switches to the
-//! user resolved from the *image's* `/etc/passwd` and `/etc/group` (with the primary gid among
-//! the supplementary groups, as runc is given them; see [`user`]), creates the working dir and
-//! execs the command, which thus runs as PID 1, as under Docker. No capability is dropped (like
+//! (tmpfs with the usual nodes, `pts`, `shm` of [`Spec::shm_size`]), a read-only `/sys`, the
+//! host's `/etc/hosts` (with [`Spec::extra_hosts`] appended in a private copy) and
+//! `/etc/resolv.conf` read-only, then the step's mounts, pivots into the root, sets
+//! [`Spec::rlimits`], switches to the user resolved from the *image's* `/etc/passwd` and
+//! `/etc/group` (with the primary gid among the supplementary groups, as runc is given them; see
+//! [`user`]), creates the working dir and execs the command (with [`Spec::secret_env`] added to
+//! its environment), which thus runs as PID 1, as under Docker. No capability is dropped (like
 //! BuildKit's default for build steps). When the command exits, the kernel kills whatever it left
 //! running in the namespace, so the call returns as soon as the command is done.
 //!
@@ -36,8 +38,9 @@
 //!
 //! Mount targets that did not exist are created for the run and removed afterwards (only if
 //! still empty, never following symlinks, with the parent's times restored), so they do not end
-//! up in the step's layer; [`Outcome::mount_points`] lists them. Secrets are copied into a
-//! private tmpfs and bind-mounted read-only: their content never touches the root.
+//! up in the step's layer; [`Outcome::mount_points`] lists them. Secrets (and an `/etc/hosts`
+//! with extra entries) are copied into a private tmpfs and bind-mounted read-only: their content
+//! never touches the root. Secret values are [`SecretValue`]s, whose `Debug` is `<redacted>`.
 //!
 //! # Why re-exec rather than crun or runc
 //!
@@ -76,4 +79,4 @@ pub use cleanup::MountPoint;
 pub use error::Error;
 pub use output::{LineSplitter, Stream};
 pub use run::{ExitStatus, Outcome, Sandbox, TAIL_LINES};
-pub use spec::{Mount, Network, Spec};
+pub use spec::{HostEntry, Mount, Network, Resource, Rlimit, SecretEnv, SecretSource, SecretValue, Spec};

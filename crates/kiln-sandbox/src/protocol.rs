@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub const INIT_ARG: &str = "__kiln-sandbox-init";
 /// The environment marker that selects init mode; its value is the protocol version.
 pub const INIT_ENV: &str = "_KILN_SANDBOX_INIT";
-pub const PROTOCOL_VERSION: &str = "2";
+pub const PROTOCOL_VERSION: &str = "3";
 /// The caller's pid, in decimal.
 pub const PARENT_ENV: &str = "_KILN_SANDBOX_PARENT";
 pub const SPEC_FD: i32 = 3;

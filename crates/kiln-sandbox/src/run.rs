@@ -16,7 +16,7 @@ use crate::cleanup::{remove_created, MountPoint};
 use crate::error::Error;
 use crate::output::{LineSplitter, Stream, Tail};
 use crate::protocol::{Report, INIT_ARG, INIT_ENV, PARENT_ENV, PROTOCOL_VERSION, REPORT_FD, SPEC_FD};
-use crate::spec::{Mount, Spec};
+use crate::spec::{Mount, SecretSource, Spec};
 use crate::sys;
 
 /// How many trailing output lines a failure carries.
@@ -302,22 +302,34 @@ fn validate(spec: &mut Spec) -> Result<(), Error> {
     if !spec.workdir.is_absolute() {
         return Err(Error::InvalidSpec(format!("working directory {} must be absolute", spec.workdir.display())));
     }
+    // A name or address with a blank or a newline would write other lines into /etc/hosts.
+    for h in &spec.extra_hosts {
+        if h.name.is_empty() || h.name.contains(char::is_whitespace) || h.ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::InvalidSpec(format!("host entry {}:{} needs a name without blanks and an IP address", h.name, h.ip)));
+        }
+    }
+    for s in &spec.secret_env {
+        if s.name.is_empty() || s.name.contains(['=', '\0']) {
+            return Err(Error::InvalidSpec(format!("secret environment variable name {:?} is empty or holds '=' or NUL", s.name)));
+        }
+    }
     for m in &spec.mounts {
         let target = m.target();
         if !target.is_absolute() {
             return Err(Error::InvalidSpec(format!("mount target {} must be an absolute path", target.display())));
         }
         match m {
-            Mount::Bind { source, .. } | Mount::Secret { source, .. } => {
+            Mount::Bind { source, .. } | Mount::Secret { source: SecretSource::File(source), .. } => {
                 std::fs::metadata(source)
                     .map_err(|e| Error::InvalidSpec(format!("mount source {} for {}: {e}", source.display(), target.display())))?;
             }
+            Mount::Secret { source: SecretSource::Value(_), .. } => {}
             Mount::Cache { source, .. } => {
                 std::fs::create_dir_all(source).map_err(|e| Error::InvalidSpec(format!("cache directory {}: {e}", source.display())))?
             }
             Mount::Tmpfs { .. } => {}
         }
-        if let Mount::Secret { source, .. } = m {
+        if let Mount::Secret { source: SecretSource::File(source), .. } = m {
             if !source.is_file() {
                 return Err(Error::InvalidSpec(format!("secret source {} is not a regular file", source.display())));
             }

@@ -26,6 +26,22 @@ pub struct Spec {
     pub mounts: Vec<Mount>,
     /// Mount a read-only `/sys` (as Docker and BuildKit do).
     pub mount_sys: bool,
+    /// Lines added to the `/etc/hosts` the process sees (the host's, bind-mounted read-only):
+    /// `IP<TAB>NAME` each, in order, as Docker writes `--add-host`.
+    #[serde(default)]
+    pub extra_hosts: Vec<HostEntry>,
+    /// Size of the `/dev/shm` tmpfs in bytes; `None` is Docker's default, 64 MiB.
+    #[serde(default)]
+    pub shm_size: Option<u64>,
+    /// Resource limits set with `setrlimit` just before `execve` (while still root, so that a
+    /// hard limit can be raised), inherited by everything the command starts.
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    /// Variables whose values are secrets: added to the process's environment at `execve` (over
+    /// a same-named one of [`Spec::env`]), and nowhere else, so that nothing that shows or keys
+    /// `env` ever holds them.
+    #[serde(default)]
+    pub secret_env: Vec<SecretEnv>,
 }
 
 impl Spec {
@@ -42,6 +58,10 @@ impl Spec {
             network: Network::Host,
             mounts: Vec::new(),
             mount_sys: true,
+            extra_hosts: Vec::new(),
+            shm_size: None,
+            rlimits: Vec::new(),
+            secret_env: Vec::new(),
         }
     }
 
@@ -85,7 +105,7 @@ pub enum Mount {
     /// namespace and bind-mounted read-only at the target, so it never touches the root.
     Secret {
         id: String,
-        source: PathBuf,
+        source: SecretSource,
         /// Default `/run/secrets/<id>`.
         target: Option<PathBuf>,
         /// Default `0o400`.
@@ -103,5 +123,169 @@ impl Mount {
             Mount::Cache { target, .. } => target.clone(),
             Mount::Secret { id, target, .. } => target.clone().unwrap_or_else(|| PathBuf::from("/run/secrets").join(id)),
         }
+    }
+}
+
+/// One `/etc/hosts` line: `ip` is an IPv4 or IPv6 address, already checked by the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    pub name: String,
+    pub ip: String,
+}
+
+/// The resources `setrlimit(2)` knows, by the names Docker's `--ulimit` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Resource {
+    As,
+    Core,
+    Cpu,
+    Data,
+    Fsize,
+    Locks,
+    Memlock,
+    Msgqueue,
+    Nice,
+    Nofile,
+    Nproc,
+    Rss,
+    Rtprio,
+    Rttime,
+    Sigpending,
+    Stack,
+}
+
+impl Resource {
+    /// Every resource, in the order of [`Resource::name`]s listed in messages.
+    pub const ALL: [Resource; 16] = [
+        Resource::As,
+        Resource::Core,
+        Resource::Cpu,
+        Resource::Data,
+        Resource::Fsize,
+        Resource::Locks,
+        Resource::Memlock,
+        Resource::Msgqueue,
+        Resource::Nice,
+        Resource::Nofile,
+        Resource::Nproc,
+        Resource::Rss,
+        Resource::Rtprio,
+        Resource::Rttime,
+        Resource::Sigpending,
+        Resource::Stack,
+    ];
+
+    /// Docker's name (`nofile`, `nproc`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::As => "as",
+            Resource::Core => "core",
+            Resource::Cpu => "cpu",
+            Resource::Data => "data",
+            Resource::Fsize => "fsize",
+            Resource::Locks => "locks",
+            Resource::Memlock => "memlock",
+            Resource::Msgqueue => "msgqueue",
+            Resource::Nice => "nice",
+            Resource::Nofile => "nofile",
+            Resource::Nproc => "nproc",
+            Resource::Rss => "rss",
+            Resource::Rtprio => "rtprio",
+            Resource::Rttime => "rttime",
+            Resource::Sigpending => "sigpending",
+            Resource::Stack => "stack",
+        }
+    }
+
+    /// The resource Docker calls `name`, if any (names are case-sensitive, as in Docker).
+    pub fn from_name(name: &str) -> Option<Resource> {
+        Resource::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// A soft and a hard limit for one resource; [`Rlimit::INFINITY`] is "unlimited".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: Resource,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+impl Rlimit {
+    /// `RLIM_INFINITY`: what Docker's `-1` and `infinity` mean.
+    pub const INFINITY: u64 = u64::MAX;
+}
+
+/// A secret's bytes. `Debug` prints `<redacted>`; the value travels to the init process over a
+/// pipe, never through a file.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretValue(Vec<u8>);
+
+impl SecretValue {
+    pub fn new(bytes: Vec<u8>) -> SecretValue {
+        SecretValue(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where a secret mount's content comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecretSource {
+    /// A host file, read by the init process when it mounts the secret.
+    File(PathBuf),
+    /// The bytes themselves (a secret taken from an environment variable).
+    Value(SecretValue),
+}
+
+impl From<PathBuf> for SecretSource {
+    fn from(p: PathBuf) -> SecretSource {
+        SecretSource::File(p)
+    }
+}
+
+/// An environment variable whose value is a secret (`RUN --mount=type=secret,env=NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretEnv {
+    pub name: String,
+    pub value: SecretValue,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_values_never_show_in_debug() {
+        let mut spec = Spec::new("/r", vec!["true".into()]);
+        spec.secret_env.push(SecretEnv { name: "TOKEN".into(), value: SecretValue::new(b"hunter2".to_vec()) });
+        spec.mounts.push(Mount::Secret {
+            id: "s".into(),
+            source: SecretSource::Value(SecretValue::new(b"hunter3".to_vec())),
+            target: None,
+            mode: None,
+            uid: 0,
+            gid: 0,
+        });
+        let shown = format!("{spec:?}");
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(shown.contains("TOKEN") && shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn resource_names_round_trip() {
+        for r in Resource::ALL {
+            assert_eq!(Resource::from_name(r.name()), Some(r));
+        }
+        assert_eq!(Resource::from_name("NOFILE"), None);
+        assert_eq!(Resource::from_name("files"), None);
     }
 }

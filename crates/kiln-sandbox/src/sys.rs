@@ -386,6 +386,32 @@ pub fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
+/// setrlimit(2) for one resource of this process (inherited across fork and exec).
+pub fn setrlimit(resource: crate::spec::Resource, soft: u64, hard: u64) -> io::Result<()> {
+    use crate::spec::Resource as R;
+    let which = match resource {
+        R::As => libc::RLIMIT_AS,
+        R::Core => libc::RLIMIT_CORE,
+        R::Cpu => libc::RLIMIT_CPU,
+        R::Data => libc::RLIMIT_DATA,
+        R::Fsize => libc::RLIMIT_FSIZE,
+        R::Locks => libc::RLIMIT_LOCKS,
+        R::Memlock => libc::RLIMIT_MEMLOCK,
+        R::Msgqueue => libc::RLIMIT_MSGQUEUE,
+        R::Nice => libc::RLIMIT_NICE,
+        R::Nofile => libc::RLIMIT_NOFILE,
+        R::Nproc => libc::RLIMIT_NPROC,
+        R::Rss => libc::RLIMIT_RSS,
+        R::Rtprio => libc::RLIMIT_RTPRIO,
+        R::Rttime => libc::RLIMIT_RTTIME,
+        R::Sigpending => libc::RLIMIT_SIGPENDING,
+        R::Stack => libc::RLIMIT_STACK,
+    };
+    let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+    // SAFETY: a live rlimit struct, read by the kernel during the call only.
+    check(unsafe { libc::setrlimit(which, &lim) }).map(|_| ())
+}
+
 /// Switches to the given identity: supplementary groups first (needs root), then the group, then
 /// the user, which drops the right to change the other two. `groups` is set exactly as given
 /// (the kernel sorts it); [`crate::user::resolve`] already put `gid` in it, as runc is handed

@@ -469,10 +469,10 @@ fn sandbox_secret_is_readable_and_leaves_no_trace() {
          (echo x > /run/secrets/tok) 2>/dev/null || echo secret-ro; ls -a /dev | grep -c kiln-secret",
     );
     spec.mounts = vec![
-        Mount::Secret { id: "tok".into(), source: src.clone(), target: None, mode: None, uid: 0, gid: 0 },
+        Mount::Secret { id: "tok".into(), source: src.clone().into(), target: None, mode: None, uid: 0, gid: 0 },
         Mount::Secret {
             id: "tok2".into(),
-            source: src.clone(),
+            source: src.clone().into(),
             target: Some("/home/app/.tok".into()),
             mode: Some(0o440),
             uid: 1000,
@@ -559,7 +559,7 @@ fn sandbox_over_overlay_leaves_only_the_step_changes_in_upper() {
     std::fs::write(secret.path(), "overlay-secret").unwrap();
     let mut spec = sh(&merged, "cat /run/secrets/s >/dev/null && echo done > /out.txt");
     spec.mounts = vec![
-        Mount::Secret { id: "s".into(), source: secret.path().into(), target: None, mode: None, uid: 0, gid: 0 },
+        Mount::Secret { id: "s".into(), source: secret.path().to_path_buf().into(), target: None, mode: None, uid: 0, gid: 0 },
         Mount::Tmpfs { target: "/var/tmp/scratch".into(), size_bytes: None },
     ];
     run_ok(&spec);
@@ -705,7 +705,7 @@ fn sandbox_init_whose_parent_already_died_does_nothing() {
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("__kiln-sandbox-init")
         .env_clear()
-        .env("_KILN_SANDBOX_INIT", "2")
+        .env("_KILN_SANDBOX_INIT", "3")
         .env("_KILN_SANDBOX_PARENT", "1")
         .stdin(Stdio::null())
         .output()

@@ -81,7 +81,9 @@ pub(crate) struct RunPlan {
     pub env: Vec<String>,
     pub user: String,
     pub workdir: String,
-    pub no_network: bool,
+    /// The step's own `RUN --network` (keyed with the instruction; the build's `--network`,
+    /// which applies when this is `None` or `default`, is not: see [`crate::run_env`]).
+    pub network: Option<Network>,
 }
 
 /// What a COPY reads, resolved before its key is computed.
@@ -140,7 +142,7 @@ fn plan_run(step: &Step, run: &Run, state: &ImageState, cx: &PlanContext<'_>, in
         env: run_env(step, state),
         user: state.user(),
         workdir: state.workdir(),
-        no_network: matches!(run.network, Some(Network::None)),
+        network: run.network,
     };
     inputs.set(Input::Run, inputs::list(&plan.argv));
     let image_env = state.env();
@@ -450,7 +452,7 @@ mod tests {
         let Action::Run(run) = &plan.action else { panic!("RUN is planned as a run") };
         assert_eq!(run.argv, vec!["/bin/bash", "-eu", "-c", "make $VERSION"]);
         assert!(run.env.contains(&"MODE=dev".to_string()) && run.env.contains(&"VERSION=1.2".to_string()), "{:?}", run.env);
-        assert_eq!((run.user.as_str(), run.workdir.as_str(), run.no_network), ("app", "/src", false));
+        assert_eq!((run.user.as_str(), run.workdir.as_str(), run.network), ("app", "/src", None));
         let i = &plan.inputs;
         assert_eq!(get(i, Input::Run), Some(inputs::list(&run.argv).as_str()));
         assert_eq!(get(i, Input::Arg("VERSION".into())), Some("1.2"));
@@ -466,7 +468,7 @@ mod tests {
         let r = resolved("FROM scratch\nRUN --network=none <<EOF\necho hi\nEOF\n");
         let Action::Run(run) = plan_step(last_step(&r), &ImageState::scratch(&amd64()), &cx(&NoContext)).unwrap().action else { panic!() };
         assert_eq!(run.argv, vec!["/bin/sh", "-c", "echo hi\n"]);
-        assert!(run.no_network);
+        assert_eq!(run.network, Some(Network::None));
     }
 
     /// Each mount is keyed by its spec; a bind of the context also by the content it reads, a mount

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use kiln_dockerfile::instructions::{Mount, MountType, Sharing, Source, Step};
 use kiln_oci::Digest;
-use kiln_sandbox::{Spec, Stream};
+use kiln_sandbox::{SecretEnv, SecretValue, Spec, Stream};
 
 use super::plan::RunPlan;
 use super::{at, Solver};
 use crate::error::{BuildError, Refusal, SnapshotError, StepFailure};
+use crate::run_env::SecretSource;
 use crate::snapshot::{remove_tree, Mounted};
 use crate::state::ImageState;
 
@@ -28,12 +29,17 @@ impl Solver<'_> {
         spec.env = run.env.clone();
         spec.user = run.user.clone();
         spec.workdir = PathBuf::from(&run.workdir);
-        if run.no_network {
-            spec.network = kiln_sandbox::Network::None;
-        }
+        // The build's RUN environment (none of it is keyed: see `run_env`).
+        let env = &self.shared.opts.run_env;
+        spec.network = env.network.for_step(run.network);
+        spec.extra_hosts = env.extra_hosts.clone();
+        spec.shm_size = env.shm_size;
+        spec.rlimits = env.rlimits();
         let mut holds = StepHolds::default();
         for (m, src) in step.mounts.iter().zip(step.mount_sources.iter()) {
-            if let Some(sm) = self.sandbox_mount(step, m, src.as_ref(), &run.workdir, &mut holds)? {
+            if m.kind == MountType::Secret {
+                self.secret_mount(step, m, &run.workdir, &mut spec)?;
+            } else if let Some(sm) = self.sandbox_mount(step, m, src.as_ref(), &run.workdir, &mut holds)? {
                 spec.mounts.push(sm);
             }
         }
@@ -66,31 +72,67 @@ impl Solver<'_> {
         Ok(Some(match m.kind {
             MountType::Tmpfs => kiln_sandbox::Mount::Tmpfs { target, size_bytes: m.size },
             MountType::Cache => kiln_sandbox::Mount::Cache { source: self.cache_mount_dir(m, holds)?, target },
-            MountType::Secret => {
-                let id =
-                    m.id.clone()
-                        .unwrap_or_else(|| Path::new(&m.target).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
-                let Some(path) = self.shared.opts.secrets.get(&id) else {
-                    if m.required {
-                        return Err(BuildError::refused(at(&step.location), Refusal::SecretRequired { id }));
-                    }
-                    return Ok(None);
-                };
-                let target = if m.target.is_empty() { None } else { Some(target) };
-                kiln_sandbox::Mount::Secret {
-                    id,
-                    source: path.clone(),
-                    target,
-                    mode: m.mode,
-                    uid: m.uid.unwrap_or(0),
-                    gid: m.gid.unwrap_or(0),
-                }
-            }
+            MountType::Secret => return Ok(None),
             MountType::Bind => kiln_sandbox::Mount::Bind { source: self.bind_source(step, m, src, holds)?, target, readonly: m.readonly },
             MountType::Ssh => {
                 return Err(BuildError::refused(at(&step.location), Refusal::SshUnsupported));
             }
         }))
+    }
+
+    /// `--mount=type=secret`: a file at the target (unless only `env=` was given), the variable
+    /// `env=` names, or both. A secret the build was not given is left out, or refused when
+    /// `required`. The value goes into the spec only, never into the plan (whose env is keyed).
+    fn secret_mount(&self, step: &Step, m: &Mount, wd: &str, spec: &mut Spec) -> Result<(), BuildError> {
+        let id =
+            m.id.clone().unwrap_or_else(|| Path::new(&m.target).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+        let Some(source) = self.shared.opts.run_env.secrets.get(&id) else {
+            if m.required {
+                return Err(BuildError::refused(at(&step.location), Refusal::SecretRequired { id }));
+            }
+            return Ok(());
+        };
+        let value = |what: &str| -> Result<SecretValue, BuildError> {
+            match source {
+                SecretSource::File(path) => fs::read(path).map(SecretValue::new).map_err(|source| {
+                    BuildError::failed(
+                        at(&step.location),
+                        StepFailure::Io { what: format!("reading secret {id:?} {what} from {}", path.display()), source },
+                    )
+                }),
+                SecretSource::Env(var) => match std::env::var_os(var) {
+                    Some(v) => Ok(SecretValue::new(v.into_encoded_bytes())),
+                    None => Err(BuildError::refused(at(&step.location), Refusal::SecretEnvUnset { id: id.clone(), var: var.clone() })),
+                },
+            }
+        };
+        if let Some(name) = &m.env {
+            spec.secret_env.push(SecretEnv { name: name.clone(), value: value(&format!("for ${name}"))? });
+        }
+        if m.env.is_none() || !m.target.is_empty() {
+            let target = if m.target.is_empty() {
+                None
+            } else if m.target.starts_with('/') {
+                Some(PathBuf::from(&m.target))
+            } else {
+                Some(Path::new(wd).join(&m.target))
+            };
+            // A file secret is read by the sandbox when it mounts it, as before; one from the
+            // environment is handed over as bytes.
+            let source = match source {
+                SecretSource::File(path) => kiln_sandbox::SecretSource::File(path.clone()),
+                SecretSource::Env(_) => kiln_sandbox::SecretSource::Value(value("file")?),
+            };
+            spec.mounts.push(kiln_sandbox::Mount::Secret {
+                id,
+                source,
+                target,
+                mode: m.mode,
+                uid: m.uid.unwrap_or(0),
+                gid: m.gid.unwrap_or(0),
+            });
+        }
+        Ok(())
     }
 
     /// A cache mount's host dir, shared across builds by id, locked or made private as `sharing`

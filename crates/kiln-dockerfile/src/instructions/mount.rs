@@ -260,7 +260,8 @@ impl Mount {
                 if m.from.is_some() {
                     return Err(err("secret mount should not have a from".to_string()));
                 }
-                if m.source.is_none() && m.target.is_empty() && m.id.is_none() && m.env.is_none() {
+                // BuildKit: the id is needed even with `env=` (it is what `--secret id=` names).
+                if m.source.is_none() && m.target.is_empty() && m.id.is_none() {
                     return Err(err("invalid secret mount. one of source, target required".to_string()));
                 }
                 if m.source.is_some() && m.id.is_some() {

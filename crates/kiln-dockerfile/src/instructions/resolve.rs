@@ -442,7 +442,9 @@ fn resolve_stage(
                     for spec in &r.mounts {
                         let mut expand = |v: &str| w(v).map_err(|e| e.kind.to_string());
                         let mut m = Mount::parse_with(spec, ssh, &mut expand).map_err(|e| err(e.into()))?;
-                        if !m.target.starts_with('/') {
+                        // A secret with only `env=` has no file, so no target to place.
+                        let env_only = m.kind == super::MountType::Secret && m.target.is_empty();
+                        if !m.target.starts_with('/') && !env_only {
                             m.target = join_workdir(&workdir, &m.target);
                         }
                         if m.kind == super::MountType::Ssh {

@@ -46,9 +46,6 @@ pub struct Args {
     /// Write the image digest, config digest and per-step record here as JSON.
     #[arg(long)]
     pub metadata_file: Option<PathBuf>,
-    /// A secret for RUN --mount=type=secret: id=ID,src=PATH (repeatable).
-    #[arg(long = "secret")]
-    pub secrets: Vec<String>,
     /// Push the image to the registry of each --tag (same as --output type=registry).
     #[arg(long)]
     pub push: bool,
@@ -75,6 +72,25 @@ pub struct Args {
     #[command(flatten)]
     pub net: super::copy::NetArgs,
     // -- flags: RUN environment (network, hosts, shm, ulimit, secrets, ssh) --
+    /// Network of every RUN without its own --network: default (in kiln, the host's network: kiln
+    /// has no sandboxed network with outside access), none (only lo), or host.
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<String>,
+    /// Add a line to /etc/hosts in every RUN (repeatable): HOST:IP or HOST=IP, e.g. db:10.0.0.5,
+    /// host:::1. Never written to a layer.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<String>,
+    /// Size of /dev/shm in RUN: bytes, or with a unit (64m, 2g); default 64m.
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// A resource limit for every RUN (repeatable): TYPE=SOFT[:HARD], e.g. nofile=1024:4096
+    /// (-1 or infinity: unlimited).
+    #[arg(long = "ulimit", value_name = "TYPE=SOFT[:HARD]")]
+    pub ulimits: Vec<String>,
+    /// A secret for RUN --mount=type=secret (repeatable): id=ID[,src=PATH|,env=VAR][,type=file|env].
+    /// Without src and env: the environment variable ID if set, else the file ID.
+    #[arg(long = "secret", value_name = "id=ID,…")]
+    pub secrets: Vec<String>,
     // -- flags: outputs and --load --
     /// Load the image into the local Docker engine (DOCKER_HOST, else /var/run/docker.sock), as
     /// `docker load` does, tags kept (same as --output type=docker). One platform only.
@@ -129,28 +145,6 @@ fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, Str
         }
     }
     Ok(out)
-}
-
-fn parse_secret(s: &str) -> anyhow::Result<(String, PathBuf)> {
-    let mut id = None;
-    let mut src = None;
-    for part in s.split(',') {
-        match part.split_once('=') {
-            Some(("id", v)) => id = Some(v.to_string()),
-            Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
-            Some(("type", "file")) => {}
-            _ => bail!("--secret {s:?}: expected id=ID,src=PATH"),
-        }
-    }
-    match (id, src) {
-        (Some(i), Some(p)) => {
-            if !p.is_file() {
-                bail!("--secret {s:?}: {} is not a readable file", p.display());
-            }
-            Ok((i, p))
-        }
-        _ => bail!("--secret {s:?}: expected id=ID,src=PATH"),
-    }
 }
 
 /// `--label K=V` (a label needs its `=`; an empty value is a label with an empty value).
@@ -243,11 +237,6 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
     }
     let mut net = a.net.clone();
     net.insecure_registry.extend(outputs.iter().flat_map(Output::insecure_hosts));
-    let mut secrets = BTreeMap::new();
-    for s in &a.secrets {
-        let (id, p) = parse_secret(s)?;
-        secrets.insert(id, p);
-    }
     let choice: kiln_cache::PolicyChoice = a.cache_policy.parse().map_err(anyhow::Error::msg)?;
     let policy = kiln_cache::resolve_from_process(choice);
     let cache_from = a
@@ -266,7 +255,6 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
         // Set per platform by build_all, as is fetch_final.
         platform: platforms[0].clone(),
         no_cache: a.no_cache,
-        secrets,
         init_binary: None,
         source_date_epoch,
         cache_from,
@@ -281,6 +269,16 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
         fetch_final: true,
         cancel: cancel.clone(),
         // -- options: RUN environment --
+        run_env: kiln_build::RunEnvironment::from_flags(
+            &kiln_build::run_env::RunFlags {
+                network: a.network.as_deref(),
+                add_hosts: &a.add_hosts,
+                shm_size: a.shm_size.as_deref(),
+                ulimits: &a.ulimits,
+                secrets: &a.secrets,
+            },
+            &|name| std::env::var_os(name),
+        )?,
         // -- options: build contexts, --pull, inline cache --
         // -- options: image metadata --
         labels: parse_labels(&a.labels)?,
