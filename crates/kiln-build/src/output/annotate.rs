@@ -61,8 +61,12 @@ pub enum AnnotationError {
     Syntax { given: String },
     #[error("{given:?}: unknown annotation type {level:?} (use manifest, manifest-descriptor, index or index-descriptor)")]
     UnknownLevel { given: String, level: String },
-    #[error("{given:?}: platform {platform:?}: {message}")]
-    Platform { given: String, platform: String, message: String },
+    #[error("{given:?}: {source}")]
+    Platform {
+        given: String,
+        #[source]
+        source: kiln_oci::PlatformError,
+    },
     #[error("{given:?}: a platform applies to manifest and manifest-descriptor annotations only")]
     PlatformOnIndex { given: String },
     #[error(
@@ -133,11 +137,9 @@ impl Annotation {
             Some(_) if matches!(level, Level::Index | Level::IndexDescriptor) => {
                 return Err(AnnotationError::PlatformOnIndex { given: given.to_string() })
             }
-            Some(p) => Some(
-                Platform::parse(p)
-                    .map_err(|e| AnnotationError::Platform { given: given.to_string(), platform: p.to_string(), message: e.to_string() })?
-                    .normalized(),
-            ),
+            Some(p) => {
+                Some(Platform::parse(p).map_err(|source| AnnotationError::Platform { given: given.to_string(), source })?.normalized())
+            }
         };
         Ok(Annotation { level, platform, key: key.to_string(), value: value.to_string() })
     }

@@ -133,10 +133,14 @@ pub enum SpecProblem {
     NeedsDest(&'static str),
     #[error("dest= is empty")]
     EmptyDest,
-    #[error("name={name:?}: {message}")]
-    Name { name: String, message: String },
-    #[error("{0}")]
-    Codec(String),
+    #[error("name={name:?}: {source}")]
+    Name {
+        name: String,
+        #[source]
+        source: kiln_oci::ReferenceError,
+    },
+    #[error(transparent)]
+    Codec(#[from] kiln_oci::layer::CodecError),
     #[error(transparent)]
     Annotation(#[from] AnnotationError),
 }
@@ -231,7 +235,7 @@ impl Attrs {
         let Some(list) = self.take("name") else { return Ok(Vec::new()) };
         let mut names = Vec::new();
         for n in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let r = Reference::parse(n).map_err(|e| self.err(SpecProblem::Name { name: n.to_string(), message: e.to_string() }))?;
+            let r = Reference::parse(n).map_err(|source| self.err(SpecProblem::Name { name: n.to_string(), source }))?;
             names.push(r);
         }
         Ok(names)
@@ -242,7 +246,7 @@ impl Attrs {
         let level = self.take("compression-level");
         let codec = match (&name, &level) {
             (None, None) => Codec::DEFAULT,
-            _ => Codec::parse(name.as_deref().unwrap_or("gzip"), level.as_deref()).map_err(|m| self.err(SpecProblem::Codec(m)))?,
+            _ => Codec::parse(name.as_deref().unwrap_or("gzip"), level.as_deref()).map_err(|e| self.err(e.into()))?,
         };
         let force = self.take_bool("force-compression")?.unwrap_or(false);
         // kiln writes OCI media types; docker's (BuildKit's default for type=docker) are not made.

@@ -21,6 +21,21 @@ use crate::media;
 use crate::store::Store;
 use crate::{Compression, Digest};
 
+/// Why a `compression=`/`compression-level=` pair is not a codec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("compression-level={0:?} is not a number")]
+    NotANumber(String),
+    #[error("compression-level={level}: {codec} takes 0 to {max}")]
+    Level { codec: &'static str, level: i64, max: u32 },
+    #[error("compression-level={0}: uncompressed layers have no level")]
+    NoLevel(i64),
+    #[error("compression=estargz is not supported by kiln (use gzip, zstd or uncompressed)")]
+    Estargz,
+    #[error("compression={0:?}: use gzip, zstd or uncompressed")]
+    Unknown(String),
+}
+
 /// How layers leave the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {
@@ -39,28 +54,28 @@ impl Codec {
     /// `compression=` and `compression-level=` as buildx spells them (`gzip`, `zstd`,
     /// `uncompressed`; levels 0–9 for gzip, 0–22 for zstd where 0 is zstd's default). `Err` says what
     /// is accepted.
-    pub fn parse(name: &str, level: Option<&str>) -> Result<Codec, String> {
+    pub fn parse(name: &str, level: Option<&str>) -> Result<Codec, CodecError> {
         let level = match level {
             None => None,
-            Some(l) => Some(l.trim().parse::<i64>().map_err(|_| format!("compression-level={l:?} is not a number"))?),
+            Some(l) => Some(l.trim().parse::<i64>().map_err(|_| CodecError::NotANumber(l.to_string()))?),
         };
         match name {
             "gzip" => match level {
                 None => Ok(Codec::DEFAULT),
                 Some(l @ 0..=9) => Ok(Codec::Gzip { level: l as u32 }),
-                Some(l) => Err(format!("compression-level={l}: gzip takes 0 to 9")),
+                Some(l) => Err(CodecError::Level { codec: "gzip", level: l, max: 9 }),
             },
             "zstd" => match level {
                 None | Some(0) => Ok(Codec::Zstd { level: ZSTD_LEVEL }),
                 Some(l @ 1..=22) => Ok(Codec::Zstd { level: l as i32 }),
-                Some(l) => Err(format!("compression-level={l}: zstd takes 0 to 22")),
+                Some(l) => Err(CodecError::Level { codec: "zstd", level: l, max: 22 }),
             },
             "uncompressed" => match level {
                 None => Ok(Codec::Uncompressed),
-                Some(l) => Err(format!("compression-level={l}: uncompressed layers have no level")),
+                Some(l) => Err(CodecError::NoLevel(l)),
             },
-            "estargz" => Err("compression=estargz is not supported by kiln (use gzip, zstd or uncompressed)".into()),
-            other => Err(format!("compression={other:?}: use gzip, zstd or uncompressed")),
+            "estargz" => Err(CodecError::Estargz),
+            other => Err(CodecError::Unknown(other.to_string())),
         }
     }
 
@@ -259,11 +274,11 @@ mod tests {
         assert_eq!(Codec::parse("zstd", Some("0")), Ok(Codec::Zstd { level: ZSTD_LEVEL }));
         assert_eq!(Codec::parse("zstd", Some("19")), Ok(Codec::Zstd { level: 19 }));
         assert_eq!(Codec::parse("uncompressed", None), Ok(Codec::Uncompressed));
-        assert_eq!(Codec::parse("gzip", Some("10")).unwrap_err(), "compression-level=10: gzip takes 0 to 9");
-        assert_eq!(Codec::parse("zstd", Some("23")).unwrap_err(), "compression-level=23: zstd takes 0 to 22");
-        assert!(Codec::parse("estargz", None).unwrap_err().contains("estargz is not supported"));
-        assert_eq!(Codec::parse("lz4", None).unwrap_err(), "compression=\"lz4\": use gzip, zstd or uncompressed");
-        assert_eq!(Codec::parse("gzip", Some("x")).unwrap_err(), "compression-level=\"x\" is not a number");
+        assert_eq!(Codec::parse("gzip", Some("10")).unwrap_err().to_string(), "compression-level=10: gzip takes 0 to 9");
+        assert_eq!(Codec::parse("zstd", Some("23")).unwrap_err().to_string(), "compression-level=23: zstd takes 0 to 22");
+        assert!(Codec::parse("estargz", None).unwrap_err().to_string().contains("estargz is not supported"));
+        assert_eq!(Codec::parse("lz4", None).unwrap_err().to_string(), "compression=\"lz4\": use gzip, zstd or uncompressed");
+        assert_eq!(Codec::parse("gzip", Some("x")).unwrap_err().to_string(), "compression-level=\"x\" is not a number");
     }
 
     #[test]

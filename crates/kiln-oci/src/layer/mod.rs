@@ -30,7 +30,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
 
 pub use apply::{apply_layer, ApplyOptions, ApplyReport};
-pub use codec::{compress_image, compress_layer, compress_layers, Codec};
+pub use codec::{compress_image, compress_layer, compress_layers, Codec, CodecError};
 pub use gzip::{gzip_image, gzip_layer, gzip_layers, is_plain_layer};
 pub use write::{
     write_layer_from_dir, write_layer_from_entries, write_layer_from_overlay_upper, write_layer_from_tar, write_layer_to_store,
