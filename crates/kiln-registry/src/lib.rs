@@ -14,7 +14,8 @@
 //! ([`copy_image`]) that moves an image between any [`ImageSource`] and [`ImageDest`]: registry
 //! repositories, the local store, OCI layouts. A pull ([`pull_image`], [`pull_to_store`]) keeps an
 //! index verbatim and fetches only the platforms asked for; [`Tagging`] says when the store's tag
-//! may move to what the registry names.
+//! may move to what the registry names. [`merge`] assembles multi-platform indexes from images
+//! already pushed (`kiln manifest merge`, buildx's `imagetools create`).
 //!
 //! Why blocking I/O (`ureq` 2 with rustls) and threads rather than async: a transfer is a handful of
 //! long streams (one per layer, at most `parallel` at once), which threads handle with no runtime,
@@ -28,6 +29,7 @@ pub mod credentials;
 pub mod error;
 pub mod local;
 pub mod manifest;
+pub mod merge;
 pub mod pull;
 pub mod transfer;
 

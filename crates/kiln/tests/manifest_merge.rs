@@ -94,8 +94,17 @@ fn entries(index: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The tools these tests check kiln with. Missing ones fail the test (never skip it), saying how
+/// to get them.
 fn ready() -> bool {
-    kiln_testkit::require_tool("skopeo") && kiln_testkit::require_tool("sha256sum")
+    for (tool, package) in [("skopeo", "skopeo"), ("sha256sum", "coreutils"), ("docker-registry", "docker-registry")] {
+        assert!(which(tool), "`{tool}` is not installed: run scripts/deps as root (or apt-get install {package}); these tests never skip");
+    }
+    true
+}
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
 #[test]
@@ -255,9 +264,15 @@ fn bad_sources_are_clear_errors() {
     assert!(err.contains("404"), "names the HTTP status: {err}");
     assert!(skopeo_raw(&format!("docker://{tag}")).is_none(), "nothing is pushed when a source is missing");
 
-    // A tag instead of a digest is refused before anything is fetched.
-    let err = k.fails(&["manifest", "merge", "-t", &tag, &format!("{h}/app:amd64")]);
-    assert!(err.contains("not pinned by digest"), "{err}");
+    // A tag that does not exist: the tag and the HTTP status are named, and nothing is pushed.
+    let err = k.fails(&["manifest", "merge", "-t", &tag, &format!("{h}/app@{amd}"), &format!("{h}/app:nosuchtag")]);
+    assert!(err.contains(&format!("source {h}/app:nosuchtag")), "names the source: {err}");
+    assert!(err.contains("404"), "names the HTTP status: {err}");
+    assert!(skopeo_raw(&format!("docker://{tag}")).is_none(), "nothing is pushed when a tag is missing");
+
+    // A bare digest when the command names two repositories: which one is meant is not known.
+    let err = k.fails(&["manifest", "merge", "-t", &tag, "-t", &format!("{h}/other:1"), &amd]);
+    assert!(err.contains("names several repositories") && err.contains(&amd), "{err}");
 
     // Two different images for one platform make an ambiguous index.
     let tar2 = work.path().join("other.tar");
@@ -273,6 +288,7 @@ fn bad_sources_are_clear_errors() {
     // Nothing to name the index by is a usage error (exit 2, from the argument parser).
     let o = k.run(&["manifest", "merge", &amd]);
     assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--tag"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 // ---- fan-out against one multi-platform build (needs root, qemu-user-static and arm64 busybox) ----
@@ -284,18 +300,17 @@ fn repo_root() -> PathBuf {
 }
 
 fn can_build_arm64() -> bool {
-    if !kiln_testkit::require_root() || !ready() || !kiln_testkit::require_tool("qemu-aarch64-static") {
-        return false;
-    }
-    let have = Path::new(ARM_BUSYBOX).exists() && Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
-    if !have {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run scripts/deps: arm64 busybox or the qemu-aarch64 binfmt handler is missing"
-        );
-        eprintln!("skipping: run scripts/deps first (arm64 busybox at {ARM_BUSYBOX} and the qemu-aarch64 binfmt handler)");
-    }
-    have
+    ready();
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2).map(str::to_string)));
+    assert_eq!(uid.as_deref(), Some("0"), "this test builds in kiln's sandbox, which needs root (CI runs as root)");
+    assert!(which("qemu-aarch64-static"), "qemu-aarch64-static is missing: run scripts/deps as root (apt-get install qemu-user-static)");
+    assert!(
+        Path::new(ARM_BUSYBOX).exists() && Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists(),
+        "arm64 busybox at {ARM_BUSYBOX} or the qemu-aarch64 binfmt handler is missing: run scripts/deps as root"
+    );
+    true
 }
 
 /// A runner with both busybox bases imported and the `uname -m` Dockerfile in `ctx`.
@@ -366,4 +381,222 @@ fn fan_out_then_merge_gives_the_single_multi_platform_build_index() {
     let fresh = Kiln::new();
     fresh.ok(&["pull", "--platform", "linux/arm64", &merged_tag]);
     assert_eq!(fresh.ok(&["run", "--platform", "linux/arm64", &merged_tag, "--", "cat", "/arch"]).0.trim(), "aarch64");
+}
+
+// ---- the imagetools create surface: tags as sources, --append, --annotation, -f, inspect ----
+
+/// (platform, annotations) of each entry, in index order.
+fn entry_annotations(index: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                format!("{}/{}", m["platform"]["os"].as_str().unwrap(), m["platform"]["architecture"].as_str().unwrap()),
+                m["annotations"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_tag_source_is_resolved_once_and_every_tag_gets_the_same_index() {
+    ready();
+    let reg = Registry::start_plain().unwrap();
+    let h = reg.host();
+    let k = Kiln::new();
+    let work = tempfile::tempdir().unwrap();
+    let amd = k.push_platform_image(work.path(), "linux/amd64", &format!("{h}/stage:amd64"));
+    let arm = k.push_platform_image(work.path(), "linux/arm64", &format!("{h}/stage:arm64"));
+    let (a, b) = (format!("{h}/app:A"), format!("{h}/app:B"));
+    // One source by tag, one by digest, as `-t A -t B SRC-TAG SRC@DIGEST`.
+    let (out, err) = k.ok(&["manifest", "merge", "-t", &a, "-t", &b, &format!("{h}/stage:amd64"), &format!("{h}/stage@{arm}")]);
+    assert!(err.contains(&format!("resolved {h}/stage:amd64 to {amd}")), "the tag's digest is printed:\n{err}");
+    assert!(!err.contains(&format!("resolved {h}/stage@")), "a digest source needs no resolving:\n{err}");
+    let digest = out.trim().to_string();
+    let (ia, da) = skopeo_raw(&format!("docker://{a}")).expect("tag A");
+    let (ib, db) = skopeo_raw(&format!("docker://{b}")).expect("tag B");
+    assert_eq!((da.as_str(), db.as_str()), (digest.as_str(), digest.as_str()), "both tags name the one index");
+    assert_eq!(ia, ib);
+    assert_eq!(entries(&ia), vec![("linux/amd64".to_string(), amd.clone()), ("linux/arm64".to_string(), arm.clone())]);
+
+    // inspect --raw is the registry's bytes exactly; the summary names the index and each platform.
+    let o = k.run(&["manifest", "inspect", "--raw", &a]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(sha256sum(&o.stdout), digest, "--raw prints the bytes the digest is computed over");
+    let (summary, _) = k.ok(&["manifest", "inspect", &a]);
+    let lines: Vec<&str> = summary.lines().collect();
+    assert_eq!(lines[0], format!("Name:      {a}"), "{summary}");
+    assert_eq!(lines[1], "MediaType: application/vnd.oci.image.index.v1+json", "{summary}");
+    assert_eq!(lines[2], format!("Digest:    {digest}"), "{summary}");
+    assert!(
+        summary.contains(&format!(
+            "\nManifests:\n  Name:      {a}@{amd}\n  MediaType: application/vnd.oci.image.manifest.v1+json\n  Platform:  linux/amd64\n"
+        )),
+        "{summary}"
+    );
+    assert!(summary.contains(&format!("  Name:      {a}@{arm}\n")) && summary.contains("  Platform:  linux/arm64\n"), "{summary}");
+    // A single image: no Manifests section.
+    let (one, _) = k.ok(&["manifest", "inspect", &format!("{h}/stage@{arm}")]);
+    assert_eq!(one, format!("Name:      {h}/stage@{arm}\nMediaType: application/vnd.oci.image.manifest.v1+json\nDigest:    {arm}\n"));
+    // A lone index source with nothing to change is pushed as it is (same bytes, same digest).
+    let (copy, _) = k.ok(&["manifest", "merge", "-t", &format!("{h}/mirror:1"), &a]);
+    assert_eq!(copy.trim(), digest);
+    assert_eq!(skopeo_raw(&format!("docker://{h}/mirror:1")).unwrap().1, digest);
+    // --platform keeps only the images asked for.
+    let (dry, _) = k.ok(&["manifest", "merge", "--dry-run", "--platform", "linux/arm64", &a]);
+    let filtered: serde_json::Value = serde_json::from_str(dry.trim()).unwrap();
+    assert_eq!(entries(&filtered), vec![("linux/arm64".to_string(), arm.clone())]);
+    let err = k.fails(&["manifest", "merge", "--dry-run", "--platform", "linux/s390x", &a]);
+    assert!(err.contains("--platform linux/s390x") && err.contains("linux/amd64, linux/arm64"), "{err}");
+}
+
+#[test]
+fn append_adds_to_the_index_at_the_first_tag_and_keeps_its_entries() {
+    ready();
+    let reg = Registry::start_plain().unwrap();
+    let h = reg.host();
+    let k = Kiln::new();
+    let work = tempfile::tempdir().unwrap();
+    let amd = k.push_platform_image(work.path(), "linux/amd64", &format!("{h}/app:amd64"));
+    let arm = k.push_platform_image(work.path(), "linux/arm64", &format!("{h}/app:arm64"));
+    let s390 = k.push_platform_image(work.path(), "linux/s390x", &format!("{h}/app:s390x"));
+    let tag = format!("{h}/app:1");
+    k.ok(&["manifest", "merge", "-t", &tag, "--annotation", "manifest-descriptor:org.example.first=yes", &amd, &arm]);
+    let (before, _) = skopeo_raw(&format!("docker://{tag}")).unwrap();
+    assert_eq!(entries(&before).len(), 2);
+
+    let (out, err) = k.ok(&["manifest", "merge", "--append", "-t", &tag, "-t", &format!("{h}/app:2"), &s390]);
+    assert!(err.contains(&format!("resolved {tag} to ")), "the existing index is read once, by tag:\n{err}");
+    let (after, digest) = skopeo_raw(&format!("docker://{tag}")).unwrap();
+    assert_eq!(out.trim(), digest);
+    assert_eq!(
+        entries(&after),
+        vec![("linux/amd64".to_string(), amd.clone()), ("linux/arm64".to_string(), arm.clone()), ("linux/s390x".to_string(), s390.clone())],
+        "the old entries stay and the new one is added"
+    );
+    // The old entries keep their descriptors as they were, annotations included.
+    let anns = entry_annotations(&after);
+    assert_eq!(anns[0].1["org.example.first"], "yes");
+    assert_eq!(anns[1].1["org.example.first"], "yes");
+    assert!(anns[2].1.is_null(), "the new entry has no annotations: {:?}", anns[2]);
+    assert_eq!(skopeo_raw(&format!("docker://{h}/app:2")).unwrap().1, digest, "every -t gets the appended index");
+
+    // --append to a tag that does not exist says so, naming it.
+    let err = k.fails(&["manifest", "merge", "--append", "-t", &format!("{h}/app:none"), &s390]);
+    assert!(err.contains(&format!("--append: the first -t {h}/app:none does not exist yet")), "{err}");
+}
+
+#[test]
+fn annotations_land_where_buildx_puts_them_and_unsupported_types_are_refused() {
+    ready();
+    let reg = Registry::start_plain().unwrap();
+    let h = reg.host();
+    let k = Kiln::new();
+    let work = tempfile::tempdir().unwrap();
+    let amd = k.push_platform_image(work.path(), "linux/amd64", &format!("{h}/app:amd64"));
+    let arm = k.push_platform_image(work.path(), "linux/arm64", &format!("{h}/app:arm64"));
+    let tag = format!("{h}/app:1");
+    let (out, _) = k.ok(&[
+        "manifest",
+        "merge",
+        "-t",
+        &tag,
+        "--annotation",
+        "index:org.opencontainers.image.description=two platforms, one index",
+        "--annotation",
+        "manifest-descriptor:org.example.all=1",
+        "--annotation",
+        "manifest-descriptor[linux/arm64]:org.example.arm=yes",
+        "--annotation",
+        "index,manifest-descriptor:org.example.both=b",
+        &amd,
+        &arm,
+    ]);
+    let (index, digest) = skopeo_raw(&format!("docker://{tag}")).unwrap();
+    assert_eq!(out.trim(), digest);
+    assert_eq!(index["annotations"]["org.opencontainers.image.description"], "two platforms, one index");
+    assert_eq!(index["annotations"]["org.example.both"], "b");
+    assert!(index["annotations"].get("org.example.all").is_none(), "manifest-descriptor: is not an index annotation: {index}");
+    let anns = entry_annotations(&index);
+    assert_eq!(anns[0].0, "linux/amd64");
+    assert_eq!(anns[0].1, serde_json::json!({"org.example.all": "1", "org.example.both": "b"}));
+    assert_eq!(anns[1].1, serde_json::json!({"org.example.all": "1", "org.example.arm": "yes", "org.example.both": "b"}));
+    // inspect shows each entry's annotations.
+    let (summary, _) = k.ok(&["manifest", "inspect", &tag]);
+    assert!(summary.contains("  Annotations:\n    org.example.all:  1\n    org.example.arm:  yes\n    org.example.both: b\n"), "{summary}");
+
+    // What imagetools create refuses, kiln refuses, naming it; nothing is pushed.
+    let other = format!("{h}/app:2");
+    for (ann, says) in [
+        ("layer:k=v", "unknown annotation type \"layer\""),
+        ("manifest:k=v", "\"manifest\" annotations are not supported"),
+        ("index-descriptor:k=v", "\"index-descriptor\" annotations are invalid while creating an image"),
+        ("k=v", "an annotation without a type is not supported"),
+        ("index:k", "no `=`"),
+    ] {
+        let err = k.fails(&["manifest", "merge", "-t", &other, "--annotation", ann, &amd, &arm]);
+        assert!(err.contains(&format!("--annotation {ann}: ")) && err.contains(says), "{ann}: {err}");
+    }
+    assert!(skopeo_raw(&format!("docker://{other}")).is_none(), "a refused annotation pushes nothing");
+}
+
+#[test]
+fn dry_run_pushes_nothing_and_sources_can_come_from_descriptor_files() {
+    ready();
+    let reg = Registry::start_plain().unwrap();
+    let h = reg.host();
+    let k = Kiln::new();
+    let work = tempfile::tempdir().unwrap();
+    let amd = k.push_platform_image(work.path(), "linux/amd64", &format!("{h}/app:amd64"));
+    let arm = k.push_platform_image(work.path(), "linux/arm64", &format!("{h}/app:arm64"));
+    let tag = format!("{h}/app:1");
+    let (dry, err) = k.ok(&["manifest", "merge", "--dry-run", "-t", &tag, &format!("{h}/app:amd64"), &arm]);
+    assert!(err.contains(&format!("resolved {h}/app:amd64 to {amd}")), "{err}");
+    let printed: serde_json::Value = serde_json::from_str(dry.trim()).expect("--dry-run prints the index JSON");
+    assert_eq!(entries(&printed), vec![("linux/amd64".to_string(), amd.clone()), ("linux/arm64".to_string(), arm.clone())]);
+    assert!(skopeo_raw(&format!("docker://{tag}")).is_none(), "--dry-run must not push");
+    // The index pushed later is the one the dry run printed.
+    let (out, _) = k.ok(&["manifest", "merge", "-t", &tag, &amd, &arm]);
+    assert_eq!(sha256sum(dry.trim_end().as_bytes()), out.trim());
+
+    // -f: a descriptor per file, as buildx reads them (a digest is enough; a platform given wins).
+    let f1 = work.path().join("amd.json");
+    std::fs::write(&f1, format!("{{\"digest\": \"{amd}\"}}\n")).unwrap();
+    let f2 = work.path().join("arm.json");
+    std::fs::write(&f2, format!("{{\"mediaType\": \"application/vnd.oci.image.manifest.v1+json\", \"digest\": \"{arm}\", \"platform\": {{\"os\": \"linux\", \"architecture\": \"arm64\", \"variant\": \"v8\"}}, \"annotations\": {{\"org.example.from\": \"file\"}}}}")).unwrap();
+    let (dry2, _) =
+        k.ok(&["manifest", "merge", "--dry-run", "-t", &format!("{h}/app:f"), "-f", f1.to_str().unwrap(), "-f", f2.to_str().unwrap()]);
+    let idx: serde_json::Value = serde_json::from_str(dry2.trim()).unwrap();
+    assert_eq!(idx["manifests"][0]["digest"], amd.as_str());
+    assert_eq!(idx["manifests"][1]["digest"], arm.as_str());
+    assert_eq!(idx["manifests"][1]["platform"]["variant"], "v8", "the descriptor's platform is kept");
+    assert_eq!(idx["manifests"][1]["annotations"]["org.example.from"], "file");
+    // A file that is not there, and one that holds no descriptor, are named.
+    let err = k.fails(&["manifest", "merge", "--dry-run", "-t", &tag, "-f", "/nonexistent/desc.json"]);
+    assert!(err.contains("-f /nonexistent/desc.json"), "{err}");
+    let bad = work.path().join("bad.json");
+    std::fs::write(&bad, "{\"size\": 3}").unwrap();
+    let err = k.fails(&["manifest", "merge", "--dry-run", "-t", &tag, "-f", bad.to_str().unwrap()]);
+    assert!(err.contains("not a digest, an image reference or a descriptor") && err.contains("digest"), "{err}");
+}
+
+#[test]
+fn buildx_flags_kiln_does_not_have_are_refused_by_name() {
+    ready();
+    let k = Kiln::new();
+    let d = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    for (args, says) in [
+        (vec!["manifest", "merge", "--prefer-index=false", "-t", "127.0.0.1:1/a:1", d], "--prefer-index=false is not supported"),
+        (vec!["manifest", "merge", "--progress=rawjson", "-t", "127.0.0.1:1/a:1", d], "--progress=rawjson is not supported"),
+        (vec!["manifest", "merge", "--builder", "b", "-t", "127.0.0.1:1/a:1", d], "--builder is a docker buildx flag"),
+        (
+            vec!["manifest", "inspect", "--format", "{{json .Manifest}}", "127.0.0.1:1/a:1"],
+            "--format is a docker buildx imagetools inspect flag",
+        ),
+    ] {
+        let err = k.fails(&args);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }
