@@ -130,7 +130,7 @@ impl Exporter for ImageExport {
         }
         if o.push {
             let client = ctx.registry.ok_or(OutputError::NoRegistryClient)?;
-            let art = result.local.in_form(ctx.store, &o.form, single.as_ref(), false)?;
+            let art = result.local.in_form(ctx.store, &o.form, single.as_ref(), false, &result.images)?;
             let sources = result.layer_sources();
             done.names.clear();
             for t in &o.names {
@@ -170,7 +170,7 @@ impl Exporter for LayoutExport {
     }
 
     fn export(&self, result: &BuildResult, ctx: &ExportContext<'_>) -> Result<ExportDone, BuildError> {
-        let art = result.local.in_form(ctx.store, &self.out.form, result.single_platform().as_ref(), true)?;
+        let art = result.local.in_form(ctx.store, &self.out.form, result.single_platform().as_ref(), true, &result.images)?;
         let names = &self.out.names;
         match &self.out.dest {
             Some(dest) => output::write_layout(ctx.store, &art, self.format, dest, self.out.tar, names)?,

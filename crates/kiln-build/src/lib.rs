@@ -183,6 +183,9 @@ pub struct Built {
     pub explanations: Vec<(String, String)>,
     /// Where layers the store lacks can be mounted from (imported registry caches).
     pub layer_sources: kiln_cache::LayerSources,
+    /// The records a `--cache-to type=inline` keeps, for the image exporters to write into the
+    /// image config (`output::Artifact::in_form`).
+    pub inline_cache: Option<Vec<kiln_cache::Record>>,
 }
 
 /// Runs a build. The image lands in the local store; [`output`] exports or tags it.
@@ -265,7 +268,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     built.explanations = explanations;
     built.layer_sources = sources.clone();
     if opts.policy.policy.allows_export() {
-        built.cache_exports = export_caches(opts, &store, &used, std::slice::from_ref(&final_key), &sources, progress)?;
+        (built.cache_exports, built.inline_cache) =
+            export_caches(opts, &store, &used, std::slice::from_ref(&final_key), &sources, progress)?;
     } else if !opts.cache_to.is_empty() {
         progress.warn(&format!("--cache-to skipped: {}", opts.policy));
     }
@@ -339,7 +343,7 @@ fn cancelled(opts: &BuildOptions, store: &Store, mut solver: solve::Solver<'_>, 
     if !opts.cache_to.is_empty() && !used.is_empty() {
         if opts.policy.policy.allows_export() {
             match export_caches(opts, store, &used, &reached, &sources, progress) {
-                Ok(reports) => kept.extend(reports.iter().map(ExportReport::to_string)),
+                Ok((reports, _)) => kept.extend(reports.iter().map(ExportReport::to_string)),
                 Err(e) => kept.push(format!("cache export failed: {e}")),
             }
         } else {
@@ -383,8 +387,9 @@ fn export_caches(
     results: &[Digest],
     sources: &kiln_cache::LayerSources,
     progress: &dyn Progress,
-) -> Result<Vec<ExportReport>, BuildError> {
+) -> Result<(Vec<ExportReport>, Option<Vec<kiln_cache::Record>>), BuildError> {
     let mut out = Vec::new();
+    let mut inline = None;
     for to in &opts.cache_to {
         let opened = to.open(opts.registry.as_deref());
         if let Some(w) = opened.warning() {
@@ -401,8 +406,9 @@ fn export_caches(
             }
             Err(e) => return Err(BuildError::CacheExport { sink: sink.describe(), source: Box::new(e) }),
         }
+        inline = sink.inline_records().or(inline);
     }
-    Ok(out)
+    Ok((out, inline))
 }
 
 /// Runs ONBUILD triggers the Docker way: the triggers of a stage's base (an earlier stage's ONBUILD
@@ -533,6 +539,7 @@ fn assemble(store: &Store, state: ImageState, steps: Vec<StepReport>, opts: &Bui
         layers: state.layers,
         steps,
         cache_exports: Vec::new(),
+        inline_cache: None,
         explanations: Vec::new(),
         layer_sources: kiln_cache::LayerSources::new(),
     })

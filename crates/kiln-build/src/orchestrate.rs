@@ -169,16 +169,20 @@ fn metadata(req: &BuildRequest, result: &BuildResult, art: &Artifact, exports: &
         digest: art.root.digest.to_string(),
         descriptor: art.root.clone(),
         store_digest: result.local.root.digest.to_string(),
-        config_digest: if built.len() == 1 { Some(built[0].config_digest.to_string()) } else { None },
+        // The config as written (an inline cache makes a config of its own).
+        config_digest: match art.images.as_slice() {
+            [(config, _)] if built.len() == 1 => Some(config.to_string()),
+            _ => None,
+        },
         image_name: names.join(","),
         platforms: req.platforms.iter().map(|p| p.to_string()).collect(),
         images: built
             .iter()
-            .zip(&art.manifests)
-            .map(|(b, m)| ImageMetadata {
+            .zip(art.manifests.iter().zip(&art.images))
+            .map(|(b, (m, (config, _)))| ImageMetadata {
                 platform: b.config.platform().to_string(),
                 digest: m.digest.to_string(),
-                config_digest: b.config_digest.to_string(),
+                config_digest: config.to_string(),
             })
             .collect(),
         // The last push wins, as the last tag pushed names the digest the registry stored.

@@ -100,6 +100,12 @@ pub trait CacheSink: Send + Sync + fmt::Debug {
     /// when it must fail the build (`ignore-error=false`).
     fn export(&self, records: &[Record], store: &Store, sources: &LayerSources) -> Result<ExportReport, CacheError>;
 
+    /// For a sink that rides in the image (`type=inline`): the records [`CacheSink::export`] was
+    /// given, for the image exporter to write into the image config ([`crate::inline`]).
+    fn inline_records(&self) -> Option<Vec<Record>> {
+        None
+    }
+
     /// The destination in words (a reference, a directory), for messages.
     fn describe(&self) -> String;
 }

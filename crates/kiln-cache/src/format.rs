@@ -151,6 +151,31 @@ pub fn encode(entries: &[Entry]) -> Encoded {
     Encoded { config, config_descriptor, layers, manifest }
 }
 
+/// `entries` as a cache config whose layer indexes point into `layers` (an image's own, for an
+/// inline cache: see [`crate::inline`]). Every entry's layer must be among `layers`.
+pub fn encode_against(entries: &[Entry], layers: &[Descriptor]) -> serde_json::Value {
+    let mut records: Vec<WireRecord> = entries
+        .iter()
+        .map(|e| WireRecord {
+            key: e.record.key.clone(),
+            parent: e.record.parent.clone(),
+            instruction: e.record.instruction.clone(),
+            inputs: e.record.inputs.clone(),
+            platform: e.platform.clone(),
+            layer: e.record.layer.as_ref().map(|l| WireLayer {
+                index: layers.iter().position(|d| d.digest == l.descriptor.digest).unwrap_or(usize::MAX),
+                digest: l.descriptor.digest.clone(),
+                diff_id: l.diff_id.clone(),
+            }),
+            created: e.record.created,
+            last_used: e.last_used,
+        })
+        .collect();
+    records.sort_by(|a, b| a.key.cmp(&b.key));
+    records.dedup_by(|a, b| a.key == b.key);
+    serde_json::to_value(WireConfig { schema_version: FORMAT_VERSION, records }).unwrap_or_default()
+}
+
 /// The OCI media type for a layer blob: Docker schema2 layer types (from base images pulled off
 /// Docker Hub) name the same bytes, but an OCI manifest that lists them is rejected by strict
 /// registries, so the cache manifest always says the OCI name.
@@ -179,6 +204,12 @@ pub fn decode(manifest: &ImageManifest, config: &[u8]) -> Result<(Vec<Entry>, us
     if manifest.config.media_type != CACHE_CONFIG_MEDIA_TYPE {
         return Err(FormatError::NotACache(manifest.config.media_type.clone()));
     }
+    decode_wire(manifest, config)
+}
+
+/// [`decode`] of a cache config found anywhere (a cache ref's config blob, or the inline cache in
+/// an image config), against `manifest`'s layers.
+pub fn decode_wire(manifest: &ImageManifest, config: &[u8]) -> Result<(Vec<Entry>, usize), FormatError> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Probe {

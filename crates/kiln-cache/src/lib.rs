@@ -36,6 +36,8 @@
 //!   others), a [`CacheSink`] exports and reports ([`ExportReport`]), and opening either gives one
 //!   [`Opened`] outcome. A build iterates over them and never asks which kind it holds.
 //! * `type=local` directories ([`dir`]) hold the same manifest, config and layers in an OCI layout.
+//! * `type=inline` ([`mod@inline`]) writes the image's own records into its config; the registry
+//!   source reads them back from any image that carries them.
 //! * The key encoding and the names of a step's inputs have one owner, [`mod@inputs`]: a build
 //!   names every input with an [`Input`] and hashes them with [`StepInputs::key`] (netstrings under a
 //!   version line, [`KEY_VERSION`]); records keep them as `name → value` strings.
@@ -72,6 +74,7 @@ pub mod backend;
 pub mod dir;
 pub mod explain;
 pub mod format;
+pub mod inline;
 pub mod inputs;
 mod local;
 pub mod merge;
@@ -83,6 +86,7 @@ pub use backend::{Backend, CacheSink, CacheSource, ExportReport, ExportTarget, E
 pub use dir::{export_dir, DirBackend, DirCache, DirExport, DirImport, DirSink, DIR_TAG};
 pub use explain::{explain_miss, Change, Explanation};
 pub use format::{select, Entry, FormatError, CACHE_CONFIG_MEDIA_TYPE};
+pub use inline::{InlineBackend, InlineExport, INLINE_CONFIG_KEY};
 pub use inputs::{Input, StepInputs, KEY_VERSION};
 pub use local::{CacheError, LayerRecord, LocalCache, LocalSource, Record};
 pub use merge::{merge, Merged, PruneRules};

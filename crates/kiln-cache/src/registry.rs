@@ -265,12 +265,12 @@ fn read_current(client: &Client, reference: &Reference) -> Result<Option<Current
     };
     let manifest = Manifest::parse(&fetched.bytes, Some(&fetched.media_type))
         .map_err(|e| RegistryCacheError::BadManifest { reference: shown.clone(), message: e.to_string() })?;
-    let image = check_manifest(&manifest).map_err(|source| RegistryCacheError::Format { reference: shown.clone(), source })?;
-    if image.config.size > MAX_CONFIG {
-        return Err(RegistryCacheError::ConfigTooLarge { reference: shown, size: image.config.size });
-    }
-    let mut config = Vec::with_capacity(image.config.size as usize);
-    client.fetch_blob(&repo, &image.config.digest, Some(image.config.size), &mut config)?;
+    let image = match check_manifest(&manifest) {
+        Ok(image) => image,
+        // An image (or an index of images) may carry an inline cache in its config.
+        Err(not_a_cache) => return read_inline(client, &repo, &shown, fetched.digest, &manifest, not_a_cache),
+    };
+    let config = fetch_config(client, &repo, &shown, image)?;
     let (entries, dropped) = match decode(image, &config) {
         Ok(v) => v,
         Err(source) => return Err(RegistryCacheError::Format { reference: shown, source }),
@@ -279,6 +279,58 @@ fn read_current(client: &Client, reference: &Reference) -> Result<Option<Current
         tracing::warn!(reference = %shown, dropped, "cache records that contradict their manifest were ignored");
     }
     Ok(Some(Current { digest: fetched.digest, entries, layers: image.layers.iter().map(|d| d.digest.clone()).collect(), dropped }))
+}
+
+fn fetch_config(client: &Client, repo: &Repo, shown: &str, image: &kiln_oci::ImageManifest) -> Result<Vec<u8>, RegistryCacheError> {
+    if image.config.size > MAX_CONFIG {
+        return Err(RegistryCacheError::ConfigTooLarge { reference: shown.to_string(), size: image.config.size });
+    }
+    let mut config = Vec::with_capacity(image.config.size as usize);
+    client.fetch_blob(repo, &image.config.digest, Some(image.config.size), &mut config)?;
+    Ok(config)
+}
+
+/// The inline caches ([`crate::inline`]) of an image, or of every image of an index (each
+/// platform's records are its own); `not_a_cache` is the error when none of them carries one.
+fn read_inline(
+    client: &Client,
+    repo: &Repo,
+    shown: &str,
+    digest: Digest,
+    manifest: &Manifest,
+    not_a_cache: FormatError,
+) -> Result<Option<Current>, RegistryCacheError> {
+    let images: Vec<kiln_oci::ImageManifest> = match manifest {
+        Manifest::Image(m) => vec![m.clone()],
+        Manifest::Index(ix) => {
+            let mut v = Vec::new();
+            for child in ix.manifests.iter().filter(|d| kiln_oci::media::is_image_manifest(&d.media_type)) {
+                let f = client.get_manifest(repo, &child.digest.to_string())?;
+                if let Ok(Manifest::Image(m)) = Manifest::parse(&f.bytes, Some(&f.media_type)) {
+                    v.push(m);
+                }
+            }
+            v
+        }
+    };
+    let (mut entries, mut layers, mut dropped, mut any) = (Vec::new(), HashSet::new(), 0, false);
+    for image in &images {
+        let config = fetch_config(client, repo, shown, image)?;
+        match crate::inline::decode_image_config(image, &config) {
+            Ok(Some((e, d))) => {
+                any = true;
+                entries.extend(e);
+                dropped += d;
+                layers.extend(image.layers.iter().map(|l| l.digest.clone()));
+            }
+            Ok(None) => {}
+            Err(source) => return Err(RegistryCacheError::Format { reference: shown.to_string(), source }),
+        }
+    }
+    if !any {
+        return Err(RegistryCacheError::Format { reference: shown.to_string(), source: not_a_cache });
+    }
+    Ok(Some(Current { digest, entries, layers, dropped }))
 }
 
 /// A cache ref opened for import: its records in memory, its layers still in the registry.
@@ -466,6 +518,28 @@ pub struct ExportSummary {
     pub layer_bytes: u64,
     /// Read-merge-write cycles it took (1 without contention).
     pub attempts: u32,
+}
+
+impl ExportSummary {
+    /// What a `type=inline` export reports: the records handed to the image (`reference` is
+    /// `inline`; nothing is uploaded by the cache itself).
+    pub fn inline(records: usize) -> ExportSummary {
+        ExportSummary {
+            reference: "inline".to_string(),
+            digest: None,
+            exported: records,
+            unavailable: 0,
+            records,
+            pruned_ttl: 0,
+            pruned_size: 0,
+            layers_uploaded: 0,
+            layers_mounted: 0,
+            layers_present: 0,
+            bytes_uploaded: 0,
+            layer_bytes: 0,
+            attempts: 1,
+        }
+    }
 }
 
 /// The result of a `--cache-to type=registry` export.

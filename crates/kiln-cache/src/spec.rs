@@ -17,7 +17,7 @@ use crate::backend::{Backend, CacheSink, CacheSource, Opened, SinkSpec, SourceSp
 
 /// Every cache backend `--cache-from`/`--cache-to` accept, by the `type=` each answers to. A new
 /// backend is its module and one line here.
-pub const BACKENDS: &[&dyn Backend] = &[&crate::registry::RegistryBackend, &crate::dir::DirBackend];
+pub const BACKENDS: &[&dyn Backend] = &[&crate::registry::RegistryBackend, &crate::dir::DirBackend, &crate::inline::InlineBackend];
 
 /// A value without `=` is buildx's shorthand for a registry cache source: `type=registry,ref=VALUE`.
 const BARE_REFERENCE_TYPE: &str = "registry";
@@ -388,10 +388,13 @@ mod tests {
         let from = |v: &str| CacheFrom::parse(v).unwrap_err().to_string();
         let to = |v: &str| CacheTo::parse(v).unwrap_err().to_string();
         let cases = [
-            (from("type=gha,scope=x"), r#"--cache-from "type=gha,scope=x": type="gha" is not supported; use type=registry or type=local"#),
-            (to("type=s3"), r#"--cache-to "type=s3": type="s3" is not supported; use type=registry or type=local"#),
-            (from("ref=a/b:c"), r#"--cache-from "ref=a/b:c": no type= given; use type=registry,ref=REF or type=local,…"#),
-            (to("mode=max"), r#"--cache-to "mode=max": no type= given; use type=registry,ref=REF or type=local,…"#),
+            (
+                from("type=gha,scope=x"),
+                r#"--cache-from "type=gha,scope=x": type="gha" is not supported; use type=registry, type=local or type=inline"#,
+            ),
+            (to("type=s3"), r#"--cache-to "type=s3": type="s3" is not supported; use type=registry, type=local or type=inline"#),
+            (from("ref=a/b:c"), r#"--cache-from "ref=a/b:c": no type= given; use type=registry,ref=REF, type=local,… or type=inline"#),
+            (to("mode=max"), r#"--cache-to "mode=max": no type= given; use type=registry,ref=REF, type=local,… or type=inline"#),
             (from("type=registry"), r#"--cache-from "type=registry": type=registry needs ref=REF"#),
             (from("type=local,src="), r#"--cache-from "type=local,src=": type=local needs src=DIR"#),
             (to("type=local"), r#"--cache-to "type=local": type=local needs dest=DIR"#),

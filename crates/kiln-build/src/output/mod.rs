@@ -22,6 +22,7 @@
 
 pub mod annotate;
 pub mod csv;
+mod inline_cache;
 mod layout;
 mod rootfs;
 
@@ -585,10 +586,19 @@ impl Artifact {
     /// This (store-form) artifact in `form`: layers compressed with its codec (see
     /// `kiln_oci::layer::compress_image`; remembered per layer, so a second export costs nothing),
     /// then annotated. `layout` says whether the output is an OCI layout; `single` is the platform
-    /// of a one-image artifact. The store's tags keep pointing at the plain form.
-    pub fn in_form(&self, store: &Store, form: &Form, single: Option<&kiln_oci::Platform>, layout: bool) -> Result<Artifact, BuildError> {
+    /// of a one-image artifact; `builds` are its images' builds, in order, whose inline caches
+    /// (`--cache-to type=inline`) go into the configs. The store's tags keep pointing at the plain form.
+    pub fn in_form(
+        &self,
+        store: &Store,
+        form: &Form,
+        single: Option<&kiln_oci::Platform>,
+        layout: bool,
+        builds: &[Built],
+    ) -> Result<Artifact, BuildError> {
         let layer_err = |e: kiln_oci::layer::LayerError| BuildError::Layer { digest: self.root.digest.to_string(), source: e };
         let root = kiln_oci::layer::compress_image(store, &self.root, form.codec, form.force).map_err(layer_err)?;
+        let root = inline_cache::embed(store, &root, builds)?;
         self.annotated(store, root, form, single, layout)
     }
 

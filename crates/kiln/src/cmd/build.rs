@@ -55,11 +55,12 @@ pub struct Args {
     /// How to show progress.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: Mode,
-    /// Read cache from: type=registry,ref=REF or type=local,src=DIR (repeatable).
+    /// Read cache from: type=registry,ref=REF (a cache ref, or an image pushed with an inline cache) or
+    /// type=local,src=DIR (repeatable).
     #[arg(long = "cache-from")]
     pub cache_from: Vec<String>,
     /// Write cache to: type=registry,ref=REF[,mode=min|max][,ignore-error=true|false][,ttl=336h][,max-size=2GB]
-    /// or type=local,dest=DIR (repeatable).
+    /// or type=local,dest=DIR, or type=inline (the records in the image's config) (repeatable).
     #[arg(long = "cache-to")]
     pub cache_to: Vec<String>,
     /// Who may read and write --cache-from/--cache-to: auto (from the CI event), read-write, read-only, off.
