@@ -268,8 +268,86 @@ impl Attrs {
         Ok(Form { codec, force, annotations, rewrite_timestamp })
     }
 
+    /// `type=image` and `type=registry`.
+    fn image(mut self) -> Result<Output, OutputError> {
+        let names = self.names()?;
+        let push = self.take_bool("push")?;
+        let push_by_digest = self.take_bool("push-by-digest")?.unwrap_or(false);
+        let name_canonical = self.take_bool("name-canonical")?.unwrap_or(false);
+        let store = self.take_bool("store")?;
+        let insecure = self.take_bool("insecure")?.unwrap_or(false) | self.take_bool("registry.insecure")?.unwrap_or(false);
+        self.refuse_value("unpack", |v| {
+            (v != "false").then_some("kiln's store keeps images, not unpacked snapshots; `kiln run` unpacks when it runs one")
+        })?;
+        let form = self.form()?;
+        let mut accepted = vec!["name", "push", "push-by-digest", "name-canonical", "store", "insecure", "registry.insecure"];
+        accepted.extend(FORM_KEYS);
+        self.finish(&accepted)?;
+        let registry = self.ty == "registry";
+        Ok(Output::Image(ImageOutput {
+            names,
+            // type=registry is type=image,push=true (buildx), and needs nothing locally.
+            push: registry || push.unwrap_or(false),
+            push_by_digest,
+            name_canonical,
+            store: store.unwrap_or(!registry),
+            insecure,
+            form,
+        }))
+    }
+
+    /// `type=oci` and `type=docker`.
+    fn layout(mut self) -> Result<Output, OutputError> {
+        let dest = self.dest()?;
+        let tar = self.take_bool("tar")?.unwrap_or(true);
+        if self.ty == "docker" && !tar {
+            return Err(self.err(SpecProblem::Refused {
+                key: "tar".into(),
+                value: "false".into(),
+                why: "a docker archive is a tarball; use type=oci,tar=false for a directory",
+            }));
+        }
+        if !tar && dest == Some(Dest::Stdout) {
+            return Err(self.err(SpecProblem::Refused {
+                key: "tar".into(),
+                value: "false".into(),
+                why: "a directory cannot go to stdout (dest=-)",
+            }));
+        }
+        let names = self.names()?;
+        let form = self.form()?;
+        let mut accepted = vec!["dest", "tar", "name"];
+        accepted.extend(FORM_KEYS);
+        self.finish(&accepted)?;
+        let out = LayoutOutput { dest, tar, names, form };
+        if self.ty == "oci" {
+            if out.dest.is_none() {
+                return Err(self.err(SpecProblem::NeedsDest("oci")));
+            }
+            Ok(Output::Oci(out))
+        } else {
+            Ok(Output::Docker(out))
+        }
+    }
+
+    /// `type=local` and `type=tar`.
+    fn rootfs(mut self) -> Result<Output, OutputError> {
+        let dest = self.dest()?.ok_or_else(|| self.err(SpecProblem::NeedsDest(self.ty)))?;
+        if self.ty == "local" && dest == Dest::Stdout {
+            return Err(self.err(SpecProblem::Refused {
+                key: "dest".into(),
+                value: "-".into(),
+                why: "files cannot go to stdout; use type=tar,dest=- (or -o -) for a tar there",
+            }));
+        }
+        let platform_split = self.take_bool("platform-split")?;
+        self.finish(&["dest", "platform-split"])?;
+        let out = RootfsOutput { dest, platform_split };
+        Ok(if self.ty == "local" { Output::Local(out) } else { Output::Tar(out) })
+    }
+
     /// Refuses whatever attribute is left, naming it and what this type accepts.
-    fn finish(self, accepted: &[&'static str]) -> Result<(), OutputError> {
+    fn finish(&self, accepted: &[&'static str]) -> Result<(), OutputError> {
         match self.map.keys().next() {
             None => Ok(()),
             Some(k) => Err(self.err(SpecProblem::Unsupported { key: k.clone(), ty: self.ty.to_string(), accepted: accepted.to_vec() })),
@@ -309,80 +387,11 @@ impl Output {
             "tar" => "tar",
             _ => return Err(bad(SpecProblem::UnknownType(ty))),
         };
-        let mut a = Attrs { spec: spec.to_string(), ty, map };
+        let a = Attrs { spec: spec.to_string(), ty, map };
         match ty {
-            "image" | "registry" => {
-                let names = a.names()?;
-                let push = a.take_bool("push")?;
-                let push_by_digest = a.take_bool("push-by-digest")?.unwrap_or(false);
-                let name_canonical = a.take_bool("name-canonical")?.unwrap_or(false);
-                let store = a.take_bool("store")?;
-                let insecure = a.take_bool("insecure")?.unwrap_or(false) | a.take_bool("registry.insecure")?.unwrap_or(false);
-                a.refuse_value("unpack", |v| {
-                    (v != "false").then_some("kiln's store keeps images, not unpacked snapshots; `kiln run` unpacks when it runs one")
-                })?;
-                let form = a.form()?;
-                let mut accepted = vec!["name", "push", "push-by-digest", "name-canonical", "store", "insecure", "registry.insecure"];
-                accepted.extend(FORM_KEYS);
-                a.finish(&accepted)?;
-                let registry = ty == "registry";
-                Ok(Output::Image(ImageOutput {
-                    names,
-                    // type=registry is type=image,push=true (buildx), and needs nothing locally.
-                    push: registry || push.unwrap_or(false),
-                    push_by_digest,
-                    name_canonical,
-                    store: store.unwrap_or(!registry),
-                    insecure,
-                    form,
-                }))
-            }
-            "oci" | "docker" => {
-                let dest = a.dest()?;
-                let tar = a.take_bool("tar")?.unwrap_or(true);
-                if ty == "docker" && !tar {
-                    return Err(a.err(SpecProblem::Refused {
-                        key: "tar".into(),
-                        value: "false".into(),
-                        why: "a docker archive is a tarball; use type=oci,tar=false for a directory",
-                    }));
-                }
-                if !tar && dest == Some(Dest::Stdout) {
-                    return Err(a.err(SpecProblem::Refused {
-                        key: "tar".into(),
-                        value: "false".into(),
-                        why: "a directory cannot go to stdout (dest=-)",
-                    }));
-                }
-                let names = a.names()?;
-                let form = a.form()?;
-                let mut accepted = vec!["dest", "tar", "name"];
-                accepted.extend(FORM_KEYS);
-                a.finish(&accepted)?;
-                let out = LayoutOutput { dest, tar, names, form };
-                if ty == "oci" {
-                    if out.dest.is_none() {
-                        return Err(bad(SpecProblem::NeedsDest("oci")));
-                    }
-                    Ok(Output::Oci(out))
-                } else {
-                    Ok(Output::Docker(out))
-                }
-            }
-            _ => {
-                let dest = a.dest()?.ok_or_else(|| bad(SpecProblem::NeedsDest(ty)))?;
-                if ty == "local" && dest == Dest::Stdout {
-                    return Err(a.err(SpecProblem::Refused {
-                        key: "dest".into(),
-                        value: "-".into(),
-                        why: "files cannot go to stdout; use type=tar,dest=- (or -o -) for a tar there",
-                    }));
-                }
-                let platform_split = a.take_bool("platform-split")?;
-                a.finish(&["dest", "platform-split"])?;
-                let out = RootfsOutput { dest, platform_split };
-                Ok(if ty == "local" { Output::Local(out) } else { Output::Tar(out) })
-            }
+            "image" | "registry" => a.image(),
+            "oci" | "docker" => a.layout(),
+            _ => a.rootfs(),
         }
     }
 
