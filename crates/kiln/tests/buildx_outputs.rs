@@ -138,6 +138,16 @@ fn image_push_true_pushes_and_push_by_digest_reports_the_digest() {
         assert!(k.image_refs().iter().any(|r| r == n), "{n} is in the store: {:?}", k.image_refs());
     }
     assert_eq!(md["image.name"], format!("{a},{b}"));
+
+    // oci-mediatypes=false: Docker's schema 2, as registries and old engines know it.
+    let d = format!("{}/x/docker:1", reg.host());
+    build_ok(&k, &["--output", &format!("type=registry,name={d},oci-mediatypes=false")]);
+    let o = tool("skopeo", &["inspect", "--tls-verify=false", "--raw", &format!("docker://{d}")]);
+    assert_ok(&o, "skopeo inspect the schema 2 push");
+    let m: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(m["mediaType"], "application/vnd.docker.distribution.manifest.v2+json", "{m:#}");
+    assert_eq!(m["config"]["mediaType"], "application/vnd.docker.container.image.v1+json");
+    assert!(m["layers"].as_array().unwrap().iter().all(|l| l["mediaType"] == "application/vnd.docker.image.rootfs.diff.tar.gzip"), "{m:#}");
 }
 
 /// The blobs of an OCI layout directory, by media type, and its index.json.

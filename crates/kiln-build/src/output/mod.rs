@@ -24,6 +24,7 @@ pub mod annotate;
 pub mod csv;
 mod inline_cache;
 mod layout;
+pub mod mediatypes;
 mod rootfs;
 
 use std::collections::BTreeMap;
@@ -105,11 +106,14 @@ pub struct Form {
     pub annotations: Vec<Annotation>,
     /// `rewrite-timestamp=`, checked against `SOURCE_DATE_EPOCH` by [`Output::resolve`].
     pub rewrite_timestamp: Option<bool>,
+    /// `oci-mediatypes=`: OCI media types (the default, but for `type=docker`), or Docker's
+    /// schema 2 ([`mediatypes`]).
+    pub oci_mediatypes: bool,
 }
 
 impl Default for Form {
     fn default() -> Form {
-        Form { codec: Codec::DEFAULT, force: false, annotations: Vec::new(), rewrite_timestamp: None }
+        Form { codec: Codec::DEFAULT, force: false, annotations: Vec::new(), rewrite_timestamp: None, oci_mediatypes: true }
     }
 }
 
@@ -163,6 +167,12 @@ pub enum OutputError {
     Annotation(#[from] AnnotationError),
     #[error("--annotation: no output writes an image to annotate (type=local and type=tar write files)")]
     NothingToAnnotate,
+    #[error(
+        "annotations need OCI media types, and this output writes Docker's (type=docker does by default): add oci-mediatypes=true to it"
+    )]
+    AnnotationsNeedOci,
+    #[error("{0}")]
+    DockerMediaTypes(#[from] mediatypes::DockerTypesError),
     #[error("pushing needs a name: add -t REGISTRY/NAME[:TAG]")]
     PushWithoutName,
     #[error("pushing needs a registry client (a bug in the caller of kiln-build)")]
@@ -250,11 +260,16 @@ impl Attrs {
             _ => Codec::parse(name.as_deref().unwrap_or("gzip"), level.as_deref()).map_err(|e| self.err(e.into()))?,
         };
         let force = self.take_bool("force-compression")?.unwrap_or(false);
-        // kiln writes OCI media types; docker's (BuildKit's default for type=docker) are not made.
-        self.refuse_value("oci-mediatypes", |v| {
-            (!matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True"))
-                .then_some("kiln writes OCI media types only (docker load, registries and every OCI tool accept them)")
-        })?;
+        // BuildKit's default: OCI media types, but Docker's for type=docker (what `docker load` of
+        // older engines needs).
+        let oci_mediatypes = self.take_bool("oci-mediatypes")?.unwrap_or(self.ty != "docker");
+        if !oci_mediatypes && codec.compression() == kiln_oci::Compression::Zstd {
+            return Err(self.err(SpecProblem::Refused {
+                key: "oci-mediatypes".into(),
+                value: "false".into(),
+                why: "Docker's media types have no zstd layers; add oci-mediatypes=true for compression=zstd",
+            }));
+        }
         let rewrite_timestamp = self.take_bool("rewrite-timestamp")?;
         let mut annotations = Vec::new();
         let keys: Vec<String> = self.map.keys().filter(|k| k.starts_with("annotation")).cloned().collect();
@@ -265,7 +280,7 @@ impl Attrs {
                 self.map.remove(&k);
             }
         }
-        Ok(Form { codec, force, annotations, rewrite_timestamp })
+        Ok(Form { codec, force, annotations, rewrite_timestamp, oci_mediatypes })
     }
 
     /// `type=image` and `type=registry`.
@@ -356,7 +371,7 @@ impl Attrs {
 }
 
 const FORM_KEYS: [&str; 6] =
-    ["compression", "compression-level", "force-compression", "oci-mediatypes=true", "rewrite-timestamp", "annotation.*"];
+    ["compression", "compression-level", "force-compression", "oci-mediatypes", "rewrite-timestamp", "annotation.*"];
 
 impl Output {
     /// Parses one `--output` as buildx does: `type=T,KEY=VALUE,…` in CSV, or the short forms `-o DIR`
@@ -471,6 +486,9 @@ impl Output {
             }
         }
         for form in outputs.iter_mut().filter_map(Output::form_mut) {
+            if !form.oci_mediatypes && !form.annotations.is_empty() {
+                return Err(OutputError::AnnotationsNeedOci);
+            }
             match (form.rewrite_timestamp, flags.source_date_epoch) {
                 (Some(true), None) => return Err(OutputError::RewriteWithoutEpoch),
                 (Some(false), Some(_)) => return Err(OutputError::RewriteOff),
@@ -608,6 +626,7 @@ impl Artifact {
         let layer_err = |e: kiln_oci::layer::LayerError| BuildError::Layer { digest: self.root.digest.to_string(), source: e };
         let root = kiln_oci::layer::compress_image(store, &self.root, form.codec, form.force).map_err(layer_err)?;
         let root = inline_cache::embed(store, &root, builds)?;
+        let root = if form.oci_mediatypes { root } else { mediatypes::to_docker(store, &root)? };
         self.annotated(store, root, form, single, layout)
     }
 

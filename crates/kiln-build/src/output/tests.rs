@@ -51,8 +51,8 @@ fn what_kiln_does_not_act_on_is_refused_by_name() {
     let e = err("type=image,dangling-name-prefix=x");
     assert!(e.starts_with(r#"--output "type=image,dangling-name-prefix=x": kiln does not support dangling-name-prefix= for type=image yet (accepted: name, push,"#), "{e}");
     assert!(err("type=image,unpack=true").contains("unpack=\"true\": kiln does not support it: "));
-    assert!(err("type=image,oci-mediatypes=false").contains("kiln writes OCI media types only"));
-    assert!(err("type=docker,oci-mediatypes=false").contains("kiln writes OCI media types only"));
+    assert!(err("type=image,oci-mediatypes=false,compression=zstd").contains("Docker's media types have no zstd layers"));
+    assert!(err("type=image,oci-mediatypes=maybe").ends_with(r#"oci-mediatypes="maybe": expected true or false"#));
     assert!(err("type=image,oci-artifact=true").contains("kiln does not support oci-artifact= for type=image"));
     assert!(err("type=image,compression=estargz").contains("estargz is not supported"));
     assert!(err("type=image,compression-level=12").contains("compression-level=12: gzip takes 0 to 9"));
@@ -71,6 +71,22 @@ fn what_kiln_does_not_act_on_is_refused_by_name() {
     assert!(err("type=image,name=x@sha256:zz").contains("name=\"x@sha256:zz\": "));
     assert!(err(r#"type=image,na"me=x"#).contains("a double quote at byte 13"));
     assert!(err("type=image,annotation-layer.k=v").contains("unknown annotation type \"layer\""));
+}
+
+#[test]
+fn media_types_default_as_buildkit_defaults_them() {
+    assert!(image(parse("type=image")).form.oci_mediatypes);
+    assert!(!image(parse("type=registry,oci-mediatypes=false")).form.oci_mediatypes);
+    let Output::Docker(d) = parse("type=docker,dest=x") else { panic!() };
+    assert!(!d.form.oci_mediatypes, "type=docker writes Docker's media types unless asked");
+    let Output::Docker(d) = parse("type=docker,dest=x,oci-mediatypes=true") else { panic!() };
+    assert!(d.form.oci_mediatypes);
+    let Output::Oci(o) = parse("type=oci,dest=x") else { panic!() };
+    assert!(o.form.oci_mediatypes);
+    let ann = Annotation::parse_flag("k=v").unwrap();
+    let flags = OutputFlags { annotations: &ann, ..Default::default() };
+    assert!(matches!(Output::resolve(vec![parse("type=docker,dest=x")], &flags), Err(OutputError::AnnotationsNeedOci)));
+    assert!(Output::resolve(vec![parse("type=docker,dest=x,oci-mediatypes=true")], &flags).is_ok());
 }
 
 #[test]
