@@ -307,9 +307,9 @@ pub enum Refusal {
         "RUN --security=insecure is not supported by kiln: its steps always run confined (drop the flag, or build this image with buildx)"
     )]
     InsecureSecurity,
-    /// `RUN --mount=type=ssh` (no agent forwarding in kiln yet).
-    #[error("RUN --mount=type=ssh is not supported by kiln yet")]
-    SshUnsupported,
+    /// A `--mount=type=ssh,required` whose id was not given with `--ssh`.
+    #[error("ssh agent {id:?} is required: pass --ssh {id} (the agent of $SSH_AUTH_SOCK) or --ssh {id}=SOCKET")]
+    SshRequired { id: String },
     /// A `--mount` whose target is empty or `/` (as written, before WORKDIR is applied).
     #[error("invalid --mount target {target:?}: give target=PATH (not /)")]
     MountTarget { target: String },
@@ -540,15 +540,18 @@ mod tests {
 
     #[test]
     fn a_refused_step_reads_as_its_refusal_and_keeps_it_typed() {
-        let e = BuildError::refused("Dockerfile:4", Refusal::SshUnsupported);
-        assert_eq!(e.to_string(), "Dockerfile:4: RUN --mount=type=ssh is not supported by kiln yet");
+        let e = BuildError::refused("Dockerfile:4", Refusal::SshRequired { id: "gh".into() });
+        assert_eq!(
+            e.to_string(),
+            "Dockerfile:4: ssh agent \"gh\" is required: pass --ssh gh (the agent of $SSH_AUTH_SOCK) or --ssh gh=SOCKET"
+        );
         let BuildError::Step(s) = &e else { panic!("not a step error: {e:?}") };
-        assert!(matches!(s.failure, StepFailure::Refused(Refusal::SshUnsupported)), "{e:?}");
+        assert!(matches!(&s.failure, StepFailure::Refused(Refusal::SshRequired { id }) if id == "gh"), "{e:?}");
         // The refusal is the last link: a caller walking the chain can downcast to it, and there
         // is nothing below it.
         let causes = chain(&e);
         let last = causes.last().expect("a cause");
-        assert_eq!(last.downcast_ref::<Refusal>(), Some(&Refusal::SshUnsupported), "{causes:?}");
+        assert_eq!(last.downcast_ref::<Refusal>(), Some(&Refusal::SshRequired { id: "gh".into() }), "{causes:?}");
         assert!(last.source().is_none());
     }
 
@@ -562,7 +565,10 @@ mod tests {
                 "RUN --security=insecure is not supported by kiln: its steps always run confined (drop the flag, or build this image with buildx)"
                     .into(),
             ),
-            (Refusal::SshUnsupported, "RUN --mount=type=ssh is not supported by kiln yet".into()),
+            (
+                Refusal::SshRequired { id: "gh".into() },
+                "ssh agent \"gh\" is required: pass --ssh gh (the agent of $SSH_AUTH_SOCK) or --ssh gh=SOCKET".into(),
+            ),
             (Refusal::MountTarget { target: "/".into() }, "invalid --mount target \"/\": give target=PATH (not /)".into()),
             (Refusal::MountTarget { target: String::new() }, "invalid --mount target \"\": give target=PATH (not /)".into()),
             (

@@ -41,6 +41,7 @@ pub mod run;
 pub mod run_env;
 pub mod snapshot;
 mod solve;
+mod ssh;
 mod state;
 pub mod time;
 
@@ -97,7 +98,7 @@ pub struct BuildOptions {
     /// Stops the build from another thread (see [`cancel`]).
     pub cancel: Cancel,
     // -- options: RUN environment (network, hosts, shm, ulimit, secrets, ssh) --
-    /// `--network`, `--add-host`, `--shm-size`, `--ulimit`, `--secret`: what every RUN runs in
+    /// `--network`, `--add-host`, `--shm-size`, `--ulimit`, `--secret`, `--ssh`: what every RUN runs in
     /// beyond what the Dockerfile says (see [`run_env`]).
     pub run_env: RunEnvironment,
     // -- options: build contexts, --pull, inline cache --

@@ -1,5 +1,5 @@
 //! What every `RUN` of a build runs in, beyond what the Dockerfile says: `kiln build`'s
-//! `--network`, `--add-host`, `--shm-size`, `--ulimit` and `--secret`, parsed here with
+//! `--network`, `--add-host`, `--shm-size`, `--ulimit`, `--secret` and `--ssh`, parsed here with
 //! `docker buildx build`'s syntax and meaning into one [`RunEnvironment`].
 //!
 //! # Model
@@ -31,12 +31,13 @@
 //! `--ulimit nofile=65536` would defeat a shared cache. A `RUN --network=…` written in the
 //! Dockerfile is part of the instruction, so it is keyed (`solve/canon.rs`). Of a secret, only
 //! what the Dockerfile says is keyed (the mount's id, target, `env=` name); its value never is,
-//! so a rotated token does not rebuild anything.
+//! so a rotated token does not rebuild anything. Likewise for an ssh mount: its id, target,
+//! `required`, mode and owner are keyed, the agent and its keys never are.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use kiln_sandbox::{HostEntry, Resource};
 
@@ -54,6 +55,9 @@ pub struct RunEnvironment {
     pub ulimits: Vec<Ulimit>,
     /// `--secret`, by id (a later flag for the same id wins, as in BuildKit's store).
     pub secrets: BTreeMap<String, SecretSource>,
+    /// `--ssh`: the agent socket for each id (a later flag for the same id wins, as buildx
+    /// dedupes them).
+    pub ssh: BTreeMap<String, PathBuf>,
 }
 
 impl RunEnvironment {
@@ -79,6 +83,11 @@ impl RunEnvironment {
             let (id, source) = parse_secret(s, env)?;
             out.secrets.insert(id, source);
         }
+        for s in flags.ssh {
+            if let Some((id, socket)) = parse_ssh(s, env)? {
+                out.ssh.insert(id, socket);
+            }
+        }
         Ok(out)
     }
 
@@ -96,6 +105,7 @@ pub struct RunFlags<'a> {
     pub shm_size: Option<&'a str>,
     pub ulimits: &'a [String],
     pub secrets: &'a [String],
+    pub ssh: &'a [String],
 }
 
 /// `--network`: the build-wide network mode of `RUN`.
@@ -292,6 +302,64 @@ pub fn parse_secret(value: &str, env: &dyn Fn(&str) -> Option<OsString>) -> Resu
     Ok((id, source))
 }
 
+/// The id an `--ssh` value without one names, and that `RUN --mount=type=ssh` uses without `id=`.
+pub const DEFAULT_SSH_ID: &str = "default";
+
+/// One `--ssh` value, as buildx reads it: `ID[=PATH[,PATH…]]`, split at the first `=`, the paths
+/// at commas. Without paths (or with an empty one) the agent is `$SSH_AUTH_SOCK`. One path that
+/// is a socket is the agent; otherwise buildx reads the paths as private key files, which kiln
+/// refuses (see the module doc). An empty value is skipped (`None`), as buildx skips it. `env`
+/// looks up kiln's environment, for `SSH_AUTH_SOCK`.
+pub fn parse_ssh(value: &str, env: &dyn Fn(&str) -> Option<OsString>) -> Result<Option<(String, PathBuf)>, RunEnvError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let (id, paths) = match value.split_once('=') {
+        Some((id, paths)) => (id, paths),
+        None => (value, ""),
+    };
+    if id.is_empty() {
+        return Err(RunEnvError::SshId { value: value.to_string() });
+    }
+    if paths.is_empty() {
+        let sock = env("SSH_AUTH_SOCK").filter(|s| !s.is_empty()).ok_or_else(|| RunEnvError::SshAuthSockUnset { id: id.to_string() })?;
+        let socket = PathBuf::from(sock);
+        check_socket(id, &socket, true)?;
+        return Ok(Some((id.to_string(), socket)));
+    }
+    let paths: Vec<&str> = paths.split(',').collect();
+    if let [one] = paths.as_slice() {
+        let socket = PathBuf::from(one);
+        check_socket(id, &socket, false)?;
+        return Ok(Some((id.to_string(), socket)));
+    }
+    for p in &paths {
+        if p.is_empty() {
+            return Err(RunEnvError::SshEmptyPath { value: value.to_string() });
+        }
+        if is_socket(Path::new(p)) {
+            return Err(RunEnvError::SshSocketAmongKeys { id: id.to_string(), path: PathBuf::from(p) });
+        }
+    }
+    Err(RunEnvError::SshKeyFiles { id: id.to_string(), paths: paths.join(",") })
+}
+
+fn is_socket(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// `path` must be a socket kiln can reach; a file that is not one is what buildx would read as a
+/// private key (`from_env`: the path came from `$SSH_AUTH_SOCK`, which names no key).
+fn check_socket(id: &str, path: &Path, from_env: bool) -> Result<(), RunEnvError> {
+    match std::fs::metadata(path) {
+        Err(source) => Err(RunEnvError::SshSocket { id: id.to_string(), path: path.to_path_buf(), from_env, source }),
+        Ok(_) if is_socket(path) => Ok(()),
+        Ok(_) if from_env => Err(RunEnvError::SshNotASocket { id: id.to_string(), path: path.to_path_buf() }),
+        Ok(_) => Err(RunEnvError::SshKeyFiles { id: id.to_string(), paths: path.display().to_string() }),
+    }
+}
+
 /// One CSV record as Go's `encoding/csv` reads a line (what buildx splits `--secret` with):
 /// `,` separates, a field that starts with `"` is quoted and `""` in it is one `"`. `None` for
 /// a record that is not valid CSV.
@@ -392,6 +460,31 @@ pub enum RunEnvError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--ssh {value:?}: the agent has no id: pass ID=SOCKET, e.g. default=$SSH_AUTH_SOCK")]
+    SshId { value: String },
+    #[error(
+        "--ssh {id}: SSH_AUTH_SOCK is not set, so there is no agent to forward: start one (eval \"$(ssh-agent)\" && ssh-add KEY) or pass --ssh {id}=SOCKET"
+    )]
+    SshAuthSockUnset { id: String },
+    #[error("--ssh {id}: cannot reach the agent socket {}{}", path.display(), if *from_env { " (from SSH_AUTH_SOCK)" } else { "" })]
+    SshSocket {
+        id: String,
+        path: PathBuf,
+        from_env: bool,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--ssh {id}: SSH_AUTH_SOCK names {}, which is not a socket", path.display())]
+    SshNotASocket { id: String, path: PathBuf },
+    #[error("--ssh {value:?}: a path in the list is empty")]
+    SshEmptyPath { value: String },
+    #[error("--ssh {id}: {} is an agent socket, which must be the only path (--ssh {id}=SOCKET)", path.display())]
+    SshSocketAmongKeys { id: String, path: PathBuf },
+    #[error(
+        "--ssh {id}={paths}: kiln forwards ssh agent sockets only and does not serve private key files itself yet: \
+         load the keys into an agent (eval \"$(ssh-agent)\" && ssh-add {keys}) and pass --ssh {id}=$SSH_AUTH_SOCK"
+    , keys = paths.replace(',', " "))]
+    SshKeyFiles { id: String, paths: String },
 }
 
 fn ulimit_names() -> String {
@@ -555,10 +648,64 @@ mod tests {
     }
 
     #[test]
+    fn ssh_as_buildx_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let key = dir.path().join("id_ed25519");
+        std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
+        let (s, k) = (sock.display().to_string(), key.display().to_string());
+        let agent_env = |name: &str| (name == "SSH_AUTH_SOCK").then(|| OsString::from(&sock));
+        let p = |v: &str| parse_ssh(v, &agent_env).unwrap();
+
+        assert_eq!(p("default"), Some(("default".into(), sock.clone())), "no path: $SSH_AUTH_SOCK");
+        assert_eq!(p("gh="), Some(("gh".into(), sock.clone())), "an empty path: $SSH_AUTH_SOCK too");
+        assert_eq!(p(&format!("gh={s}")), Some(("gh".into(), sock.clone())));
+        assert_eq!(p(""), None, "an empty value is skipped, as buildx skips it");
+
+        let err = |v: &str, env: &dyn Fn(&str) -> Option<OsString>| parse_ssh(v, env).unwrap_err().to_string();
+        assert_eq!(
+            err("default", &no_env),
+            "--ssh default: SSH_AUTH_SOCK is not set, so there is no agent to forward: start one \
+             (eval \"$(ssh-agent)\" && ssh-add KEY) or pass --ssh default=SOCKET"
+        );
+        let empty = |_: &str| Some(OsString::new());
+        assert!(err("default", &empty).contains("SSH_AUTH_SOCK is not set"));
+        assert_eq!(err("=x", &agent_env), "--ssh \"=x\": the agent has no id: pass ID=SOCKET, e.g. default=$SSH_AUTH_SOCK");
+        assert_eq!(err("a=/nonexistent/agent", &agent_env), "--ssh a: cannot reach the agent socket /nonexistent/agent");
+        let gone = |_: &str| Some(OsString::from("/nonexistent/agent"));
+        assert_eq!(err("a", &gone), "--ssh a: cannot reach the agent socket /nonexistent/agent (from SSH_AUTH_SOCK)");
+        assert!(std::error::Error::source(&parse_ssh("a", &gone).unwrap_err()).is_some());
+        let not_sock = |_: &str| Some(OsString::from(&key));
+        assert_eq!(err("a", &not_sock), format!("--ssh a: SSH_AUTH_SOCK names {k}, which is not a socket"));
+        // Key files (one or several) are refused by name, with what to do instead.
+        assert_eq!(
+            err(&format!("a={k}"), &agent_env),
+            format!(
+                "--ssh a={k}: kiln forwards ssh agent sockets only and does not serve private key files itself yet: \
+                 load the keys into an agent (eval \"$(ssh-agent)\" && ssh-add {k}) and pass --ssh a=$SSH_AUTH_SOCK"
+            )
+        );
+        assert!(err(&format!("a={k},{k}"), &agent_env).contains(&format!("ssh-add {k} {k})")));
+        assert_eq!(err(&format!("a={k},"), &agent_env), format!("--ssh \"a={k},\": a path in the list is empty"));
+        assert_eq!(
+            err(&format!("a={k},{s}"), &agent_env),
+            format!("--ssh a: {s} is an agent socket, which must be the only path (--ssh a=SOCKET)")
+        );
+
+        // Repeatable; a later flag for the same id wins.
+        let other = dir.path().join("other.sock");
+        let _other = std::os::unix::net::UnixListener::bind(&other).unwrap();
+        let flags = vec![format!("a={s}"), String::new(), format!("a={}", other.display()), "default".into()];
+        let env = RunEnvironment::from_flags(&RunFlags { ssh: &flags, ..RunFlags::default() }, &agent_env).unwrap();
+        assert_eq!(env.ssh, BTreeMap::from([("a".to_string(), other.clone()), ("default".to_string(), sock.clone())]));
+    }
+
+    #[test]
     fn from_flags_collects_every_flag_and_later_ones_win() {
         let hosts = vec!["a:10.0.0.1".to_string(), "b=::1".to_string()];
         let ulimits = vec!["nofile=10".to_string(), "nproc=5".to_string(), "nofile=20:30".to_string()];
-        let flags = RunFlags { network: Some("none"), add_hosts: &hosts, shm_size: Some("1g"), ulimits: &ulimits, secrets: &[] };
+        let flags = RunFlags { network: Some("none"), add_hosts: &hosts, shm_size: Some("1g"), ulimits: &ulimits, secrets: &[], ssh: &[] };
         let env = RunEnvironment::from_flags(&flags, &no_env).unwrap();
         assert_eq!(env.network, NetworkMode::None);
         assert_eq!(env.extra_hosts.len(), 2);

@@ -257,6 +257,7 @@ fn mount_name(m: &Mount) -> String {
             format!("cache {} on {}", source.display(), m.target().display())
         }
         Mount::Secret { id, .. } => format!("secret {id} on {}", m.target().display()),
+        Mount::Ssh { id, .. } => format!("ssh agent {id} on {}", m.target().display()),
     }
 }
 
@@ -624,6 +625,12 @@ impl Mounter<'_> {
                 };
                 let extra = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
                 self.bind_content(&format!(".kiln-secret-{index}"), &content, &target, mode.unwrap_or(0o400), *uid, *gid, extra)
+            }
+            // Read-only: connecting to a socket is not a write to the mount, and nothing else
+            // should be done to it. The socket's owner and mode are the caller's to set.
+            Mount::Ssh { socket, .. } => {
+                self.bind(socket, &target, false, Kind::File)?;
+                self.remount_ro(&target, libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC)
             }
         }
     }

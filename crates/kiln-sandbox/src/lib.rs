@@ -41,6 +41,8 @@
 //! up in the step's layer; [`Outcome::mount_points`] lists them. Secrets (and an `/etc/hosts`
 //! with extra entries) are copied into a private tmpfs and bind-mounted read-only: their content
 //! never touches the root. Secret values are [`SecretValue`]s, whose `Debug` is `<redacted>`.
+//! An ssh agent ([`Mount::Ssh`]) is a socket of the caller's, bind-mounted read-only over such a
+//! mount point: the step can connect to it, and the root never holds it.
 //!
 //! # Why re-exec rather than crun or runc
 //!

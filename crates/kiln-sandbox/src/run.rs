@@ -328,6 +328,14 @@ fn validate(spec: &mut Spec) -> Result<(), Error> {
                 std::fs::create_dir_all(source).map_err(|e| Error::InvalidSpec(format!("cache directory {}: {e}", source.display())))?
             }
             Mount::Tmpfs { .. } => {}
+            Mount::Ssh { id, socket, .. } => {
+                use std::os::unix::fs::FileTypeExt;
+                let md = std::fs::metadata(socket)
+                    .map_err(|e| Error::InvalidSpec(format!("ssh agent {id} socket {} for {}: {e}", socket.display(), target.display())))?;
+                if !md.file_type().is_socket() {
+                    return Err(Error::InvalidSpec(format!("ssh agent {id} source {} is not a socket", socket.display())));
+                }
+            }
         }
         if let Mount::Secret { source: SecretSource::File(source), .. } = m {
             if !source.is_file() {

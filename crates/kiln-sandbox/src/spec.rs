@@ -113,6 +113,10 @@ pub enum Mount {
         uid: u32,
         gid: u32,
     },
+    /// An ssh agent's socket (a socket of the caller's, which it keeps listening while the run
+    /// lasts), bind-mounted at the target. The mount point is removed after the run like any
+    /// other, so no layer holds the socket.
+    Ssh { id: String, socket: PathBuf, target: PathBuf },
 }
 
 impl Mount {
@@ -120,7 +124,7 @@ impl Mount {
     pub fn target(&self) -> PathBuf {
         match self {
             Mount::Bind { target, .. } | Mount::Tmpfs { target, .. } => target.clone(),
-            Mount::Cache { target, .. } => target.clone(),
+            Mount::Cache { target, .. } | Mount::Ssh { target, .. } => target.clone(),
             Mount::Secret { id, target, .. } => target.clone().unwrap_or_else(|| PathBuf::from("/run/secrets").join(id)),
         }
     }

@@ -1,11 +1,12 @@
 //! `kiln build`'s RUN environment, checked from inside real RUN steps: `--network` (and a
 //! step's own `RUN --network` over it), `--add-host`, `--shm-size`, `--ulimit`, and `--secret`
-//! from files and environment variables with `RUN --mount=type=secret[,env=VAR]`. What a RUN saw
+//! from files and environment variables with `RUN --mount=type=secret[,env=VAR]`, and `--ssh` with
+//! a real `ssh-agent` and `RUN --mount=type=ssh` (the host's `ssh-add` run inside the step). What a RUN saw
 //! is written to a file of its layer and read back with `kiln run`; the layers themselves are
 //! read from the store with `tar`, to show that nothing of the environment (hosts lines, secret
-//! values) is left in them. None of these flags is a step's cache input.
+//! values, agent sockets) is left in them. None of these flags is a step's cache input.
 //!
-//! Needs root and busybox-static.
+//! Needs root, busybox-static and openssh-client.
 
 mod support_build;
 
@@ -367,4 +368,172 @@ fn secrets_from_files_and_env_reach_run_as_files_and_variables_and_nothing_keeps
     let o = k.build(&ctx, &[]);
     assert_exit_1(&o, "required secret missing");
     assert!(stderr(&o).contains("secret \"tok\" is required"), "{}", stderr(&o));
+}
+
+/// A real `ssh-agent` on a socket of the test's, stopped (by its pid) when dropped.
+struct Agent {
+    socket: PathBuf,
+    pid: String,
+}
+
+impl Agent {
+    /// `ssh-agent -a SOCKET` forks and exits once the socket is listening, so it is ready when
+    /// this returns.
+    fn start(socket: PathBuf) -> Agent {
+        let o = Command::new("ssh-agent").arg("-s").arg("-a").arg(&socket).output().expect("run ssh-agent");
+        assert_ok(&o, "ssh-agent");
+        let out = String::from_utf8_lossy(&o.stdout);
+        let pid = out
+            .split(';')
+            .find_map(|f| f.trim().strip_prefix("SSH_AGENT_PID="))
+            .unwrap_or_else(|| panic!("no SSH_AGENT_PID in ssh-agent's output: {out}"))
+            .to_string();
+        Agent { socket, pid }
+    }
+
+    fn ssh_add(&self, args: &[&str]) -> Output {
+        Command::new("ssh-add").args(args).env("SSH_AUTH_SOCK", &self.socket).output().expect("run ssh-add")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(&self.pid).status();
+    }
+}
+
+/// The host's `ssh-add` with the shared libraries it loads and its loader, copied into `dir`: busybox
+/// has no ssh client, and its `nc` cannot open a unix socket, so a step speaks the agent protocol
+/// through these (`dir/ld.so --library-path dir dir/ssh-add …`).
+fn copy_ssh_add(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    let exe = Path::new("/usr/bin/ssh-add");
+    fs::copy(exe, dir.join("ssh-add")).unwrap();
+    let o = Command::new("ldd").arg(exe).output().expect("run ldd");
+    assert_ok(&o, "ldd ssh-add");
+    let mut loader = false;
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next().unwrap_or(""),
+            None => line.split_whitespace().next().unwrap_or(""),
+        };
+        if !path.starts_with('/') {
+            continue; // linux-vdso.so.1 is the kernel's, not a file
+        }
+        let name = Path::new(path).file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("ld-linux") {
+            fs::copy(path, dir.join("ld.so")).unwrap();
+            loader = true;
+        } else {
+            fs::copy(path, dir.join(name)).unwrap();
+        }
+    }
+    assert!(loader, "no dynamic loader in ldd's output for ssh-add:\n{}", String::from_utf8_lossy(&o.stdout));
+}
+
+#[test]
+fn ssh_agents_reach_run_as_sockets_the_agent_answers_through_and_no_layer_keeps() {
+    if !support_build::can_build() {
+        return;
+    }
+    for tool in ["ssh-agent", "ssh-add", "ssh-keygen", "ldd"] {
+        assert!(
+            Command::new("sh").arg("-c").arg(format!("command -v {tool}")).status().unwrap().success(),
+            "this test needs {tool} (Debian packages openssh-client, libc-bin: run scripts/deps)"
+        );
+    }
+    let k = Kiln::new();
+    let ctx = k.path("ctx");
+    let tools = ctx.join("tools");
+    copy_ssh_add(&tools);
+    let key = k.path("id_ed25519");
+    let o = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-ssh-test", "-f"]).arg(&key).output().unwrap();
+    assert_ok(&o, "ssh-keygen");
+    fs::copy(key.with_extension("pub"), tools.join("id.pub")).unwrap();
+    let agent = Agent::start(k.path("agent.sock"));
+    assert_ok(&agent.ssh_add(&[path_str(&key)]), "ssh-add KEY");
+    let listed = agent.ssh_add(&["-l"]);
+    assert_ok(&listed, "ssh-add -l");
+    let fingerprint = String::from_utf8_lossy(&listed.stdout).trim().to_string();
+    assert!(fingerprint.contains("kiln-ssh-test"), "{fingerprint}");
+
+    let ssh_add = "/tools/ld.so --library-path /tools /tools/ssh-add";
+    write_context(
+        &ctx,
+        &[(
+            "Dockerfile",
+            &format!(
+                "ARG BASE\nFROM ${{BASE}}\n\
+                 RUN --mount=type=ssh test -S /run/buildkit/ssh_agent.0 && echo \"$SSH_AUTH_SOCK\" > /default.env \
+                     && stat -c '%a %u %g %F' /run/buildkit/ssh_agent.0 > /default.stat\n\
+                 RUN --mount=type=bind,source=tools,target=/tools --mount=type=ssh,id=gh,target=/tmp/gh.sock,required=true \
+                     --mount=type=ssh,id=gh,uid=1000,gid=1000,mode=0660 \
+                     {ssh_add} -l > /gh.list && {ssh_add} -T /tools/id.pub && echo signed > /gh.signed \
+                     && echo \"$SSH_AUTH_SOCK\" > /gh.env && stat -c '%a %u %g %F' /run/buildkit/ssh_agent.1 > /gh.stat\n\
+                 RUN --mount=type=ssh,id=absent echo \"$SSH_AUTH_SOCK\" > /absent.env \
+                     && if test -e /run/buildkit/ssh_agent.0; then echo there; else echo none; fi > /absent.there\n\
+                 RUN env > /env.after && ls -a / > /root.after\n"
+            ),
+        )],
+    );
+    let ssh_gh = format!("gh={}", path_str(&agent.socket));
+    let md_path = k.path("md.json");
+    let o = build_with_env(
+        &k,
+        &ctx,
+        &["-t", "kiln.test/ssh:1", "--metadata-file", path_str(&md_path), "--ssh", "default", "--ssh", &ssh_gh],
+        &[("SSH_AUTH_SOCK", path_str(&agent.socket))],
+    );
+    assert_ok(&o, "build with --ssh");
+    let read = |f: &str| k.run("kiln.test/ssh:1", &["cat", f]).trim().to_string();
+    assert_eq!(read("/default.env"), "/run/buildkit/ssh_agent.0", "SSH_AUTH_SOCK names the default target");
+    assert_eq!(read("/default.stat"), "600 0 0 socket", "BuildKit's default owner and mode");
+    assert_eq!(read("/gh.list"), fingerprint, "the agent lists its key inside the step");
+    assert_eq!(read("/gh.signed"), "signed", "the agent signs with the key inside the step");
+    assert_eq!(read("/gh.env"), "/tmp/gh.sock", "SSH_AUTH_SOCK names the step's first ssh mount");
+    assert_eq!(read("/gh.stat"), "660 1000 1000 socket", "uid=, gid=, mode= of the mount");
+    assert_eq!(read("/absent.env"), "/run/buildkit/ssh_agent.0", "as in BuildKit, set even when the agent is left out");
+    assert_eq!(read("/absent.there"), "none", "an agent the build was not given is left out (required=false)");
+    let after = read("/env.after");
+    assert!(!after.contains("SSH_AUTH_SOCK"), "SSH_AUTH_SOCK leaked into a later RUN:\n{after}");
+    let root = read("/root.after");
+    assert!(!root.lines().any(|l| l == "run"), "the mount point's parent /run was left in the root:\n{root}");
+    let config = k.run("kiln.test/ssh:1", &["env"]);
+    assert!(!config.contains("SSH_AUTH_SOCK"), "SSH_AUTH_SOCK is in the image's config:\n{config}");
+
+    // No layer holds a socket, a mount point or its parent.
+    let md = read_json(&md_path);
+    for layer in built_layers(&k, &md, 4) {
+        for e in entries(&layer) {
+            assert!(!e.starts_with("run") && !e.contains("ssh_agent") && !e.contains("gh.sock"), "{e} is in a layer");
+            assert!(!e.starts_with("tools"), "the bind mount point {e} is in a layer");
+        }
+    }
+
+    // Another agent under the same ids: nothing is rebuilt (only the mounts are keyed).
+    let other = Agent::start(k.path("other.sock"));
+    let ssh_other = format!("gh={}", path_str(&other.socket));
+    let ssh_default_other = format!("default={}", path_str(&other.socket));
+    let md = k.build_md(&ctx, &["-t", "kiln.test/ssh:2", "--ssh", &ssh_default_other, "--ssh", &ssh_other]);
+    for s in layer_steps(&md) {
+        assert_eq!(s.cache, "hit-local", "the agent is not keyed: {} ran again", s.instruction);
+    }
+
+    // required=true without the agent: refused, naming the id; a key file: refused by name.
+    write_context(&ctx, &[("Dockerfile", "ARG BASE\nFROM ${BASE}\nRUN --mount=type=ssh,id=deploy,required=true true\n")]);
+    let o = build_with_env(&k, &ctx, &["--ssh", &ssh_gh], &[]);
+    assert_exit_1(&o, "required ssh agent missing");
+    assert!(
+        stderr(&o).contains("ssh agent \"deploy\" is required: pass --ssh deploy (the agent of $SSH_AUTH_SOCK) or --ssh deploy=SOCKET"),
+        "{}",
+        stderr(&o)
+    );
+    let key_flag = format!("deploy={}", path_str(&key));
+    let o = build_with_env(&k, &ctx, &["--ssh", &key_flag], &[]);
+    assert_exit_1(&o, "--ssh with a key file");
+    assert!(stderr(&o).contains("does not serve private key files itself yet"), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("ssh-add {}", path_str(&key))), "{}", stderr(&o));
+    let o = build_with_env(&k, &ctx, &["--ssh", "default"], &[("SSH_AUTH_SOCK", "")]);
+    assert_exit_1(&o, "--ssh default without SSH_AUTH_SOCK");
+    assert!(stderr(&o).contains("--ssh default: SSH_AUTH_SOCK is not set"), "{}", stderr(&o));
 }

@@ -1,5 +1,6 @@
 //! RUN execution: the sandbox spec from the plan, and each `--mount` made real (tmpfs, cache dirs
-//! and their locks, secrets, binds of the context or of another stage's or image's root).
+//! and their locks, secrets, ssh agents, binds of the context or of another stage's or image's
+//! root).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -36,9 +37,13 @@ impl Solver<'_> {
         spec.shm_size = env.shm_size;
         spec.rlimits = env.rlimits();
         let mut holds = StepHolds::default();
+        let mut ssh_index = 0;
         for (m, src) in step.mounts.iter().zip(step.mount_sources.iter()) {
             if m.kind == MountType::Secret {
                 self.secret_mount(step, m, &run.workdir, &mut spec)?;
+            } else if m.kind == MountType::Ssh {
+                self.ssh_mount(step, m, ssh_index, &run.workdir, &mut spec, &mut holds)?;
+                ssh_index += 1;
             } else if let Some(sm) = self.sandbox_mount(step, m, src.as_ref(), &run.workdir, &mut holds)? {
                 spec.mounts.push(sm);
             }
@@ -72,11 +77,8 @@ impl Solver<'_> {
         Ok(Some(match m.kind {
             MountType::Tmpfs => kiln_sandbox::Mount::Tmpfs { target, size_bytes: m.size },
             MountType::Cache => kiln_sandbox::Mount::Cache { source: self.cache_mount_dir(m, holds)?, target },
-            MountType::Secret => return Ok(None),
+            MountType::Secret | MountType::Ssh => return Ok(None),
             MountType::Bind => kiln_sandbox::Mount::Bind { source: self.bind_source(step, m, src, holds)?, target, readonly: m.readonly },
-            MountType::Ssh => {
-                return Err(BuildError::refused(at(&step.location), Refusal::SshUnsupported));
-            }
         }))
     }
 
@@ -132,6 +134,45 @@ impl Solver<'_> {
                 gid: m.gid.unwrap_or(0),
             });
         }
+        Ok(())
+    }
+
+    /// `--mount=type=ssh`: a socket at the target that forwards to the `--ssh` agent of the
+    /// mount's id (see [`crate::ssh`]), left out when the build has no such agent, or refused when
+    /// `required`. The step's first ssh mount (`index` 0) names `SSH_AUTH_SOCK`, unless the
+    /// step's environment sets it; as in BuildKit, that is so whether or not the agent was given,
+    /// and it comes from the mount, which is keyed, so it need not be keyed itself.
+    fn ssh_mount(&self, step: &Step, m: &Mount, index: usize, wd: &str, spec: &mut Spec, holds: &mut StepHolds) -> Result<(), BuildError> {
+        let target = if m.target.starts_with('/') { PathBuf::from(&m.target) } else { Path::new(wd).join(&m.target) };
+        if index == 0 && !spec.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+            spec.env.push(format!("SSH_AUTH_SOCK={}", target.display()));
+        }
+        let id = m.id.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| crate::run_env::DEFAULT_SSH_ID.to_string());
+        let Some(agent) = self.shared.opts.run_env.ssh.get(&id) else {
+            if m.required {
+                return Err(BuildError::refused(at(&step.location), Refusal::SshRequired { id }));
+            }
+            return Ok(());
+        };
+        // The private dir is removed when the step ends (with the proxy stopped first).
+        let dir = self.snaps.temp_dir("ssh")?;
+        holds.scratch.push(dir.clone());
+        let (proxy, socket) = crate::ssh::AgentProxy::start(
+            &dir,
+            "agent.sock",
+            agent.clone(),
+            m.uid.unwrap_or(0),
+            m.gid.unwrap_or(0),
+            m.mode.unwrap_or(0o600),
+        )
+        .map_err(|source| {
+            BuildError::failed(
+                at(&step.location),
+                StepFailure::Io { what: format!("forwarding ssh agent {id:?} ({})", agent.display()), source },
+            )
+        })?;
+        holds.proxies.push(proxy);
+        spec.mounts.push(kiln_sandbox::Mount::Ssh { id, socket, target });
         Ok(())
     }
 
@@ -192,17 +233,19 @@ impl Solver<'_> {
     }
 }
 
-/// What a RUN step holds while it runs: read-only mounts of other stages, cache-mount locks, and
-/// private cache dirs (removed when dropped).
+/// What a RUN step holds while it runs: read-only mounts of other stages, cache-mount locks, ssh
+/// agent forwarders, and private dirs (removed when dropped).
 #[derive(Default)]
 struct StepHolds {
     mounts: Vec<Mounted>,
     locks: Vec<fs::File>,
+    proxies: Vec<crate::ssh::AgentProxy>,
     scratch: Vec<PathBuf>,
 }
 
 impl Drop for StepHolds {
     fn drop(&mut self) {
+        self.proxies.clear();
         self.mounts.clear();
         self.locks.clear();
         for d in &self.scratch {

@@ -92,6 +92,10 @@ pub struct Args {
     /// Without src and env: the environment variable ID if set, else the file ID.
     #[arg(long = "secret", value_name = "id=ID,…")]
     pub secrets: Vec<String>,
+    /// An ssh agent for RUN --mount=type=ssh (repeatable): default (the agent of $SSH_AUTH_SOCK),
+    /// ID (the same agent under another id) or ID=SOCKET. Never written to a layer.
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET]")]
+    pub ssh: Vec<String>,
     // -- flags: outputs and --load --
     /// Load the image into the local Docker engine (DOCKER_HOST, else /var/run/docker.sock), as
     /// `docker load` does, tags kept (same as --output type=docker). One platform only.
@@ -277,6 +281,7 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
                 shm_size: a.shm_size.as_deref(),
                 ulimits: &a.ulimits,
                 secrets: &a.secrets,
+                ssh: &a.ssh,
             },
             &|name| std::env::var_os(name),
         )?,

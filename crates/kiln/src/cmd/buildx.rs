@@ -31,8 +31,6 @@ pub struct Unsupported {
     #[arg(long, hide = true, value_name = "ATTRS")]
     attest: Vec<String>,
     // Not built yet (issue 12): refused by name until they are.
-    #[arg(long, hide = true, value_name = "ID")]
-    ssh: Vec<String>,
     #[arg(long, hide = true, value_name = "NAME=VALUE")]
     build_context: Vec<String>,
     #[arg(long, hide = true)]
@@ -72,11 +70,6 @@ impl Unsupported {
             Some((
                 "--attest",
                 "attestations (provenance, SBOM) are not built yet; remove --attest, or pass --provenance=false --sbom=false",
-            ))
-        } else if !self.ssh.is_empty() {
-            Some((
-                "--ssh",
-                "SSH agent forwarding is not built yet (nor RUN --mount=type=ssh); pass a deploy key with --secret id=key,src=PATH meanwhile",
             ))
         } else if !self.build_context.is_empty() {
             Some((
@@ -138,7 +131,6 @@ mod tests {
             (Unsupported { detach: true, ..Default::default() }, "--detach"),
             (Unsupported { debug: true, ..Default::default() }, "--debug"),
             (Unsupported { attest: vec!["type=sbom".into()], ..Default::default() }, "--attest"),
-            (Unsupported { ssh: vec!["default".into()], ..Default::default() }, "--ssh"),
             (Unsupported { build_context: vec!["a=dir".into()], ..Default::default() }, "--build-context"),
             (Unsupported { pull: true, ..Default::default() }, "--pull"),
         ];
