@@ -42,6 +42,7 @@ pub mod run_env;
 pub mod snapshot;
 mod solve;
 mod ssh;
+pub mod ssh_keys;
 mod state;
 pub mod time;
 

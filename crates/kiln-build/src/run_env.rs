@@ -58,7 +58,22 @@ pub struct RunEnvironment {
     /// `--ssh`: the agent socket for each id (a later flag for the same id wins, as buildx
     /// dedupes them).
     pub ssh: BTreeMap<String, PathBuf>,
+    /// kiln's own agents, serving `--ssh ID=KEY` files; their sockets are in `ssh`, and they
+    /// stop when the last copy of this environment goes.
+    pub key_agents: Vec<KeyAgentHandle>,
 }
+
+/// A shared handle on a [`crate::ssh_keys::KeyAgent`]; equal when it is the same agent.
+#[derive(Debug, Clone)]
+pub struct KeyAgentHandle(pub std::sync::Arc<crate::ssh_keys::KeyAgent>);
+
+impl PartialEq for KeyAgentHandle {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for KeyAgentHandle {}
 
 impl RunEnvironment {
     /// Parses `kiln build`'s flags, each as `docker buildx build` reads it. `env` looks up kiln's
@@ -84,8 +99,19 @@ impl RunEnvironment {
             out.secrets.insert(id, source);
         }
         for s in flags.ssh {
-            if let Some((id, socket)) = parse_ssh(s, env)? {
-                out.ssh.insert(id, socket);
+            match parse_ssh(s, env) {
+                Ok(Some((id, socket))) => {
+                    out.ssh.insert(id, socket);
+                }
+                Ok(None) => {}
+                // Key files: served by kiln's own agent (buildx serves them from its own too).
+                Err(RunEnvError::SshKeyFiles { id, paths }) => {
+                    let list: Vec<&str> = paths.split(',').collect();
+                    let agent = crate::ssh_keys::KeyAgent::start(&id, &list)?;
+                    out.ssh.insert(id, agent.socket().to_path_buf());
+                    out.key_agents.push(KeyAgentHandle(std::sync::Arc::new(agent)));
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
@@ -307,8 +333,9 @@ pub const DEFAULT_SSH_ID: &str = "default";
 
 /// One `--ssh` value, as buildx reads it: `ID[=PATH[,PATH…]]`, split at the first `=`, the paths
 /// at commas. Without paths (or with an empty one) the agent is `$SSH_AUTH_SOCK`. One path that
-/// is a socket is the agent; otherwise buildx reads the paths as private key files, which kiln
-/// refuses (see the module doc). An empty value is skipped (`None`), as buildx skips it. `env`
+/// is a socket is the agent; otherwise the paths are private key files: [`RunEnvironment::from_flags`]
+/// serves them from an agent of kiln's own ([`crate::ssh_keys`]), and this returns
+/// [`RunEnvError::SshKeyFiles`] to say so. An empty value is skipped (`None`), as buildx skips it. `env`
 /// looks up kiln's environment, for `SSH_AUTH_SOCK`.
 pub fn parse_ssh(value: &str, env: &dyn Fn(&str) -> Option<OsString>) -> Result<Option<(String, PathBuf)>, RunEnvError> {
     if value.is_empty() {
@@ -480,11 +507,13 @@ pub enum RunEnvError {
     SshEmptyPath { value: String },
     #[error("--ssh {id}: {} is an agent socket, which must be the only path (--ssh {id}=SOCKET)", path.display())]
     SshSocketAmongKeys { id: String, path: PathBuf },
-    #[error(
-        "--ssh {id}={paths}: kiln forwards ssh agent sockets only and does not serve private key files itself yet: \
-         load the keys into an agent (eval \"$(ssh-agent)\" && ssh-add {keys}) and pass --ssh {id}=$SSH_AUTH_SOCK"
-    , keys = paths.replace(',', " "))]
+    /// Not an error for a build: the paths are key files, which [`RunEnvironment::from_flags`]
+    /// serves from kiln's own agent; [`parse_ssh`] alone only says so.
+    #[error("--ssh {id}={paths}: these are private key files, served by kiln's own agent (RunEnvironment::from_flags)")]
     SshKeyFiles { id: String, paths: String },
+    /// A key file kiln's own agent cannot serve.
+    #[error(transparent)]
+    SshKey(#[from] crate::ssh_keys::SshKeyError),
 }
 
 fn ulimit_names() -> String {
@@ -678,15 +707,11 @@ mod tests {
         assert!(std::error::Error::source(&parse_ssh("a", &gone).unwrap_err()).is_some());
         let not_sock = |_: &str| Some(OsString::from(&key));
         assert_eq!(err("a", &not_sock), format!("--ssh a: SSH_AUTH_SOCK names {k}, which is not a socket"));
-        // Key files (one or several) are refused by name, with what to do instead.
-        assert_eq!(
-            err(&format!("a={k}"), &agent_env),
-            format!(
-                "--ssh a={k}: kiln forwards ssh agent sockets only and does not serve private key files itself yet: \
-                 load the keys into an agent (eval \"$(ssh-agent)\" && ssh-add {k}) and pass --ssh a=$SSH_AUTH_SOCK"
-            )
+        // Key files (one or several) are told apart, for from_flags to serve.
+        assert!(matches!(parse_ssh(&format!("a={k}"), &agent_env), Err(RunEnvError::SshKeyFiles { id, paths }) if id == "a" && paths == k));
+        assert!(
+            matches!(parse_ssh(&format!("a={k},{k}"), &agent_env), Err(RunEnvError::SshKeyFiles { paths, .. }) if paths == format!("{k},{k}"))
         );
-        assert!(err(&format!("a={k},{k}"), &agent_env).contains(&format!("ssh-add {k} {k})")));
         assert_eq!(err(&format!("a={k},"), &agent_env), format!("--ssh \"a={k},\": a path in the list is empty"));
         assert_eq!(
             err(&format!("a={k},{s}"), &agent_env),

@@ -528,11 +528,30 @@ fn ssh_agents_reach_run_as_sockets_the_agent_answers_through_and_no_layer_keeps(
         "{}",
         stderr(&o)
     );
+    // A key file: served by kiln's own agent, with no ssh-agent anywhere (SSH_AUTH_SOCK unset).
+    write_context(
+        &ctx,
+        &[(
+            "Dockerfile",
+            &format!(
+                "ARG BASE\nFROM ${{BASE}}\nRUN --mount=type=bind,source=tools,target=/tools --mount=type=ssh,id=deploy,required=true \
+                 {ssh_add} -l > /deploy.list && {ssh_add} -T /tools/id.pub && echo signed > /deploy.signed\n"
+            ),
+        )],
+    );
     let key_flag = format!("deploy={}", path_str(&key));
-    let o = build_with_env(&k, &ctx, &["--ssh", &key_flag], &[]);
-    assert_exit_1(&o, "--ssh with a key file");
-    assert!(stderr(&o).contains("does not serve private key files itself yet"), "{}", stderr(&o));
-    assert!(stderr(&o).contains(&format!("ssh-add {}", path_str(&key))), "{}", stderr(&o));
+    let o = build_with_env(&k, &ctx, &["-t", "kiln.test/ssh:keys", "--ssh", &key_flag], &[("SSH_AUTH_SOCK", "")]);
+    assert_ok(&o, "--ssh with a key file");
+    let listed = k.run("kiln.test/ssh:keys", &["cat", "/deploy.list"]);
+    assert_eq!(listed.trim(), fingerprint, "kiln's agent lists the key file's key, as ssh-agent did");
+    assert_eq!(k.run("kiln.test/ssh:keys", &["cat", "/deploy.signed"]).trim(), "signed", "and signs with it");
+    // Key types kiln's agent does not serve are refused by name.
+    let rsa = k.path("id_rsa");
+    let o = Command::new("ssh-keygen").args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"]).arg(&rsa).output().unwrap();
+    assert_ok(&o, "ssh-keygen -t rsa");
+    let o = build_with_env(&k, &ctx, &["--ssh", &format!("deploy={}", path_str(&rsa))], &[]);
+    assert_exit_1(&o, "--ssh with an rsa key file");
+    assert!(stderr(&o).contains("is an ssh-rsa key; kiln's own agent serves ssh-ed25519 keys only"), "{}", stderr(&o));
     let o = build_with_env(&k, &ctx, &["--ssh", "default"], &[("SSH_AUTH_SOCK", "")]);
     assert_exit_1(&o, "--ssh default without SSH_AUTH_SOCK");
     assert!(stderr(&o).contains("--ssh default: SSH_AUTH_SOCK is not set"), "{}", stderr(&o));
