@@ -1,9 +1,13 @@
 //! Base images: what `FROM <image>` starts from, read from the local store for one platform and
-//! pulled into it (that platform only, the index kept whole) when it is not there.
+//! pulled into it (that platform only, the index kept whole) when it is not there, or every time
+//! with `--pull`. A `--build-context` named like the image takes its place (see [`crate::named_context`]).
 
-use kiln_oci::{media, Descriptor, ImageConfig, Manifest, Platform, Reference, Store, StoreError};
+use kiln_oci::{media, Descriptor, Digest, ImageConfig, Manifest, Platform, Reference, Store, StoreError};
 
+use std::path::Path;
 use std::sync::Arc;
+
+use crate::named_context::{ContextSource, NamedContext, NamedContexts};
 
 use crate::error::{BaseFailure, BuildError};
 use crate::state::{default_shell, ImageState, LayerRef};
@@ -22,6 +26,8 @@ pub struct BaseImage {
 pub struct Bases {
     store: Store,
     client: Option<std::sync::Arc<kiln_registry::Client>>,
+    contexts: NamedContexts,
+    pull: bool,
     memo: std::sync::Mutex<std::collections::HashMap<(String, String), Looked>>,
 }
 
@@ -30,7 +36,20 @@ type Looked = Result<BaseImage, Arc<BuildError>>;
 
 impl Bases {
     pub fn new(store: Store, client: Option<std::sync::Arc<kiln_registry::Client>>) -> Bases {
-        Bases { store, client, memo: std::sync::Mutex::new(std::collections::HashMap::new()) }
+        Bases {
+            store,
+            client,
+            contexts: NamedContexts::default(),
+            pull: false,
+            memo: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// With `--build-context`s that replace the images they are named like, and `--pull`.
+    pub fn with(mut self, contexts: NamedContexts, pull: bool) -> Bases {
+        self.contexts = contexts;
+        self.pull = pull;
+        self
     }
 
     pub fn get(&self, image: &str, platform: &Platform) -> Result<BaseImage, BuildError> {
@@ -38,12 +57,90 @@ impl Bases {
         if let Some(r) = self.memo.lock().ok().and_then(|m| m.get(&k).cloned()) {
             return r.map_err(BuildError::Again);
         }
-        let r = ensure(&self.store, self.client.as_deref(), image, platform).map_err(Arc::new);
+        let r = match self.contexts.get(image) {
+            Some(nc) => self.context(nc, platform),
+            None => ensure(&self.store, self.client.as_deref(), image, platform, self.pull),
+        }
+        .map_err(Arc::new);
         if let Ok(mut m) = self.memo.lock() {
             m.insert(k, r.clone());
         }
         r.map_err(BuildError::Again)
     }
+
+    /// The image a named context stands for.
+    fn context(&self, nc: &NamedContext, platform: &Platform) -> Result<BaseImage, BuildError> {
+        match &nc.source {
+            ContextSource::Image(r) => ensure(&self.store, self.client.as_deref(), &r.to_string(), platform, self.pull),
+            ContextSource::Layout { dir, tag, digest } => from_layout(&self.store, nc, dir, tag.as_deref(), digest.as_ref(), platform),
+            ContextSource::Local(_) => Err(BuildError::Base {
+                reference: nc.name.clone(),
+                source: BaseFailure::LocalContext { name: nc.name.clone(), value: nc.value.clone() },
+            }),
+        }
+    }
+}
+
+/// The image of an OCI layout for `platform`, its blobs copied into the store (where snapshots and
+/// exports find layers); the layout is only read.
+fn from_layout(
+    store: &Store,
+    nc: &NamedContext,
+    dir: &Path,
+    tag: Option<&str>,
+    digest: Option<&Digest>,
+    platform: &Platform,
+) -> Result<BaseImage, BuildError> {
+    let err = |source: BaseFailure| BuildError::Base { reference: format!("{}={}", nc.name, nc.value), source };
+    if !dir.join("oci-layout").is_file() || !dir.join("index.json").is_file() {
+        return Err(err(BaseFailure::NoLayout { name: nc.name.clone(), path: dir.to_path_buf() }));
+    }
+    let layout = Store::open_layout(dir)?;
+    let index = layout.read_index();
+    layout.tidy_layout();
+    let index = index?;
+    let root = match (digest, tag) {
+        (Some(d), _) => match index.manifests.iter().find(|m| &m.digest == d) {
+            Some(m) => m.clone(),
+            None if layout.has_blob(d) => {
+                let bytes = layout.read_blob(d)?;
+                let m = Manifest::parse(&bytes, None).map_err(|source| StoreError::Manifest { digest: d.clone(), source })?;
+                Descriptor::new(m.media_type(), d.clone(), bytes.len() as u64)
+            }
+            None => return Err(err(BaseFailure::LayoutDigest { name: nc.name.clone(), path: dir.to_path_buf(), digest: d.clone() })),
+        },
+        (None, tag) => {
+            let tag = tag.unwrap_or("latest");
+            let named = |m: &&Descriptor| {
+                m.annotation(kiln_oci::store::REF_NAME_ANNOTATION).is_some_and(|n| n == tag || n.ends_with(&format!(":{tag}")))
+            };
+            match index.manifests.iter().find(named) {
+                Some(m) => m.clone(),
+                None => {
+                    let tags: Vec<&str> =
+                        index.manifests.iter().filter_map(|m| m.annotation(kiln_oci::store::REF_NAME_ANNOTATION)).collect();
+                    let tags = if tags.is_empty() { "none".to_string() } else { tags.join(", ") };
+                    return Err(err(BaseFailure::LayoutTag { name: nc.name.clone(), path: dir.to_path_buf(), tag: tag.to_string(), tags }));
+                }
+            }
+        }
+    };
+    let desc = layout.select_platform(&nc.name, &root, platform)?;
+    let copy = |d: &Digest| -> Result<(), BuildError> {
+        if !store.has_blob(d) {
+            let f = layout.open_blob(d)?;
+            store.put_blob_stream(std::io::BufReader::new(f), Some(d))?;
+        }
+        Ok(())
+    };
+    copy(&desc.digest)?;
+    if let Manifest::Image(m) = &layout.read_manifest(&desc)?.value {
+        copy(&m.config.digest)?;
+        for l in &m.layers {
+            copy(&l.digest)?;
+        }
+    }
+    load_manifest(store, &nc.name, desc)
 }
 
 /// Finds `image` for `platform` in the store, pulling it from its registry when it is not there, or
@@ -52,28 +149,48 @@ impl Bases {
 /// and stays where it is, and a tag moves to what the registry names only when that loses none of
 /// the images the store had (see [`kiln_registry::Tagging::Keep`]); otherwise the pull is used by
 /// digest.
-pub fn ensure(store: &Store, client: Option<&kiln_registry::Client>, image: &str, platform: &Platform) -> Result<BaseImage, BuildError> {
-    let local_err = match load(store, image, platform) {
-        Ok(b) => return Ok(b),
-        Err(e) => e,
-    };
-    let Some(client) = client else { return Err(local_err) };
+///
+/// `pull` (`--pull`): a tag is resolved at its registry first, whatever the store has, and the
+/// store's tag follows it; a registry that cannot be reached is then an error. A digest reference
+/// names the same image everywhere, so the store's copy is used; so is an image of `kiln.local`
+/// (kiln's own namespace for imported images, which names no registry).
+pub fn ensure(
+    store: &Store,
+    client: Option<&kiln_registry::Client>,
+    image: &str,
+    platform: &Platform,
+    pull: bool,
+) -> Result<BaseImage, BuildError> {
     let err = |source: BaseFailure| BuildError::Base { reference: image.to_string(), source };
     let reference = Reference::parse(image).map_err(|e| err(BaseFailure::Reference(e)))?;
-    if reference.registry() == "kiln.local" {
-        // kiln's own namespace for imported images never names a real registry.
-        return Err(local_err);
-    }
-    let why = match &local_err {
-        BuildError::Store(StoreError::PlatformAbsent(_)) => format!("has no image for {platform} in the local store"),
-        _ => "not in the local store".to_string(),
+    let kiln_local = reference.registry() == "kiln.local";
+    let always = pull && client.is_some() && !kiln_local && reference.digest().is_none();
+    let local_err = if always {
+        None
+    } else {
+        match load(store, image, platform) {
+            Ok(b) => return Ok(b),
+            Err(e) => Some(e),
+        }
     };
+    let (client, local_err) = match (client, local_err) {
+        (Some(c), None) => (c, None),
+        (Some(c), Some(e)) if !kiln_local => (c, Some(e)),
+        (_, Some(e)) => return Err(e),
+        // No registry to ask: the store is all there is.
+        (None, None) => return load(store, image, platform),
+    };
+    let why = match &local_err {
+        None => "--pull resolves it at its registry".to_string(),
+        Some(BuildError::Store(StoreError::PlatformAbsent(_))) => format!("has no image for {platform} in the local store"),
+        Some(_) => "not in the local store".to_string(),
+    };
+    let tagging = if always { kiln_registry::Tagging::Follow } else { kiln_registry::Tagging::Keep };
     let selection = kiln_registry::PlatformSelection::Only(vec![platform.clone()]);
     let pulled =
-        kiln_registry::pull_to_store(client, store, &reference, &selection, kiln_registry::Tagging::Keep, &kiln_registry::NoProgress)
-            .map_err(|source| {
-                err(BaseFailure::Pull { why, platform: platform.to_string(), image: image.to_string(), source: Box::new(source) })
-            })?;
+        kiln_registry::pull_to_store(client, store, &reference, &selection, tagging, &kiln_registry::NoProgress).map_err(|source| {
+            err(BaseFailure::Pull { why, platform: platform.to_string(), image: image.to_string(), source: Box::new(source) })
+        })?;
     load(store, &reference.with_digest(pulled.root.digest).to_string(), platform)
 }
 

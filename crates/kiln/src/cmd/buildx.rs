@@ -33,10 +33,6 @@ pub struct Unsupported {
     // Not built yet (issue 12): refused by name until they are.
     #[arg(long, hide = true, value_name = "ID")]
     ssh: Vec<String>,
-    #[arg(long, hide = true, value_name = "NAME=VALUE")]
-    build_context: Vec<String>,
-    #[arg(long, hide = true)]
-    pull: bool,
 }
 
 impl Unsupported {
@@ -77,16 +73,6 @@ impl Unsupported {
             Some((
                 "--ssh",
                 "SSH agent forwarding is not built yet (nor RUN --mount=type=ssh); pass a deploy key with --secret id=key,src=PATH meanwhile",
-            ))
-        } else if !self.build_context.is_empty() {
-            Some((
-                "--build-context",
-                "named build contexts are not built yet; use a stage (FROM IMAGE AS NAME) or COPY from the main context meanwhile",
-            ))
-        } else if self.pull {
-            Some((
-                "--pull",
-                "always re-resolving base images is not built yet; run `kiln pull IMAGE` before the build to refresh a base's tag",
             ))
         } else {
             None
@@ -139,8 +125,6 @@ mod tests {
             (Unsupported { debug: true, ..Default::default() }, "--debug"),
             (Unsupported { attest: vec!["type=sbom".into()], ..Default::default() }, "--attest"),
             (Unsupported { ssh: vec!["default".into()], ..Default::default() }, "--ssh"),
-            (Unsupported { build_context: vec!["a=dir".into()], ..Default::default() }, "--build-context"),
-            (Unsupported { pull: true, ..Default::default() }, "--pull"),
         ];
         for (u, flag) in cases {
             let e = u.refuse().unwrap_err().to_string();
