@@ -7,6 +7,7 @@ use kiln_oci::{media, Descriptor, Digest, ImageConfig, Manifest, Platform, Refer
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::context::Kind;
 use crate::named_context::{ContextSource, NamedContext, NamedContexts};
 
 use crate::error::{BaseFailure, BuildError};
@@ -73,12 +74,64 @@ impl Bases {
         match &nc.source {
             ContextSource::Image(r) => ensure(&self.store, self.client.as_deref(), &r.to_string(), platform, self.pull),
             ContextSource::Layout { dir, tag, digest } => from_layout(&self.store, nc, dir, tag.as_deref(), digest.as_ref(), platform),
-            ContextSource::Local(_) => Err(BuildError::Base {
-                reference: nc.name.clone(),
-                source: BaseFailure::LocalContext { name: nc.name.clone(), value: nc.value.clone() },
-            }),
+            ContextSource::Local(dir) => dir_image(&self.store, dir, platform),
         }
     }
+}
+
+/// A directory context as an image, as BuildKit takes one where an image is needed (`FROM NAME`,
+/// `RUN --mount=from=NAME`): one layer of its files (less its `.dockerignore`), owned by root, with
+/// no timestamps, and an empty config. So the image, and every key built on it, changes with the
+/// files' content, names and modes, and with nothing else.
+fn dir_image(store: &Store, dir: &Path, platform: &Platform) -> Result<BaseImage, BuildError> {
+    let context = crate::named_context::open_dir(dir)?;
+    let entries = context.walk("")?;
+    let layer_err = |source| BuildError::Layer { digest: "(new)".into(), source };
+    let info = kiln_oci::layer::write_layer_to_store(store, |w| {
+        let tar_err = |e: std::io::Error| kiln_oci::layer::LayerError::Tar(e);
+        let mut b = tar::Builder::new(kiln_oci::DigestWriter::new(w));
+        for e in entries.iter().filter(|e| !e.rel.is_empty()) {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(e.mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            match &e.kind {
+                Kind::File { size } => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(*size);
+                    let f = std::fs::File::open(context.host_path(&e.rel)).map_err(|source| kiln_oci::layer::LayerError::Io {
+                        op: "read",
+                        path: context.host_path(&e.rel),
+                        source,
+                    })?;
+                    b.append_data(&mut h, &e.rel, f).map_err(tar_err)?;
+                }
+                Kind::Dir => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    b.append_data(&mut h, format!("{}/", e.rel), std::io::empty()).map_err(tar_err)?;
+                }
+                Kind::Symlink { target } => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, &e.rel, target).map_err(tar_err)?;
+                }
+            }
+        }
+        let (_, digest, size) = b.into_inner().map_err(tar_err)?.finish();
+        let compression = kiln_oci::Compression::None;
+        Ok(kiln_oci::layer::LayerInfo { digest: digest.clone(), size, diff_id: digest, uncompressed_size: size, compression })
+    })
+    .map_err(layer_err)?;
+    let layer = LayerRef { descriptor: info.descriptor(), diff_id: info.diff_id.clone() };
+    let mut config = ImageState::scratch(platform).config;
+    config.rootfs = kiln_oci::RootFs { diff_ids: vec![info.diff_id], ..kiln_oci::RootFs::default() };
+    let cfg = store.put_blob_bytes(&config.to_json())?;
+    let config_desc = Descriptor::new(media::OCI_CONFIG, cfg.digest, cfg.size);
+    let manifest = Manifest::Image(kiln_oci::ImageManifest::new_oci(config_desc, vec![layer.descriptor.clone()]));
+    let desc = store.put_manifest(&manifest)?;
+    Ok(BaseImage { manifest: desc, config, layers: vec![layer] })
 }
 
 /// The image of an OCI layout for `platform`, its blobs copied into the store (where snapshots and
@@ -266,6 +319,29 @@ mod tests {
         let failure = bad.source().and_then(|s| s.downcast_ref::<BaseFailure>());
         assert!(matches!(failure, Some(BaseFailure::Reference(_))), "{bad:?}");
         assert!(failure.and_then(|f| f.source()).and_then(|s| s.downcast_ref::<kiln_oci::ReferenceError>()).is_some(), "{bad:?}");
+    }
+
+    #[test]
+    fn a_directory_image_changes_with_content_and_mode_not_with_mtimes() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("root")).unwrap();
+        let dir = tmp.path().join("d");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/a"), "a").unwrap();
+        std::fs::write(dir.join(".dockerignore"), "skip\n").unwrap();
+        let p = Platform::parse("linux/amd64").unwrap();
+        let first = dir_image(&store, &dir, &p).unwrap();
+        assert_eq!(first.layers.len(), 1);
+        std::fs::write(dir.join("sub/a"), "a").unwrap();
+        std::fs::write(dir.join("skip"), "ignored").unwrap();
+        assert_eq!(dir_image(&store, &dir, &p).unwrap().manifest.digest, first.manifest.digest, "mtimes and ignored files do not count");
+        std::fs::set_permissions(dir.join("sub/a"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mode = dir_image(&store, &dir, &p).unwrap();
+        assert_ne!(mode.manifest.digest, first.manifest.digest, "a mode does");
+        std::fs::write(dir.join("sub/a"), "b").unwrap();
+        assert_ne!(dir_image(&store, &dir, &p).unwrap().manifest.digest, mode.manifest.digest, "content does");
+        assert_eq!(load_manifest(&store, "d", first.manifest.clone()).unwrap().layers, first.layers, "the image is in the store");
     }
 
     #[test]

@@ -353,9 +353,6 @@ pub enum BaseFailure {
     NotAnImage { digest: kiln_oci::Digest },
     #[error("its config lists {config} layers but its manifest {manifest}")]
     LayerCount { config: usize, manifest: usize },
-    /// A local directory context where an image is needed.
-    #[error("--build-context {name}={value} is a local directory, which kiln reads only as a COPY --from={name} source (not as FROM or RUN --mount=from=); pass an image as docker-image://REF or oci-layout://PATH")]
-    LocalContext { name: String, value: String },
     #[error("--build-context {name}: {} is not an OCI layout (no oci-layout file in it); write one with `kiln build -o type=oci,dest=DIR,tar=false`", path.display())]
     NoLayout { name: String, path: PathBuf },
     #[error("--build-context {name}: the OCI layout {} has no image tagged {tag:?} (its tags: {tags})", path.display())]

@@ -3,7 +3,10 @@
 //!
 //! A named context is a source the Dockerfile names as if it were a stage or an image, and that the
 //! command line points somewhere else. VALUE is one of:
-//! - a local directory (a path, relative to where kiln runs): its files, for `COPY --from=NAME`;
+//! - a local directory (a path, relative to where kiln runs), with its own `.dockerignore`: its
+//!   files, for `COPY --from=NAME`, and, where an image is needed (`FROM NAME`,
+//!   `RUN --mount=from=NAME`), an image of one layer holding them, owned by root, without
+//!   timestamps, with an empty config (BuildKit's empty image);
 //! - `docker-image://REF[@DIGEST]`: an image from its registry (or the store), as a `FROM` would
 //!   take it;
 //! - `oci-layout://PATH[:TAG|@DIGEST]`: an image in an OCI layout directory on disk (the tag
@@ -16,9 +19,10 @@
 //! instructions are not run, and `FROM NAME` / `COPY --from=NAME` read the context instead.
 //!
 //! Cache keys follow from what the context is: an image (either kind) is keyed by its manifest
-//! digest, as a base image is; a directory by the content and mode of the files a COPY reads from
-//! it, as the main context is (plus the context's name), so that editing a file there misses and
-//! nothing else does.
+//! digest, as a base image is; a directory read by COPY by the content and mode of the files it
+//! reads, as the main context is (plus the context's name), so that editing a file there misses
+//! and nothing else does; a directory taken as an image by that image's digest, which changes with
+//! the names, modes and content of its files and nothing else (not mtimes, not owners).
 //!
 //! Git and HTTP(S) URLs (`https://…`, `git@…`) and bake's `target:` are refused by name: kiln
 //! neither fetches remote contexts nor runs bake.
@@ -198,6 +202,19 @@ impl NamedContexts {
     }
 }
 
+/// A directory context, with its own `.dockerignore` (BuildKit reads it from the named directory).
+pub(crate) fn open_dir(path: &Path) -> Result<crate::context::Context, crate::BuildError> {
+    let ignore = path.join(".dockerignore");
+    let text = match std::fs::read_to_string(&ignore) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(crate::BuildError::Io { action: "read", path: ignore, source }),
+    };
+    let m = kiln_dockerfile::dockerignore::Matcher::from_dockerignore(&text)
+        .map_err(|source| crate::BuildError::Dockerignore { path: ignore, source })?;
+    crate::context::Context::open(path, m)
+}
+
 /// The local directory contexts of a build, opened (each with its own `.dockerignore`, as
 /// BuildKit reads it).
 pub(crate) struct LocalContexts {
@@ -212,15 +229,7 @@ impl LocalContexts {
                 let arg = format!("{}={}", nc.name, nc.value);
                 return Err(NamedContextError::NotADirectory { arg, path: path.to_path_buf(), missing: !path.exists() }.into());
             }
-            let ignore = path.join(".dockerignore");
-            let text = match std::fs::read_to_string(&ignore) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                Err(source) => return Err(crate::BuildError::Io { action: "read", path: ignore, source }),
-            };
-            let m = kiln_dockerfile::dockerignore::Matcher::from_dockerignore(&text)
-                .map_err(|source| crate::BuildError::Dockerignore { path: ignore, source })?;
-            dirs.push((nc.name.clone(), crate::context::Context::open(path, m)?));
+            dirs.push((nc.name.clone(), open_dir(path)?));
         }
         Ok(LocalContexts { dirs })
     }

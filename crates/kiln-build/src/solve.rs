@@ -535,13 +535,6 @@ impl<'a> Solver<'a> {
                 .ok_or_else(|| BuildError::refused(at(&step.location), Refusal::SourceStageNotBuilt { stage: *i }))?
                 .layers
                 .clone(),
-            Source::Image(r) if self.shared.local_contexts.get(r).is_some() => {
-                // Only COPY --from reads a directory context (see `local_from`): a mount of one
-                // would need the directory bound in, which RUN does not do yet. The lookup gives
-                // the error that says so (`BaseFailure::LocalContext`).
-                let refused = self.shared.base_lookup.get(r, &self.shared.opts.platform)?;
-                refused.layers
-            }
             Source::Image(r) => self
                 .base(r, &self.shared.opts.platform.clone())
                 .map_err(|e| {

@@ -191,16 +191,43 @@ fn bad_build_context_values_name_the_flag_and_the_value() {
         assert_exit_1(&o, &value);
         assert!(stderr(&o).contains(&want), "{value}: {}", stderr(&o));
     }
-    // A directory where an image is needed.
-    write_context(&ctx, &[("Dockerfile", "FROM src\n")]);
-    let flag = format!("src={}", path_str(&ctx));
-    let o = k.build(&ctx, &["--build-context", &flag]);
-    assert_exit_1(&o, "FROM a directory");
-    assert!(
-        stderr(&o).contains(&format!("--build-context {flag} is a local directory, which kiln reads only as a COPY --from=src source")),
-        "{}",
-        stderr(&o)
+}
+
+#[test]
+fn a_local_directory_is_a_root_file_system_for_from_and_a_run_mount_source() {
+    if !support_build::can_build() {
+        return;
+    }
+    let k = Kiln::new();
+    let ctx = k.path("ctx");
+    let extra = k.path("extra");
+    write_context(
+        &ctx,
+        &[(
+            "Dockerfile",
+            "ARG BASE\nFROM ${BASE} AS tool\nRUN --mount=from=extra,target=/mnt cat /mnt/a.txt /mnt/sub/b.txt > /seen\n\
+             FROM extra\nCOPY --from=tool /seen /seen\n",
+        )],
     );
+    write_context(&extra, &[("a.txt", "A\n"), ("sub/b.txt", "B\n"), ("skip.txt", "x\n"), (".dockerignore", "skip.txt\n")]);
+    let flag = format!("extra={}", path_str(&extra));
+    let out = k.path("out");
+    let local = format!("type=local,dest={}", path_str(&out));
+    let md = k.build_md(&ctx, &["--build-context", &flag, "-o", &local]);
+    assert!(layer_steps(&md).iter().all(|s| s.cache == "miss"), "{:#?}", steps(&md));
+    let read = |rel: &str| std::fs::read_to_string(out.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    assert_eq!((read("a.txt"), read("sub/b.txt"), read("seen")), ("A\n".into(), "B\n".into(), "A\nB\n".into()));
+    assert!(!out.join("skip.txt").exists(), "the directory's .dockerignore applies");
+
+    // Rewritten with the same content (a new mtime): the same image, every step hits.
+    write_context(&extra, &[("a.txt", "A\n")]);
+    let same = k.build_md(&ctx, &["--build-context", &flag]);
+    assert!(layer_steps(&same).iter().all(|s| s.cache == "hit-local"), "{:#?}", steps(&same));
+    assert_eq!(digest(&same), digest(&md));
+    // New content: the mount's RUN and the stage built on the directory miss.
+    write_context(&extra, &[("sub/b.txt", "B2\n")]);
+    let changed = k.build_md(&ctx, &["--build-context", &flag]);
+    assert!(layer_steps(&changed).iter().all(|s| s.cache == "miss"), "{:#?}", steps(&changed));
 }
 
 #[test]

@@ -98,8 +98,8 @@ pub struct Args {
     pub load: bool,
     // -- flags: build contexts, --pull, inline cache --
     /// An extra context (repeatable): NAME=VALUE, VALUE a directory, docker-image://REF[@DIGEST] or
-    /// oci-layout://PATH[:TAG|@DIGEST]. It replaces the stage or image named NAME (`FROM NAME`), and
-    /// a directory is read by COPY --from=NAME.
+    /// oci-layout://PATH[:TAG|@DIGEST]. It replaces the stage or image named NAME (FROM NAME,
+    /// COPY --from=NAME, RUN --mount=from=NAME).
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
     /// Resolve every base image (and docker-image:// context) at its registry, even when the store
