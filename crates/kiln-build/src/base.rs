@@ -1,9 +1,14 @@
 //! Base images: what `FROM <image>` starts from, read from the local store for one platform and
-//! pulled into it (that platform only, the index kept whole) when it is not there.
+//! pulled into it (that platform only, the index kept whole) when it is not there, or every time
+//! with `--pull`. A `--build-context` named like the image takes its place (see [`crate::named_context`]).
 
-use kiln_oci::{media, Descriptor, ImageConfig, Manifest, Platform, Reference, Store, StoreError};
+use kiln_oci::{media, Descriptor, Digest, ImageConfig, Manifest, Platform, Reference, Store, StoreError};
 
+use std::path::Path;
 use std::sync::Arc;
+
+use crate::context::Kind;
+use crate::named_context::{ContextSource, NamedContext, NamedContexts};
 
 use crate::error::{BaseFailure, BuildError};
 use crate::state::{default_shell, ImageState, LayerRef};
@@ -22,6 +27,8 @@ pub struct BaseImage {
 pub struct Bases {
     store: Store,
     client: Option<std::sync::Arc<kiln_registry::Client>>,
+    contexts: NamedContexts,
+    pull: bool,
     memo: std::sync::Mutex<std::collections::HashMap<(String, String), Looked>>,
 }
 
@@ -30,7 +37,20 @@ type Looked = Result<BaseImage, Arc<BuildError>>;
 
 impl Bases {
     pub fn new(store: Store, client: Option<std::sync::Arc<kiln_registry::Client>>) -> Bases {
-        Bases { store, client, memo: std::sync::Mutex::new(std::collections::HashMap::new()) }
+        Bases {
+            store,
+            client,
+            contexts: NamedContexts::default(),
+            pull: false,
+            memo: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// With `--build-context`s that replace the images they are named like, and `--pull`.
+    pub fn with(mut self, contexts: NamedContexts, pull: bool) -> Bases {
+        self.contexts = contexts;
+        self.pull = pull;
+        self
     }
 
     pub fn get(&self, image: &str, platform: &Platform) -> Result<BaseImage, BuildError> {
@@ -38,12 +58,142 @@ impl Bases {
         if let Some(r) = self.memo.lock().ok().and_then(|m| m.get(&k).cloned()) {
             return r.map_err(BuildError::Again);
         }
-        let r = ensure(&self.store, self.client.as_deref(), image, platform).map_err(Arc::new);
+        let r = match self.contexts.get(image) {
+            Some(nc) => self.context(nc, platform),
+            None => ensure(&self.store, self.client.as_deref(), image, platform, self.pull),
+        }
+        .map_err(Arc::new);
         if let Ok(mut m) = self.memo.lock() {
             m.insert(k, r.clone());
         }
         r.map_err(BuildError::Again)
     }
+
+    /// The image a named context stands for.
+    fn context(&self, nc: &NamedContext, platform: &Platform) -> Result<BaseImage, BuildError> {
+        match &nc.source {
+            ContextSource::Image(r) => ensure(&self.store, self.client.as_deref(), &r.to_string(), platform, self.pull),
+            ContextSource::Layout { dir, tag, digest } => from_layout(&self.store, nc, dir, tag.as_deref(), digest.as_ref(), platform),
+            ContextSource::Local(dir) => dir_image(&self.store, dir, platform),
+        }
+    }
+}
+
+/// A directory context as an image, as BuildKit takes one where an image is needed (`FROM NAME`,
+/// `RUN --mount=from=NAME`): one layer of its files (less its `.dockerignore`), owned by root, with
+/// no timestamps, and an empty config. So the image, and every key built on it, changes with the
+/// files' content, names and modes, and with nothing else.
+fn dir_image(store: &Store, dir: &Path, platform: &Platform) -> Result<BaseImage, BuildError> {
+    let context = crate::named_context::open_dir(dir)?;
+    let entries = context.walk("")?;
+    let layer_err = |source| BuildError::Layer { digest: "(new)".into(), source };
+    let info = kiln_oci::layer::write_layer_to_store(store, |w| {
+        let tar_err = |e: std::io::Error| kiln_oci::layer::LayerError::Tar(e);
+        let mut b = tar::Builder::new(kiln_oci::DigestWriter::new(w));
+        for e in entries.iter().filter(|e| !e.rel.is_empty()) {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(e.mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            match &e.kind {
+                Kind::File { size } => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(*size);
+                    let f = std::fs::File::open(context.host_path(&e.rel)).map_err(|source| kiln_oci::layer::LayerError::Io {
+                        op: "read",
+                        path: context.host_path(&e.rel),
+                        source,
+                    })?;
+                    b.append_data(&mut h, &e.rel, f).map_err(tar_err)?;
+                }
+                Kind::Dir => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    b.append_data(&mut h, format!("{}/", e.rel), std::io::empty()).map_err(tar_err)?;
+                }
+                Kind::Symlink { target } => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, &e.rel, target).map_err(tar_err)?;
+                }
+            }
+        }
+        let (_, digest, size) = b.into_inner().map_err(tar_err)?.finish();
+        let compression = kiln_oci::Compression::None;
+        Ok(kiln_oci::layer::LayerInfo { digest: digest.clone(), size, diff_id: digest, uncompressed_size: size, compression })
+    })
+    .map_err(layer_err)?;
+    let layer = LayerRef { descriptor: info.descriptor(), diff_id: info.diff_id.clone() };
+    let mut config = ImageState::scratch(platform).config;
+    config.rootfs = kiln_oci::RootFs { diff_ids: vec![info.diff_id], ..kiln_oci::RootFs::default() };
+    let cfg = store.put_blob_bytes(&config.to_json())?;
+    let config_desc = Descriptor::new(media::OCI_CONFIG, cfg.digest, cfg.size);
+    let manifest = Manifest::Image(kiln_oci::ImageManifest::new_oci(config_desc, vec![layer.descriptor.clone()]));
+    let desc = store.put_manifest(&manifest)?;
+    Ok(BaseImage { manifest: desc, config, layers: vec![layer] })
+}
+
+/// The image of an OCI layout for `platform`, its blobs copied into the store (where snapshots and
+/// exports find layers); the layout is only read.
+fn from_layout(
+    store: &Store,
+    nc: &NamedContext,
+    dir: &Path,
+    tag: Option<&str>,
+    digest: Option<&Digest>,
+    platform: &Platform,
+) -> Result<BaseImage, BuildError> {
+    let err = |source: BaseFailure| BuildError::Base { reference: format!("{}={}", nc.name, nc.value), source };
+    if !dir.join("oci-layout").is_file() || !dir.join("index.json").is_file() {
+        return Err(err(BaseFailure::NoLayout { name: nc.name.clone(), path: dir.to_path_buf() }));
+    }
+    let layout = Store::open_layout(dir)?;
+    let index = layout.read_index();
+    layout.tidy_layout();
+    let index = index?;
+    let root = match (digest, tag) {
+        (Some(d), _) => match index.manifests.iter().find(|m| &m.digest == d) {
+            Some(m) => m.clone(),
+            None if layout.has_blob(d) => {
+                let bytes = layout.read_blob(d)?;
+                let m = Manifest::parse(&bytes, None).map_err(|source| StoreError::Manifest { digest: d.clone(), source })?;
+                Descriptor::new(m.media_type(), d.clone(), bytes.len() as u64)
+            }
+            None => return Err(err(BaseFailure::LayoutDigest { name: nc.name.clone(), path: dir.to_path_buf(), digest: d.clone() })),
+        },
+        (None, tag) => {
+            let tag = tag.unwrap_or("latest");
+            let named = |m: &&Descriptor| {
+                m.annotation(kiln_oci::store::REF_NAME_ANNOTATION).is_some_and(|n| n == tag || n.ends_with(&format!(":{tag}")))
+            };
+            match index.manifests.iter().find(named) {
+                Some(m) => m.clone(),
+                None => {
+                    let tags: Vec<&str> =
+                        index.manifests.iter().filter_map(|m| m.annotation(kiln_oci::store::REF_NAME_ANNOTATION)).collect();
+                    let tags = if tags.is_empty() { "none".to_string() } else { tags.join(", ") };
+                    return Err(err(BaseFailure::LayoutTag { name: nc.name.clone(), path: dir.to_path_buf(), tag: tag.to_string(), tags }));
+                }
+            }
+        }
+    };
+    let desc = layout.select_platform(&nc.name, &root, platform)?;
+    let copy = |d: &Digest| -> Result<(), BuildError> {
+        if !store.has_blob(d) {
+            let f = layout.open_blob(d)?;
+            store.put_blob_stream(std::io::BufReader::new(f), Some(d))?;
+        }
+        Ok(())
+    };
+    copy(&desc.digest)?;
+    if let Manifest::Image(m) = &layout.read_manifest(&desc)?.value {
+        copy(&m.config.digest)?;
+        for l in &m.layers {
+            copy(&l.digest)?;
+        }
+    }
+    load_manifest(store, &nc.name, desc)
 }
 
 /// Finds `image` for `platform` in the store, pulling it from its registry when it is not there, or
@@ -52,28 +202,48 @@ impl Bases {
 /// and stays where it is, and a tag moves to what the registry names only when that loses none of
 /// the images the store had (see [`kiln_registry::Tagging::Keep`]); otherwise the pull is used by
 /// digest.
-pub fn ensure(store: &Store, client: Option<&kiln_registry::Client>, image: &str, platform: &Platform) -> Result<BaseImage, BuildError> {
-    let local_err = match load(store, image, platform) {
-        Ok(b) => return Ok(b),
-        Err(e) => e,
-    };
-    let Some(client) = client else { return Err(local_err) };
+///
+/// `pull` (`--pull`): a tag is resolved at its registry first, whatever the store has, and the
+/// store's tag follows it; a registry that cannot be reached is then an error. A digest reference
+/// names the same image everywhere, so the store's copy is used; so is an image of `kiln.local`
+/// (kiln's own namespace for imported images, which names no registry).
+pub fn ensure(
+    store: &Store,
+    client: Option<&kiln_registry::Client>,
+    image: &str,
+    platform: &Platform,
+    pull: bool,
+) -> Result<BaseImage, BuildError> {
     let err = |source: BaseFailure| BuildError::Base { reference: image.to_string(), source };
     let reference = Reference::parse(image).map_err(|e| err(BaseFailure::Reference(e)))?;
-    if reference.registry() == "kiln.local" {
-        // kiln's own namespace for imported images never names a real registry.
-        return Err(local_err);
-    }
-    let why = match &local_err {
-        BuildError::Store(StoreError::PlatformAbsent(_)) => format!("has no image for {platform} in the local store"),
-        _ => "not in the local store".to_string(),
+    let kiln_local = reference.registry() == "kiln.local";
+    let always = pull && client.is_some() && !kiln_local && reference.digest().is_none();
+    let local_err = if always {
+        None
+    } else {
+        match load(store, image, platform) {
+            Ok(b) => return Ok(b),
+            Err(e) => Some(e),
+        }
     };
+    let (client, local_err) = match (client, local_err) {
+        (Some(c), None) => (c, None),
+        (Some(c), Some(e)) if !kiln_local => (c, Some(e)),
+        (_, Some(e)) => return Err(e),
+        // No registry to ask: the store is all there is.
+        (None, None) => return load(store, image, platform),
+    };
+    let why = match &local_err {
+        None => "--pull resolves it at its registry".to_string(),
+        Some(BuildError::Store(StoreError::PlatformAbsent(_))) => format!("has no image for {platform} in the local store"),
+        Some(_) => "not in the local store".to_string(),
+    };
+    let tagging = if always { kiln_registry::Tagging::Follow } else { kiln_registry::Tagging::Keep };
     let selection = kiln_registry::PlatformSelection::Only(vec![platform.clone()]);
     let pulled =
-        kiln_registry::pull_to_store(client, store, &reference, &selection, kiln_registry::Tagging::Keep, &kiln_registry::NoProgress)
-            .map_err(|source| {
-                err(BaseFailure::Pull { why, platform: platform.to_string(), image: image.to_string(), source: Box::new(source) })
-            })?;
+        kiln_registry::pull_to_store(client, store, &reference, &selection, tagging, &kiln_registry::NoProgress).map_err(|source| {
+            err(BaseFailure::Pull { why, platform: platform.to_string(), image: image.to_string(), source: Box::new(source) })
+        })?;
     load(store, &reference.with_digest(pulled.root.digest).to_string(), platform)
 }
 
@@ -149,6 +319,29 @@ mod tests {
         let failure = bad.source().and_then(|s| s.downcast_ref::<BaseFailure>());
         assert!(matches!(failure, Some(BaseFailure::Reference(_))), "{bad:?}");
         assert!(failure.and_then(|f| f.source()).and_then(|s| s.downcast_ref::<kiln_oci::ReferenceError>()).is_some(), "{bad:?}");
+    }
+
+    #[test]
+    fn a_directory_image_changes_with_content_and_mode_not_with_mtimes() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("root")).unwrap();
+        let dir = tmp.path().join("d");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/a"), "a").unwrap();
+        std::fs::write(dir.join(".dockerignore"), "skip\n").unwrap();
+        let p = Platform::parse("linux/amd64").unwrap();
+        let first = dir_image(&store, &dir, &p).unwrap();
+        assert_eq!(first.layers.len(), 1);
+        std::fs::write(dir.join("sub/a"), "a").unwrap();
+        std::fs::write(dir.join("skip"), "ignored").unwrap();
+        assert_eq!(dir_image(&store, &dir, &p).unwrap().manifest.digest, first.manifest.digest, "mtimes and ignored files do not count");
+        std::fs::set_permissions(dir.join("sub/a"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mode = dir_image(&store, &dir, &p).unwrap();
+        assert_ne!(mode.manifest.digest, first.manifest.digest, "a mode does");
+        std::fs::write(dir.join("sub/a"), "b").unwrap();
+        assert_ne!(dir_image(&store, &dir, &p).unwrap().manifest.digest, mode.manifest.digest, "content does");
+        assert_eq!(load_manifest(&store, "d", first.manifest.clone()).unwrap().layers, first.layers, "the image is in the store");
     }
 
     #[test]

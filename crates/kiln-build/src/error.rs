@@ -11,6 +11,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error(transparent)]
+    NamedContext(#[from] crate::named_context::NamedContextError),
+    #[error(transparent)]
     Parse(#[from] kiln_dockerfile::ParseError),
     #[error(transparent)]
     Instruction(#[from] kiln_dockerfile::instructions::InstructionError),
@@ -351,6 +353,12 @@ pub enum BaseFailure {
     NotAnImage { digest: kiln_oci::Digest },
     #[error("its config lists {config} layers but its manifest {manifest}")]
     LayerCount { config: usize, manifest: usize },
+    #[error("--build-context {name}: {} is not an OCI layout (no oci-layout file in it); write one with `kiln build -o type=oci,dest=DIR,tar=false`", path.display())]
+    NoLayout { name: String, path: PathBuf },
+    #[error("--build-context {name}: the OCI layout {} has no image tagged {tag:?} (its tags: {tags})", path.display())]
+    LayoutTag { name: String, path: PathBuf, tag: String, tags: String },
+    #[error("--build-context {name}: the OCI layout {} has no manifest {digest}", path.display())]
+    LayoutDigest { name: String, path: PathBuf, digest: kiln_oci::Digest },
     /// Not here (`why`), and the pull failed.
     #[error(
         "{why}, and pulling it failed: {source}. Pull it with `kiln pull --platform {platform} {image}` (kiln login first if it is private) or import it with `kiln import --platform {platform} ROOTFS.tar -t {image}`"

@@ -7,7 +7,9 @@
 //! 2. **Plan and keys.** Each step gets a cache key: the hash of its parent's key and the step's
 //!    named inputs (the instruction as expanded, the env and ARGs a RUN sees, user, working dir,
 //!    platform, and for COPY/ADD the content digest and mode of every file read — never mtimes). A
-//!    base image is keyed by its manifest digest. See `docs/cache.md`.
+//!    base image is keyed by its manifest digest. A `--build-context` ([`named_context`]) stands in
+//!    for the image or stage it is named like, keyed the same way (an image by its manifest
+//!    digest, a directory by the files read from it). See `docs/cache.md`.
 //! 3. **Solve.** Stages run dependencies first. A step whose key has a record in the cache is a hit:
 //!    its layer is reused without running anything. A miss runs the step.
 //! 4. **Execute and snapshot.** A step that changes files runs over an overlayfs mount of its parent's
@@ -32,6 +34,7 @@ mod error;
 pub mod export;
 mod glob;
 pub mod metadata;
+pub mod named_context;
 mod native;
 pub mod orchestrate;
 pub mod output;
@@ -64,6 +67,7 @@ pub use context::Context;
 pub use error::{
     BaseFailure, BuildError, ContextError, FetchError, PushFailure, Refusal, RunRefusal, SnapshotError, SourceMiss, StepError, StepFailure,
 };
+pub use named_context::{NamedContext, NamedContextError, NamedContexts};
 pub use run_env::RunEnvironment;
 pub use state::{ImageState, LayerRef};
 
@@ -103,6 +107,12 @@ pub struct BuildOptions {
     /// beyond what the Dockerfile says (see [`run_env`]).
     pub run_env: RunEnvironment,
     // -- options: build contexts, --pull, inline cache --
+    /// `--build-context NAME=VALUE`: sources that stand in for the stages and images they are named
+    /// like, or that `COPY --from=NAME` reads (see [`named_context`]).
+    pub build_contexts: named_context::NamedContexts,
+    /// `--pull`: resolve base images (and `docker-image://` contexts) at their registry every time,
+    /// not from the store's tag.
+    pub pull: bool,
     // -- options: image metadata (labels, annotations) --
     /// `--label K=V`: set on the final image's config, over the Dockerfile's `LABEL`s.
     pub labels: BTreeMap<String, String>,
@@ -201,7 +211,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     let file_name = dockerfile.display().to_string();
     let parsed = kiln_dockerfile::parse_file(&file_name, &source)?;
     let mut typed = parse_build(&parsed, &file_name)?;
-    let bases = Arc::new(base::Bases::new(store.clone(), opts.registry.clone()));
+    replace_named_stages(&mut typed, &opts.build_contexts);
+    let bases = Arc::new(base::Bases::new(store.clone(), opts.registry.clone()).with(opts.build_contexts.clone(), opts.pull));
     splice_onbuild(&mut typed, &bases, opts)?;
 
     // Base images are read from the store while resolving, so their ENV and WORKDIR take part in
@@ -239,13 +250,22 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     }
 
     let context = Context::open(&opts.context, read_dockerignore(&opts.context, &dockerfile)?)?;
+    let local_contexts = named_context::LocalContexts::open(&opts.build_contexts)?;
     let sandbox = match &opts.init_binary {
         Some(b) => kiln_sandbox::Sandbox::with_init_binary(b),
         None => kiln_sandbox::Sandbox::new().map_err(BuildError::SandboxSetup)?,
     }
     .with_cancel(opts.cancel.sandbox());
     let cache_sources = open_sources(opts, &store, progress);
-    let shared = solve::Shared { opts, store: &store, context: &context, progress, base_lookup: &bases, sources: &cache_sources };
+    let shared = solve::Shared {
+        opts,
+        store: &store,
+        context: &context,
+        local_contexts: &local_contexts,
+        progress,
+        base_lookup: &bases,
+        sources: &cache_sources,
+    };
     let mut solver = solve::Solver::new(shared, sandbox);
     let final_state = match solve_stages(&mut solver, &resolved) {
         Ok(st) => st,
@@ -411,6 +431,16 @@ fn export_caches(
         inline = sink.inline_records().or(inline);
     }
     Ok((out, inline))
+}
+
+/// A stage named like a `--build-context` is that context, as in BuildKit: its instructions are
+/// dropped and it starts `FROM` its own name, which the base lookup resolves to the context.
+fn replace_named_stages(build: &mut Build, contexts: &named_context::NamedContexts) {
+    for stage in &mut build.stages {
+        let Some(name) = stage.name().filter(|n| contexts.get(n).is_some()).map(str::to_string) else { continue };
+        stage.from.image = name;
+        stage.commands.clear();
+    }
 }
 
 /// Runs ONBUILD triggers the Docker way: the triggers of a stage's base (an earlier stage's ONBUILD

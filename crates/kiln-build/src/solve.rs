@@ -32,6 +32,8 @@ pub(crate) struct Shared<'a> {
     pub opts: &'a BuildOptions,
     pub store: &'a Store,
     pub context: &'a Context,
+    /// `--build-context` directories, which `COPY --from=NAME` reads as it reads the context.
+    pub local_contexts: &'a crate::named_context::LocalContexts,
     pub progress: &'a dyn Progress,
     pub base_lookup: &'a base::Bases,
     /// Where records are looked up, in order: the local cache, then each `--cache-from`.
@@ -204,6 +206,24 @@ impl<'a> Solver<'a> {
         Ok(&self.bases[&k])
     }
 
+    /// The name of the `--build-context` directory a `COPY --from=` reads, if it reads one.
+    fn local_from(&self, step: &Step) -> Option<&'a str> {
+        let locals = self.shared.local_contexts;
+        match &step.copy_from {
+            Some(Source::Image(r)) => locals.get(r).map(|(name, _)| name),
+            _ => None,
+        }
+    }
+
+    /// Where a COPY's context paths are read: a `--build-context` directory it names with
+    /// `--from`, else the build context.
+    pub(super) fn copy_context(&self, step: &Step) -> &'a Context {
+        match &step.copy_from {
+            Some(Source::Image(r)) => self.shared.local_contexts.get(r).map(|(_, c)| c).unwrap_or(self.shared.context),
+            _ => self.shared.context,
+        }
+    }
+
     fn report(&mut self, stage: &str, platform: &kiln_oci::Platform, instruction: &str, cache: CacheStatus, seconds: f64) {
         let r =
             StepReport { stage: stage.to_string(), platform: platform.to_string(), instruction: instruction.to_string(), cache, seconds };
@@ -215,14 +235,17 @@ impl<'a> Solver<'a> {
         let started = Instant::now();
         let text = step.original.trim().to_string();
         self.shared.progress.step_started(stage, &text);
+        let local = self.local_from(step);
         let from = match &step.copy_from {
-            Some(src) => Some(self.source_layers(step, src)?),
-            None => None,
+            Some(src) if local.is_none() => Some(self.source_layers(step, src)?),
+            _ => None,
         };
         let downloads = self.download(step)?;
         let cx = PlanContext {
-            files: self.shared.context,
-            copy_from: from.as_deref().map(chain_key),
+            files: self.copy_context(step),
+            // A directory context is keyed by its name here and by the files read (as the context).
+            copy_from: local.map(|name| format!("context:{name}")).or_else(|| from.as_deref().map(chain_key)),
+            from_dir: local.is_some(),
             mount_from: self.mount_keys(step)?,
             urls: downloads.digests(),
         };

@@ -126,8 +126,6 @@ fn buildx_flags_kiln_lacks_are_refused_by_name_not_by_clap() {
         &["--detach"],
         &["--debug"],
         &["--attest", "type=provenance,mode=max"],
-        &["--build-context", "src=../src"],
-        &["--pull"],
     ] {
         let o = std::process::Command::new(support_build::KILN)
             .arg("--root")

@@ -125,20 +125,21 @@ impl Solver<'_> {
             entries: vec![Entry { rel: name.to_string(), kind, mode, uid: 0, gid: 0 }],
             parents: false,
         };
+        let context = self.copy_context(step);
         let mut sources = Vec::new();
         for (i, item) in plan.items.iter().enumerate() {
             match item {
                 CopyItem::Context(rel) => {
-                    let entries = context_entries(self.shared.context, rel, c)?;
+                    let entries = context_entries(context, rel, c)?;
                     if c.add && entries.len() == 1 && c.unpack != Some(false) {
-                        let host = self.shared.context.host_path(rel);
+                        let host = context.host_path(rel);
                         if is_archive(&host) {
                             unpack_into(root, dest, &host, &format!("ADD {rel}")).map_err(|f| BuildError::failed(at(&step.location), f))?;
                             continue;
                         }
                     }
                     sources.push(crate::copy::Source {
-                        root: SourceRoot { dir: self.shared.context.root(), keep_owner: false },
+                        root: SourceRoot { dir: context.root(), keep_owner: false },
                         rel: rel.clone(),
                         entries,
                         parents: c.parents,

@@ -43,6 +43,9 @@ pub(crate) struct PlanContext<'c> {
     pub files: &'c dyn ContextFiles,
     /// `COPY --from`: the source's key (the chain id of its layers; empty for none).
     pub copy_from: Option<String>,
+    /// `COPY --from` names a `--build-context` directory: its paths are read through `files`, as
+    /// the context's are.
+    pub from_dir: bool,
     /// `RUN --mount=…,from=`: what each mount's source is keyed by (a stage's key, an image's chain
     /// id), in mount order; `None` for mounts without `from=`.
     pub mount_from: Vec<Option<String>>,
@@ -239,7 +242,7 @@ fn plan_copy<'s>(
                 inputs.set(Input::Source(i, p.clone()), digest.to_string());
                 plan.items.push(CopyItem::Url(p.clone()));
             }
-            CopySource::Path(p) if step.copy_from.is_none() => {
+            CopySource::Path(p) if step.copy_from.is_none() || cx.from_dir => {
                 let matches = cx.files.expand_source(p).map_err(|m| BuildError::failed(at(&step.location), StepFailure::Source(m)))?;
                 for rel in matches {
                     let entries = context_entries(cx.files, &rel, c)?;
@@ -373,7 +376,7 @@ mod tests {
     }
 
     fn cx(files: &dyn ContextFiles) -> PlanContext<'_> {
-        PlanContext { files, copy_from: None, mount_from: Vec::new(), urls: HashMap::new() }
+        PlanContext { files, copy_from: None, from_dir: false, mount_from: Vec::new(), urls: HashMap::new() }
     }
 
     fn resolved(dockerfile: &str) -> Resolved {
@@ -543,6 +546,29 @@ mod tests {
         assert_eq!(copy.items, vec![CopyItem::Stage("/out/app".into())]);
         assert_eq!(get(&plan.inputs, Input::CopyFrom), Some("sha256:chain"));
         assert_eq!(get(&plan.inputs, Input::FromPath(0)), Some("/out/app"));
+    }
+
+    /// COPY --from a `--build-context` directory reads it as the context is read: each path keyed by
+    /// its content, the source by the context's name.
+    #[test]
+    fn copy_from_a_directory_context_is_keyed_by_the_files_read() {
+        let r = resolved("FROM scratch\nCOPY --from=extra a.txt /a\n");
+        let plan_with = |content: &str| {
+            let files = FakeContext::default().with("a.txt", 0o644, Some(content)).with("b.txt", 0o644, Some("unread"));
+            let mut cx = cx(&files);
+            cx.copy_from = Some("context:extra".into());
+            cx.from_dir = true;
+            let plan = plan_step(last_step(&r), &ImageState::scratch(&amd64()), &cx).unwrap();
+            let Action::Copy(copy) = &plan.action else { panic!() };
+            assert_eq!(copy.items, vec![CopyItem::Context("a.txt".into())]);
+            plan.inputs
+        };
+        let one = plan_with("1");
+        assert_eq!(get(&one, Input::CopyFrom), Some("context:extra"));
+        assert!(get(&one, Input::Source(0, "a.txt".into())).is_some());
+        assert_eq!(get(&one, Input::FromPath(0)), None);
+        assert_eq!(plan_with("1"), one);
+        assert_ne!(get(&plan_with("2"), Input::Source(0, "a.txt".into())), get(&one, Input::Source(0, "a.txt".into())));
     }
 
     /// ADD of a URL is keyed by the download's digest, and `--checksum` is checked against it.

@@ -102,6 +102,15 @@ pub struct Args {
     #[arg(long)]
     pub load: bool,
     // -- flags: build contexts, --pull, inline cache --
+    /// An extra context (repeatable): NAME=VALUE, VALUE a directory, docker-image://REF[@DIGEST] or
+    /// oci-layout://PATH[:TAG|@DIGEST]. It replaces the stage or image named NAME (FROM NAME,
+    /// COPY --from=NAME, RUN --mount=from=NAME).
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
+    /// Resolve every base image (and docker-image:// context) at its registry, even when the store
+    /// has the tag; an unreachable registry is then an error.
+    #[arg(long)]
+    pub pull: bool,
     // -- flags: image metadata (labels, annotations, iidfile, quiet, attestations) --
     /// Set a label on the image (repeatable): K=V, over the Dockerfile's LABELs.
     #[arg(long = "label", value_name = "K=V")]
@@ -286,6 +295,8 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
             &|name| std::env::var_os(name),
         )?,
         // -- options: build contexts, --pull, inline cache --
+        build_contexts: kiln_build::NamedContexts::parse_flags(&a.build_contexts)?,
+        pull: a.pull,
         // -- options: image metadata --
         labels: parse_labels(&a.labels)?,
     };

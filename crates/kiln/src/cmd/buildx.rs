@@ -30,11 +30,6 @@ pub struct Unsupported {
     debug: bool,
     #[arg(long, hide = true, value_name = "ATTRS")]
     attest: Vec<String>,
-    // Not built yet (issue 12): refused by name until they are.
-    #[arg(long, hide = true, value_name = "NAME=VALUE")]
-    build_context: Vec<String>,
-    #[arg(long, hide = true)]
-    pull: bool,
 }
 
 impl Unsupported {
@@ -70,16 +65,6 @@ impl Unsupported {
             Some((
                 "--attest",
                 "attestations (provenance, SBOM) are not built yet; remove --attest, or pass --provenance=false --sbom=false",
-            ))
-        } else if !self.build_context.is_empty() {
-            Some((
-                "--build-context",
-                "named build contexts are not built yet; use a stage (FROM IMAGE AS NAME) or COPY from the main context meanwhile",
-            ))
-        } else if self.pull {
-            Some((
-                "--pull",
-                "always re-resolving base images is not built yet; run `kiln pull IMAGE` before the build to refresh a base's tag",
             ))
         } else {
             None
@@ -131,8 +116,6 @@ mod tests {
             (Unsupported { detach: true, ..Default::default() }, "--detach"),
             (Unsupported { debug: true, ..Default::default() }, "--debug"),
             (Unsupported { attest: vec!["type=sbom".into()], ..Default::default() }, "--attest"),
-            (Unsupported { build_context: vec!["a=dir".into()], ..Default::default() }, "--build-context"),
-            (Unsupported { pull: true, ..Default::default() }, "--pull"),
         ];
         for (u, flag) in cases {
             let e = u.refuse().unwrap_err().to_string();
