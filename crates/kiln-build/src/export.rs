@@ -134,7 +134,7 @@ impl Exporter for ImageExport {
             let sources = result.layer_sources();
             done.names.clear();
             for t in &o.names {
-                let d = crate::push::push_artifact(client, ctx.store, &art, t, o.push_by_digest, &sources)?;
+                let d = crate::push::push_artifact(client, ctx.store, &art, t, o.push_by_digest, &sources, ctx.progress)?;
                 let repo = t.repository_only();
                 let named = if o.push_by_digest { repo.with_digest(d.clone()).to_string() } else { t.to_string() };
                 ctx.progress.info(&format!("pushed {named} ({d})"));

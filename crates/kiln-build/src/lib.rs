@@ -168,6 +168,10 @@ pub trait Progress: Sync {
     fn warn(&self, message: &str);
     /// A line saying what the build did besides its steps (a test passed, an image was pushed).
     fn info(&self, _message: &str) {}
+    /// Bytes moving: `done` of `total` (when known) bytes of `what` (`push REF sha256:…`), as an
+    /// absolute count (it goes back when an upload restarts); the last call for a finished `what`
+    /// has `done == total`.
+    fn transfer(&self, _what: &str, _done: u64, _total: Option<u64>) {}
 }
 
 /// A [`Progress`] that drops everything.

@@ -24,6 +24,7 @@ pub fn push_artifact(
     target: &Reference,
     by_digest: bool,
     sources: &LayerSources,
+    progress: &dyn crate::Progress,
 ) -> Result<Digest, BuildError> {
     let repo = Repo::new(target.registry(), target.repository());
     // Blobs first (layers and configs), then child manifests by digest, then the root.
@@ -34,7 +35,7 @@ pub fn push_artifact(
             manifests.push(d.clone());
             continue;
         }
-        push_blob(client, store, &repo, d, sources, target)?;
+        push_blob(client, store, &repo, d, sources, target, progress)?;
     }
     // Children before the root (the root is first in `blobs` for an index).
     manifests.retain(|d| d != &art.root.digest);
@@ -58,19 +59,22 @@ fn push_blob(
     d: &Digest,
     sources: &LayerSources,
     target: &Reference,
+    progress: &dyn crate::Progress,
 ) -> Result<(), BuildError> {
+    let what = format!("push {target} {}", short(d));
     let source = sources.get(d).filter(|s| s.registry == repo.registry);
     let mount_from = source.map(|s| s.name.as_str());
     if store.has_blob(d) {
         let size = store.blob_size(d)?;
         let path = store.blob_path(d);
-        let open = move |offset: u64| -> io::Result<Box<dyn Read + Send>> {
+        let open = |offset: u64| -> io::Result<Box<dyn Read + Send + '_>> {
             use std::io::Seek;
             let mut f = std::fs::File::open(&path)?;
             f.seek(io::SeekFrom::Start(offset))?;
-            Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
+            Ok(Box::new(Counting::new(io::BufReader::with_capacity(1 << 20, f), offset, size, &what, progress)))
         };
         client.push_blob(repo, d, size, mount_from, &open).map_err(|e| err(target, e))?;
+        progress.transfer(&what, size, Some(size));
         return Ok(());
     }
     // Known only from a cache: mount it from there; if the registry refuses the mount, stream it
@@ -79,9 +83,48 @@ fn push_blob(
         return Err(err(target, PushFailure::LayerNowhere(d.clone())));
     };
     let size = client.blob_exists(&src, d, &kiln_registry_scopes(&src)).map_err(|e| err(target, e))?.unwrap_or(0);
-    let open = |offset: u64| -> io::Result<Box<dyn Read + Send + '_>> { Ok(Box::new(client.blob_reader_at(&src, d, Some(size), offset))) };
+    let open = |offset: u64| -> io::Result<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(Counting::new(client.blob_reader_at(&src, d, Some(size), offset), offset, size, &what, progress)))
+    };
     client.push_blob(repo, d, size, mount_from, &open).map_err(|e| err(target, e))?;
+    progress.transfer(&what, size, Some(size));
     Ok(())
+}
+
+/// `sha256:` and the first 12 hex digits, as the progress view names a blob.
+fn short(d: &Digest) -> String {
+    let s = d.to_string();
+    s.chars().take(19).collect()
+}
+
+/// Reports the bytes read through it to the build's progress, as absolute positions in the blob,
+/// at most once per MiB (a progress call per 8 KiB read would cost more than the bar is worth).
+struct Counting<'a, R> {
+    inner: R,
+    pos: u64,
+    reported: u64,
+    total: u64,
+    what: &'a str,
+    progress: &'a dyn crate::Progress,
+}
+
+impl<'a, R> Counting<'a, R> {
+    fn new(inner: R, offset: u64, total: u64, what: &'a str, progress: &'a dyn crate::Progress) -> Self {
+        progress.transfer(what, offset, Some(total));
+        Counting { inner, pos: offset, reported: offset, total, what, progress }
+    }
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        if self.pos - self.reported >= 1 << 20 {
+            self.reported = self.pos;
+            self.progress.transfer(self.what, self.pos.min(self.total), Some(self.total));
+        }
+        Ok(n)
+    }
 }
 
 fn kiln_registry_scopes(r: &Repo) -> kiln_registry::auth::Scopes {

@@ -52,7 +52,8 @@ pub struct Args {
     /// Run this shell command in the built image; a non-zero exit fails the build before any output.
     #[arg(long = "test")]
     pub test: Option<String>,
-    /// How to show progress.
+    /// How to show progress: auto (the live view on a terminal outside CI, else plain), plain, tty,
+    /// quiet, rawjson (one JSON object per event on stderr).
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: Mode,
     /// Read cache from: type=registry,ref=REF (a cache ref, or an image pushed with an inline cache) or
@@ -199,7 +200,9 @@ pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<(
     let request = request(&a, &root, cancel)?;
     let mode = if a.quiet { Mode::Quiet } else { a.progress };
     let printer = Printer::new(mode);
-    let done = kiln_build::orchestrate::build_all(&request, &printer)?;
+    let result = kiln_build::orchestrate::build_all(&request, &printer);
+    printer.finish(result.is_ok());
+    let done = result?;
     done.record(&root, a.metadata_file.as_deref())?;
 
     let md = &done.metadata;
@@ -211,12 +214,12 @@ pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<(
             .with_context(|| format!("--iidfile {}", path.display()))?;
     }
     if !a.quiet {
-        eprintln!("{}", printer.summary(done.steps(), &md.digest));
+        printer.line(&printer.summary(done.steps(), &md.digest));
     }
     if mode != Mode::Quiet {
-        eprintln!("{}", md.cache_policy);
+        printer.line(&md.cache_policy.to_string());
         for m in &md.cache_misses {
-            eprintln!("  miss: {}: {}", m.step, m.changed);
+            printer.line(&format!("  miss: {}: {}", m.step, m.changed));
         }
     }
     // An output written to stdout (dest=-) owns it: the digest would corrupt the tar.

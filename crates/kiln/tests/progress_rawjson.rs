@@ -1,0 +1,67 @@
+//! `--progress rawjson`: a real build pushed to a real registry writes only JSON lines on stderr,
+//! with the documented events (see crates/kiln/src/progress/rawjson.rs), byte transfers included.
+//!
+//! Needs root (overlayfs, namespaces), busybox-static and docker-registry (all in scripts/deps).
+
+mod support_build;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use support_build::{assert_ok, path_str, stderr, write_context, Kiln, BASE};
+
+#[test]
+fn a_pushed_build_reports_steps_output_transfers_and_messages_as_json_lines() {
+    assert!(
+        support_build::can_build() && kiln_testkit::require_tool("docker-registry"),
+        "this test needs root, busybox-static and docker-registry: run scripts/deps as root"
+    );
+    let reg = kiln_testkit::Registry::start_plain().expect("start docker-registry");
+    let k = Kiln::new();
+    let ctx = k.path("ctx");
+    // Random bytes do not compress: the layer is pushed as ~3 MiB, more than one progress report.
+    write_context(&ctx, &[("Dockerfile", &format!("FROM {BASE}\nRUN head -c 3000000 /dev/urandom > /big && echo made-it\n"))]);
+    let target = format!("{}/json/app:1", reg.host());
+    let o = k.cmd(&["build", path_str(&ctx), "-t", &target, "--push", "--progress", "rawjson"]);
+    assert_ok(&o, "kiln build --progress rawjson --push");
+
+    let err = stderr(&o);
+    let events: Vec<Value> =
+        err.lines().map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}\n{err}"))).collect();
+    for e in &events {
+        assert!(e["time"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 24), "time: {e}");
+    }
+    let of = |name: &'static str| events.iter().filter(move |e| e["event"] == name);
+
+    let run = "RUN head -c 3000000 /dev/urandom > /big && echo made-it";
+    let start = of("step-start").find(|e| e["instruction"] == run).unwrap_or_else(|| panic!("no step-start for the RUN:\n{err}"));
+    let step = start["step"].as_u64().expect("a step number");
+    assert!(start["stage"].is_string(), "{start}");
+    assert!(of("step-output").any(|e| e["step"] == step && e["line"] == "made-it" && e["instruction"] == run), "{err}");
+    let end = of("step-end").find(|e| e["step"] == step).unwrap_or_else(|| panic!("no step-end for the RUN:\n{err}"));
+    assert_eq!((end["status"].as_str(), end["cache"].clone()), (Some("done"), Value::Null), "{end}");
+    assert!(end["seconds"].is_f64() && end["platform"].is_string(), "{end}");
+
+    // Each blob pushed: reports that grow to its size, the last one complete.
+    let mut last: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for t in of("transfer") {
+        let what = t["what"].as_str().expect("what").to_string();
+        let (done, total) = (t["done"].as_u64().expect("done"), t["total"].as_u64().expect("a pushed blob's size is known"));
+        assert!(what.starts_with(&format!("push {target} sha256:")), "{t}");
+        assert!(done <= total, "{t}");
+        if let Some((before, _)) = last.get(&what) {
+            assert!(done >= *before, "progress went back: {t}");
+        }
+        last.insert(what, (done, total));
+    }
+    assert!(last.len() >= 2, "the layer and the config are pushed: {last:?}\n{err}");
+    assert!(last.values().all(|(done, total)| done == total), "{last:?}");
+    assert!(last.values().any(|(_, total)| *total > 2 << 20), "the big layer: {last:?}");
+    assert!(
+        of("transfer").any(|t| t["total"].as_u64().is_some_and(|n| n > 2 << 20) && t["done"].as_u64() < t["total"].as_u64()),
+        "the big layer's push was reported before it ended:\n{err}"
+    );
+
+    assert!(of("info").any(|e| e["message"].as_str().is_some_and(|m| m.starts_with(&format!("pushed {target} (sha256:")))), "{err}");
+    assert!(of("info").any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("kiln: built sha256:"))), "{err}");
+}
