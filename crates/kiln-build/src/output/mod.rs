@@ -189,7 +189,9 @@ pub enum OutputError {
     RewriteOff,
     #[error("{digest}: nested indexes are not exported")]
     NestedIndex { digest: Digest },
-    #[error("type=docker: a docker archive holds one platform's image and this build made {count}; use type=oci for several platforms")]
+    #[error(
+        "type=docker (and --load): a docker archive holds one platform's image and this build makes {count}; load one platform (--platform), push them (--push), or use type=oci"
+    )]
     DockerOnePlatform { count: usize },
     #[error("--load: {0}")]
     Engine(#[from] crate::engine::EngineError),
@@ -495,6 +497,9 @@ impl Output {
                 _ => {}
             }
         }
+        if flags.platforms > 1 && outputs.iter().any(|o| matches!(o, Output::Docker(_))) {
+            return Err(OutputError::DockerOnePlatform { count: flags.platforms });
+        }
         match outputs.iter().filter(|o| o.writes_stdout()).count() {
             0 => {}
             1 if flags.stdout_is_terminal => return Err(OutputError::StdoutIsTerminal),
@@ -540,6 +545,8 @@ pub struct OutputFlags<'a> {
     pub source_date_epoch: Option<u64>,
     /// Whether stdout is a terminal (then no output may write a tar there).
     pub stdout_is_terminal: bool,
+    /// How many platforms the build makes (a docker archive, and so `--load`, holds one).
+    pub platforms: usize,
 }
 
 /// What an output writes: a root manifest (an image, or an index of per-platform images) and every

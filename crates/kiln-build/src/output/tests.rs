@@ -145,6 +145,9 @@ fn what_resolving_refuses() {
     assert!(matches!(Output::resolve(vec![parse("out")], &with_ann), Err(OutputError::NothingToAnnotate)));
     let got = Output::resolve(vec![parse("out"), parse("type=oci,dest=o")], &with_ann).unwrap();
     assert_eq!(got[1].clone().form_mut().unwrap().annotations, ann, "--annotation goes to the outputs that write an image");
+    let two = OutputFlags { load: true, platforms: 2, ..none.clone() };
+    assert!(matches!(Output::resolve(vec![], &two), Err(OutputError::DockerOnePlatform { count: 2 })), "--load of two platforms");
+    assert!(Output::resolve(vec![], &OutputFlags { load: true, platforms: 1, ..none.clone() }).is_ok());
     let rewrite = vec![parse("type=image,rewrite-timestamp=true")];
     assert!(matches!(Output::resolve(rewrite.clone(), &none), Err(OutputError::RewriteWithoutEpoch)));
     assert!(Output::resolve(rewrite, &OutputFlags { source_date_epoch: Some(1), ..none.clone() }).is_ok());

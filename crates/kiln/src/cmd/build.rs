@@ -247,6 +247,7 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
         annotations: &annotations,
         source_date_epoch,
         stdout_is_terminal: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        platforms: platforms.len(),
     };
     let outputs = Output::resolve(outputs, &flags)?;
     if a.quiet && Output::any_to_stdout(&outputs) {

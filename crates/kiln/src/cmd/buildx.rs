@@ -30,6 +30,16 @@ pub struct Unsupported {
     debug: bool,
     #[arg(long, hide = true, value_name = "ATTRS")]
     attest: Vec<String>,
+    // `docker build`'s legacy flags, which buildx takes and ignores. kiln takes them because it
+    // already does what they ask: no intermediate containers are left (`--rm`, `--force-rm`) and
+    // the context is read in place, never uploaded (`--compress`). `--rm=false` asks for what kiln
+    // cannot do, and is refused.
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    rm: Option<String>,
+    #[arg(long, hide = true)]
+    force_rm: bool,
+    #[arg(long, hide = true)]
+    compress: bool,
 }
 
 impl Unsupported {
@@ -66,6 +76,8 @@ impl Unsupported {
                 "--attest",
                 "attestations (provenance, SBOM) are not built yet; remove --attest, or pass --provenance=false --sbom=false",
             ))
+        } else if self.rm.as_deref().is_some_and(|v| matches!(v, "false" | "0")) {
+            Some(("--rm=false", "kiln leaves no intermediate containers to keep; `kiln run IMAGE -- sh` opens a shell in a built image"))
         } else {
             None
         };
@@ -116,11 +128,14 @@ mod tests {
             (Unsupported { detach: true, ..Default::default() }, "--detach"),
             (Unsupported { debug: true, ..Default::default() }, "--debug"),
             (Unsupported { attest: vec!["type=sbom".into()], ..Default::default() }, "--attest"),
+            (Unsupported { rm: Some("false".into()), ..Default::default() }, "--rm=false"),
         ];
         for (u, flag) in cases {
             let e = u.refuse().unwrap_err().to_string();
             assert!(e.starts_with(&format!("{flag} is a docker buildx flag kiln does not support: ")), "{e}");
         }
         assert!(Unsupported::default().refuse().is_ok());
+        // What kiln already does is accepted.
+        assert!(Unsupported { rm: Some("true".into()), force_rm: true, compress: true, ..Default::default() }.refuse().is_ok());
     }
 }
