@@ -29,7 +29,95 @@ pub struct Bases {
     client: Option<std::sync::Arc<kiln_registry::Client>>,
     contexts: NamedContexts,
     pull: bool,
+    /// Where pulls report their bytes (see [`Transfers`]).
+    transfers: Option<Transfers>,
     memo: std::sync::Mutex<std::collections::HashMap<(String, String), Looked>>,
+}
+
+/// One byte count of a transfer, for [`crate::Progress::transfer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub what: String,
+    pub done: u64,
+    pub total: Option<u64>,
+}
+
+/// A sending end for [`Transfer`]s. Base lookups live behind the resolver's `'static` callback,
+/// which cannot hold the build's borrowed `Progress`; they send here instead, and a thread scoped
+/// to the build hands each event to it (`crate::build`).
+#[derive(Debug, Clone)]
+pub struct Transfers(pub std::sync::mpsc::Sender<Transfer>);
+
+/// A [`kiln_registry::Progress`] that reports straight to the build's [`crate::Progress`], as
+/// `transfer`s named `PREFIX sha256:…` (for transfers on the build's own threads: cache imports).
+pub(crate) struct TransferReport<'a> {
+    progress: &'a dyn crate::Progress,
+    prefix: String,
+    sizes: std::sync::Mutex<std::collections::HashMap<kiln_oci::Digest, u64>>,
+}
+
+impl<'a> TransferReport<'a> {
+    pub(crate) fn new(progress: &'a dyn crate::Progress, prefix: String) -> TransferReport<'a> {
+        TransferReport { progress, prefix, sizes: Default::default() }
+    }
+
+    fn send(&self, digest: &kiln_oci::Digest, done: Option<u64>) {
+        let total = self.sizes.lock().ok().and_then(|m| m.get(digest).copied());
+        let hex = digest.hex();
+        let what = format!("{} sha256:{}", self.prefix, &hex[..hex.len().min(12)]);
+        self.progress.transfer(&what, done.or(total).unwrap_or(0), total);
+    }
+}
+
+impl kiln_registry::Progress for TransferReport<'_> {
+    fn blob_start(&self, digest: &kiln_oci::Digest, size: u64, _kind: &str) {
+        if let Ok(mut m) = self.sizes.lock() {
+            m.insert(digest.clone(), size);
+        }
+        self.send(digest, Some(0));
+    }
+
+    fn blob_progress(&self, digest: &kiln_oci::Digest, done: u64) {
+        self.send(digest, Some(done));
+    }
+
+    fn blob_done(&self, digest: &kiln_oci::Digest, _outcome: &str) {
+        self.send(digest, None);
+    }
+}
+
+/// A pull's [`kiln_registry::Progress`], turned into [`Transfer`]s named `pull IMAGE sha256:…`.
+struct PullProgress<'a> {
+    tx: &'a std::sync::mpsc::Sender<Transfer>,
+    image: &'a str,
+    sizes: std::sync::Mutex<std::collections::HashMap<kiln_oci::Digest, u64>>,
+}
+
+impl PullProgress<'_> {
+    fn send(&self, digest: &kiln_oci::Digest, done: Option<u64>) {
+        let total = self.sizes.lock().ok().and_then(|m| m.get(digest).copied());
+        let hex = digest.hex();
+        let what = format!("pull {} sha256:{}", self.image, &hex[..hex.len().min(12)]);
+        let _ = self.tx.send(Transfer { what, done: done.or(total).unwrap_or(0), total });
+    }
+}
+
+impl kiln_registry::Progress for PullProgress<'_> {
+    fn blob_start(&self, digest: &kiln_oci::Digest, size: u64, _kind: &str) {
+        if let Ok(mut m) = self.sizes.lock() {
+            m.insert(digest.clone(), size);
+        }
+        self.send(digest, Some(0));
+    }
+
+    fn blob_progress(&self, digest: &kiln_oci::Digest, done: u64) {
+        self.send(digest, Some(done));
+    }
+
+    fn blob_done(&self, digest: &kiln_oci::Digest, _outcome: &str) {
+        // Finished: done == total (a blob that was there already reports its size too).
+        self.send(digest, None);
+    }
 }
 
 /// A lookup's result as it is given again; a failure is shared by every mention of the image.
@@ -42,8 +130,15 @@ impl Bases {
             client,
             contexts: NamedContexts::default(),
             pull: false,
+            transfers: None,
             memo: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Reporting the bytes of pulls to `transfers`.
+    pub fn reporting(mut self, transfers: Transfers) -> Bases {
+        self.transfers = Some(transfers);
+        self
     }
 
     /// With `--build-context`s that replace the images they are named like, and `--pull`.
@@ -60,7 +155,7 @@ impl Bases {
         }
         let r = match self.contexts.get(image) {
             Some(nc) => self.context(nc, platform),
-            None => ensure(&self.store, self.client.as_deref(), image, platform, self.pull),
+            None => ensure(&self.store, self.client.as_deref(), image, platform, self.pull, self.transfers.as_ref()),
         }
         .map_err(Arc::new);
         if let Ok(mut m) = self.memo.lock() {
@@ -72,7 +167,9 @@ impl Bases {
     /// The image a named context stands for.
     fn context(&self, nc: &NamedContext, platform: &Platform) -> Result<BaseImage, BuildError> {
         match &nc.source {
-            ContextSource::Image(r) => ensure(&self.store, self.client.as_deref(), &r.to_string(), platform, self.pull),
+            ContextSource::Image(r) => {
+                ensure(&self.store, self.client.as_deref(), &r.to_string(), platform, self.pull, self.transfers.as_ref())
+            }
             ContextSource::Layout { dir, tag, digest } => from_layout(&self.store, nc, dir, tag.as_deref(), digest.as_ref(), platform),
             ContextSource::Local(dir) => dir_image(&self.store, dir, platform),
         }
@@ -213,6 +310,7 @@ pub fn ensure(
     image: &str,
     platform: &Platform,
     pull: bool,
+    transfers: Option<&Transfers>,
 ) -> Result<BaseImage, BuildError> {
     let err = |source: BaseFailure| BuildError::Base { reference: image.to_string(), source };
     let reference = Reference::parse(image).map_err(|e| err(BaseFailure::Reference(e)))?;
@@ -240,10 +338,14 @@ pub fn ensure(
     };
     let tagging = if always { kiln_registry::Tagging::Follow } else { kiln_registry::Tagging::Keep };
     let selection = kiln_registry::PlatformSelection::Only(vec![platform.clone()]);
-    let pulled =
-        kiln_registry::pull_to_store(client, store, &reference, &selection, tagging, &kiln_registry::NoProgress).map_err(|source| {
-            err(BaseFailure::Pull { why, platform: platform.to_string(), image: image.to_string(), source: Box::new(source) })
-        })?;
+    let reporter = transfers.map(|t| PullProgress { tx: &t.0, image, sizes: Default::default() });
+    let progress: &dyn kiln_registry::Progress = match &reporter {
+        Some(r) => r,
+        None => &kiln_registry::NoProgress,
+    };
+    let pulled = kiln_registry::pull_to_store(client, store, &reference, &selection, tagging, progress).map_err(|source| {
+        err(BaseFailure::Pull { why, platform: platform.to_string(), image: image.to_string(), source: Box::new(source) })
+    })?;
     load(store, &reference.with_digest(pulled.root.digest).to_string(), platform)
 }
 
@@ -301,6 +403,22 @@ impl BaseImage {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_pulls_bytes_reach_the_build_as_transfers_named_by_image_and_blob() {
+        use kiln_registry::Progress as _;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = PullProgress { tx: &tx, image: "reg/app:1", sizes: Default::default() };
+        let d = kiln_oci::Digest::sha256_of(b"layer");
+        p.blob_start(&d, 100, "layer");
+        p.blob_progress(&d, 40);
+        p.blob_done(&d, "downloaded");
+        drop(tx);
+        let got: Vec<Transfer> = rx.iter().collect();
+        let what = format!("pull reg/app:1 sha256:{}", &d.hex()[..12]);
+        let t = |done| Transfer { what: what.clone(), done, total: Some(100) };
+        assert_eq!(got, [t(0), t(40), t(100)], "the last one has done == total");
+    }
+
     use std::error::Error as _;
 
     use super::*;

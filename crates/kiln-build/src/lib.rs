@@ -206,6 +206,20 @@ pub struct Built {
 
 /// Runs a build. The image lands in the local store; [`output`] exports or tags it.
 pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, BuildError> {
+    // Pulls of base images happen behind the resolver's 'static callback: they send their bytes
+    // down a channel, and this thread, scoped to the build, hands them to `progress`.
+    let (tx, rx) = std::sync::mpsc::channel::<base::Transfer>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for t in rx {
+                progress.transfer(&t.what, t.done, t.total);
+            }
+        });
+        build_reporting(opts, progress, base::Transfers(tx))
+    })
+}
+
+fn build_reporting(opts: &BuildOptions, progress: &dyn Progress, transfers: base::Transfers) -> Result<Built, BuildError> {
     opts.cancel.check()?;
     let store = Store::open(&opts.root)?;
     let _lease = store.lease()?;
@@ -216,7 +230,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, Buil
     let parsed = kiln_dockerfile::parse_file(&file_name, &source)?;
     let mut typed = parse_build(&parsed, &file_name)?;
     replace_named_stages(&mut typed, &opts.build_contexts);
-    let bases = Arc::new(base::Bases::new(store.clone(), opts.registry.clone()).with(opts.build_contexts.clone(), opts.pull));
+    let bases =
+        Arc::new(base::Bases::new(store.clone(), opts.registry.clone()).with(opts.build_contexts.clone(), opts.pull).reporting(transfers));
     splice_onbuild(&mut typed, &bases, opts)?;
 
     // Base images are read from the store while resolving, so their ENV and WORKDIR take part in

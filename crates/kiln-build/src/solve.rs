@@ -443,10 +443,11 @@ impl<'a> Solver<'a> {
             };
             wanted.push((d, i, rec));
         }
-        let (sources, store) = (self.shared.sources, self.shared.store);
+        let (sources, store, progress) = (self.shared.sources, self.shared.store, self.shared.progress);
         kiln_oci::run_parallel(&wanted, 4, |(d, i, rec)| {
+            let report = crate::base::TransferReport::new(progress, format!("cache {}", sources[*i].describe()));
             sources[*i]
-                .fetch_layer(rec, store)
+                .fetch_layer_reporting(rec, store, &report)
                 .map(|_| ())
                 .map_err(|source| BuildError::Snapshot(SnapshotError::Fetch { digest: (*d).clone(), source: Box::new(source) }))
         })

@@ -73,6 +73,18 @@ pub trait CacheSource: Send + Sync + fmt::Debug {
     /// Puts `record`'s layer into `store` (verified, atomic), unless it is there already.
     fn fetch_layer(&self, record: &Record, store: &Store) -> Result<BlobInfo, CacheError>;
 
+    /// [`CacheSource::fetch_layer`], reporting the bytes as they arrive (a source that moves none,
+    /// such as the local cache, reports nothing).
+    fn fetch_layer_reporting(
+        &self,
+        record: &Record,
+        store: &Store,
+        progress: &dyn kiln_registry::Progress,
+    ) -> Result<BlobInfo, CacheError> {
+        let _ = progress;
+        self.fetch_layer(record, store)
+    }
+
     /// Repositories this source's layers can be mounted or streamed from, for exports and pushes
     /// of layers the store never downloaded.
     fn layer_sources(&self) -> LayerSources {

@@ -423,6 +423,16 @@ impl<'c> RegistryCache<'c> {
 
     /// Downloads `record`'s layer into `store` (verified, atomic), unless it is there already.
     pub fn fetch_layer(&self, record: &Record, store: &Store) -> Result<BlobInfo, RegistryCacheError> {
+        self.fetch_layer_reporting(record, store, &kiln_registry::NoProgress)
+    }
+
+    /// [`RegistryCache::fetch_layer`], reporting the bytes to `progress` as they arrive.
+    pub fn fetch_layer_reporting(
+        &self,
+        record: &Record,
+        store: &Store,
+        progress: &dyn kiln_registry::Progress,
+    ) -> Result<BlobInfo, RegistryCacheError> {
         let Some(layer) = &record.layer else {
             return Err(RegistryCacheError::NoLayer { reference: self.reference.to_string(), key: record.key.clone() });
         };
@@ -430,11 +440,36 @@ impl<'c> RegistryCache<'c> {
         // Unverified reader: the store's writer hashes what it writes and checks the digest on
         // commit, so one sha256 pass covers the download (a verifying reader made it two).
         let reader = self.client.blob_reader(&self.repo, &d.digest, Some(d.size)).unverified();
-        store.put_blob_stream(reader, Some(&d.digest)).map_err(|source| RegistryCacheError::Store {
+        progress.blob_start(&d.digest, d.size, "layer");
+        let reader = Counting { inner: reader, digest: &d.digest, done: 0, reported: 0, progress };
+        let stored = store.put_blob_stream(reader, Some(&d.digest)).map_err(|source| RegistryCacheError::Store {
             reference: self.reference.to_string(),
             context: format!("storing layer {}", d.digest),
             source,
-        })
+        })?;
+        progress.blob_done(&d.digest, "downloaded");
+        Ok(stored)
+    }
+}
+
+/// A reader that reports its bytes every MiB.
+struct Counting<'a, R> {
+    inner: R,
+    digest: &'a Digest,
+    done: u64,
+    reported: u64,
+    progress: &'a dyn kiln_registry::Progress,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if self.done - self.reported >= 1 << 20 {
+            self.reported = self.done;
+            self.progress.blob_progress(self.digest, self.done);
+        }
+        Ok(n)
     }
 }
 
@@ -449,6 +484,15 @@ impl CacheSource for RegistryCache<'_> {
 
     fn fetch_layer(&self, record: &Record, store: &Store) -> Result<BlobInfo, CacheError> {
         Ok(RegistryCache::fetch_layer(self, record, store)?)
+    }
+
+    fn fetch_layer_reporting(
+        &self,
+        record: &Record,
+        store: &Store,
+        progress: &dyn kiln_registry::Progress,
+    ) -> Result<BlobInfo, CacheError> {
+        Ok(RegistryCache::fetch_layer_reporting(self, record, store, progress)?)
     }
 
     fn layer_sources(&self) -> LayerSources {

@@ -65,3 +65,54 @@ fn a_pushed_build_reports_steps_output_transfers_and_messages_as_json_lines() {
     assert!(of("info").any(|e| e["message"].as_str().is_some_and(|m| m.starts_with(&format!("pushed {target} (sha256:")))), "{err}");
     assert!(of("info").any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("kiln: built sha256:"))), "{err}");
 }
+
+/// Transfers named `cache REF sha256:…` (a layer fetched from a registry cache) and `pull IMAGE
+/// sha256:…` (a base image pulled), each reported up to its size.
+fn transfers_named(err: &str, prefix: &str) -> BTreeMap<String, (u64, Option<u64>)> {
+    let mut last = BTreeMap::new();
+    for l in err.lines() {
+        let Ok(e) = serde_json::from_str::<Value>(l) else { continue };
+        if e["event"] == "transfer" && e["what"].as_str().is_some_and(|w| w.starts_with(prefix)) {
+            last.insert(e["what"].as_str().unwrap_or_default().to_string(), (e["done"].as_u64().unwrap_or(0), e["total"].as_u64()));
+        }
+    }
+    last
+}
+
+#[test]
+fn cache_imports_and_base_pulls_report_their_bytes() {
+    assert!(
+        support_build::can_build() && kiln_testkit::require_tool("docker-registry"),
+        "this test needs root, busybox-static and docker-registry: run scripts/deps as root"
+    );
+    let reg = kiln_testkit::Registry::start_plain().expect("start docker-registry");
+    let first = Kiln::reproducible();
+    // The base in the registry, so that a wiped machine pulls it.
+    let base = format!("{}/json/busybox:1", reg.host());
+    assert_ok(&first.cmd(&["copy", &format!("store:{BASE}"), &base]), "kiln copy the base to the registry");
+    let ctx = first.path("ctx");
+    write_context(&ctx, &[("Dockerfile", &format!("FROM {base}\nRUN head -c 3000000 /dev/urandom > /big\n"))]);
+    let cache = format!("type=registry,ref={}/json/cache:1", reg.host());
+    assert_ok(&first.cmd(&["build", path_str(&ctx), "--cache-to", &format!("{cache},mode=max")]), "cold build exporting the cache");
+
+    // A wiped machine, with an output that needs the layers locally: the cached layer is fetched.
+    let second = Kiln::new();
+    let out = second.path("out");
+    let o = second.cmd(&[
+        "build",
+        path_str(&ctx),
+        "--cache-from",
+        &cache,
+        "--progress",
+        "rawjson",
+        "-o",
+        &format!("type=local,dest={}", path_str(&out)),
+    ]);
+    assert_ok(&o, "warm build on a wiped machine");
+    let err = stderr(&o);
+    let pulled = transfers_named(&err, &format!("pull {base} sha256:"));
+    assert!(!pulled.is_empty() && pulled.values().all(|(d, t)| Some(*d) == *t), "the base pull, complete: {pulled:?}\n{err}");
+    let fetched = transfers_named(&err, &format!("cache {}/json/cache:1 sha256:", reg.host()));
+    assert!(fetched.values().any(|(d, t)| Some(*d) == *t && *d > 2 << 20), "the cached 3 MB layer, fetched to the end: {fetched:?}\n{err}");
+    assert!(out.join("big").is_file());
+}
