@@ -438,7 +438,8 @@ fn export_caches(
         }
         let Some(sink) = opened.cache() else { continue };
         let records = kiln_cache::select(sink.mode(), used, results);
-        match sink.export(&records, store, sources) {
+        let report = base::TransferReport::new(progress, format!("cache-export {}", sink.describe()));
+        match sink.export_reporting(&records, store, sources, &report) {
             Ok(report) => {
                 if let Some(w) = report.warning() {
                     progress.warn(w);

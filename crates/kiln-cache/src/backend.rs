@@ -112,6 +112,19 @@ pub trait CacheSink: Send + Sync + fmt::Debug {
     /// when it must fail the build (`ignore-error=false`).
     fn export(&self, records: &[Record], store: &Store, sources: &LayerSources) -> Result<ExportReport, CacheError>;
 
+    /// [`CacheSink::export`], reporting the bytes it uploads (a sink that uploads none reports
+    /// nothing).
+    fn export_reporting(
+        &self,
+        records: &[Record],
+        store: &Store,
+        sources: &LayerSources,
+        progress: &dyn kiln_registry::Progress,
+    ) -> Result<ExportReport, CacheError> {
+        let _ = progress;
+        self.export(records, store, sources)
+    }
+
     /// For a sink that rides in the image (`type=inline`): the records [`CacheSink::export`] was
     /// given, for the image exporter to write into the image config ([`crate::inline`]).
     fn inline_records(&self) -> Option<Vec<Record>> {

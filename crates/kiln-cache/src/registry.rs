@@ -452,6 +452,16 @@ impl<'c> RegistryCache<'c> {
     }
 }
 
+/// `r`, reporting the bytes it reads (from `offset`, where an upload resumes).
+fn counted<'a>(
+    r: Box<dyn Read + Send + 'a>,
+    digest: &'a Digest,
+    offset: u64,
+    progress: &'a dyn kiln_registry::Progress,
+) -> Box<dyn Read + Send + 'a> {
+    Box::new(Counting { inner: r, digest, done: offset, reported: offset, progress })
+}
+
 /// A reader that reports its bytes every MiB.
 struct Counting<'a, R> {
     inner: R,
@@ -461,7 +471,7 @@ struct Counting<'a, R> {
     progress: &'a dyn kiln_registry::Progress,
 }
 
-impl<R: std::io::Read> std::io::Read for Counting<'_, R> {
+impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.done += n as u64;
@@ -523,7 +533,17 @@ impl CacheSink for RegistrySink<'_> {
     }
 
     fn export(&self, records: &[Record], store: &Store, sources: &LayerSources) -> Result<ExportReport, CacheError> {
-        Ok(match export(self.client, &self.target, records, store, sources)? {
+        self.export_reporting(records, store, sources, &kiln_registry::NoProgress)
+    }
+
+    fn export_reporting(
+        &self,
+        records: &[Record],
+        store: &Store,
+        sources: &LayerSources,
+        progress: &dyn kiln_registry::Progress,
+    ) -> Result<ExportReport, CacheError> {
+        Ok(match export_reporting(self.client, &self.target, records, store, sources, now_secs(), progress)? {
             ExportOutcome::Exported(summary) => ExportReport::Exported(summary),
             other => ExportReport::Warned(ExportWarning {
                 target: ExportTarget::Reference(self.target.reference.to_string()),
@@ -634,7 +654,20 @@ pub fn export_at(
     sources: &LayerSources,
     now: u64,
 ) -> Result<ExportOutcome, RegistryCacheError> {
-    match export_inner(client, target, records, store, sources, now) {
+    export_reporting(client, target, records, store, sources, now, &kiln_registry::NoProgress)
+}
+
+/// [`export_at`], reporting the bytes of each layer uploaded to `progress`.
+pub fn export_reporting(
+    client: &Client,
+    target: &RegistryExport,
+    records: &[Record],
+    store: &Store,
+    sources: &LayerSources,
+    now: u64,
+    progress: &dyn kiln_registry::Progress,
+) -> Result<ExportOutcome, RegistryCacheError> {
+    match export_inner(client, target, records, store, sources, now, progress) {
         Ok(s) => Ok(ExportOutcome::Exported(s)),
         Err(e) if !target.ignore_error => Err(e),
         Err(e) if e.is_denied() => Ok(ExportOutcome::Denied {
@@ -661,6 +694,7 @@ fn export_inner(
     store: &Store,
     sources: &LayerSources,
     now: u64,
+    progress: &dyn kiln_registry::Progress,
 ) -> Result<ExportSummary, RegistryCacheError> {
     let reference = &target.reference;
     let shown = reference.to_string();
@@ -747,7 +781,10 @@ fn export_inner(
         let existed = AtomicUsize::new(encoded.layers.len() - to_push.len());
         let bytes = AtomicU64::new(0);
         kiln_registry::run_parallel(&to_push, client.options().parallel, |d| {
-            match push_layer(client, &repo, d, store, sources)? {
+            progress.blob_start(&d.digest, d.size, "layer");
+            let outcome = push_layer(client, &repo, d, store, sources, progress)?;
+            progress.blob_done(&d.digest, "uploaded");
+            match outcome {
                 PushOutcome::Exists => existed.fetch_add(1, Ordering::Relaxed),
                 PushOutcome::Mounted => mounted.fetch_add(1, Ordering::Relaxed),
                 PushOutcome::Uploaded => {
@@ -849,11 +886,19 @@ fn retry_or_give_up(reference: &str, attempts: u32) -> Result<(), RegistryCacheE
     Ok(())
 }
 
-fn push_layer(client: &Client, repo: &Repo, d: &Descriptor, store: &Store, sources: &LayerSources) -> Result<PushOutcome, RegistryError> {
+fn push_layer(
+    client: &Client,
+    repo: &Repo,
+    d: &Descriptor,
+    store: &Store,
+    sources: &LayerSources,
+    progress: &dyn kiln_registry::Progress,
+) -> Result<PushOutcome, RegistryError> {
     let source = sources.get(&d.digest);
     if store.has_blob(&d.digest) {
         let mount_from = source.filter(|s| s.registry == repo.registry).map(|s| s.name.as_str());
-        let open = open_store_blob(store, &d.digest);
+        let open_blob = open_store_blob(store, &d.digest);
+        let open = |offset: u64| open_blob(offset).map(|r| counted(r, &d.digest, offset, progress));
         return client.push_blob(repo, &d.digest, d.size, mount_from, &open);
     }
     match source {
@@ -862,7 +907,8 @@ fn push_layer(client: &Client, repo: &Repo, d: &Descriptor, store: &Store, sourc
             // refuse it, the upload streams from the source repository instead.
             let mount_from = (src.registry == repo.registry).then_some(src.name.as_str());
             let open = |offset: u64| {
-                Ok(Box::new(client.blob_reader_at(src, &d.digest, Some(d.size), offset).unverified()) as Box<dyn Read + Send>)
+                let r = Box::new(client.blob_reader_at(src, &d.digest, Some(d.size), offset).unverified()) as Box<dyn Read + Send>;
+                Ok(counted(r, &d.digest, offset, progress))
             };
             client.push_blob(repo, &d.digest, d.size, mount_from, &open)
         }

@@ -93,7 +93,14 @@ fn cache_imports_and_base_pulls_report_their_bytes() {
     let ctx = first.path("ctx");
     write_context(&ctx, &[("Dockerfile", &format!("FROM {base}\nRUN head -c 3000000 /dev/urandom > /big\n"))]);
     let cache = format!("type=registry,ref={}/json/cache:1", reg.host());
-    assert_ok(&first.cmd(&["build", path_str(&ctx), "--cache-to", &format!("{cache},mode=max")]), "cold build exporting the cache");
+    let o = first.cmd(&["build", path_str(&ctx), "--cache-to", &format!("{cache},mode=max"), "--progress", "rawjson"]);
+    assert_ok(&o, "cold build exporting the cache");
+    let err = stderr(&o);
+    let exported = transfers_named(&err, &format!("cache-export {}/json/cache:1 sha256:", reg.host()));
+    assert!(
+        exported.values().any(|(d, t)| Some(*d) == *t && *d > 2 << 20),
+        "the 3 MB layer, uploaded to the cache to the end: {exported:?}\n{err}"
+    );
 
     // A wiped machine, with an output that needs the layers locally: the cached layer is fetched.
     let second = Kiln::new();
