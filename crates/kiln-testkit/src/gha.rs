@@ -65,6 +65,8 @@
 //!   `failed_precondition` 412, `resource_exhausted` 429). go-actions-cache
 //!   maps `already_exists` to its "exists" error; toolkit retries 429, 500,
 //!   502, 503 and 504 and nothing else, so those are the statuses injected.
+//!   (go-actions-cache reads the message from `message`, not Twirp's `msg`;
+//!   the emulator sends the spec's `msg`, which toolkit reads.)
 //! - Lookup order follows GitHub's documented "cache key matching": in each
 //!   readable scope (the job's own first, then the base/default branch) an
 //!   exact key, then a prefix match of the key, then each restore key in order
@@ -79,9 +81,13 @@
 //!   and errors as `<Error><Code>…</Code><Message>…</Message></Error>` with
 //!   `x-ms-error-code`. `AuthenticationFailed` (bad or expired signature),
 //!   `AuthorizationPermissionMismatch` (`sp` lacks the right), `BlobNotFound`,
-//!   `ServerBusy` (503) are Azure's codes.
-//! - Eviction by last access, oldest first, when over the size cap: GitHub's
-//!   documented policy ("deleting the caches in order of last access date").
+//!   `ServerBusy` (503) are Azure's codes. The SAS is checked when a request
+//!   arrives, as Azure does, so a transfer that started with a live URL
+//!   finishes even if the URL expires meanwhile; the next request fails.
+//! - Eviction when over a size cap, and only then (plus [`GhaService::evict`]):
+//!   GitHub evicts once a repository passes its cache storage limit and saves
+//!   the new entry anyway (the `@actions/cache` README: "GitHub will save your
+//!   cache but will begin evicting caches").
 //!
 //! # Where it guesses
 //!
@@ -97,7 +103,11 @@
 //!   quotes `{"ok":false}`). Clients must accept both.
 //! - A reservation never expires by itself (only [`GhaService::evict`] or the
 //!   cap frees it); the real service's reservation timeout is unknown.
-//! - Eviction is immediate and exact; GitHub's is periodic. The 10 GB / 7 days
+//! - Eviction order: GitHub's docs say "deleting the oldest caches", its
+//!   UI warning says "least recently used caches will be automatically
+//!   evicted"; the emulator evicts by last use (reservation, finalize or a
+//!   lookup hit), oldest first. Eviction is immediate and exact; GitHub's is
+//!   periodic. The 10 GB / 7 days
 //!   limits are not modelled, only [`GhaOptions::max_total_bytes`].
 //! - Visibility delay is a model of eventual consistency, not a measured value.
 //! - SAS URLs: `/{container}/{blob}?sv=…&sr=b&sp=…&se=…&sig=…` with a private
@@ -750,7 +760,7 @@ fn twirp(inner: &Inner, head: &Head, r: &mut impl BufRead) -> (Reply, bool) {
     }
     if draw(inner, opts.twirp_429_rate) {
         inner.counters.rejected_429.fetch_add(1, Ordering::SeqCst);
-        let secs = opts.retry_after.as_secs().max(1) + u64::from(opts.retry_after.subsec_nanos() > 0 && opts.retry_after.as_secs() > 0);
+        let secs = (opts.retry_after.as_secs() + u64::from(opts.retry_after.subsec_nanos() > 0)).max(1);
         let reply = twirp_error("resource_exhausted", "Rate limit exceeded, try again later").header("Retry-After", secs.to_string());
         return (reply, true);
     }
@@ -1040,6 +1050,9 @@ fn blob(inner: &Inner, head: &Head, r: &mut impl BufRead) -> (Reply, bool) {
     let op = blob_op(head);
     *lock(&inner.blob_ops).entry(op.to_string()).or_insert(0) += 1;
     let opts = lock(&inner.options).clone();
+    // Azure authenticates a request when it arrives: a transfer that started
+    // with a valid URL finishes even if the URL expires meanwhile.
+    let auth = check_sas(inner, head, op);
     // The body is read first (throttled), so a fault answered afterwards leaves the connection usable.
     let body = match read_body(inner, head, r, MAX_BLOB_BODY, op.starts_with("Put")) {
         Ok(b) => b,
@@ -1064,7 +1077,10 @@ fn blob(inner: &Inner, head: &Head, r: &mut impl BufRead) -> (Reply, bool) {
         return (reply, true);
     }
     let blob = head.path.trim_start_matches('/').to_string();
-    if let Err(reply) = check_sas(inner, head, op) {
+    if let Err(reply) = auth {
+        if reply.headers.iter().any(|(k, v)| k == "x-ms-error-code" && v == "AuthenticationFailed") {
+            inner.counters.auth_failures.fetch_add(1, Ordering::SeqCst);
+        }
         return (reply, true);
     }
     let reply = match op {
@@ -1084,7 +1100,6 @@ fn blob(inner: &Inner, head: &Head, r: &mut impl BufRead) -> (Reply, bool) {
 
 fn check_sas(inner: &Inner, head: &Head, op: &str) -> std::result::Result<(), Reply> {
     let fail = |detail: String| {
-        inner.counters.auth_failures.fetch_add(1, Ordering::SeqCst);
         azure_error(
             403,
             "AuthenticationFailed",
@@ -1106,8 +1121,11 @@ fn check_sas(inner: &Inner, head: &Head, op: &str) -> std::result::Result<(), Re
     let Some(expiry) = parse_iso8601(se) else { return Err(fail(format!("se {se:?} is not a valid time."))) };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
     if now >= expiry as f64 {
-        let now_s = iso8601(now as u64);
-        return Err(fail(format!("Signed expiry time [{}] must be after signed start time [{now_s}]", http_date_secs(expiry))));
+        return Err(fail(format!(
+            "Signed expiry time [{}] has to be after current time [{}]",
+            http_date_secs(expiry),
+            http_date_secs(now as u64)
+        )));
     }
     let need = if op.starts_with("Put") { 'w' } else { 'r' };
     if !sp.contains(need) {

@@ -197,8 +197,12 @@ fn second_create_conflicts_and_sealed_blob() {
     assert_eq!(r.status, 403);
     let (_, durl) = lookup(&svc, &t, "k", &[]).expect("hit");
     assert_eq!(download(&durl, None).body, b"hello");
-    // A repeated finalize is idempotent.
+    // A repeated finalize is idempotent; go-actions-cache sends size_bytes as a JSON number.
     assert_eq!(finalize(&svc, &t, "k", 5).status, 200);
+    let r = call(&svc, &t, "FinalizeCacheEntryUpload", &json!({"key": "k", "version": V, "size_bytes": 5}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(&svc, &t, "FinalizeCacheEntryUpload", &json!({"key": "k", "version": V, "size_bytes": 6}));
+    assert_eq!(r.status, 400, "{}", r.text());
 }
 
 #[test]
@@ -294,6 +298,7 @@ fn signed_urls_expire_and_are_checked() {
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.header("x-ms-error-code"), Some("AuthenticationFailed"));
     assert!(r.text().contains("<Code>AuthenticationFailed</Code>"), "{}", r.text());
+    assert!(r.text().contains("has to be after current time"), "{}", r.text());
     assert_eq!(svc.auth_failures(), 1);
     // A fresh URL works.
     let (_, url) = lookup(&svc, &t, "k", &[]).expect("hit");
@@ -338,6 +343,23 @@ fn throttle_counts_every_blob_byte() {
     save(&free, &t, "big", &data);
     assert_eq!(free.throttled_bytes(), 0);
     assert_eq!(free.throttle_sleeps(), 0);
+}
+
+#[test]
+fn a_transfer_started_in_time_outlives_its_url() {
+    // 384 KiB at 64 KiB/s takes about six seconds; the URL lives two (three at most).
+    let svc = start(GhaOptions { upload_url_lifetime: Duration::from_secs(2), throttle: Some(64 * 1024), ..GhaOptions::default() });
+    let t = main_token(&svc);
+    let data = pattern(384 * 1024);
+    let url = create(&svc, &t, "slow");
+    let r = put_whole(&url, &data);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(svc.throttle_sleeps() > 0);
+    // The URL is dead now: the next block is refused, the committed blob stays.
+    let r = put_whole(&url, b"late");
+    assert_eq!(r.status, 403);
+    assert_eq!(svc.auth_failures(), 1);
+    assert_eq!(finalize(&svc, &t, "slow", data.len()).status, 200);
 }
 
 #[test]
