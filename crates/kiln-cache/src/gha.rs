@@ -579,15 +579,21 @@ impl Service {
         }
     }
 
-    /// A fresh download URL for `key` (exact) or the newest entry under one of `restore`, with the
-    /// key it matched. `None` is a miss.
+    /// A fresh download URL for `key` (exact, when `restore` is empty) or the newest entry under
+    /// one of `restore`, with the key it matched. `None` is a miss.
     fn download_url(&self, key: &str, restore: &[&str]) -> Result<Option<(String, String)>, GhaError> {
         let req =
             KeyRequest { key, version: &self.version, restore_keys: (!restore.is_empty()).then(|| restore.to_vec()), size_bytes: None };
         let (status, a) = self.call("GetCacheEntryDownloadURL", &req)?;
         match (status, a.ok, a.signed_download_url) {
             (200, true, Some(url)) if !url.is_empty() => {
-                Ok(Some((url, a.matched_key.filter(|k| !k.is_empty()).unwrap_or_else(|| key.to_string()))))
+                let matched = a.matched_key.filter(|k| !k.is_empty()).unwrap_or_else(|| key.to_string());
+                // The service also matches the key as a prefix (`…-1` finds `…-12`): an exact
+                // lookup that found another entry is a miss.
+                if restore.is_empty() && matched != key {
+                    return Ok(None);
+                }
+                Ok(Some((url, matched)))
             }
             _ => Ok(None),
         }
