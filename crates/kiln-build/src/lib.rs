@@ -297,11 +297,17 @@ fn build_reporting(opts: &BuildOptions, progress: &dyn Progress, transfers: base
     let steps = std::mem::take(&mut solver.collected.reports);
     // The store keeps whole images: layers that came from a remote cache are fetched now, unless the
     // image only goes to a registry (then the push mounts them from the cache's repository).
+    let sources = layer_sources(solver.shared.sources);
     if opts.fetch_final {
         solver.ensure_local(&final_state.layers)?;
+    } else {
+        // A push mounts what a registry cache holds; a layer from a source no registry can mount
+        // it from (a cache directory, the GitHub Actions cache) must be here to be pushed.
+        let unmountable: Vec<LayerRef> =
+            final_state.layers.iter().filter(|l| sources.get(&l.descriptor.digest).is_none()).cloned().collect();
+        solver.ensure_local(&unmountable)?;
     }
     let final_key = final_state.key.clone();
-    let sources = layer_sources(solver.shared.sources);
     let used = std::mem::take(&mut solver.collected.used);
     let explanations = std::mem::take(&mut solver.collected.explanations);
     drop(solver);

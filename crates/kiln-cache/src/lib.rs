@@ -36,6 +36,9 @@
 //!   others), a [`CacheSink`] exports and reports ([`ExportReport`]), and opening either gives one
 //!   [`Opened`] outcome. A build iterates over them and never asks which kind it holds.
 //! * `type=local` directories ([`dir`]) hold the same manifest, config and layers in an OCI layout.
+//! * `type=gha` ([`mod@gha`]) keeps the same key graph in the GitHub Actions cache service: each
+//!   layer a content-addressed entry, the graph a small index entry per scope and git ref, merged on
+//!   export; it asks for a signed URL right before each transfer, so URLs that expire never break it.
 //! * `type=inline` ([`mod@inline`]) writes the image's own records into its config; the registry
 //!   source reads them back from any image that carries them.
 //! * The key encoding and the names of a step's inputs have one owner, [`mod@inputs`]: a build
@@ -49,9 +52,9 @@
 //!
 //! # Adding a cache backend
 //!
-//! A backend (the next is `type=gha`) is one module and one line; nothing outside this crate
+//! A backend is one module and one line; nothing outside this crate
 //! changes, because a build only ever holds a [`CacheFrom`]/[`CacheTo`] and the traits they open to.
-//! [`mod@registry`] and [`mod@dir`] are the two to copy from.
+//! [`mod@registry`], [`mod@dir`] and [`mod@gha`] are the ones to copy from.
 //!
 //! 1. In a new module, a unit struct that implements [`Backend`]: its `type=` ([`Backend::name`]),
 //!    a usage line for the "no type= given" message, and [`Backend::source`] /
@@ -74,6 +77,7 @@ pub mod backend;
 pub mod dir;
 pub mod explain;
 pub mod format;
+pub mod gha;
 pub mod inline;
 pub mod inputs;
 mod local;
@@ -86,6 +90,7 @@ pub use backend::{Backend, CacheSink, CacheSource, ExportReport, ExportTarget, E
 pub use dir::{export_dir, DirBackend, DirCache, DirExport, DirImport, DirSink, DIR_TAG};
 pub use explain::{explain_miss, Change, Explanation};
 pub use format::{select, Entry, FormatError, CACHE_CONFIG_MEDIA_TYPE};
+pub use gha::{GhaBackend, GhaCache, GhaError, GhaExport, GhaImport, GhaSettings, GhaSink};
 pub use inline::{InlineBackend, InlineExport, INLINE_CONFIG_KEY};
 pub use inputs::{Input, StepInputs, KEY_VERSION};
 pub use local::{CacheError, LayerRecord, LocalCache, LocalSource, Record};

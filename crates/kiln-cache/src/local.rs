@@ -32,6 +32,9 @@ pub enum CacheError {
     /// A registry ref or a cache directory failed; the message names it.
     #[error(transparent)]
     Store(#[from] RegistryCacheError),
+    /// The GitHub Actions cache failed; the message names the scope or the entry.
+    #[error(transparent)]
+    Gha(#[from] crate::gha::GhaError),
     #[error("cache: record {key} has no layer to fetch")]
     NoLayer { key: Digest },
     #[error("cache: layer {digest} of record {key} is no longer in the local store; run the build again to rebuild it")]

@@ -3,7 +3,8 @@
 //! A registry cache is shared by every build that names its ref, so writing it is a trust decision:
 //! a pull request from a fork must not be able to plant layers that the next build of `main` will
 //! reuse (cache poisoning), and a pull request from the repository itself should not churn the cache
-//! that `main` warms (it reads it; its own records would be evicted by the next push anyway). So
+//! that `main` warms (it reads it; its own records would be evicted by the next push anyway). The
+//! GitHub Actions cache (`type=gha`) is shared the same way and follows the same policy. So
 //! `auto` reads the CI provider's description of *why* the build runs and decides:
 //!
 //! | where | event | policy |

@@ -17,7 +17,8 @@ use crate::backend::{Backend, CacheSink, CacheSource, Opened, SinkSpec, SourceSp
 
 /// Every cache backend `--cache-from`/`--cache-to` accept, by the `type=` each answers to. A new
 /// backend is its module and one line here.
-pub const BACKENDS: &[&dyn Backend] = &[&crate::registry::RegistryBackend, &crate::dir::DirBackend, &crate::inline::InlineBackend];
+pub const BACKENDS: &[&dyn Backend] =
+    &[&crate::registry::RegistryBackend, &crate::dir::DirBackend, &crate::inline::InlineBackend, &crate::gha::GhaBackend];
 
 /// A value without `=` is buildx's shorthand for a registry cache source: `type=registry,ref=VALUE`.
 const BARE_REFERENCE_TYPE: &str = "registry";
@@ -369,8 +370,8 @@ mod tests {
         assert_eq!(bare.get::<RegistryImport>().map(|r| r.reference.to_string()).as_deref(), Some("ghcr.io/org/app:cache"));
         let e = CacheFrom::parse("type=registry").unwrap_err();
         assert!(e.to_string().contains("needs ref=REF"), "{e}");
-        let e = CacheFrom::parse("type=gha,scope=x").unwrap_err();
-        assert!(e.to_string().contains("type=\"gha\" is not supported"), "{e}");
+        let e = CacheFrom::parse("type=s3,bucket=x").unwrap_err();
+        assert!(e.to_string().contains("type=\"s3\" is not supported"), "{e}");
         let e = CacheFrom::parse("type=registry,ref=a/b:c,mode=max").unwrap_err();
         assert!(e.to_string().contains("unknown option \"mode\""), "{e}");
         let e = CacheFrom::parse("type=registry,ref=a//b:c").unwrap_err();
@@ -389,12 +390,18 @@ mod tests {
         let to = |v: &str| CacheTo::parse(v).unwrap_err().to_string();
         let cases = [
             (
-                from("type=gha,scope=x"),
-                r#"--cache-from "type=gha,scope=x": type="gha" is not supported; use type=registry, type=local or type=inline"#,
+                from("type=s3,bucket=x"),
+                r#"--cache-from "type=s3,bucket=x": type="s3" is not supported; use type=registry, type=local, type=inline or type=gha"#,
             ),
-            (to("type=s3"), r#"--cache-to "type=s3": type="s3" is not supported; use type=registry, type=local or type=inline"#),
-            (from("ref=a/b:c"), r#"--cache-from "ref=a/b:c": no type= given; use type=registry,ref=REF, type=local,… or type=inline"#),
-            (to("mode=max"), r#"--cache-to "mode=max": no type= given; use type=registry,ref=REF, type=local,… or type=inline"#),
+            (to("type=s3"), r#"--cache-to "type=s3": type="s3" is not supported; use type=registry, type=local, type=inline or type=gha"#),
+            (
+                from("ref=a/b:c"),
+                r#"--cache-from "ref=a/b:c": no type= given; use type=registry,ref=REF, type=local,…, type=inline or type=gha[,scope=S]"#,
+            ),
+            (
+                to("mode=max"),
+                r#"--cache-to "mode=max": no type= given; use type=registry,ref=REF, type=local,…, type=inline or type=gha[,scope=S]"#,
+            ),
             (from("type=registry"), r#"--cache-from "type=registry": type=registry needs ref=REF"#),
             (from("type=local,src="), r#"--cache-from "type=local,src=": type=local needs src=DIR"#),
             (to("type=local"), r#"--cache-to "type=local": type=local needs dest=DIR"#),

@@ -22,6 +22,10 @@
 //! - Images: [`busybox_rootfs_tar`] (a tiny deterministic root file system
 //!   from `busybox-static`), [`random_rootfs_tar`] (big, seeded, streamed),
 //!   and [`oci::write_oci_layout`] to wrap tarballs as an OCI layout.
+//! - [`GhaService`]: an in-process emulator of the GitHub Actions cache
+//!   service v2 (Twirp) and its Azure-Blob-style store, with runtime tokens,
+//!   expiring signed URLs, throttling, injected 429/503/HTML-502 faults,
+//!   a visibility delay and eviction.
 //! - [`http::request`]: a minimal blocking client for probing services.
 //!
 //! Tests that need an installed tool or root first ask [`require_tool`] /
@@ -54,6 +58,7 @@
 
 mod dockerd;
 pub mod error;
+mod gha;
 pub mod http;
 pub mod oci;
 mod proxy;
@@ -64,6 +69,7 @@ mod token;
 
 pub use dockerd::Dockerd;
 pub use error::{Error, Result};
+pub use gha::{GhaEntry, GhaOptions, GhaService, GHA_CONTAINER, GHA_TWIRP_SERVICE};
 pub use proxy::{FaultKind, FaultProxy, FaultProxyOptions};
 pub use registry::{Registry, TOKEN_ISSUER, TOKEN_SERVICE};
 pub use rootfs::{busybox_rootfs_tar, random_rootfs_tar, BUSYBOX, ROOTFS_MTIME};
