@@ -48,24 +48,29 @@ pub struct Transfer {
 #[derive(Debug, Clone)]
 pub struct Transfers(pub std::sync::mpsc::Sender<Transfer>);
 
-/// A [`kiln_registry::Progress`] that reports straight to the build's [`crate::Progress`], as
-/// `transfer`s named `PREFIX sha256:…` (for transfers on the build's own threads: cache imports).
+/// A [`kiln_registry::Progress`] turned into [`Transfer`]s named `PREFIX sha256:…`, handed to a
+/// sink: the build's [`crate::Progress`] directly (for transfers on the build's own threads: cache
+/// imports and exports), or a channel (for pulls behind the resolver's `'static` callback).
 pub(crate) struct TransferReport<'a> {
-    progress: &'a dyn crate::Progress,
+    sink: Box<dyn Fn(Transfer) + Send + Sync + 'a>,
     prefix: String,
     sizes: std::sync::Mutex<std::collections::HashMap<kiln_oci::Digest, u64>>,
 }
 
 impl<'a> TransferReport<'a> {
     pub(crate) fn new(progress: &'a dyn crate::Progress, prefix: String) -> TransferReport<'a> {
-        TransferReport { progress, prefix, sizes: Default::default() }
+        TransferReport::to(Box::new(move |t: Transfer| progress.transfer(&t.what, t.done, t.total)), prefix)
+    }
+
+    fn to(sink: Box<dyn Fn(Transfer) + Send + Sync + 'a>, prefix: String) -> TransferReport<'a> {
+        TransferReport { sink, prefix, sizes: Default::default() }
     }
 
     fn send(&self, digest: &kiln_oci::Digest, done: Option<u64>) {
         let total = self.sizes.lock().ok().and_then(|m| m.get(digest).copied());
         let hex = digest.hex();
         let what = format!("{} sha256:{}", self.prefix, &hex[..hex.len().min(12)]);
-        self.progress.transfer(&what, done.or(total).unwrap_or(0), total);
+        (self.sink)(Transfer { what, done: done.or(total).unwrap_or(0), total });
     }
 }
 
@@ -82,42 +87,19 @@ impl kiln_registry::Progress for TransferReport<'_> {
     }
 
     fn blob_done(&self, digest: &kiln_oci::Digest, _outcome: &str) {
-        self.send(digest, None);
-    }
-}
-
-/// A pull's [`kiln_registry::Progress`], turned into [`Transfer`]s named `pull IMAGE sha256:…`.
-struct PullProgress<'a> {
-    tx: &'a std::sync::mpsc::Sender<Transfer>,
-    image: &'a str,
-    sizes: std::sync::Mutex<std::collections::HashMap<kiln_oci::Digest, u64>>,
-}
-
-impl PullProgress<'_> {
-    fn send(&self, digest: &kiln_oci::Digest, done: Option<u64>) {
-        let total = self.sizes.lock().ok().and_then(|m| m.get(digest).copied());
-        let hex = digest.hex();
-        let what = format!("pull {} sha256:{}", self.image, &hex[..hex.len().min(12)]);
-        let _ = self.tx.send(Transfer { what, done: done.or(total).unwrap_or(0), total });
-    }
-}
-
-impl kiln_registry::Progress for PullProgress<'_> {
-    fn blob_start(&self, digest: &kiln_oci::Digest, size: u64, _kind: &str) {
-        if let Ok(mut m) = self.sizes.lock() {
-            m.insert(digest.clone(), size);
-        }
-        self.send(digest, Some(0));
-    }
-
-    fn blob_progress(&self, digest: &kiln_oci::Digest, done: u64) {
-        self.send(digest, Some(done));
-    }
-
-    fn blob_done(&self, digest: &kiln_oci::Digest, _outcome: &str) {
         // Finished: done == total (a blob that was there already reports its size too).
         self.send(digest, None);
     }
+}
+
+/// A pull's reporter: `pull IMAGE sha256:…` down the build's channel.
+fn pull_report<'a>(tx: &'a std::sync::mpsc::Sender<Transfer>, image: &str) -> TransferReport<'a> {
+    TransferReport::to(
+        Box::new(move |t| {
+            let _ = tx.send(t);
+        }),
+        format!("pull {image}"),
+    )
 }
 
 /// A lookup's result as it is given again; a failure is shared by every mention of the image.
@@ -338,7 +320,7 @@ pub fn ensure(
     };
     let tagging = if always { kiln_registry::Tagging::Follow } else { kiln_registry::Tagging::Keep };
     let selection = kiln_registry::PlatformSelection::Only(vec![platform.clone()]);
-    let reporter = transfers.map(|t| PullProgress { tx: &t.0, image, sizes: Default::default() });
+    let reporter = transfers.map(|t| pull_report(&t.0, image));
     let progress: &dyn kiln_registry::Progress = match &reporter {
         Some(r) => r,
         None => &kiln_registry::NoProgress,
@@ -407,11 +389,12 @@ mod tests {
     fn a_pulls_bytes_reach_the_build_as_transfers_named_by_image_and_blob() {
         use kiln_registry::Progress as _;
         let (tx, rx) = std::sync::mpsc::channel();
-        let p = PullProgress { tx: &tx, image: "reg/app:1", sizes: Default::default() };
+        let p = pull_report(&tx, "reg/app:1");
         let d = kiln_oci::Digest::sha256_of(b"layer");
         p.blob_start(&d, 100, "layer");
         p.blob_progress(&d, 40);
         p.blob_done(&d, "downloaded");
+        drop(p);
         drop(tx);
         let got: Vec<Transfer> = rx.iter().collect();
         let what = format!("pull reg/app:1 sha256:{}", &d.hex()[..12]);

@@ -123,25 +123,7 @@ pub fn encode(entries: &[Entry]) -> Encoded {
         }
     }
     let index: HashMap<&Digest, usize> = by_digest.keys().enumerate().map(|(i, d)| (d, i)).collect();
-    let mut records: Vec<WireRecord> = entries
-        .iter()
-        .map(|e| WireRecord {
-            key: e.record.key.clone(),
-            parent: e.record.parent.clone(),
-            instruction: e.record.instruction.clone(),
-            inputs: e.record.inputs.clone(),
-            platform: e.platform.clone(),
-            layer: e.record.layer.as_ref().map(|l| WireLayer {
-                index: index.get(&l.descriptor.digest).copied().unwrap_or(0),
-                digest: l.descriptor.digest.clone(),
-                diff_id: l.diff_id.clone(),
-            }),
-            created: e.record.created,
-            last_used: e.last_used,
-        })
-        .collect();
-    records.sort_by(|a, b| a.key.cmp(&b.key));
-    records.dedup_by(|a, b| a.key == b.key);
+    let records = wire_records(entries, |d| index.get(d).copied().unwrap_or(0));
     let config = serde_json::to_vec(&WireConfig { schema_version: FORMAT_VERSION, records }).unwrap_or_default();
     let config_descriptor = Descriptor::for_bytes(CACHE_CONFIG_MEDIA_TYPE, &config);
     let layers: Vec<Descriptor> = by_digest.into_values().collect();
@@ -154,6 +136,13 @@ pub fn encode(entries: &[Entry]) -> Encoded {
 /// `entries` as a cache config whose layer indexes point into `layers` (an image's own, for an
 /// inline cache: see [`crate::inline`]). Every entry's layer must be among `layers`.
 pub fn encode_against(entries: &[Entry], layers: &[Descriptor]) -> serde_json::Value {
+    let records = wire_records(entries, |d| layers.iter().position(|l| &l.digest == d).unwrap_or(usize::MAX));
+    serde_json::to_value(WireConfig { schema_version: FORMAT_VERSION, records }).unwrap_or_default()
+}
+
+/// The records of `entries` as the config holds them, sorted by key, one per key; `index_of` says
+/// where each layer is in the manifest's `layers`.
+fn wire_records(entries: &[Entry], index_of: impl Fn(&Digest) -> usize) -> Vec<WireRecord> {
     let mut records: Vec<WireRecord> = entries
         .iter()
         .map(|e| WireRecord {
@@ -163,7 +152,7 @@ pub fn encode_against(entries: &[Entry], layers: &[Descriptor]) -> serde_json::V
             inputs: e.record.inputs.clone(),
             platform: e.platform.clone(),
             layer: e.record.layer.as_ref().map(|l| WireLayer {
-                index: layers.iter().position(|d| d.digest == l.descriptor.digest).unwrap_or(usize::MAX),
+                index: index_of(&l.descriptor.digest),
                 digest: l.descriptor.digest.clone(),
                 diff_id: l.diff_id.clone(),
             }),
@@ -173,7 +162,7 @@ pub fn encode_against(entries: &[Entry], layers: &[Descriptor]) -> serde_json::V
         .collect();
     records.sort_by(|a, b| a.key.cmp(&b.key));
     records.dedup_by(|a, b| a.key == b.key);
-    serde_json::to_value(WireConfig { schema_version: FORMAT_VERSION, records }).unwrap_or_default()
+    records
 }
 
 /// The OCI media type for a layer blob: Docker schema2 layer types (from base images pulled off

@@ -4,9 +4,8 @@
 //! complete), to stdout, or to any writer (the Docker engine's load request).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_oci::{Descriptor, Reference, Store};
 
@@ -35,28 +34,7 @@ pub fn write_layout(
     }
     match dest {
         Dest::Path(p) if !tar => write_dir(store, art, p, names),
-        Dest::Path(p) => {
-            let io_err = |source| BuildError::Io { action: "write", path: p.clone(), source };
-            let tmp = PathBuf::from(format!("{}.kiln-tmp", p.display()));
-            let run = || -> Result<(), BuildError> {
-                let file = fs::File::create(&tmp).map_err(io_err)?;
-                let w = write_archive(store, art, format, names, io::BufWriter::new(file), p)?;
-                let file = w.into_inner().map_err(|e| io_err(e.into_error()))?;
-                file.sync_all().map_err(io_err)
-            };
-            match run() {
-                Ok(()) => fs::rename(&tmp, p).map_err(io_err),
-                Err(e) => {
-                    let _ = fs::remove_file(&tmp);
-                    Err(e)
-                }
-            }
-        }
-        Dest::Stdout => {
-            let path = Path::new("<stdout>");
-            let mut w = write_archive(store, art, format, names, io::BufWriter::new(io::stdout().lock()), path)?;
-            w.flush().map_err(|source| BuildError::Io { action: "write", path: path.to_path_buf(), source })
-        }
+        dest => super::write_tarball(dest, |w, path| write_archive_to(store, art, format, names, w, path)),
     }
 }
 

@@ -671,6 +671,41 @@ fn blobs(built: &Built) -> Vec<Digest> {
     v
 }
 
+/// Writes one tarball to `dest` with `write` (given the writer and the path to name in errors): a
+/// file through a temporary name beside it, synced and renamed when complete and removed when not,
+/// so a failed or cancelled export leaves nothing a reader would take for a whole one; or stdout.
+pub(crate) fn write_tarball(
+    dest: &Dest,
+    write: impl FnOnce(&mut dyn std::io::Write, &std::path::Path) -> Result<(), BuildError>,
+) -> Result<(), BuildError> {
+    use std::io::Write as _;
+    match dest {
+        Dest::Path(p) => {
+            let io_err = |path: &std::path::Path| {
+                let path = path.to_path_buf();
+                move |source| BuildError::Io { action: "write", path, source }
+            };
+            let tmp = PathBuf::from(format!("{}.kiln-tmp", p.display()));
+            let run = || -> Result<(), BuildError> {
+                let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io_err(&tmp))?);
+                write(&mut w, p)?;
+                let file = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+                file.sync_all().map_err(io_err(&tmp))?;
+                std::fs::rename(&tmp, p).map_err(io_err(p))
+            };
+            run().inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+        }
+        Dest::Stdout => {
+            let path = std::path::Path::new("<stdout>");
+            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+            write(&mut w, path)?;
+            w.flush().map_err(|source| BuildError::Io { action: "write", path: path.to_path_buf(), source })
+        }
+    }
+}
+
 /// Tags the artifact in the store under every name.
 pub fn tag(store: &Store, art: &Artifact, names: &[Reference]) -> Result<(), BuildError> {
     for t in names {

@@ -72,23 +72,7 @@ pub fn write_rootfs(
     match (format, dest) {
         (RootfsFormat::Local, Dest::Path(p)) => move_into(&scratch.0, p).map_err(io_err("write", p)),
         (RootfsFormat::Local, Dest::Stdout) => unreachable_stdout(),
-        (RootfsFormat::Tar, Dest::Path(p)) => {
-            let tmp = PathBuf::from(format!("{}.kiln-tmp", p.display()));
-            let run = || -> Result<(), BuildError> {
-                let f = fs::File::create(&tmp).map_err(io_err("write", &tmp))?;
-                let w = write_tar(&scratch.0, io::BufWriter::new(f), source_date_epoch)?;
-                let f = w.into_inner().map_err(|e| BuildError::Io { action: "write", path: tmp.clone(), source: e.into_error() })?;
-                f.sync_all().map_err(io_err("sync", &tmp))?;
-                fs::rename(&tmp, p).map_err(io_err("write", p))
-            };
-            run().inspect_err(|_| {
-                let _ = fs::remove_file(&tmp);
-            })
-        }
-        (RootfsFormat::Tar, Dest::Stdout) => {
-            let mut w = write_tar(&scratch.0, io::BufWriter::new(io::stdout().lock()), source_date_epoch)?;
-            w.flush().map_err(io_err("write", Path::new("<stdout>")))
-        }
+        (RootfsFormat::Tar, dest) => super::write_tarball(dest, |w, _| write_tar(&scratch.0, w, source_date_epoch).map(drop)),
     }
 }
 
