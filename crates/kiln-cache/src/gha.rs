@@ -440,16 +440,6 @@ fn summarize(body: &str) -> String {
     line.chars().take(200).collect()
 }
 
-/// `Retry-After` (seconds or an HTTP date) as a wait.
-fn retry_after(resp: &ureq::Response) -> Option<Duration> {
-    let v = resp.header("Retry-After")?.trim();
-    if let Ok(s) = v.parse::<u64>() {
-        return Some(Duration::from_secs(s));
-    }
-    let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
-}
-
 /// Backoff for attempt `n` (from 0) when the server gave no `Retry-After`, with a little jitter.
 fn backoff(n: u32) -> Duration {
     let base = Duration::from_millis(200u64.saturating_mul(1 << n.min(5)));
@@ -558,7 +548,7 @@ impl Service {
                     return Ok((status, answer));
                 }
                 Err(ureq::Error::Status(status, resp)) => {
-                    let hint = retry_after(&resp);
+                    let hint = kiln_registry::client::retry_after(&resp);
                     let message = summarize(&resp.into_string().unwrap_or_default());
                     match status {
                         429 | 500..=599 => retry.wait(method, hint, format!("HTTP {status}: {message}"))?,
@@ -637,7 +627,7 @@ impl Service {
             match sent {
                 Ok(_) => return Ok(()),
                 Err(ureq::Error::Status(status, resp)) => {
-                    let hint = retry_after(&resp);
+                    let hint = kiln_registry::client::retry_after(&resp);
                     let message = summarize(&resp.into_string().unwrap_or_default());
                     match status {
                         401 | 403 => {
@@ -712,7 +702,7 @@ impl EntryReader<'_> {
                     return Ok(Some(body));
                 }
                 Err(ureq::Error::Status(status, resp)) => {
-                    let hint = retry_after(&resp);
+                    let hint = kiln_registry::client::retry_after(&resp);
                     let message = summarize(&resp.into_string().unwrap_or_default());
                     match status {
                         // The URL expired (or was refused): ask for another at once.

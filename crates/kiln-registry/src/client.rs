@@ -516,7 +516,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub(crate) fn retry_after(resp: &ureq::Response) -> Option<Duration> {
+/// A response's `Retry-After` (seconds or an HTTP date) as a wait; shared with other HTTP clients
+/// of kiln (the GitHub Actions cache).
+pub fn retry_after(resp: &ureq::Response) -> Option<Duration> {
     let v = resp.header("retry-after")?.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
