@@ -200,3 +200,33 @@ fn a_read_only_token_reads_hits_writes_nothing_and_says_why_once() {
     assert_eq!(svc.entries().len(), entries, "nothing was written");
     assert_eq!(svc.calls("CreateCacheEntry"), creates, "not even a reservation was tried");
 }
+
+/// GitHub Enterprise Server's legacy service (v1): the runner sets only `ACTIONS_CACHE_URL`. With
+/// 2-second download URLs, a throttled blob store and 10% of calls answered 429, a cold build
+/// exports every step through v1's chunked uploads and a wiped machine hits every step.
+#[test]
+fn the_legacy_v1_service_of_enterprise_server_exports_and_hits_every_step() {
+    if !support_cache::can_build() {
+        return;
+    }
+    let svc = GhaService::start(GhaOptions {
+        download_url_lifetime: Duration::from_secs(2),
+        throttle: Some(400_000),
+        twirp_429_rate: 0.10,
+        seed: 7,
+        ..GhaOptions::default()
+    })
+    .expect("gha emulator");
+    let env = vec![
+        ("ACTIONS_CACHE_URL".to_string(), svc.cache_url()),
+        ("ACTIONS_RUNTIME_TOKEN".to_string(), svc.mint_token(&[], Some(MAIN), HOUR)),
+        ("GITHUB_SERVER_URL".to_string(), "https://ghe.example.com".to_string()),
+    ];
+    let t = TestDir::new();
+    let (cold, md1) = cold_build(&t, "cold", &env);
+    assert!(svc.calls("v1/UploadCache") >= 4, "the layers went up through v1's PATCH: {}", svc.calls("v1/UploadCache"));
+    assert!(svc.calls("v1/CommitCache") >= 5, "layers and the index were committed: {}", svc.calls("v1/CommitCache"));
+    assert_eq!(svc.calls("CreateCacheEntry"), 0, "nothing spoke v2");
+    warm_build_hits_everything(&t, "warm", &env, &cold, &md1);
+    assert!(svc.calls("v1/GetCacheEntry") > 0);
+}

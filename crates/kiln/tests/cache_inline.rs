@@ -87,7 +87,7 @@ fn inline_is_an_export_of_mode_min_only() {
         (&["--cache-to", "type=inline,mode=max"][..], "type=inline exports mode=min"),
         (&["--cache-from", "type=inline"][..], "use --cache-from type=registry,ref=IMAGE"),
         (&["--cache-to", "type=inline,ref=x"][..], "ref"),
-        (&["--cache-to", "type=gha,version=1"][..], "not supported yet"),
+        (&["--cache-to", "type=gha,version=3"][..], "must be 1 or 2"),
     ] {
         let o =
             Command::new(support_build::KILN).arg("--root").arg(k.path().join("root")).arg("build").arg(&ctx).args(args).output().unwrap();

@@ -47,8 +47,14 @@
 //!   is a miss: a lookup checks that a hit's layer entry is still there.
 //! * A token that can only read (a pull request from a fork) turns export off with one line.
 //!
-//! The legacy service (`version=1`, `ACTIONS_CACHE_URL`, GitHub Enterprise Server) is refused by
-//! name: not supported yet.
+//! # Two protocols
+//!
+//! github.com serves the cache service v2 (Twirp, `ACTIONS_RESULTS_URL`); GitHub Enterprise Server
+//! still serves the legacy v1 (`ACTIONS_CACHE_URL`, `_apis/artifactcache`). Both store the same
+//! kind of entries, so everything above holds for both; only the calls differ ([`v1`](self::v1)):
+//! v1 uploads go to the service itself in chunks under the runtime token (no signed upload URL to
+//! outlive), and its downloads are signed URLs like v2's, asked for right before each read.
+//! `version=` picks one as buildx does; without it the environment decides ([`GhaSettings::resolve`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -87,6 +93,17 @@ const INDEX_WAIT: Duration = Duration::from_secs(30);
 /// Layers uploaded at once (the service allows about 200 new entries a minute per repository).
 const UPLOAD_PARALLEL: usize = 3;
 const SERVICE: &str = "twirp/github.actions.results.api.v1.CacheService/";
+
+mod v1;
+
+/// Which cache service protocol an endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The legacy service (`ACTIONS_CACHE_URL`, `_apis/artifactcache`): GitHub Enterprise Server.
+    V1,
+    /// The cache service v2 (`ACTIONS_RESULTS_URL`, Twirp): github.com.
+    V2,
+}
 
 /// The version string of every entry kiln writes: a hash of its cache format version.
 pub fn entry_version() -> String {
@@ -151,12 +168,12 @@ impl Backend for GhaBackend {
 #[derive(Clone, PartialEq, Eq)]
 pub struct GhaSettings {
     pub scope: String,
-    /// `url=`: the legacy service (v1), not supported yet.
+    /// `url=`: the legacy service (v1) base URL (`ACTIONS_CACHE_URL`).
     pub url: Option<String>,
     /// `url_v2=`: the cache service v2 base URL (`ACTIONS_RESULTS_URL`).
     pub url_v2: Option<String>,
     pub token: Option<String>,
-    /// `version=`: `1` is refused when parsing; `None` decides from the environment.
+    /// `version=`: `1` (legacy) or `2`; `None` decides from the environment.
     pub version: Option<u8>,
     pub timeout: Duration,
 }
@@ -174,8 +191,6 @@ impl fmt::Debug for GhaSettings {
     }
 }
 
-const LEGACY: &str = "the legacy GitHub Actions cache service (v1: ACTIONS_CACHE_URL, GitHub Enterprise Server) is not supported yet";
-
 impl GhaSettings {
     fn parse(options: &Options<'_>) -> Result<GhaSettings, SpecError> {
         let scope = options.get("scope").filter(|s| !s.is_empty()).unwrap_or(DEFAULT_SCOPE).to_string();
@@ -185,7 +200,7 @@ impl GhaSettings {
         let version = match options.get("version") {
             None | Some("") => None,
             Some("2") => Some(2),
-            Some("1") => return Err(options.error(format!("version=1: {LEGACY}; use version=2 (github.com)"))),
+            Some("1") => Some(1),
             Some(v) => return Err(options.error(format!("version={v:?} must be 1 or 2"))),
         };
         let timeout = match options.get("timeout") {
@@ -202,36 +217,57 @@ impl GhaSettings {
 
     /// Where the service is and what the token may do, from these options and then the
     /// environment (`env("NAME")`). `Err` is the one line saying what is missing.
+    ///
+    /// The protocol: `version=` when given; else `url_v2=` means v2 and `url=` v1; else, as
+    /// actions/toolkit decides, `ACTIONS_CACHE_SERVICE_V2` means v2, a GitHub Enterprise Server
+    /// (`GITHUB_SERVER_URL` not on github.com or ghe.com) v1, and then whichever URL the
+    /// environment holds, v2's first.
     pub fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Endpoint, String> {
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         let v2_env = env("ACTIONS_CACHE_SERVICE_V2").is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "false" | "0"));
-        let url_v2 = self.url_v2.clone().or_else(|| env("ACTIONS_RESULTS_URL"));
-        let legacy_url = self.url.clone().or_else(|| env("ACTIONS_CACHE_URL"));
-        if self.version.is_none() && !v2_env && url_v2.is_none() && legacy_url.is_some() {
-            return Err(format!("{LEGACY}; only ACTIONS_CACHE_URL is set (set ACTIONS_RESULTS_URL or url_v2= for the v2 service)"));
-        }
+        let ghes = env("GITHUB_SERVER_URL").is_some_and(|u| is_ghes(&u));
+        let protocol = match self.version {
+            Some(1) => Protocol::V1,
+            Some(_) => Protocol::V2,
+            None if self.url_v2.is_some() => Protocol::V2,
+            None if self.url.is_some() => Protocol::V1,
+            None if v2_env => Protocol::V2,
+            None if ghes => Protocol::V1,
+            None if env("ACTIONS_RESULTS_URL").is_none() && env("ACTIONS_CACHE_URL").is_some() => Protocol::V1,
+            None => Protocol::V2,
+        };
+        let (url, url_name, option) = match protocol {
+            Protocol::V1 => (self.url.clone().or_else(|| env("ACTIONS_CACHE_URL")), "ACTIONS_CACHE_URL", "url="),
+            Protocol::V2 => (self.url_v2.clone().or_else(|| env("ACTIONS_RESULTS_URL")), "ACTIONS_RESULTS_URL", "url_v2="),
+        };
         let token = self.token.clone().or_else(|| env("ACTIONS_RUNTIME_TOKEN"));
-        let missing = match (&url_v2, &token) {
-            (None, None) => Some("ACTIONS_RESULTS_URL and ACTIONS_RUNTIME_TOKEN are"),
-            (None, Some(_)) => Some("ACTIONS_RESULTS_URL is"),
-            (Some(_), None) => Some("ACTIONS_RUNTIME_TOKEN is"),
+        let missing = match (&url, &token) {
+            (None, None) => Some(format!("{url_name} and ACTIONS_RUNTIME_TOKEN are")),
+            (None, Some(_)) => Some(format!("{url_name} is")),
+            (Some(_), None) => Some("ACTIONS_RUNTIME_TOKEN is".to_string()),
             _ => None,
         };
         if let Some(m) = missing {
             return Err(format!(
-                "{m} not set (they exist inside a GitHub Actions job: expose them with crazy-max/ghaction-github-runtime, or give url_v2= and token=)"
+                "{m} not set (they exist inside a GitHub Actions job: expose them with crazy-max/ghaction-github-runtime, or give {option} and token=)"
             ));
         }
-        let (Some(url), Some(token)) = (url_v2, token) else { unreachable!("checked above") };
+        let (Some(url), Some(token)) = (url, token) else { unreachable!("checked above") };
         let base = if url.ends_with('/') { url } else { format!("{url}/") };
         let scopes = token_scopes(&token).unwrap_or_default();
-        Ok(Endpoint { base, token, scopes, timeout: self.timeout })
+        Ok(Endpoint { base, token, scopes, timeout: self.timeout, protocol })
     }
 
     /// How messages name the store.
     pub fn describe(&self) -> String {
         format!("type=gha,scope={}", self.scope)
     }
+}
+
+/// Whether a `GITHUB_SERVER_URL` is a GitHub Enterprise Server (as actions/toolkit's `isGhes`).
+fn is_ghes(server: &str) -> bool {
+    let host = server.split("://").nth(1).unwrap_or(server).split(['/', ':']).next().unwrap_or("").to_ascii_lowercase();
+    !(host == "github.com" || host.ends_with(".ghe.com") || host.ends_with(".ghe.localhost") || host == "localhost")
 }
 
 fn process_env(k: &str) -> Option<String> {
@@ -314,17 +350,23 @@ pub fn token_scopes(token: &str) -> Option<Vec<TokenScope>> {
 /// Where the service is, the token and what it may do.
 #[derive(Clone)]
 pub struct Endpoint {
-    /// `ACTIONS_RESULTS_URL`, ending in `/`.
+    /// `ACTIONS_RESULTS_URL` (v2) or `ACTIONS_CACHE_URL` (v1), ending in `/`.
     pub base: String,
     token: String,
     /// Empty when the token carried no readable `ac` claim.
     pub scopes: Vec<TokenScope>,
     pub timeout: Duration,
+    pub protocol: Protocol,
 }
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Endpoint").field("base", &self.base).field("token", &"<redacted>").field("scopes", &self.scopes).finish()
+        f.debug_struct("Endpoint")
+            .field("base", &self.base)
+            .field("token", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .field("protocol", &self.protocol)
+            .finish()
     }
 }
 
@@ -496,7 +538,7 @@ struct Answer {
 
 /// What creating an entry gave.
 enum Created {
-    /// Reserved: upload to this URL now.
+    /// Reserved: upload now, to this URL (v2) or under this cache id (v1).
     Upload(String),
     /// The key exists or is being uploaded by someone else.
     Exists,
@@ -572,6 +614,9 @@ impl Service {
     /// A fresh download URL for `key` (exact, when `restore` is empty) or the newest entry under
     /// one of `restore`, with the key it matched. `None` is a miss.
     fn download_url(&self, key: &str, restore: &[&str]) -> Result<Option<(String, String)>, GhaError> {
+        if self.ep.protocol == Protocol::V1 {
+            return self.v1_download_url(key, restore);
+        }
         let req =
             KeyRequest { key, version: &self.version, restore_keys: (!restore.is_empty()).then(|| restore.to_vec()), size_bytes: None };
         let (status, a) = self.call("GetCacheEntryDownloadURL", &req)?;
@@ -589,7 +634,11 @@ impl Service {
         }
     }
 
-    fn create(&self, key: &str) -> Result<Created, GhaError> {
+    /// Reserves `key` for `size` bytes.
+    fn create(&self, key: &str, size: u64) -> Result<Created, GhaError> {
+        if self.ep.protocol == Protocol::V1 {
+            return self.v1_create(key, size);
+        }
         let req = KeyRequest { key, version: &self.version, restore_keys: None, size_bytes: None };
         match self.call("CreateCacheEntry", &req)? {
             (409, _) => Ok(Created::Exists),
@@ -599,7 +648,11 @@ impl Service {
         }
     }
 
-    fn finalize(&self, key: &str, size: u64) -> Result<(), GhaError> {
+    /// Commits the upload of `key` under `reservation` (what [`Service::create`] gave).
+    fn finalize(&self, key: &str, reservation: &str, size: u64) -> Result<(), GhaError> {
+        if self.ep.protocol == Protocol::V1 {
+            return self.v1_finalize(key, reservation, size);
+        }
         let req = KeyRequest { key, version: &self.version, restore_keys: None, size_bytes: Some(size.to_string()) };
         match self.call("FinalizeCacheEntryUpload", &req)? {
             (200, Answer { ok: true, .. }) => Ok(()),
@@ -613,6 +666,9 @@ impl Service {
     /// dropped connection tries again under the same URL while it works; a 401/403 (the SAS
     /// expired) cannot be helped: the key stays reserved and the layer is left out.
     fn put(&self, key: &str, url: &str, size: u64, open: &dyn Fn() -> io::Result<Box<dyn Read + Send>>) -> Result<(), GhaError> {
+        if self.ep.protocol == Protocol::V1 {
+            return self.v1_put(key, url, size, open);
+        }
         let mut retry = Retry::new(self.ep.timeout);
         loop {
             let body = open().map_err(|source| GhaError::Io { key: key.to_string(), action: "reading the layer", source })?;
@@ -978,12 +1034,12 @@ fn put_layer(service: &Service, d: &Descriptor, store: &Store) -> Result<LayerFa
         return Ok(LayerFate::Missing);
     }
     // The bytes are ready: only now is the key reserved, and the upload starts at once.
-    let url = match service.create(&key)? {
+    let url = match service.create(&key, d.size)? {
         Created::Exists => return Ok(LayerFate::Present),
         Created::Upload(url) => url,
     };
     let open = || -> io::Result<Box<dyn Read + Send>> { Ok(Box::new(store.open_blob(&d.digest).map_err(io::Error::other)?)) };
-    match service.put(&key, &url, d.size, &open).and_then(|()| service.finalize(&key, d.size)) {
+    match service.put(&key, &url, d.size, &open).and_then(|()| service.finalize(&key, &url, d.size)) {
         Ok(()) => Ok(LayerFate::Uploaded(d.size)),
         Err(e @ (GhaError::Unauthorized { .. } | GhaError::Denied { .. })) => Err(e),
         Err(e) => {
@@ -1069,7 +1125,7 @@ pub fn export(service: &Service, scope: &str, records: &[Record], store: &Store,
         let merged = merge(existing, usable.clone(), &rules, now);
         let doc = encode_index(&merged.entries);
         let key = format!("{prefix}{}", n + 1);
-        match service.create(&key)? {
+        match service.create(&key, doc.len() as u64)? {
             Created::Exists => {
                 tracing::debug!(index = key, attempt, "another build is writing this index generation; merging over it");
                 awaited = Some(n + 1);
@@ -1079,7 +1135,7 @@ pub fn export(service: &Service, scope: &str, records: &[Record], store: &Store,
                 let body = doc.clone();
                 let open = move || -> io::Result<Box<dyn Read + Send>> { Ok(Box::new(io::Cursor::new(body.clone()))) };
                 service.put(&key, &url, doc.len() as u64, &open)?;
-                service.finalize(&key, doc.len() as u64)?;
+                service.finalize(&key, &url, doc.len() as u64)?;
                 return Ok(ExportSummary {
                     reference: shown,
                     digest: Some(Digest::sha256_of(&doc)),
@@ -1161,7 +1217,6 @@ mod tests {
         assert!(format!("{:?}", e.settings).contains("<redacted>"));
 
         let cases = [
-            ("type=gha,version=1", "version=1: the legacy GitHub Actions cache service"),
             ("type=gha,version=3", "version=\"3\" must be 1 or 2"),
             ("type=gha,timeout=soon", "timeout=\"soon\""),
             ("type=gha,timeout=0", "timeout=0"),
@@ -1171,7 +1226,7 @@ mod tests {
             let e = CacheFrom::parse(v).unwrap_err().to_string();
             assert!(e.contains(want), "{v}: {e}");
         }
-        assert!(CacheFrom::parse("type=gha,version=1").unwrap_err().to_string().contains("not supported yet"));
+        assert_eq!(from("type=gha,version=1,url=http://ghes/").unwrap().settings.version, Some(1));
         assert!(CacheFrom::parse("type=gha,mode=max").unwrap_err().to_string().contains("unknown option \"mode\""));
         assert!(CacheFrom::parse(&format!("type=gha,scope={}", "s".repeat(201))).is_err());
     }
@@ -1192,8 +1247,25 @@ mod tests {
         assert!(e.starts_with("ACTIONS_RESULTS_URL is not set"), "{e}");
         let e = s.resolve(&env_of(&[("ACTIONS_RESULTS_URL", "http://h/")])).unwrap_err();
         assert!(e.starts_with("ACTIONS_RUNTIME_TOKEN is not set"), "{e}");
-        let e = s.resolve(&env_of(&[("ACTIONS_CACHE_URL", "http://old/"), ("ACTIONS_RUNTIME_TOKEN", "t")])).unwrap_err();
-        assert!(e.contains("not supported yet"), "{e}");
+        // The protocol: only the legacy URL set means v1; both set means v2 unless the server is
+        // a GitHub Enterprise Server; version= and the explicit URLs decide first.
+        let both = [("ACTIONS_CACHE_URL", "http://old/"), ("ACTIONS_RESULTS_URL", "http://new/"), ("ACTIONS_RUNTIME_TOKEN", "t")];
+        let ep = s.resolve(&env_of(&[("ACTIONS_CACHE_URL", "http://old"), ("ACTIONS_RUNTIME_TOKEN", "t")])).unwrap();
+        assert_eq!((ep.protocol, ep.base.as_str()), (Protocol::V1, "http://old/"));
+        let ep = s.resolve(&env_of(&both)).unwrap();
+        assert_eq!((ep.protocol, ep.base.as_str()), (Protocol::V2, "http://new/"));
+        let ghes = [both.as_slice(), &[("GITHUB_SERVER_URL", "https://ghe.example.com")]].concat();
+        assert_eq!(s.resolve(&env_of(&ghes)).unwrap().protocol, Protocol::V1, "GitHub Enterprise Server speaks v1");
+        let dotcom = [both.as_slice(), &[("GITHUB_SERVER_URL", "https://github.com")]].concat();
+        assert_eq!(s.resolve(&env_of(&dotcom)).unwrap().protocol, Protocol::V2);
+        let flagged = [ghes.as_slice(), &[("ACTIONS_CACHE_SERVICE_V2", "True")]].concat();
+        assert_eq!(s.resolve(&env_of(&flagged)).unwrap().protocol, Protocol::V2, "ACTIONS_CACHE_SERVICE_V2 wins, as in actions/toolkit");
+        let v1 = from("type=gha,version=1").unwrap().settings;
+        assert_eq!(v1.resolve(&env_of(&both)).unwrap().base, "http://old/");
+        let e = v1.resolve(&env_of(&[("ACTIONS_RESULTS_URL", "http://new/"), ("ACTIONS_RUNTIME_TOKEN", "t")])).unwrap_err();
+        assert!(e.starts_with("ACTIONS_CACHE_URL is not set") && e.contains("give url= and token="), "{e}");
+        let given_v1 = from("type=gha,url=http://given-v1").unwrap().settings;
+        assert_eq!(given_v1.resolve(&env_of(&both)).unwrap().protocol, Protocol::V1, "url= names the legacy service");
         // Options win over the environment.
         let given = from("type=gha,url_v2=http://given,token=tok").unwrap().settings;
         let ep = given.resolve(&env_of(&[("ACTIONS_RESULTS_URL", "http://env/"), ("ACTIONS_RUNTIME_TOKEN", "envtok")])).unwrap();
@@ -1224,10 +1296,16 @@ mod tests {
             ]
         );
         let t2 = jwt(serde_json::json!({"ac": [{"Scope": "refs/heads/main", "Permission": 1}]}));
-        let ro = Endpoint { base: "http://h/".into(), token: t2.clone(), scopes: token_scopes(&t2).unwrap(), timeout: DEFAULT_TIMEOUT };
+        let ro = Endpoint {
+            base: "http://h/".into(),
+            token: t2.clone(),
+            scopes: token_scopes(&t2).unwrap(),
+            timeout: DEFAULT_TIMEOUT,
+            protocol: Protocol::V2,
+        };
         assert_eq!(ro.write_scope(), None, "a fork PR's token reads only");
         assert_eq!(ro.read_order(), vec!["refs/heads/main".to_string()]);
-        let rw = Endpoint { base: "http://h/".into(), token: t.clone(), scopes, timeout: DEFAULT_TIMEOUT };
+        let rw = Endpoint { base: "http://h/".into(), token: t.clone(), scopes, timeout: DEFAULT_TIMEOUT, protocol: Protocol::V2 };
         assert_eq!(rw.read_order(), vec!["refs/heads/pr".to_string(), "refs/heads/main".to_string()], "own scope first");
         for bad in ["", "opaque", "a.!!!.c", &jwt(serde_json::json!({"sub": "x"})), &jwt(serde_json::json!({"ac": "not json"}))] {
             assert_eq!(token_scopes(bad), None, "{bad:?}");

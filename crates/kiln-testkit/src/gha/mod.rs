@@ -32,6 +32,9 @@
 //! Permission bit 1 reads, bit 2 writes. A job writes only its own ref's scope
 //! and reads its own and its base/default branch's.
 //!
+//! The legacy service (v1, `ACTIONS_CACHE_URL`, still on GitHub Enterprise Server) is served too,
+//! on the same port and over the same entries: see [`v1`](self::v1) for its protocol.
+//!
 //! # What the emulator serves
 //!
 //! [`GhaService::start`] opens two loopback ports: the Twirp service
@@ -142,6 +145,8 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::http::{header_of, parse_header_lines, read_head_lines, reason};
 use crate::server::Server;
+
+mod v1;
 
 /// The Twirp service name the real clients call.
 pub const GHA_TWIRP_SERVICE: &str = "github.actions.results.api.v1.CacheService";
@@ -339,6 +344,11 @@ impl GhaService {
         format!("http://{}/", self.twirp.addr())
     }
 
+    /// `ACTIONS_CACHE_URL` for the legacy service (v1): the same port as [`GhaService::url`].
+    pub fn cache_url(&self) -> String {
+        self.url()
+    }
+
     /// The blob store's base URL, `http://127.0.0.1:PORT2/`; signed URLs point below it.
     pub fn blob_url(&self) -> String {
         format!("http://{}/", self.blob.addr())
@@ -410,7 +420,8 @@ impl GhaService {
             .collect()
     }
 
-    /// Twirp calls received for `method` (e.g. `"CreateCacheEntry"`), injected faults included.
+    /// Calls received for `method` (Twirp: `"CreateCacheEntry"`, …; v1: `"v1/GetCacheEntry"`,
+    /// `"v1/ReserveCache"`, `"v1/UploadCache"`, `"v1/CommitCache"`), injected faults included.
     pub fn calls(&self, method: &str) -> u64 {
         lock(&self.inner.calls).get(method).copied().unwrap_or(0)
     }
@@ -550,6 +561,9 @@ impl Reply {
 fn serve(inner: &Inner, stream: TcpStream, kind: Kind) {
     let _ = stream.set_read_timeout(Some(IDLE));
     let _ = stream.set_write_timeout(Some(IDLE));
+    // A reply goes out in two writes (head, body): without this, Nagle holds the body until the
+    // client's delayed ACK of the head, 40 ms per request on Linux, which real services do not cost.
+    let _ = stream.set_nodelay(true);
     let Ok(read_half) = stream.try_clone() else { return };
     let mut reader = BufReader::new(read_half);
     let mut writer = stream;
@@ -743,6 +757,9 @@ struct Scopes {
 }
 
 fn twirp(inner: &Inner, head: &Head, r: &mut impl BufRead) -> (Reply, bool) {
+    if head.path.starts_with("/_apis/artifactcache/") {
+        return v1::serve(inner, head, r);
+    }
     let body = match read_body(inner, head, r, 1 << 20, false) {
         Ok(b) => b,
         Err(BodyError::TooLarge) => return (twirp_error("malformed", "request body too large"), false),
@@ -844,16 +861,27 @@ fn check_key_version(key: &str, version: &str) -> Option<Reply> {
 }
 
 fn create(inner: &Inner, opts: &GhaOptions, scopes: &Scopes, req: &Value) -> Reply {
-    let (key, version) = (str_field(req, "key"), str_field(req, "version"));
+    match reserve(inner, scopes, str_field(req, "key"), str_field(req, "version")) {
+        Ok((_, blob)) => {
+            let url = sign_url(inner, &blob, "cw", opts.upload_url_lifetime);
+            ok_json(json!({"ok": true, "signed_upload_url": url}))
+        }
+        Err(reply) => reply,
+    }
+}
+
+/// Reserves `(key, version)` in the token's write scope: its entry id and blob path, or the
+/// Twirp error to answer.
+fn reserve(inner: &Inner, scopes: &Scopes, key: &str, version: &str) -> std::result::Result<(u64, String), Reply> {
     if let Some(e) = check_key_version(key, version) {
-        return e;
+        return Err(e);
     }
     let Some(scope) = &scopes.write else {
-        return twirp_error("permission_denied", "the runtime token has no write scope (read-only token)");
+        return Err(twirp_error("permission_denied", "the runtime token has no write scope (read-only token)"));
     };
     let mut st = lock(&inner.state);
     if st.entries.iter().any(|e| e.key == key && e.version == version && &e.scope == scope) {
-        return twirp_error("already_exists", format!("cache entry {key:?} already exists or is being uploaded"));
+        return Err(twirp_error("already_exists", format!("cache entry {key:?} already exists or is being uploaded")));
     }
     let id = st.next_id;
     st.next_id += 1;
@@ -870,9 +898,7 @@ fn create(inner: &Inner, opts: &GhaOptions, scopes: &Scopes, req: &Value) -> Rep
         finalized_at: None,
         used,
     });
-    drop(st);
-    let url = sign_url(inner, &blob, "cw", opts.upload_url_lifetime);
-    ok_json(json!({"ok": true, "signed_upload_url": url}))
+    Ok((id, blob))
 }
 
 fn finalize(inner: &Inner, opts: &GhaOptions, scopes: &Scopes, req: &Value) -> Reply {
@@ -887,27 +913,36 @@ fn finalize(inner: &Inner, opts: &GhaOptions, scopes: &Scopes, req: &Value) -> R
         _ => None,
     };
     let Some(size) = size else { return twirp_error("invalid_argument", "size_bytes is not a non-negative integer") };
+    match commit(inner, opts, scopes, key, version, size) {
+        Ok(id) => ok_json(json!({"ok": true, "entry_id": id.to_string()})),
+        Err(reply) => reply,
+    }
+}
+
+/// Commits the reserved `(key, version)` of the token's write scope at `size` bytes (what was
+/// uploaded must be exactly that): its entry id, or the Twirp error to answer.
+fn commit(inner: &Inner, opts: &GhaOptions, scopes: &Scopes, key: &str, version: &str, size: u64) -> std::result::Result<u64, Reply> {
     let Some(scope) = &scopes.write else {
-        return twirp_error("permission_denied", "the runtime token has no write scope (read-only token)");
+        return Err(twirp_error("permission_denied", "the runtime token has no write scope (read-only token)"));
     };
     let mut st = lock(&inner.state);
     st.tick += 1;
     let tick = st.tick;
     let State { entries, blobs, .. } = &mut *st;
     let Some(entry) = entries.iter_mut().find(|e| e.key == key && e.version == version && &e.scope == scope) else {
-        return twirp_error("not_found", format!("no reserved cache entry {key:?} for this version in scope {scope:?}"));
+        return Err(twirp_error("not_found", format!("no reserved cache entry {key:?} for this version in scope {scope:?}")));
     };
     if entry.finalized_at.is_some() {
         if entry.size == size {
-            return ok_json(json!({"ok": true, "entry_id": entry.id.to_string()}));
+            return Ok(entry.id);
         }
-        return twirp_error("invalid_argument", format!("cache entry {key:?} is already finalized with {} bytes", entry.size));
+        return Err(twirp_error("invalid_argument", format!("cache entry {key:?} is already finalized with {} bytes", entry.size)));
     }
     let Some(uploaded) = blobs.get(&entry.blob).and_then(|b| b.committed.as_ref()).map(|d| d.len() as u64) else {
-        return twirp_error("failed_precondition", format!("nothing was uploaded for cache entry {key:?}"));
+        return Err(twirp_error("failed_precondition", format!("nothing was uploaded for cache entry {key:?}")));
     };
     if uploaded != size {
-        return twirp_error("invalid_argument", format!("size_bytes {size} does not match the {uploaded} bytes uploaded"));
+        return Err(twirp_error("invalid_argument", format!("size_bytes {size} does not match the {uploaded} bytes uploaded")));
     }
     entry.size = size;
     entry.finalized_at = Some(SystemTime::now());
@@ -920,7 +955,7 @@ fn finalize(inner: &Inner, opts: &GhaOptions, scopes: &Scopes, req: &Value) -> R
     if let Some(cap) = opts.max_total_bytes {
         enforce_cap(inner, &mut st, cap);
     }
-    ok_json(json!({"ok": true, "entry_id": id.to_string()}))
+    Ok(id)
 }
 
 /// Evicts finalized entries, least recently used first, until they fit `cap`.
@@ -942,10 +977,37 @@ fn enforce_cap(inner: &Inner, st: &mut State, cap: u64) {
 
 fn get(inner: &Inner, opts: &GhaOptions, scopes: &Scopes, req: &Value) -> Reply {
     let (key, version) = (str_field(req, "key"), str_field(req, "version"));
-    if let Some(e) = check_key_version(key, version) {
-        return e;
-    }
     let restore: Vec<&str> = req.get("restore_keys").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    match lookup(inner, opts, scopes, key, &restore, version) {
+        Err(reply) => reply,
+        Ok(None) => ok_json(json!({"ok": false, "signed_download_url": "", "matched_key": ""})),
+        Ok(Some(hit)) => {
+            let url = sign_url(inner, &hit.blob, "r", opts.download_url_lifetime);
+            ok_json(json!({"ok": true, "signed_download_url": url, "matched_key": hit.key}))
+        }
+    }
+}
+
+/// What a lookup found.
+struct Hit {
+    key: String,
+    blob: String,
+    scope: String,
+}
+
+/// GitHub's cache key matching (see the module doc): in each readable scope, the exact key, then
+/// the key and each restore key as prefixes, newest first. A hit counts as a use (LRU).
+fn lookup(
+    inner: &Inner,
+    opts: &GhaOptions,
+    scopes: &Scopes,
+    key: &str,
+    restore: &[&str],
+    version: &str,
+) -> std::result::Result<Option<Hit>, Reply> {
+    if let Some(e) = check_key_version(key, version) {
+        return Err(e);
+    }
     let now = SystemTime::now();
     let mut st = lock(&inner.state);
     let visible = |e: &Entry| e.version == version && e.finalized_at.is_some_and(|t| t + opts.visibility_delay <= now);
@@ -967,17 +1029,12 @@ fn get(inner: &Inner, opts: &GhaOptions, scopes: &Scopes, req: &Value) -> Reply 
             }
         }
     }
-    let Some(id) = found else {
-        return ok_json(json!({"ok": false, "signed_download_url": "", "matched_key": ""}));
-    };
+    let Some(id) = found else { return Ok(None) };
     st.tick += 1;
     let tick = st.tick;
-    let Some(e) = st.entries.iter_mut().find(|e| e.id == id) else { return twirp_error("internal", "entry vanished") };
+    let Some(e) = st.entries.iter_mut().find(|e| e.id == id) else { return Err(twirp_error("internal", "entry vanished")) };
     e.used = tick;
-    let (blob, matched) = (e.blob.clone(), e.key.clone());
-    drop(st);
-    let url = sign_url(inner, &blob, "r", opts.download_url_lifetime);
-    ok_json(json!({"ok": true, "signed_download_url": url, "matched_key": matched}))
+    Ok(Some(Hit { key: e.key.clone(), blob: e.blob.clone(), scope: e.scope.clone() }))
 }
 
 fn short_hash(s: &str) -> String {
