@@ -51,7 +51,7 @@
 //!
 //! github.com serves the cache service v2 (Twirp, `ACTIONS_RESULTS_URL`); GitHub Enterprise Server
 //! still serves the legacy v1 (`ACTIONS_CACHE_URL`, `_apis/artifactcache`). Both store the same
-//! kind of entries, so everything above holds for both; only the calls differ ([`v1`](self::v1)):
+//! kind of entries, so everything above holds for both; only the calls differ (module `v1`):
 //! v1 uploads go to the service itself in chunks under the runtime token (no signed upload URL to
 //! outlive), and its downloads are signed URLs like v2's, asked for right before each read.
 //! `version=` picks one as buildx does; without it the environment decides ([`GhaSettings::resolve`]).

@@ -33,7 +33,7 @@
 //! and reads its own and its base/default branch's.
 //!
 //! The legacy service (v1, `ACTIONS_CACHE_URL`, still on GitHub Enterprise Server) is served too,
-//! on the same port and over the same entries: see [`v1`](self::v1) for its protocol.
+//! on the same port and over the same entries: see the private module `v1` for its protocol.
 //!
 //! # What the emulator serves
 //!
