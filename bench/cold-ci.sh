@@ -42,7 +42,8 @@ die() { echo "bench/cold-ci.sh: $*" >&2; exit 1; }
 for t in buildah dockerd docker-registry python3 tar bc; do
   command -v "$t" >/dev/null || die "missing tool: $t (apt-get install buildah docker.io docker-registry python3 bc)"
 done
-DOCKER=$(command -v docker || true)
+DOCKER=/usr/bin/docker  # the distribution's CLI: a newer one refuses DOCKER_BUILDKIT=1 without buildx
+[[ -x $DOCKER ]] || DOCKER=$(command -v docker || true)
 [[ -n "$DOCKER" ]] || die "no docker CLI (apt-get install docker.io)"
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
