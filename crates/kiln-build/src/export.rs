@@ -86,6 +86,12 @@ pub trait Exporter: std::fmt::Debug + Send + Sync {
         Ok(())
     }
 
+    /// The repositories it pushes the image to, whose layers the build may send ahead while it
+    /// runs ([`crate::eager`]); none for an exporter that does not push.
+    fn push_targets(&self) -> Vec<crate::eager::PushTarget> {
+        Vec::new()
+    }
+
     fn export(&self, result: &BuildResult, ctx: &ExportContext<'_>) -> Result<ExportDone, BuildError>;
 }
 
@@ -116,6 +122,16 @@ impl Exporter for ImageExport {
     fn needs_local_layers(&self) -> bool {
         // Recompressing (another codec, or forced) reads every layer.
         self.0.store || self.0.form.codec != kiln_oci::layer::Codec::DEFAULT || self.0.form.force
+    }
+
+    fn push_targets(&self) -> Vec<crate::eager::PushTarget> {
+        let o = &self.0;
+        if !o.push {
+            return Vec::new();
+        }
+        // By digest, only the first name's repository is pushed to (see `export`).
+        let names = if o.push_by_digest { &o.names[..o.names.len().min(1)] } else { &o.names[..] };
+        names.iter().map(|r| crate::eager::PushTarget { reference: r.clone(), codec: o.form.codec, force: o.form.force }).collect()
     }
 
     fn export(&self, result: &BuildResult, ctx: &ExportContext<'_>) -> Result<ExportDone, BuildError> {

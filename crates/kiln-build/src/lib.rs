@@ -29,6 +29,7 @@ mod base;
 pub mod cancel;
 mod context;
 mod copy;
+pub mod eager;
 pub mod engine;
 mod error;
 pub mod export;
@@ -116,6 +117,10 @@ pub struct BuildOptions {
     // -- options: image metadata (labels, annotations) --
     /// `--label K=V`: set on the final image's config, over the Dockerfile's `LABEL`s.
     pub labels: BTreeMap<String, String>,
+    // -- options: export as you go --
+    /// The repositories the build's `--push` outputs send the image to: the final image's layers
+    /// are uploaded there while later steps run ([`eager`]). Set by [`orchestrate::build_all`].
+    pub push_ahead: Vec<eager::PushTarget>,
 }
 
 /// `--snapshotter`.
@@ -230,6 +235,7 @@ fn build_reporting(opts: &BuildOptions, progress: &dyn Progress, transfers: base
     let parsed = kiln_dockerfile::parse_file(&file_name, &source)?;
     let mut typed = parse_build(&parsed, &file_name)?;
     replace_named_stages(&mut typed, &opts.build_contexts);
+    let eager_transfers = transfers.clone();
     let bases =
         Arc::new(base::Bases::new(store.clone(), opts.registry.clone()).with(opts.build_contexts.clone(), opts.pull).reporting(transfers));
     splice_onbuild(&mut typed, &bases, opts)?;
@@ -276,6 +282,8 @@ fn build_reporting(opts: &BuildOptions, progress: &dyn Progress, transfers: base
     }
     .with_cancel(opts.cancel.sandbox());
     let cache_sources = open_sources(opts, &store, progress);
+    // Declared before the solver, so dropped after it: a failed build stops the uploads here.
+    let eager = eager::Eager::start(opts, &store, &resolved, eager_transfers);
     let shared = solve::Shared {
         opts,
         store: &store,
@@ -284,13 +292,14 @@ fn build_reporting(opts: &BuildOptions, progress: &dyn Progress, transfers: base
         progress,
         base_lookup: &bases,
         sources: &cache_sources,
+        eager: &eager,
     };
     let mut solver = solve::Solver::new(shared, sandbox);
     let final_state = match solve_stages(&mut solver, &resolved) {
         Ok(st) => st,
         Err(e) if opts.cancel.is_cancelled() => {
             let _ = e;
-            return Err(cancelled(opts, &store, solver, resolved.target, progress));
+            return Err(cancelled(opts, &store, solver, resolved.target, &eager, progress));
         }
         Err(e) => return Err(e),
     };
@@ -312,6 +321,10 @@ fn build_reporting(opts: &BuildOptions, progress: &dyn Progress, transfers: base
     let explanations = std::mem::take(&mut solver.collected.explanations);
     drop(solver);
     let mut built = assemble(&store, final_state, steps, opts)?;
+    // The build ends when the last upload ahead ends; the manifests and cache records follow.
+    if let Some(line) = eager.finish().line() {
+        progress.info(&line);
+    }
     built.explanations = explanations;
     built.layer_sources = sources.clone();
     if opts.policy.policy.allows_export() {
@@ -378,13 +391,24 @@ fn solve_stages(solver: &mut solve::Solver<'_>, resolved: &kiln_dockerfile::inst
 
 /// A cancelled build's last act: export what finished to the caches the policy allows (the local
 /// cache has it already), and say what was kept.
-fn cancelled(opts: &BuildOptions, store: &Store, mut solver: solve::Solver<'_>, target: usize, progress: &dyn Progress) -> BuildError {
+fn cancelled(
+    opts: &BuildOptions,
+    store: &Store,
+    mut solver: solve::Solver<'_>,
+    target: usize,
+    eager: &eager::Eager,
+    progress: &dyn Progress,
+) -> BuildError {
     let used = std::mem::take(&mut solver.collected.used);
     // mode=min exports the chains that end at the images built; cancelled, the target stage's
     // chain ends where it had got to.
     let reached: Vec<Digest> = solver.collected.reached.get(&target).cloned().into_iter().collect();
     let sources = layer_sources(solver.shared.sources);
     drop(solver);
+    // What already went ahead to a registry cache is not sent again by the export below.
+    if let Some(line) = eager.finish().line() {
+        progress.info(&line);
+    }
     let finished = used.iter().filter(|r| r.layer.is_some()).count();
     let mut kept = vec![format!("{finished} finished layer steps kept in the local cache")];
     if !opts.cache_to.is_empty() && !used.is_empty() {

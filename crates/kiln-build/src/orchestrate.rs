@@ -2,7 +2,8 @@
 //! exporters in the order the outputs were given; and the metadata the build leaves behind.
 //!
 //! Nothing is tagged, exported or pushed before every platform's image is built and has passed the
-//! test: the first failure ends the build with the store's untagged images as the only trace.
+//! test: the first failure ends the build with the store's untagged images as the only trace, and
+//! the layer blobs a push sent ahead ([`crate::eager`]), which no manifest names.
 
 use std::path::Path;
 
@@ -64,8 +65,13 @@ pub fn build_all(req: &BuildRequest, progress: &dyn Progress) -> Result<BuildOut
         e.check()?;
     }
     let fetch_final = req.test.is_some() || exporters.iter().any(|e| e.needs_local_layers());
-    let per_platform: Vec<BuildOptions> =
-        req.platforms.iter().map(|p| BuildOptions { platform: p.clone(), fetch_final, ..req.options.clone() }).collect();
+    // The pushes' layers go ahead while the build runs; their manifests wait for the test, below.
+    let push_ahead: Vec<_> = exporters.iter().flat_map(|e| e.push_targets()).collect();
+    let per_platform: Vec<BuildOptions> = req
+        .platforms
+        .iter()
+        .map(|p| BuildOptions { platform: p.clone(), fetch_final, push_ahead: push_ahead.clone(), ..req.options.clone() })
+        .collect();
     let built = build_platforms(&per_platform, progress)?;
     if let Some(cmd) = &req.test {
         test_gate(&req.options, &built, cmd, progress)?;

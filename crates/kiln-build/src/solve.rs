@@ -38,6 +38,8 @@ pub(crate) struct Shared<'a> {
     pub base_lookup: &'a base::Bases,
     /// Where records are looked up, in order: the local cache, then each `--cache-from`.
     pub sources: &'a [Box<dyn CacheSource + 'a>],
+    /// Where each committed layer is offered, to leave the machine while later steps run.
+    pub eager: &'a crate::eager::Eager,
 }
 
 /// What a solver collects as it builds, which [`Solver::join`] merges from its forks.
@@ -167,6 +169,11 @@ impl<'a> Solver<'a> {
             rc.on_build = None;
         }
         let name = stage.name.clone().unwrap_or_else(|| format!("stage-{}", stage.index));
+        if let Source::Image(_) = &stage.base {
+            for l in &state.layers {
+                self.shared.eager.offer(stage.index, crate::eager::Kind::Base, &l.descriptor);
+            }
+        }
         if let Source::Image(r) = &stage.base {
             let p = state.platform.clone();
             self.report(&name, &p, &format!("FROM {r}"), CacheStatus::None, 0.0);
@@ -178,6 +185,7 @@ impl<'a> Solver<'a> {
             let text = step.original.trim().to_string();
             // A step that fails because the build was cancelled (its RUN killed, its sandbox gone)
             // is a cancel, whatever it says.
+            let before = self.collected.used.len();
             self.step(&name, step, &mut state).map_err(|e| {
                 if self.shared.opts.cancel.is_cancelled() {
                     BuildError::Cancelled { kept: String::new() }
@@ -185,6 +193,10 @@ impl<'a> Solver<'a> {
                     e.in_step(&at, &text)
                 }
             })?;
+            // The step's layer is committed (store and local cache): it will not change again.
+            for l in self.collected.used[before..].iter().filter_map(|r| r.layer.as_ref()) {
+                self.shared.eager.offer(stage.index, crate::eager::Kind::Step, &l.descriptor);
+            }
             self.collected.reached.insert(stage.index, state.key.clone());
         }
         // Config-only records reach the local cache when their stage is done, not as they are made,

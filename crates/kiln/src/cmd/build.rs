@@ -285,6 +285,8 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
             SnapshotterArg::Native => kiln_build::SnapshotterKind::Native,
         },
         fetch_final: true,
+        // Set by build_all from the outputs.
+        push_ahead: Vec::new(),
         cancel: cancel.clone(),
         // -- options: RUN environment --
         run_env: kiln_build::RunEnvironment::from_flags(
