@@ -3,11 +3,13 @@
 //! layers that arrived compressed another way (`force-compression=true`).
 //!
 //! The model is the one of `gzip.rs`, generalised: a layer's export form is a pure function of its
-//! bytes and the [`Codec`], so it is remembered per codec under `<store>/compressed/<codec>/<algo>/<hex>`
-//! (`"<digest> <size>"`), and the default gzip keeps its own memo (`gzip.rs`), so builds made before
-//! this module name the same blobs. Every codec is deterministic: the same input bytes and codec give
-//! the same output bytes (flate2 + zlib-rs and zstd at pinned versions, single stream, no names or
-//! times), which is what keeps pushed digests reproducible across machines.
+//! bytes and the [`Codec`], so it is remembered per codec under
+//! `<store>/compressed-v2/<codec>/<algo>/<hex>` (`"<digest> <size>"`), and the default gzip keeps its
+//! own memo (`gzip.rs`), so builds made before this module name the same blobs. Every codec is
+//! deterministic: the same input bytes and codec give the same output bytes whatever the number of
+//! threads ([`super::pgzip`]: gzip in fixed blocks with flate2 + zlib-rs, zstd in its multi-threaded
+//! mode; pinned versions, no names or times), which is what keeps pushed digests reproducible across
+//! machines. (`compressed-v2`: kiln before parallel compression wrote other bytes under `compressed/`.)
 //!
 //! Without `force`, a layer that is already compressed (a base image's gzip layer, say) is exported
 //! as it is, as BuildKit does: recompressing it would change its digest and cost a download.
@@ -147,14 +149,19 @@ fn target_media(layer: &Descriptor, codec: Codec, force: bool) -> Option<&'stati
 }
 
 fn memo_path(store: &Store, codec: Codec, d: &Digest) -> std::path::PathBuf {
-    store.dir().join("compressed").join(codec.memo_name()).join(d.algorithm().as_str()).join(d.hex())
+    store.dir().join("compressed-v2").join(codec.memo_name()).join(d.algorithm().as_str()).join(d.hex())
 }
 
 /// The export form of `layer` under `codec` (see the module doc): the layer itself when it stays as
 /// it is, else the remembered or freshly written blob. Annotations and other extras are kept.
 pub fn compress_layer(store: &Store, layer: &Descriptor, codec: Codec, force: bool) -> Result<Descriptor, LayerError> {
+    compress_layer_with(store, layer, codec, force, super::pgzip::default_threads())
+}
+
+/// [`compress_layer`] on `threads` compression threads (the bytes are the same for any count).
+pub fn compress_layer_with(store: &Store, layer: &Descriptor, codec: Codec, force: bool, threads: usize) -> Result<Descriptor, LayerError> {
     if codec == Codec::DEFAULT && !force {
-        return super::gzip_layer(store, layer);
+        return super::gzip_layer_with(store, layer, threads);
     }
     let Some(media_type) = target_media(layer, codec, force) else {
         return Ok(layer.clone());
@@ -179,7 +186,7 @@ pub fn compress_layer(store: &Store, layer: &Descriptor, codec: Codec, force: bo
     let src = store.open_blob(&layer.digest)?;
     let mut plain = decompress(BufReader::with_capacity(1 << 20, src)).map_err(io_err("decompress"))?;
     let w = store.blob_writer()?;
-    let w = encode(&mut plain, w, codec).map_err(io_err("compress"))?;
+    let w = encode(&mut plain, w, codec, threads).map_err(io_err("compress"))?;
     let info = w.commit(None)?;
     // The memo is only a shortcut: a failure to write it costs a recompression later, nothing more.
     if let Some(dir) = memo.parent() {
@@ -190,16 +197,12 @@ pub fn compress_layer(store: &Store, layer: &Descriptor, codec: Codec, force: bo
     Ok(with(info.digest, info.size))
 }
 
-/// Copies `plain` into `w` through `codec`'s encoder, and returns `w` flushed.
-fn encode<R: Read, W: Write>(plain: &mut R, w: W, codec: Codec) -> io::Result<W> {
+/// Copies `plain` into `w` through `codec`'s encoder on `threads` threads, and returns `w` flushed.
+fn encode<R: Read, W: Write>(plain: &mut R, w: W, codec: Codec, threads: usize) -> io::Result<W> {
     let mut w = match codec {
-        Codec::Gzip { level } => {
-            let mut enc = flate2::write::GzEncoder::new(w, flate2::Compression::new(level));
-            io::copy(plain, &mut enc)?;
-            enc.finish()?
-        }
+        Codec::Gzip { level } => super::pgzip::gzip_stream(plain, w, level, threads)?,
         Codec::Zstd { level } => {
-            let mut enc = zstd::stream::write::Encoder::new(w, level)?;
+            let mut enc = super::pgzip::zstd_encoder(w, level, threads)?;
             io::copy(plain, &mut enc)?;
             enc.finish()?
         }
@@ -213,13 +216,13 @@ fn encode<R: Read, W: Write>(plain: &mut R, w: W, codec: Codec) -> io::Result<W>
     Ok(w)
 }
 
-/// [`compress_layer`] of each of `layers`, in order, one thread per core.
+/// [`compress_layer`] of each of `layers`, in order, on every core (big layers one at a time on all
+/// threads, small ones side by side).
 pub fn compress_layers(store: &Store, layers: &[Descriptor], codec: Codec, force: bool) -> Result<Vec<Descriptor>, LayerError> {
     let todo: Vec<usize> = (0..layers.len()).filter(|&i| target_media(&layers[i], codec, force).is_some()).collect();
     let out = std::sync::Mutex::new(layers.to_vec());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    crate::run_parallel(&todo, cores, |&i| -> Result<(), LayerError> {
-        let d = compress_layer(store, &layers[i], codec, force)?;
+    super::gzip::for_each_layer(layers, &todo, super::pgzip::default_threads(), |i, threads| {
+        let d = compress_layer_with(store, &layers[i], codec, force, threads)?;
         out.lock().unwrap_or_else(|p| p.into_inner())[i] = d;
         Ok(())
     })?;

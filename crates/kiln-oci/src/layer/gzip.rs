@@ -2,15 +2,17 @@
 //! buildah's local stores do), so a build never waits on gzip; an image is compressed when it leaves
 //! the machine (a push, a registry or directory cache, an OCI or Docker tarball).
 //!
-//! Compression is deterministic (same tar, same gzip bytes: flate2 + zlib-rs at [`GZIP_LEVEL`], no
-//! name, no mtime) and remembered: `<store>/gzip/<algo>/<hex>` holds the compressed descriptor of a
-//! plain layer, so the cache export and the push of one build, or a later `kiln push`, compress a layer
-//! once and name the same blob. A remembered blob that `kiln prune` collected is compressed again.
+//! Compression is deterministic (same tar, same gzip bytes: [`super::pgzip`]'s fixed blocks at
+//! [`GZIP_LEVEL`], whatever the thread count, no name, no mtime) and remembered:
+//! `<store>/gzip-v2/<algo>/<hex>` holds the compressed descriptor of a plain layer, so the cache export
+//! and the push of one build, or a later `kiln push`, compress a layer once and name the same blob. A
+//! remembered blob that `kiln prune` collected is compressed again. (`gzip-v2`: kiln before parallel
+//! gzip wrote single-stream bytes under `gzip/`; the new name keeps a store from mixing both forms.)
 //! The diff ids (what the config lists) do not change, so a config is shared by both forms; only the
 //! manifests that list the layers do.
 
 use std::fs;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader};
 
 use super::{LayerError, GZIP_LEVEL};
 use crate::manifest::{Descriptor, ImageIndex, Manifest};
@@ -35,13 +37,18 @@ pub fn is_plain_layer(layer: &Descriptor) -> bool {
 }
 
 fn memo_path(store: &Store, d: &Digest) -> std::path::PathBuf {
-    store.dir().join("gzip").join(d.algorithm().as_str()).join(d.hex())
+    store.dir().join("gzip-v2").join(d.algorithm().as_str()).join(d.hex())
 }
 
 /// The gzip form of `layer`: the layer itself when it is not plain tar (it may then be absent from
 /// the store: a layer known only from a registry cache), else the remembered or freshly written
 /// compressed blob. Annotations and other extras of `layer` are kept.
 pub fn gzip_layer(store: &Store, layer: &Descriptor) -> Result<Descriptor, LayerError> {
+    gzip_layer_with(store, layer, super::pgzip::default_threads())
+}
+
+/// [`gzip_layer`] on `threads` compression threads (the bytes are the same for any count).
+pub fn gzip_layer_with(store: &Store, layer: &Descriptor, threads: usize) -> Result<Descriptor, LayerError> {
     let Some(media_type) = gzip_media_type(&layer.media_type) else {
         return Ok(layer.clone());
     };
@@ -59,14 +66,12 @@ pub fn gzip_layer(store: &Store, layer: &Descriptor) -> Result<Descriptor, Layer
     }
     let src = store.open_blob(&layer.digest)?;
     let w = store.blob_writer()?;
-    let mut enc = flate2::write::GzEncoder::new(w, flate2::Compression::new(GZIP_LEVEL));
     let io_err = |op: &'static str| {
         let path = store.blob_path(&layer.digest);
         move |source: io::Error| LayerError::Io { op, path, source }
     };
-    io::copy(&mut BufReader::with_capacity(1 << 20, src), &mut enc).map_err(io_err("compress"))?;
-    let mut w = enc.finish().map_err(io_err("compress"))?;
-    w.flush().map_err(io_err("compress"))?;
+    let mut src = BufReader::with_capacity(1 << 20, src);
+    let w = super::pgzip::gzip_stream(&mut src, w, GZIP_LEVEL, threads).map_err(io_err("compress"))?;
     let info = w.commit(None)?;
     // The memo is only a shortcut: a failure to write it costs a recompression later, nothing more.
     if let Some(dir) = memo.parent() {
@@ -107,15 +112,36 @@ pub fn gzip_image(store: &Store, root: &Descriptor) -> Result<Descriptor, LayerE
     Ok(Descriptor { digest: d.digest, size: d.size, media_type: d.media_type, ..root.clone() })
 }
 
-/// [`gzip_layer`] of each of `layers`, in order, on one thread per core (`run_parallel`).
+/// [`gzip_layer`] of each of `layers`, in order, on every core: big layers one at a time on all
+/// threads, small ones side by side on one thread each.
 pub fn gzip_layers(store: &Store, layers: &[Descriptor]) -> Result<Vec<Descriptor>, LayerError> {
     let plain: Vec<usize> = (0..layers.len()).filter(|&i| is_plain_layer(&layers[i])).collect();
     let out = std::sync::Mutex::new(layers.to_vec());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    crate::run_parallel(&plain, cores, |&i| -> Result<(), LayerError> {
-        let gz = gzip_layer(store, &layers[i])?;
+    for_each_layer(layers, &plain, super::pgzip::default_threads(), |i, threads| {
+        let gz = gzip_layer_with(store, &layers[i], threads)?;
         out.lock().unwrap_or_else(|p| p.into_inner())[i] = gz;
         Ok(())
     })?;
     Ok(out.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// A layer at least this big is compressed alone on all threads; smaller ones share the threads,
+/// one each (a layer of a few blocks gains little from splitting, and running `n` of them at once on
+/// `n` threads each would hold `n²` blocks in memory).
+const BIG_LAYER: u64 = 16 * super::pgzip::BLOCK_SIZE as u64;
+
+/// Runs `f(index, threads)` for each of `todo` (indices into `layers`): the big layers one after the
+/// other with all `threads`, then the small ones `threads` at a time with one thread each. The thread
+/// count changes only the speed, never the bytes, so this split is free to be a heuristic.
+pub(super) fn for_each_layer(
+    layers: &[Descriptor],
+    todo: &[usize],
+    threads: usize,
+    f: impl Fn(usize, usize) -> Result<(), LayerError> + Sync,
+) -> Result<(), LayerError> {
+    let (big, small): (Vec<usize>, Vec<usize>) = todo.iter().partition(|&&i| layers[i].size >= BIG_LAYER);
+    for i in big {
+        f(i, threads)?;
+    }
+    crate::run_parallel(&small, threads, |&i| f(i, 1))
 }

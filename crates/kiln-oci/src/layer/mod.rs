@@ -14,8 +14,9 @@
 //!
 //! Writing: entries sorted by path, numeric uid/gid, modes (incl. setuid), xattrs as PAX
 //! `SCHILY.xattr.*` records, no user/group names, mtimes clamped to `SOURCE_DATE_EPOCH` when given, PAX
-//! records for long names, gzip from flate2 + zlib-rs (pinned versions) at level
-//! [`GZIP_LEVEL`]; the compressed digest and the diff id are computed in the same streaming pass.
+//! records for long names, gzip at level [`GZIP_LEVEL`] in independent blocks on every core
+//! ([`pgzip`]: flate2 + zlib-rs, pinned versions; the bytes do not depend on the thread count); the
+//! compressed digest and the diff id are computed in the same streaming pass.
 //!
 //! Compression: `kiln build` writes its layers plain (an uncompressed blob's digest is its diff id,
 //! hashed once) and [`gzip_image`] compresses an image when it is exported; see `gzip.rs`, and
@@ -24,14 +25,16 @@
 mod apply;
 mod codec;
 mod gzip;
+pub mod pgzip;
 mod write;
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
 
 pub use apply::{apply_layer, ApplyOptions, ApplyReport};
-pub use codec::{compress_image, compress_layer, compress_layers, Codec, CodecError};
-pub use gzip::{gzip_image, gzip_layer, gzip_layers, is_plain_layer};
+pub use codec::{compress_image, compress_layer, compress_layer_with, compress_layers, Codec, CodecError};
+pub use gzip::{gzip_image, gzip_layer, gzip_layer_with, gzip_layers, is_plain_layer};
+pub use pgzip::{default_threads, GzipWriter};
 pub use write::{
     write_layer_from_dir, write_layer_from_entries, write_layer_from_overlay_upper, write_layer_from_tar, write_layer_to_store,
     EntrySource, LayerEntry, LayerInfo, WriteOptions, GZIP_LEVEL, ZSTD_LEVEL,

@@ -87,7 +87,7 @@ pub struct LayerEntry {
 }
 
 enum Compressor<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(super::pgzip::GzipWriter<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     None(W),
 }
@@ -95,8 +95,10 @@ enum Compressor<W: Write> {
 impl<W: Write> Compressor<W> {
     fn new(c: Compression, w: W) -> io::Result<Self> {
         Ok(match c {
-            Compression::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(w, flate2::Compression::new(GZIP_LEVEL))),
-            Compression::Zstd => Compressor::Zstd(zstd::stream::write::Encoder::new(w, ZSTD_LEVEL)?),
+            // The same encoders as export (`pgzip`), so a layer written compressed here is the blob
+            // an export of its plain form would name.
+            Compression::Gzip => Compressor::Gzip(super::pgzip::GzipWriter::new(w, GZIP_LEVEL, super::pgzip::default_threads())?),
+            Compression::Zstd => Compressor::Zstd(super::pgzip::zstd_encoder(w, ZSTD_LEVEL, super::pgzip::default_threads())?),
             Compression::None => Compressor::None(w),
         })
     }
