@@ -149,7 +149,7 @@ pub(crate) fn make_buildinfo(version: &str, modinfo: &str) -> Vec<u8> {
         out.extend_from_slice(s);
     };
     put(version.as_bytes());
-    let framed = format!("0123456789abcdef{modinfo}\n\u{1}23456789abcdef");
+    let framed = format!("0123456789abcdef{modinfo}\n\u{1}123456789abcdef");
     put(framed.as_bytes());
     out
 }
@@ -202,5 +202,16 @@ mod tests {
                 ("/usr/bin/old", "Go build info in the pre-1.18 pointer format, which is not read"),
             ]
         );
+    }
+
+    #[test]
+    fn gopath_build_names_its_path_as_main_module() {
+        let mut t = Tree::default();
+        let info = make_buildinfo("go1.19.8", "path\tgithub.com/junegunn/fzf\nbuild\t-compiler=gc");
+        t.insert("/usr/bin/fzf", Item::Binary(BinaryInfo { go_buildinfo: Some(info), cargo_auditable: None }));
+        let mut c = Catalog::default();
+        catalog(&t, &mut c);
+        let purls: Vec<_> = c.packages.iter().map(|p| p.purl.as_str()).collect();
+        assert_eq!(purls, ["pkg:golang/stdlib@1.19.8", "pkg:golang/github.com/junegunn/fzf@(devel)"]);
     }
 }
