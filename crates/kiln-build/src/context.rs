@@ -178,6 +178,14 @@ impl Context {
         self.root.join(rel)
     }
 
+    /// Every context file whose content the build read, with its digest, sorted by path.
+    pub fn read_files(&self) -> Vec<(String, Digest)> {
+        let mut v: Vec<(String, Digest)> =
+            self.hashes.lock().map(|m| m.iter().map(|(k, d)| (k.clone(), d.clone())).collect()).unwrap_or_default();
+        v.sort();
+        v
+    }
+
     /// sha256 of a context file's content, computed once per build.
     pub fn file_digest(&self, rel: &str) -> Result<Digest, BuildError> {
         if let Some(d) = self.hashes.lock().ok().and_then(|m| m.get(rel).cloned()) {

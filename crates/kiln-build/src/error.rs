@@ -34,6 +34,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Store(#[from] kiln_oci::StoreError),
+    #[error("attestations: {0}")]
+    Attest(#[from] kiln_attest::LayoutError),
     #[error("layer {digest}: {source}")]
     Layer {
         digest: String,

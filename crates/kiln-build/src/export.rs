@@ -54,6 +54,8 @@ pub struct ExportContext<'a> {
     pub progress: &'a dyn Progress,
     /// `SOURCE_DATE_EPOCH`, for the times in a root file system tar.
     pub source_date_epoch: Option<u64>,
+    /// The build's attestations, for the outputs that carry them.
+    pub attest: &'a crate::attest::Attester,
 }
 
 /// What one export did, for the summary and the metadata file.
@@ -141,12 +143,16 @@ impl Exporter for ImageExport {
         if o.store {
             let art = result.local.with_annotations(ctx.store, &o.form, single.as_ref())?;
             output::tag(ctx.store, &art, &o.names)?;
+            if !o.push {
+                ctx.attest.skip("the local store (type=image without push)", ctx.progress);
+            }
             done.names = o.names.iter().map(Reference::to_string).collect();
             done.wrote = Some(art);
         }
         if o.push {
             let client = ctx.registry.ok_or(OutputError::NoRegistryClient)?;
             let art = result.local.in_form(ctx.store, &o.form, single.as_ref(), false, &result.images)?;
+            let art = ctx.attest.carry(ctx.store, result, art, &o.names)?;
             let sources = result.layer_sources();
             done.names.clear();
             for t in &o.names {
@@ -188,6 +194,13 @@ impl Exporter for LayoutExport {
     fn export(&self, result: &BuildResult, ctx: &ExportContext<'_>) -> Result<ExportDone, BuildError> {
         let art = result.local.in_form(ctx.store, &self.out.form, result.single_platform().as_ref(), true, &result.images)?;
         let names = &self.out.names;
+        let art = match self.format {
+            LayoutFormat::Oci => ctx.attest.carry(ctx.store, result, art, names)?,
+            LayoutFormat::Docker => {
+                ctx.attest.skip(if self.out.dest.is_none() { "--load" } else { "type=docker" }, ctx.progress);
+                art
+            }
+        };
         match &self.out.dest {
             Some(dest) => output::write_layout(ctx.store, &art, self.format, dest, self.out.tar, names)?,
             None => {
@@ -221,6 +234,7 @@ impl Exporter for RootfsExport {
     }
 
     fn export(&self, result: &BuildResult, ctx: &ExportContext<'_>) -> Result<ExportDone, BuildError> {
+        ctx.attest.skip(if self.format == RootfsFormat::Local { "type=local" } else { "type=tar" }, ctx.progress);
         output::write_rootfs(ctx.store, &result.images, self.format, &self.out.dest, self.out.platform_split, ctx.source_date_epoch)?;
         if let Dest::Path(p) = &self.out.dest {
             ctx.progress.info(&format!("wrote the root file system to {}", p.display()));

@@ -25,6 +25,7 @@
 //!
 //! Nothing here prints: progress goes through the [`Progress`] trait, which the CLI renders.
 
+pub mod attest;
 mod base;
 pub mod cancel;
 mod context;
@@ -121,6 +122,10 @@ pub struct BuildOptions {
     /// The repositories the build's `--push` outputs send the image to: the final image's layers
     /// are uploaded there while later steps run ([`eager`]). Set by [`orchestrate::build_all`].
     pub push_ahead: Vec<eager::PushTarget>,
+    // -- options: attestations --
+    /// `--attest type=sbom,scan-stage=true`: keep every stage's final layers in the store, to be
+    /// scanned (see [`attest`]).
+    pub stage_layers: bool,
 }
 
 /// `--snapshotter`.
@@ -207,6 +212,8 @@ pub struct Built {
     /// The records a `--cache-to type=inline` keeps, for the image exporters to write into the
     /// image config (`output::Artifact::in_form`).
     pub inline_cache: Option<Vec<kiln_cache::Record>>,
+    /// What the build used, for its attestations.
+    pub facts: attest::BuildFacts,
 }
 
 /// Runs a build. The image lands in the local store; [`output`] exports or tags it.
@@ -316,6 +323,7 @@ fn build_reporting(opts: &BuildOptions, progress: &dyn Progress, transfers: base
             final_state.layers.iter().filter(|l| sources.get(&l.descriptor.digest).is_none()).cloned().collect();
         solver.ensure_local(&unmountable)?;
     }
+    let facts = build_facts(&mut solver, &resolved, &context, &dockerfile, &source, opts)?;
     let final_key = final_state.key.clone();
     let used = std::mem::take(&mut solver.collected.used);
     let explanations = std::mem::take(&mut solver.collected.explanations);
@@ -327,6 +335,7 @@ fn build_reporting(opts: &BuildOptions, progress: &dyn Progress, transfers: base
     }
     built.explanations = explanations;
     built.layer_sources = sources.clone();
+    built.facts = facts;
     if opts.policy.policy.allows_export() {
         (built.cache_exports, built.inline_cache) =
             export_caches(opts, &store, &used, std::slice::from_ref(&final_key), &sources, progress)?;
@@ -334,6 +343,58 @@ fn build_reporting(opts: &BuildOptions, progress: &dyn Progress, transfers: base
         progress.warn(&format!("--cache-to skipped: {}", opts.policy));
     }
     Ok(built)
+}
+
+/// What the build used, for its provenance: the base images resolved (by digest), the URLs ADD
+/// downloaded, the context files read, the Dockerfile; and each other stage's final layers (made
+/// local when `scan-stage` will read them).
+fn build_facts(
+    solver: &mut solve::Solver<'_>,
+    resolved: &kiln_dockerfile::instructions::Resolved,
+    context: &Context,
+    dockerfile: &Path,
+    source: &[u8],
+    opts: &BuildOptions,
+) -> Result<attest::BuildFacts, BuildError> {
+    let mut bases: Vec<kiln_attest::BaseImage> = solver
+        .bases
+        .iter()
+        .filter_map(|(k, b)| {
+            let (image, platform) = k.rsplit_once(' ')?;
+            Some(kiln_attest::BaseImage {
+                reference: kiln_oci::Reference::parse(image).ok()?,
+                platform: Platform::parse(platform).ok()?,
+                digest: b.manifest.digest.clone(),
+            })
+        })
+        .collect();
+    bases.sort_by_key(|b| (b.reference.to_string(), b.platform.to_string()));
+    let mut urls = std::mem::take(&mut solver.collected.urls);
+    urls.sort();
+    urls.dedup();
+    let read = context.read_files();
+    let mut stages = Vec::new();
+    for st in resolved.stages.iter().filter(|s| s.index != resolved.target) {
+        if let Some(state) = solver.stages.get(&st.index).cloned() {
+            if opts.stage_layers {
+                solver.ensure_local(&state.layers)?;
+            }
+            let name = st.name.clone().unwrap_or_else(|| st.index.to_string());
+            stages.push((name, state.layers.iter().map(|l| l.descriptor.digest.clone()).collect()));
+        }
+    }
+    let dockerfile_path = match dockerfile.strip_prefix(&opts.context) {
+        Ok(rel) => rel.display().to_string(),
+        Err(_) => dockerfile.display().to_string(),
+    };
+    Ok(attest::BuildFacts {
+        bases,
+        urls,
+        context_digest: kiln_attest::provenance::context_digest(read.iter().map(|(p, d)| (p.as_str(), d))),
+        dockerfile_path,
+        dockerfile_digest: Some(Digest::sha256_of(source)),
+        stages,
+    })
 }
 
 /// Every stage, dependencies first; the target stage's final state. Stages in waves: each wave holds
@@ -622,6 +683,7 @@ fn assemble(store: &Store, state: ImageState, steps: Vec<StepReport>, opts: &Bui
         steps,
         cache_exports: Vec::new(),
         inline_cache: None,
+        facts: attest::BuildFacts::default(),
         explanations: Vec::new(),
         layer_sources: kiln_cache::LayerSources::new(),
     })

@@ -28,6 +28,8 @@ pub struct BuildRequest {
     pub outputs: Vec<Output>,
     /// `--test 'CMD'`: a shell command run in every platform's image before any output.
     pub test: Option<String>,
+    /// `--provenance`, `--sbom`, `--attest` (see [`crate::attest`]).
+    pub attest: kiln_attest::Attestations,
 }
 
 /// A finished `kiln build`: the result every exporter was fed, what each export did, and the
@@ -64,7 +66,9 @@ pub fn build_all(req: &BuildRequest, progress: &dyn Progress) -> Result<BuildOut
     for e in &exporters {
         e.check()?;
     }
-    let fetch_final = req.test.is_some() || exporters.iter().any(|e| e.needs_local_layers());
+    // An SBOM reads every layer of the image.
+    let fetch_final = req.test.is_some() || req.attest.sbom.is_some() || exporters.iter().any(|e| e.needs_local_layers());
+    let started = crate::time::now();
     // The pushes' layers go ahead while the build runs; their manifests wait for the test, below.
     let push_ahead: Vec<_> = exporters.iter().flat_map(|e| e.push_targets()).collect();
     let per_platform: Vec<BuildOptions> = req
@@ -73,6 +77,7 @@ pub fn build_all(req: &BuildRequest, progress: &dyn Progress) -> Result<BuildOut
         .map(|p| BuildOptions { platform: p.clone(), fetch_final, push_ahead: push_ahead.clone(), ..req.options.clone() })
         .collect();
     let built = build_platforms(&per_platform, progress)?;
+    let attester = crate::attest::Attester::new(req.attest.clone(), &req.options, started, crate::time::now());
     if let Some(cmd) = &req.test {
         test_gate(&req.options, &built, cmd, progress)?;
     }
@@ -85,6 +90,7 @@ pub fn build_all(req: &BuildRequest, progress: &dyn Progress) -> Result<BuildOut
         registry: req.options.registry.as_deref(),
         progress,
         source_date_epoch: req.options.source_date_epoch,
+        attest: &attester,
     };
     let exports = exporters.iter().map(|e| e.export(&result, &ctx)).collect::<Result<Vec<_>, _>>()?;
     // The build reports the form that left the machine first (as BuildKit reports the pushed one),
@@ -176,8 +182,9 @@ fn metadata(req: &BuildRequest, result: &BuildResult, art: &Artifact, exports: &
         descriptor: art.root.clone(),
         store_digest: result.local.root.digest.to_string(),
         // The config as written (an inline cache makes a config of its own).
-        config_digest: match art.images.as_slice() {
-            [(config, _)] if built.len() == 1 => Some(config.to_string()),
+        // The image's config, also when attestations made the artifact an index.
+        config_digest: match art.images.first() {
+            Some((config, _)) if built.len() == 1 => Some(config.to_string()),
             _ => None,
         },
         image_name: names.join(","),

@@ -56,11 +56,14 @@ pub(crate) struct Collected {
     /// Layers known only from an imported cache (by index in `sources`): fetched when a step or the
     /// output needs them.
     pub remote_layers: HashMap<Digest, (usize, Record)>,
+    /// Every URL an ADD downloaded and its content's digest (for the provenance).
+    pub urls: Vec<(String, Digest)>,
 }
 
 impl Collected {
     fn merge(&mut self, other: Collected) {
-        let Collected { reports, used, explanations, reached, remote_layers } = other;
+        let Collected { reports, used, explanations, reached, remote_layers, urls } = other;
+        self.urls.extend(urls);
         self.reports.extend(reports);
         self.used.extend(used);
         self.explanations.extend(explanations);
@@ -77,7 +80,7 @@ pub(crate) struct Solver<'a> {
     sandbox: Sandbox,
     wopts: WriteOptions,
     /// Base images looked up so far, by `image platform`.
-    bases: HashMap<String, BaseImage>,
+    pub(crate) bases: HashMap<String, BaseImage>,
     /// Final state of each built stage, by stage index.
     pub stages: HashMap<usize, ImageState>,
     /// Records to explain misses against (local + imported), loaded on the first miss.
@@ -253,6 +256,7 @@ impl<'a> Solver<'a> {
             _ => None,
         };
         let downloads = self.download(step)?;
+        self.collected.urls.extend(downloads.digests());
         let cx = PlanContext {
             files: self.copy_context(step),
             // A directory context is keyed by its name here and by the files read (as the context).

@@ -34,6 +34,8 @@ fn build_env(k: &Kiln, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(KILN);
     c.arg("--root").arg(&k.root).args(["build", path_str(&ctx), "--build-arg", &format!("BASE={BASE}"), "--progress", "plain"]);
     c.args(args).env_remove("SOURCE_DATE_EPOCH").env_remove("CI").env_remove("DOCKER_HOST");
+    // buildx's default provenance makes every pushed image an index (tests/attestations.rs).
+    c.env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1");
     for (n, v) in env {
         c.env(n, v);
     }

@@ -28,6 +28,8 @@ impl Kiln {
             .env("KILN_ROOT", self.root.path())
             .env("DOCKER_CONFIG", self.docker_config.path())
             .env("CI", "true")
+            // buildx's default provenance makes every pushed image an index (tests/attestations.rs).
+            .env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1")
             .env_remove("KILN_LOG");
         c
     }

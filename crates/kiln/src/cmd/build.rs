@@ -126,12 +126,17 @@ pub struct Args {
     /// Print only the image digest: no progress, no summary (errors still go to stderr).
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Provenance attestation: only false (or 0) for now; attestations are not built yet.
+    /// Provenance attestation: true|false, or mode=min|max[,version=v0.2|v1]. Default: mode=min on
+    /// pushes and OCI layouts (buildx's), unless BUILDX_NO_DEFAULT_ATTESTATIONS is set.
     #[arg(long, value_name = "VALUE")]
     pub provenance: Option<String>,
-    /// SBOM attestation: only false (or 0) for now; attestations are not built yet.
+    /// SBOM attestation (SPDX, scanned natively): true|false, or scan-stage=true.
     #[arg(long, value_name = "VALUE")]
     pub sbom: Option<String>,
+    /// An attestation (repeatable): type=provenance[,mode=min|max][,version=v0.2|v1] or
+    /// type=sbom[,scan-stage=true]; disabled=true turns one off.
+    #[arg(long, value_name = "ATTRS")]
+    pub attest: Vec<String>,
     #[command(flatten)]
     pub unsupported: super::buildx::Unsupported,
 }
@@ -194,8 +199,6 @@ fn parse_platforms(list: Option<&str>) -> anyhow::Result<Vec<Platform>> {
 
 pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<()> {
     a.unsupported.refuse()?;
-    super::buildx::attestation("--provenance", a.provenance.as_deref())?;
-    super::buildx::attestation("--sbom", a.sbom.as_deref())?;
     let root = g.root();
     let request = request(&a, &root, cancel)?;
     let mode = if a.quiet { Mode::Quiet } else { a.progress };
@@ -232,6 +235,7 @@ pub fn run(a: Args, g: &Global, cancel: &kiln_build::Cancel) -> anyhow::Result<(
 /// The flags, parsed and checked, as a request (in the order the checks have always run).
 fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result<BuildRequest> {
     let platforms = parse_platforms(a.platform.as_deref())?;
+    let attest = super::buildx::attestations(a.provenance.as_deref(), a.sbom.as_deref(), &a.attest)?;
     let tags: Vec<Reference> =
         a.tags.iter().map(|t| Reference::parse(t).with_context(|| format!("--tag {t}"))).collect::<anyhow::Result<_>>()?;
     let outputs: Vec<Output> = a.outputs.iter().map(|o| Output::parse(o)).collect::<Result<_, _>>()?;
@@ -305,6 +309,8 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
         pull: a.pull,
         // -- options: image metadata --
         labels: parse_labels(&a.labels)?,
+        // -- options: attestations --
+        stage_layers: attest.sbom.as_ref().is_some_and(|s| s.scan_stage),
     };
-    Ok(BuildRequest { options, platforms, tags, outputs, test: a.test.clone() })
+    Ok(BuildRequest { options, platforms, tags, outputs, test: a.test.clone(), attest })
 }

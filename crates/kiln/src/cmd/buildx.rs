@@ -1,11 +1,12 @@
 //! `docker buildx build` flags that kiln does not have, taken anyway so that the error names the
 //! flag and says what kiln does instead (clap alone would say "unexpected argument" and nothing
-//! more), and the attestation flags, which are accepted with `false` until attestations are built.
+//! more), and the attestation flags (`--provenance`, `--sbom`, `--attest`), parsed with buildx's
+//! meaning by `kiln-attest`.
 //!
 //! A workflow written for buildx should run with `kiln build` in its place; where it cannot, the
 //! user must learn it from the first run, never from a missing push or an image without what they
-//! asked for. So nothing here is ignored: each flag below is either refused or, for
-//! `--provenance`/`--sbom`, accepted only with a value that asks for nothing.
+//! asked for. So nothing here is ignored: each flag below is refused, and an attestation
+//! attribute kiln does not act on is refused by name.
 
 use anyhow::bail;
 
@@ -28,8 +29,6 @@ pub struct Unsupported {
     detach: bool,
     #[arg(short = 'D', long, hide = true)]
     debug: bool,
-    #[arg(long, hide = true, value_name = "ATTRS")]
-    attest: Vec<String>,
     // `docker build`'s legacy flags, which buildx takes and ignores. kiln takes them because it
     // already does what they ask: no intermediate containers are left (`--rm`, `--force-rm`) and
     // the context is read in place, never uploaded (`--compress`). `--rm=false` asks for what kiln
@@ -71,11 +70,6 @@ impl Unsupported {
                 "--debug",
                 "kiln has no debug shell; a failed RUN prints its last output lines, and `kiln run IMAGE -- sh` opens a shell in an image",
             ))
-        } else if !self.attest.is_empty() {
-            Some((
-                "--attest",
-                "attestations (provenance, SBOM) are not built yet; remove --attest, or pass --provenance=false --sbom=false",
-            ))
         } else if self.rm.as_deref().is_some_and(|v| matches!(v, "false" | "0")) {
             Some(("--rm=false", "kiln leaves no intermediate containers to keep; `kiln run IMAGE -- sh` opens a shell in a built image"))
         } else {
@@ -88,17 +82,11 @@ impl Unsupported {
     }
 }
 
-/// `--provenance VALUE` / `--sbom VALUE`: `false` or `0` (what kiln's GitHub Action passes by
-/// default) is accepted; any other value asks for an attestation kiln cannot make yet.
-pub fn attestation(flag: &str, value: Option<&str>) -> anyhow::Result<()> {
-    match value.map(str::trim) {
-        None | Some("false" | "0") => Ok(()),
-        Some(v) => bail!(
-            "{flag}={v}: kiln does not make {} attestations yet; pass {flag}=false (in kiln's GitHub Action: {}: false)",
-            if flag == "--sbom" { "SBOM" } else { "provenance" },
-            flag.trim_start_matches("--")
-        ),
-    }
+/// `--provenance`, `--sbom` and `--attest`, as buildx reads them; buildx's default (a `mode=min`
+/// provenance where the output carries attestations) unless `BUILDX_NO_DEFAULT_ATTESTATIONS` is set.
+pub fn attestations(provenance: Option<&str>, sbom: Option<&str>, attest: &[String]) -> anyhow::Result<kiln_attest::Attestations> {
+    let default = std::env::var_os("BUILDX_NO_DEFAULT_ATTESTATIONS").is_none_or(|v| v.is_empty());
+    Ok(kiln_attest::Attestations::from_flags(provenance, sbom, attest, default)?)
 }
 
 #[cfg(test)]
@@ -106,14 +94,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn false_and_zero_ask_for_nothing_and_anything_else_is_refused() {
-        assert!(attestation("--provenance", None).is_ok());
-        assert!(attestation("--provenance", Some("false")).is_ok());
-        assert!(attestation("--sbom", Some("0")).is_ok());
-        for v in ["true", "mode=max", "1", "generator=docker/scout-sbom-indexer:latest"] {
-            let e = attestation("--sbom", Some(v)).unwrap_err().to_string();
-            assert!(e.starts_with(&format!("--sbom={v}: kiln does not make SBOM attestations yet")), "{e}");
-        }
+    fn attestation_flags_take_buildx_values_and_refuse_generator() {
+        let a = attestations(Some("mode=max"), Some("true"), &[]).unwrap();
+        assert_eq!(a.provenance.unwrap().mode, kiln_attest::Mode::Max);
+        assert!(a.sbom.is_some());
+        let e = attestations(None, Some("generator=docker/scout-sbom-indexer:latest"), &[]).unwrap_err().to_string();
+        assert!(e.contains("natively"), "{e}");
+        let e = attestations(None, None, &["type=provenance,foo=bar".into()]).unwrap_err().to_string();
+        assert!(e.contains("foo="), "{e}");
     }
 
     #[test]
@@ -127,7 +115,6 @@ mod tests {
             (Unsupported { no_cache_filter: vec!["s".into()], ..Default::default() }, "--no-cache-filter"),
             (Unsupported { detach: true, ..Default::default() }, "--detach"),
             (Unsupported { debug: true, ..Default::default() }, "--debug"),
-            (Unsupported { attest: vec!["type=sbom".into()], ..Default::default() }, "--attest"),
             (Unsupported { rm: Some("false".into()), ..Default::default() }, "--rm=false"),
         ];
         for (u, flag) in cases {

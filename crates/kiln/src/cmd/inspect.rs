@@ -1,6 +1,8 @@
 //! `kiln inspect REF`: an image's manifest and config as JSON, from the local store, or from the
 //! registry with `--remote`. A local index also lists its platforms and which of them were fetched;
-//! `--platform` shows one platform's image instead.
+//! `--platform` shows one platform's image instead. `--attestations` prints the in-toto statements
+//! attached to each platform's image (as `docker buildx imagetools inspect --format '{{json
+//! .Provenance}}'` shows provenance), read through the same source.
 
 use std::io::Write;
 
@@ -27,6 +29,9 @@ pub struct Args {
     /// Show this platform's image of a multi-platform index instead of the index.
     #[arg(long)]
     pub platform: Option<String>,
+    /// Print the attestations (provenance, SBOM) attached to each platform's image.
+    #[arg(long, conflicts_with_all = ["raw", "platform"])]
+    pub attestations: bool,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -81,6 +86,12 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
         }
     }
     let mut out = std::io::stdout().lock();
+    if a.attestations {
+        let doc = attestations(&r.to_string(), &m, source.as_ref())?;
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+        return Ok(());
+    }
     if a.raw {
         out.write_all(&m.bytes)?;
         out.flush()?;
@@ -116,6 +127,48 @@ pub fn run(a: Args, g: &Global) -> anyhow::Result<()> {
     serde_json::to_writer_pretty(&mut out, &doc)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// Each platform image's attestations under the root `m`: the statements, with the SLSA and SPDX
+/// predicates picked out (`provenance`, `sbom`; stage SBOMs under `sbom_stages`).
+fn attestations(name: &str, m: &kiln_registry::FetchedManifest, source: &dyn ImageSource) -> anyhow::Result<serde_json::Value> {
+    let parsed = Manifest::parse(&m.bytes, Some(&m.media_type)).with_context(|| format!("{name}: unusable manifest"))?;
+    let Manifest::Index(ix) = parsed else {
+        return Ok(serde_json::json!({ "name": name, "digest": m.digest.to_string(), "attestations": [] }));
+    };
+    let fetch = |d: &kiln_oci::Descriptor| -> Result<Vec<u8>, String> {
+        if media::is_image_manifest(&d.media_type) {
+            return source.manifest(&d.digest.to_string()).map(|m| m.bytes).map_err(|e| e.to_string());
+        }
+        let mut bytes = Vec::new();
+        let mut rd = source.open_blob(d, 0).map_err(|e| e.to_string())?;
+        std::io::Read::read_to_end(&mut (&mut rd).take_limit(MAX_CONFIG + 1), &mut bytes).map_err(|e| e.to_string())?;
+        Ok(bytes)
+    };
+    let found = kiln_attest::read_attestations(&ix, fetch).with_context(|| format!("{name}: reading its attestations"))?;
+    let list: Vec<serde_json::Value> = found
+        .into_iter()
+        .map(|a| {
+            let of = |t: &'static str| a.statements.iter().filter(move |s| s["predicateType"].as_str().is_some_and(|p| p == t));
+            let slsa = of(kiln_attest::SLSA_V02)
+                .chain(of(kiln_attest::SLSA_V1))
+                .next()
+                .map(|s| serde_json::json!({ "predicateType": s["predicateType"], "SLSA": s["predicate"] }));
+            let mut spdx = of(kiln_attest::SPDX).map(|s| s["predicate"].clone());
+            let sbom = spdx.next().map(|p| serde_json::json!({ "SPDX": p }));
+            let stages: Vec<serde_json::Value> = spdx.collect();
+            serde_json::json!({
+                "platform": a.platform.map(|p| p.to_string()),
+                "image": a.image.to_string(),
+                "manifest": a.manifest.to_string(),
+                "provenance": slsa,
+                "sbom": sbom,
+                "sbom_stages": stages,
+                "statements": a.statements,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({ "name": name, "digest": m.digest.to_string(), "attestations": list }))
 }
 
 /// `Read::take` on a `&mut Box<dyn Read>` without moving it.
