@@ -25,7 +25,7 @@ pub fn parse_buildinfo(data: &[u8]) -> Result<(String, String), String> {
         return Err("Go build info in the pre-1.18 pointer format, which is not read".into());
     }
     let mut at = 32;
-    let mut string = || -> Result<String, String> {
+    let mut string = || -> Result<&[u8], String> {
         let mut len: u64 = 0;
         let mut shift = 0;
         loop {
@@ -44,16 +44,17 @@ pub fn parse_buildinfo(data: &[u8]) -> Result<(String, String), String> {
             .checked_add(len as usize)
             .filter(|e| *e <= data.len())
             .ok_or_else(|| format!("Go build info string of {len} bytes runs past the section"))?;
-        let s = String::from_utf8_lossy(&data[at..end]).into_owned();
+        let s = &data[at..end];
         at = end;
         Ok(s)
     };
-    let version = string()?;
+    let version = String::from_utf8_lossy(string()?).into_owned();
     let mut modinfo = string()?;
-    if modinfo.len() >= 33 && modinfo.as_bytes()[modinfo.len() - 17] == b'\n' {
-        modinfo = modinfo[16..modinfo.len() - 16].to_string();
+    // The sentinels are arbitrary bytes: strip them before any UTF-8 decoding changes lengths.
+    if modinfo.len() >= 33 && modinfo[modinfo.len() - 17] == b'\n' {
+        modinfo = &modinfo[16..modinfo.len() - 16];
     }
-    Ok((version, modinfo))
+    Ok((version, String::from_utf8_lossy(modinfo).into_owned()))
 }
 
 fn module_purl(path: &str, version: &str) -> String {
@@ -149,8 +150,12 @@ pub(crate) fn make_buildinfo(version: &str, modinfo: &str) -> Vec<u8> {
         out.extend_from_slice(s);
     };
     put(version.as_bytes());
-    let framed = format!("0123456789abcdef{modinfo}\n\u{1}123456789abcdef");
-    put(framed.as_bytes());
+    // Real sentinels are not UTF-8 (Go's `debug/buildinfo` infoStart/infoEnd).
+    let mut framed = b"\x30\x77\xaf\x0c\x92\x74\x08\x02\x41\xe1\xc1\x07\xe6\xd6\x18\xe6".to_vec();
+    framed.extend_from_slice(modinfo.as_bytes());
+    framed.push(b'\n');
+    framed.extend_from_slice(b"\xf9\x32\x43\x31\x86\x18\x20\x72\x00\x82\x42\x10\x41\x16\xd8\xf2");
+    put(&framed);
     out
 }
 

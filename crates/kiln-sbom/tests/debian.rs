@@ -77,6 +77,9 @@ fn debian_root_lists_what_dpkg_pip_and_npm_installed() {
         catalog.packages.iter().filter(|p| p.ecosystem == kiln_sbom::Ecosystem::Go).collect::<Vec<_>>()
     );
 
+    // Debian builds Go in GOPATH mode: the main module is the build info's `path`, as syft lists it.
+    assert!(catalog.packages.iter().any(|p| p.purl == "pkg:golang/github.com/junegunn/fzf@(devel)"), "fzf's main module is missing");
+
     // The same root as one layer tar gives the same catalog.
     let dir = tempfile::tempdir().unwrap();
     let tar = dir.path().join("root.tar");
