@@ -1,7 +1,7 @@
 //! The outputs a buildx workflow asks for, checked for their effect with the tools that read them:
 //! `type=local`/`type=tar`/`-o -` (the root file system as files), `type=image,…,push=true` (the
 //! seed workflow's push by digest; skopeo finds it), compression and annotations where buildx puts
-//! them, and `--load` into a private `dockerd` (`docker run` of the loaded image).
+//! them, layers compressed on several threads read by skopeo and kiln, and `--load` into a private `dockerd` (`docker run` of the loaded image).
 //!
 //! Needs root and busybox-static, plus the tool each test names.
 
@@ -235,4 +235,42 @@ fn load_puts_the_image_into_the_docker_engine() {
     let o = build_env(&k, &["-o", "type=docker,name=kiln.test/load:v2"], &[("DOCKER_HOST", d.host())]);
     assert_ok(&o, "kiln build -o type=docker");
     assert_ok(&d.docker(&["image", "inspect", "kiln.test/load:v2"]), "docker image inspect v2");
+}
+
+/// Layers compressed on several threads (issue 14) are ordinary blobs to other clients: a zstd and
+/// a gzip image pushed by `kiln build --output type=registry,compression=…` are copied by skopeo
+/// (which decompresses and checks every layer against its diff id) and pulled back by kiln.
+#[test]
+fn layers_compressed_in_parallel_are_read_by_skopeo_and_pulled_back_by_kiln() {
+    if !support_build::can_build() || !kiln_testkit::require_tool("skopeo") {
+        return;
+    }
+    let reg = kiln_testkit::Registry::start_plain().unwrap();
+    let k = Kiln::new();
+    for (codec, media, threads) in
+        [("zstd", "application/vnd.oci.image.layer.v1.tar+zstd", "2"), ("gzip", "application/vnd.oci.image.layer.v1.tar+gzip", "8")]
+    {
+        let name = format!("{}/par/app:{codec}", reg.host());
+        let md = k.path(&format!("md-{codec}.json"));
+        let line = format!("type=registry,name={name},compression={codec},force-compression=true");
+        let o = build_env(&k, &["--metadata-file", path_str(&md), "--output", &line], &[("KILN_COMPRESS_THREADS", threads)]);
+        assert_ok(&o, &format!("kiln build --output {line}"));
+        let digest = read_json(&md)["containerimage.digest"].as_str().unwrap().to_string();
+        let dir = k.path(&format!("skopeo-{codec}"));
+        let o = tool("skopeo", &["copy", "--src-tls-verify=false", &format!("docker://{name}"), &format!("oci:{}:x", path_str(&dir))]);
+        assert_ok(&o, &format!("skopeo copy docker://{name} oci:…"));
+        let (_, manifest) = layout(&dir);
+        let layers = manifest["layers"].as_array().unwrap();
+        assert!(!layers.is_empty() && layers.iter().all(|l| l["mediaType"] == media), "{codec}: {manifest:#}");
+        if codec == "gzip" {
+            for l in layers {
+                let blob = dir.join("blobs/sha256").join(l["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+                assert_ok(&tool("gzip", &["-t", path_str(&blob)]), "gzip -t on a pushed layer");
+            }
+        }
+        let fresh = Kiln::new();
+        // `kiln run` pulls the image into an empty root (decompressing each layer) and runs it.
+        let out = fresh.run(&format!("{}/par/app@{digest}", reg.host()), &["cat", "/app/built.txt"]);
+        assert_eq!(out.trim(), "built", "{codec}: the pulled image runs");
+    }
 }
