@@ -236,7 +236,14 @@ fn the_example_workflow_builds_both_architectures_pushes_by_digest_and_merges_ag
         let meta: serde_json::Value = serde_json::from_str(&outputs["metadata"]).unwrap();
         assert_eq!(meta["containerimage.digest"], digest.as_str());
         let (pushed, _) = skopeo_raw(&format!("docker://{image}@{digest}"));
-        assert!(pushed["config"].is_object(), "a single-platform image was pushed by digest: {pushed}");
+        // As with buildx, the default `mode=min` provenance makes the digest name an index: the
+        // platform's image and its attestation manifest (tests/attestations.rs checks their content).
+        let entries = pushed["manifests"].as_array().cloned().unwrap_or_default();
+        let images: Vec<_> = entries.iter().filter(|m| m["platform"]["os"] != "unknown").collect();
+        let attestations: Vec<_> = entries.iter().filter(|m| m["platform"]["os"] == "unknown").collect();
+        assert_eq!((images.len(), attestations.len()), (1, 1), "one image and its provenance were pushed by digest: {pushed}");
+        assert_eq!(images[0]["platform"]["architecture"], *arch, "{pushed}");
+        assert_eq!(attestations[0]["annotations"]["vnd.docker.reference.digest"], images[0]["digest"], "{pushed}");
         let record = step(build_job, "Record the digest");
         assert_eq!(s(&record["if"]), "github.event_name != 'pull_request'");
         run_script(&s(&record["run"]), &root, &[("DIGEST", digest), ("RUNNER_TEMP", runner_temp.display().to_string())]);
@@ -266,10 +273,12 @@ fn the_example_workflow_builds_both_architectures_pushes_by_digest_and_merges_ag
     let (main, main_bytes) = skopeo_raw(&format!("docker://{host}/acme/hello:main"));
     let (_, latest_bytes) = skopeo_raw(&format!("docker://{host}/acme/hello:latest"));
     assert_eq!(main_bytes, latest_bytes, ":main and :latest are the same index");
-    let platforms: Vec<String> = main["manifests"]
-        .as_array()
-        .unwrap()
+    let entries = main["manifests"].as_array().unwrap();
+    let attested = entries.iter().filter(|m| m["annotations"]["vnd.docker.reference.type"] == "attestation-manifest").count();
+    assert_eq!(attested, 2, "the merged index keeps each platform's attestation manifest: {main}");
+    let platforms: Vec<String> = entries
         .iter()
+        .filter(|m| m["platform"]["os"] != "unknown")
         .map(|m| format!("{}/{}", m["platform"]["os"].as_str().unwrap(), m["platform"]["architecture"].as_str().unwrap()))
         .collect();
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
