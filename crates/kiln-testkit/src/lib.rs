@@ -119,6 +119,21 @@ fn check_tool(name: &str, ci: bool) -> bool {
 /// Whether the test runs as root (uid 0).
 ///
 /// Same contract as [`require_tool`]: skip with a reason outside CI, panic in CI.
+/// Where `scripts/deps` unpacks the arm64 busybox used for multi-platform base images.
+pub const ARM64_BUSYBOX: &str = "/var/lib/kiln-test/busybox-arm64/bin/busybox";
+
+/// Whether arm64 binaries can run here: the arm64 busybox ([`ARM64_BUSYBOX`]) and the
+/// qemu-aarch64 binfmt handler, both set up by `scripts/deps`. Panics under CI when missing, else
+/// prints why the test is skipped.
+pub fn require_arm64() -> bool {
+    let have = std::path::Path::new(ARM64_BUSYBOX).exists() && std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
+    if !have {
+        assert!(!in_ci(), "CI must run scripts/deps: arm64 busybox or the qemu-aarch64 binfmt handler is missing");
+        eprintln!("skipping: run scripts/deps first (arm64 busybox at {ARM64_BUSYBOX} and the qemu-aarch64 binfmt handler)");
+    }
+    have
+}
+
 pub fn require_root() -> bool {
     if is_root() {
         return true;

@@ -14,7 +14,7 @@ use kiln_testkit::Registry;
 use serde_json::Value;
 use tempfile::TempDir;
 
-const ARM_BUSYBOX: &str = "/var/lib/kiln-test/busybox-arm64/bin/busybox";
+const ARM_BUSYBOX: &str = kiln_testkit::ARM64_BUSYBOX;
 const IN_TOTO: &str = "application/vnd.in-toto+json";
 const SLSA_V02: &str = "https://slsa.dev/provenance/v0.2";
 const SLSA_V1: &str = "https://slsa.dev/provenance/v1";
@@ -32,15 +32,7 @@ fn ready(arm: bool) -> bool {
     if !arm {
         return true;
     }
-    let have = Path::new(ARM_BUSYBOX).exists() && Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
-    if !have {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run scripts/deps: arm64 busybox or the qemu binfmt handler is missing"
-        );
-        eprintln!("skipping: run scripts/deps first (arm64 busybox at {ARM_BUSYBOX} and the qemu-aarch64 binfmt handler)");
-    }
-    have
+    kiln_testkit::require_arm64()
 }
 
 struct Kiln {

@@ -44,7 +44,7 @@ use kiln_testkit::{Dockerd, Registry};
 use serde_json::Value;
 use support_build::{path_str, read_json, stderr, stdout, KILN};
 
-const ARM_BUSYBOX: &str = "/var/lib/kiln-test/busybox-arm64/bin/busybox";
+const ARM_BUSYBOX: &str = kiln_testkit::ARM64_BUSYBOX;
 const HELLO: &str = "hello from the context";
 
 struct Row {
@@ -728,15 +728,7 @@ fn ready() -> bool {
     if !support_build::can_build() || !kiln_testkit::require_tool("skopeo") || !kiln_testkit::require_tool("qemu-aarch64-static") {
         return false;
     }
-    let have = Path::new(ARM_BUSYBOX).exists() && Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
-    if !have {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run scripts/deps: arm64 busybox or the qemu-aarch64 binfmt handler is missing"
-        );
-        eprintln!("skipping: run scripts/deps first (arm64 busybox at {ARM_BUSYBOX} and the qemu-aarch64 binfmt handler)");
-    }
-    have
+    kiln_testkit::require_arm64()
 }
 
 fn subst(s: &str, env: &Env, place: &Place) -> String {

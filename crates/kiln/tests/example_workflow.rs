@@ -21,7 +21,7 @@ use std::process::Command;
 
 use serde_yaml::Value;
 
-const ARM_BUSYBOX: &str = "/var/lib/kiln-test/busybox-arm64/bin/busybox";
+const ARM_BUSYBOX: &str = kiln_testkit::ARM64_BUSYBOX;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()

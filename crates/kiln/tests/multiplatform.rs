@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use kiln_testkit::Registry;
 use tempfile::TempDir;
 
-const ARM_BUSYBOX: &str = "/var/lib/kiln-test/busybox-arm64/bin/busybox";
+const ARM_BUSYBOX: &str = kiln_testkit::ARM64_BUSYBOX;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -21,15 +21,7 @@ fn ready() -> bool {
     if !kiln_testkit::require_root() || !kiln_testkit::require_tool("skopeo") || !kiln_testkit::require_tool("qemu-aarch64-static") {
         return false;
     }
-    let have = Path::new(ARM_BUSYBOX).exists() && Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
-    if !have {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run scripts/deps: arm64 busybox or the qemu-aarch64 binfmt handler is missing"
-        );
-        eprintln!("skipping: run scripts/deps first (arm64 busybox at {ARM_BUSYBOX} and the qemu-aarch64 binfmt handler)");
-    }
-    have
+    kiln_testkit::require_arm64()
 }
 
 struct Kiln {
