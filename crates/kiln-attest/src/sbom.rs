@@ -2,10 +2,13 @@
 //! predicate of an in-toto statement (`https://spdx.dev/Document`) about the image.
 //!
 //! The layers are read from the store and decompressed as they stream (a base image's layers
-//! stay compressed there), lowest first, so nothing is unpacked. With `scan-stage=true` the final
-//! state of each other stage built is scanned too; its document is named `sbom-<stage>` (the file
-//! name BuildKit's scanner protocol gives additional SBOMs, without `.spdx.json`) and goes into the
-//! same attestation manifest, one more layer of the same predicate type.
+//! stay compressed there), lowest first, so nothing is unpacked. Other stages the target needs get
+//! their own SBOM when `scan-stage=true` or a `BUILDKIT_SBOM_SCAN_STAGE` ARG asks (BuildKit's
+//! rules: `kiln-build`'s `attest::scans_stage`); each document is named `sbom-<stage>`, the stage
+//! named as BuildKit names it (its name, or `stage-N`), which is the file name BuildKit's scanner
+//! protocol gives an additional SBOM (`sbom-<stage>.spdx.json`) without the extension. They go into
+//! the same attestation manifest after the image's own, one more layer of the same predicate type
+//! each, about the same subject, as BuildKit lays them out.
 
 use kiln_oci::{Digest, Store};
 use kiln_sbom::{Catalog, DocumentInfo};

@@ -2,7 +2,7 @@
 //!
 //! What a build knows is collected while it runs ([`BuildFacts`], one per platform image: the base
 //! images resolved by digest, the `ADD <url>` downloads, the context files read, the Dockerfile,
-//! and, for `scan-stage=true`, the other stages' final layers). After the build, each exporter
+//! and, for the stages that get their own SBOM ([`scans_stage`]), their final layers). After the build, each exporter
 //! that carries attestations (a registry push, `type=oci`) hands the artifact it is about to write
 //! to [`Attester::carry`]: the statements are made about the image manifests *in that output's
 //! form* (their digests are what a reader verifies), written as attestation manifests, and the
@@ -23,7 +23,7 @@ use crate::export::BuildResult;
 use crate::output::Artifact;
 use crate::Progress;
 
-/// What one platform's build used, for its provenance (and its stages, for `scan-stage`).
+/// What one platform's build used, for its provenance (and the stages to scan, for the SBOM).
 #[derive(Debug, Clone, Default)]
 pub struct BuildFacts {
     pub bases: Vec<kiln_attest::BaseImage>,
@@ -32,8 +32,33 @@ pub struct BuildFacts {
     /// The Dockerfile relative to the context when inside it, else as given.
     pub dockerfile_path: String,
     pub dockerfile_digest: Option<Digest>,
-    /// (stage name, its final layers' blob digests) for every stage built but the target.
+    /// (stage name, its final layers' blob digests) of each stage built but the target that gets
+    /// its own SBOM ([`scans_stage`]).
     pub stages: Vec<(String, Vec<Digest>)>,
+}
+
+/// The ARG that chooses, per stage, whether a stage other than the target gets its own SBOM.
+pub const SCAN_STAGE_ARG: &str = "BUILDKIT_SBOM_SCAN_STAGE";
+
+/// Whether stage `name` gets its own SBOM, by BuildKit's rules (its Dockerfile frontend): the
+/// default (`--attest type=sbom,scan-stage=true`, else off), then a global `ARG
+/// BUILDKIT_SBOM_SCAN_STAGE=…`, then the stage's own `ARG` (a `--build-arg` overrides only an ARG
+/// the Dockerfile declares). A value is `true`, `false`, or a comma-separated list of stage names
+/// that are scanned. Only stages the target needs are built, so only those are ever scanned.
+pub fn scans_stage(name: &str, default: bool, global_args: &[(String, String)], stage_args: &[(String, String)]) -> bool {
+    let enabled = |v: &str| match v.trim() {
+        // Go's strconv.ParseBool, which BuildKit uses.
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => true,
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => false,
+        list => list.split(',').any(|s| s.trim() == name),
+    };
+    let mut on = default;
+    for args in [global_args, stage_args] {
+        if let Some((_, v)) = args.iter().rev().find(|(k, _)| k == SCAN_STAGE_ARG) {
+            on = enabled(v);
+        }
+    }
+    on
 }
 
 /// Makes a build's attestations for the outputs that carry them.
@@ -104,16 +129,16 @@ impl Attester {
             if let Some(p) = &self.spec.provenance {
                 statements.push(self.inputs(&b.facts).statement(p, subject.clone()));
             }
-            if let Some(s) = &self.spec.sbom {
+            if self.spec.sbom.is_some() {
                 let layers: Vec<Digest> = b.layers.iter().map(|l| l.descriptor.digest.clone()).collect();
                 let cat = self.catalog(store, store_form, "", &layers)?;
                 statements.push(kiln_attest::sbom::statement(&cat, &self.doc(&name, &manifest.digest, None), subject.clone()));
-                if s.scan_stage {
-                    for (stage, layers) in &b.facts.stages {
-                        let cat = self.catalog(store, store_form, stage, layers)?;
-                        let doc = self.doc(&name, &manifest.digest, Some(stage));
-                        statements.push(kiln_attest::sbom::statement(&cat, &doc, subject.clone()));
-                    }
+                // Only the stages `scans_stage` chose are in the facts; after the image's own, in
+                // the order they were built, as BuildKit puts its core SBOM first.
+                for (stage, layers) in &b.facts.stages {
+                    let cat = self.catalog(store, store_form, stage, layers)?;
+                    let doc = self.doc(&name, &manifest.digest, Some(stage));
+                    statements.push(kiln_attest::sbom::statement(&cat, &doc, subject.clone()));
                 }
             }
             entries.push(kiln_attest::write_manifest(store, &manifest.digest, &statements)?);
@@ -168,5 +193,34 @@ impl Attester {
             reproducible: self.reproducible,
             ci: self.ci.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn scan_stage_follows_buildkits_rules() {
+        let none = args(&[]);
+        // The default alone (scan-stage=true or not).
+        assert!(scans_stage("build", true, &none, &none));
+        assert!(!scans_stage("build", false, &none, &none));
+        // A global ARG over the default; the stage's own ARG over both.
+        assert!(scans_stage("build", false, &args(&[(SCAN_STAGE_ARG, "true")]), &none));
+        assert!(!scans_stage("build", true, &args(&[(SCAN_STAGE_ARG, "false")]), &none));
+        assert!(!scans_stage("build", false, &args(&[(SCAN_STAGE_ARG, "true")]), &args(&[(SCAN_STAGE_ARG, "0")])));
+        assert!(scans_stage("build", false, &none, &args(&[(SCAN_STAGE_ARG, "True")])));
+        // A list names the stages scanned; unnamed stages are `stage-N`.
+        let list = args(&[(SCAN_STAGE_ARG, "deps, stage-0")]);
+        assert!(scans_stage("stage-0", false, &list, &none));
+        assert!(scans_stage("deps", false, &list, &none));
+        assert!(!scans_stage("build", true, &list, &none));
+        // Other ARGs do not matter.
+        assert!(!scans_stage("build", false, &args(&[("BUILDKIT_SBOM_SCAN_CONTEXT", "true")]), &none));
     }
 }

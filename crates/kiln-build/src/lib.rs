@@ -123,9 +123,11 @@ pub struct BuildOptions {
     /// are uploaded there while later steps run ([`eager`]). Set by [`orchestrate::build_all`].
     pub push_ahead: Vec<eager::PushTarget>,
     // -- options: attestations --
-    /// `--attest type=sbom,scan-stage=true`: keep every stage's final layers in the store, to be
-    /// scanned (see [`attest`]).
-    pub stage_layers: bool,
+    /// `None` without an SBOM; with one, whether other stages get theirs by default
+    /// (`--attest type=sbom,scan-stage=true`). `BUILDKIT_SBOM_SCAN_STAGE` ARGs decide per stage
+    /// over that default, as in BuildKit ([`attest::scans_stage`]); the stages scanned keep their
+    /// final layers in the store.
+    pub sbom_stages: Option<bool>,
 }
 
 /// `--snapshotter`.
@@ -375,11 +377,14 @@ fn build_facts(
     let read = context.read_files();
     let mut stages = Vec::new();
     for st in resolved.stages.iter().filter(|s| s.index != resolved.target) {
+        let Some(default) = opts.sbom_stages else { break };
+        // BuildKit's name for a stage: its own, or `stage-N` (N counting FROMs from 0).
+        let name = st.name.clone().unwrap_or_else(|| format!("stage-{}", st.index));
+        if !attest::scans_stage(&name, default, &resolved.global_args, &st.args) {
+            continue;
+        }
         if let Some(state) = solver.stages.get(&st.index).cloned() {
-            if opts.stage_layers {
-                solver.ensure_local(&state.layers)?;
-            }
-            let name = st.name.clone().unwrap_or_else(|| st.index.to_string());
+            solver.ensure_local(&state.layers)?;
             stages.push((name, state.layers.iter().map(|l| l.descriptor.digest.clone()).collect()));
         }
     }

@@ -1,4 +1,4 @@
-//! Scans an unpacked root (or, with `--layers`, uncompressed layer tars, lowest first) and writes its
+//! Scans an unpacked root (or, with `--layers`, layer tars, lowest first, plain or gzip) and writes its
 //! SPDX 2.3 JSON document to stdout; the package count and skipped entries go to stderr.
 //! Used by `bench/sbom.sh`: `cargo run --release -p kiln-sbom --example scan -- ROOT`.
 
@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         [flag, layers @ ..] if flag == "--layers" && !layers.is_empty() => {
             let files: Result<Vec<_>, _> = layers.iter().map(std::fs::File::open).collect();
             match files {
-                Ok(files) => kiln_sbom::scan_layers(files.into_iter().map(std::io::BufReader::new)),
+                Ok(files) => kiln_sbom::scan_layers(files.into_iter().map(layer)),
                 Err(e) => {
                     eprintln!("scan: {e}");
                     return ExitCode::FAILURE;
@@ -42,4 +42,16 @@ fn main() -> ExitCode {
     };
     println!("{}", serde_json::to_string_pretty(&kiln_sbom::spdx_json(&catalog, &doc)).expect("JSON"));
     ExitCode::SUCCESS
+}
+
+/// A layer blob as its tar stream: gzip (by its magic bytes) is decompressed as it is read.
+fn layer(f: std::fs::File) -> Box<dyn std::io::Read> {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::with_capacity(1 << 16, f);
+    let gzip = r.fill_buf().is_ok_and(|b| b.starts_with(&[0x1f, 0x8b]));
+    if gzip {
+        Box::new(flate2::bufread::MultiGzDecoder::new(r))
+    } else {
+        Box::new(r)
+    }
 }

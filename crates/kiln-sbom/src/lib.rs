@@ -26,6 +26,7 @@ pub mod python;
 pub mod rpm;
 pub mod rust;
 pub mod spdx;
+mod sqlite;
 pub mod tree;
 
 use std::io::Read;

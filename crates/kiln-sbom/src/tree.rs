@@ -40,6 +40,9 @@ pub enum Item {
     Binary(BinaryInfo),
     /// A candidate that was not read, and why (too large).
     Skipped(String),
+    /// A file whose presence (and size) is all a cataloger needs: a package database in a format
+    /// kiln does not read, which it reports rather than silently omit, or an SQLite WAL file.
+    Present(u64),
 }
 
 /// The gathered candidate files, by absolute path in the image.
@@ -69,6 +72,11 @@ pub fn wanted(path: &str) -> bool {
         return rest.strip_suffix("/copyright").is_some_and(|p| !p.is_empty() && !p.contains('/'));
     }
     python::is_metadata_path(path) || npm::is_manifest_path(path)
+}
+
+/// Whether a path names a file only noted as present (see [`Item::Present`]).
+pub fn noted(path: &str) -> bool {
+    crate::rpm::is_noted_path(path)
 }
 
 use crate::{npm, python};
@@ -138,6 +146,7 @@ impl Tree {
                 let kind = classify(&image_path, mode, meta.len());
                 match kind {
                     Class::No => {}
+                    Class::Present => tree.insert(&image_path, Item::Present(meta.len())),
                     Class::TooLarge(reason) => tree.insert(&image_path, Item::Skipped(reason)),
                     Class::Db => {
                         let bytes = fs::read(&host_path).map_err(|e| io(&host_path, e))?;
@@ -212,6 +221,9 @@ impl Tree {
                 let size = header.size().map_err(err)?;
                 match classify(&path, mode, size) {
                     Class::No => {}
+                    Class::Present => {
+                        layer_tree.added.insert(path, Item::Present(size));
+                    }
                     Class::TooLarge(reason) => {
                         layer_tree.added.insert(path, Item::Skipped(reason));
                     }
@@ -293,6 +305,7 @@ fn remove_under(items: &mut BTreeMap<String, Item>, dir: &str) {
 enum Class {
     No,
     Db,
+    Present,
     MaybeElf,
     TooLarge(String),
 }
@@ -304,6 +317,9 @@ fn classify(path: &str, mode: u32, size: u64) -> Class {
             return Class::TooLarge(format!("{size} bytes, larger than the {DB_LIMIT}-byte limit for package databases"));
         }
         return Class::Db;
+    }
+    if noted(path) {
+        return Class::Present;
     }
     // Smaller than an ELF header: cannot be an executable worth reading.
     if mode & 0o111 != 0 && size >= 64 {

@@ -2,12 +2,15 @@
 # Builds (once) a real Debian bookworm root file system with packages from apt, pip and npm, for the
 # kiln-sbom tests and bench/sbom.sh, and prints its path.
 #
-# The root is cached under /var/lib/kiln-test/sbom-debian-KEY, where KEY is a hash of this script: any
-# change to what it installs makes a new root; delete the directory to force a rebuild. Exit status 3
+# It starts from the minbase tarball of debian-minbase.sh (bootstrapped once, shared with kiln's
+# tests/sbom_debian.rs). The root is cached under /var/lib/kiln-test/sbom-debian-KEY, where KEY is a
+# hash of both scripts: any change to what they install makes a new root; delete the directory to
+# force a rebuild. Exit status 3
 # means the Debian mirror (or PyPI / the npm registry) did not answer; the caller skips with the reason.
 set -eu
 script="$(readlink -f "$0")"
-key="$(sha256sum "$script" | cut -c1-12)"
+minbase="$(dirname "$script")/debian-minbase.sh"
+key="$(cat "$script" "$minbase" | sha256sum | cut -c1-12)"
 dest="/var/lib/kiln-test/sbom-debian-$key"
 if [ -f "$dest/.complete" ]; then echo "$dest/root"; exit 0; fi
 
@@ -15,16 +18,12 @@ APT_PACKAGES="python3-pip nodejs npm curl fzf"
 PIP_PACKAGE="iniconfig==2.0.0"
 NPM_PACKAGE="is-number@7.0.0"
 
-command -v mmdebstrap >/dev/null || apt-get install -y mmdebstrap >&2 || { echo "mmdebstrap cannot be installed" >&2; exit 3; }
-curl -fsS -o /dev/null --max-time 20 http://deb.debian.org/debian/dists/bookworm/Release \
-  || { echo "the Debian mirror deb.debian.org does not answer" >&2; exit 3; }
+# Exit status 3 (no mirror) passes through: `set -e` stops here with it.
+tarball="$("$minbase")"
 
 rm -rf "$dest.tmp"
-mkdir -p "$dest.tmp"
-mmdebstrap --variant=minbase bookworm "$dest.tmp/root.tar" >&2 || { echo "mmdebstrap failed (is the Debian mirror answering?)" >&2; exit 3; }
-mkdir "$dest.tmp/root"
-tar -C "$dest.tmp/root" -xpf "$dest.tmp/root.tar"
-rm "$dest.tmp/root.tar"
+mkdir -p "$dest.tmp/root"
+tar -C "$dest.tmp/root" -xpf "$tarball"
 # A private mount namespace, so the binds vanish with the process whatever happens.
 unshare --mount --fork sh -eu -c '
   r="$1"; shift

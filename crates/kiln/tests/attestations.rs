@@ -481,3 +481,48 @@ fn scan_stage_adds_each_stages_sbom_to_the_attestation_manifest() {
     assert_eq!(sboms[1]["predicate"]["name"], "sbom-build");
     assert!(spdx_packages(sboms[1]).contains(&hello), "{:?}", spdx_packages(sboms[1]));
 }
+
+#[test]
+fn buildkit_sbom_scan_stage_args_choose_the_stages_with_buildkits_names() {
+    if !ready(false) {
+        return;
+    }
+    let k = Kiln::new(false);
+    let reg = Registry::start_plain().unwrap();
+    // Stage 0 is unnamed (BuildKit calls it `stage-0`); `deps` turns its own scan off; `unused`
+    // is not needed by the target, so it is never built nor scanned; the global ARG names the
+    // stages to scan.
+    let ctx = k.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "ARG BUILDKIT_SBOM_SCAN_STAGE=stage-0,deps,unused\n\
+                 FROM kiln.test/busybox:amd64\nARG BUILDKIT_SBOM_SCAN_STAGE\nCOPY status /var/lib/dpkg/status\n\
+                 FROM kiln.test/busybox:amd64 AS deps\nARG BUILDKIT_SBOM_SCAN_STAGE=false\nCOPY status /var/lib/dpkg/status\n\
+                 FROM kiln.test/busybox:amd64 AS unused\nCOPY status /var/lib/dpkg/status\n\
+                 FROM kiln.test/busybox:amd64\nCOPY --from=0 /etc/passwd /a\nCOPY --from=deps /etc/passwd /b\n",
+            ),
+            ("status", DPKG_STATUS),
+        ],
+    );
+    let sbom_names = |repo: &str, extra: &[&str]| -> Vec<String> {
+        let tag = format!("{}/{repo}:1", reg.host());
+        let mut args = vec!["build", ctx.as_str(), "-t", &tag, "--push", "--sbom=true", "--provenance=false"];
+        args.extend_from_slice(extra);
+        k.ok(&args);
+        let index = skopeo_raw(&format!("docker://{tag}"));
+        let found = statements(&reg.host(), repo, &index);
+        found[0].1.iter().filter(|s| s["predicateType"] == SPDX).map(|s| s["predicate"]["name"].as_str().unwrap().to_string()).collect()
+    };
+    // Without scan-stage=true, the ARGs alone decide (as in BuildKit); the image's own SBOM first.
+    let names = sbom_names("att/args", &[]);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names[1], "sbom-stage-0");
+    // A --build-arg overrides every declared ARG, the stage's own too: each stage the target needs.
+    let mut names = sbom_names("att/args2", &["--build-arg", "BUILDKIT_SBOM_SCAN_STAGE=true"]);
+    names[1..].sort();
+    assert_eq!(names[1..], ["sbom-deps", "sbom-stage-0"], "{names:?}");
+    let names = sbom_names("att/args3", &["--build-arg", "BUILDKIT_SBOM_SCAN_STAGE=false"]);
+    assert_eq!(names.len(), 1, "{names:?}");
+}

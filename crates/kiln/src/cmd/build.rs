@@ -310,7 +310,7 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
         // -- options: image metadata --
         labels: parse_labels(&a.labels)?,
         // -- options: attestations --
-        stage_layers: attest.sbom.as_ref().is_some_and(|s| s.scan_stage),
+        sbom_stages: attest.sbom.as_ref().map(|s| s.scan_stage),
     };
     Ok(BuildRequest { options, platforms, tags, outputs, test: a.test.clone(), attest })
 }
