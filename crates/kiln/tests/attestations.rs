@@ -491,7 +491,7 @@ fn buildkit_sbom_scan_stage_args_choose_the_stages_with_buildkits_names() {
     let reg = Registry::start_plain().unwrap();
     // Stage 0 is unnamed (BuildKit calls it `stage-0`); `deps` turns its own scan off; `unused`
     // is not needed by the target, so it is never built nor scanned; the global ARG names the
-    // stages to scan.
+    // stages to scan. As in BuildKit, the ARG is not in RUN's environment.
     let ctx = k.context(
         "ctx",
         &[
@@ -499,6 +499,7 @@ fn buildkit_sbom_scan_stage_args_choose_the_stages_with_buildkits_names() {
                 "Dockerfile",
                 "ARG BUILDKIT_SBOM_SCAN_STAGE=stage-0,deps,unused\n\
                  FROM kiln.test/busybox:amd64\nARG BUILDKIT_SBOM_SCAN_STAGE\nCOPY status /var/lib/dpkg/status\n\
+                 RUN test -z \"${BUILDKIT_SBOM_SCAN_STAGE+set}\" || { echo the SBOM switch leaked into RUN; exit 1; }\n\
                  FROM kiln.test/busybox:amd64 AS deps\nARG BUILDKIT_SBOM_SCAN_STAGE=false\nCOPY status /var/lib/dpkg/status\n\
                  FROM kiln.test/busybox:amd64 AS unused\nCOPY status /var/lib/dpkg/status\n\
                  FROM kiln.test/busybox:amd64\nCOPY --from=0 /etc/passwd /a\nCOPY --from=deps /etc/passwd /b\n",

@@ -205,10 +205,18 @@ fn is_bare_heredoc(cmd: &str) -> bool {
 fn run_env(step: &Step, state: &ImageState) -> Vec<String> {
     let mut env = state.env();
     for (k, v) in &step.vars {
+        // BuildKit's SBOM switches are ARGs for the scanner only, never a RUN's environment
+        // (its frontend's `nonEnvArgs`), unless an ENV sets them.
+        if NON_ENV_ARGS.contains(&k.as_str()) && !step.env.iter().any(|(e, _)| e == k) {
+            continue;
+        }
         set_env(&mut env, k, v);
     }
     env
 }
+
+/// ARGs that BuildKit keeps out of RUN's environment.
+const NON_ENV_ARGS: [&str; 2] = [crate::attest::SCAN_STAGE_ARG, "BUILDKIT_SBOM_SCAN_CONTEXT"];
 
 /// Resolves COPY's sources and puts their content into the key.
 fn plan_copy<'s>(
