@@ -12,10 +12,10 @@ key="$(sha256sum "$script" | cut -c1-12)"
 dest="/var/lib/kiln-test/debian-minbase-$key"
 if [ -f "$dest/.complete" ]; then echo "$dest/rootfs.tar"; exit 0; fi
 
-# The mirror the host's apt uses (deb822 or one-line sources), else Debian's default.
+# The mirror the host's apt uses (deb822 or one-line sources): the one this machine reaches.
 mirror="$(sed -n 's/^URIs: *\([^ ]*\/debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)"
 [ -n "$mirror" ] || mirror="$(sed -n 's/^deb  *\(http[^ ]*\/debian\)  *bookworm .*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n1)"
-[ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+[ -n "$mirror" ] || { echo "no Debian mirror in the host's apt sources (/etc/apt/sources.list*)" >&2; exit 3; }
 
 command -v mmdebstrap >/dev/null || apt-get install -y mmdebstrap >&2 || { echo "mmdebstrap cannot be installed" >&2; exit 3; }
 curl -fsS -o /dev/null --max-time 20 "$mirror/dists/bookworm/Release" \

@@ -1,4 +1,4 @@
-//! A real Debian bookworm root (mmdebstrap from deb.debian.org, then apt-get, pip and npm installs in
+//! A real Debian bookworm root (mmdebstrap from the host's Debian mirror, then apt-get, pip and npm installs in
 //! a chroot; built once by `tests/debian-root.sh` and cached under `/var/lib/kiln-test/`): the
 //! catalog lists every package `dpkg-query -W` lists with the same version, the pip and npm
 //! packages, the same catalog from a tar of the root as from the root, and a valid SPDX document.
