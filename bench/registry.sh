@@ -5,9 +5,12 @@
 #   bench/registry.sh                 # 200 MB and 1 GB images, 3 runs each
 #   SIZES_MB="200" RUNS=1 bench/registry.sh
 #   KILN=/path/to/kiln bench/registry.sh
+#   PLAIN=1 LAYERS=1 SIZES_MB=2147 bench/registry.sh   # one uncompressed 2 GiB layer: both compress
 #
 # Needs: docker-registry, skopeo, python3, gzip, GNU time (/usr/bin/time; Debian package `time`).
 # Each image is 4 gzip layers of random data (already compressed, so neither tool recompresses).
+# PLAIN=1: the layers are uncompressed tar in the layout, so each push compresses them (skopeo to
+# gzip, as containers/image does for a registry; kiln with its parallel gzip): compress + push.
 # Every push goes to a freshly started, empty registry, so neither tool finds blobs already there.
 # Prints a Markdown table (median seconds, ratio kiln/skopeo, kiln's max RSS).
 set -euo pipefail
@@ -15,6 +18,7 @@ set -euo pipefail
 SIZES_MB=${SIZES_MB:-"200 1000"}
 RUNS=${RUNS:-3}
 LAYERS=${LAYERS:-4}
+PLAIN=${PLAIN:-}
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [[ -z "${KILN:-}" ]]; then
   (cd "$here" && cargo build --release -p kiln >&2)
@@ -67,11 +71,12 @@ make_layout() {
   for i in $(seq "$LAYERS"); do
     rm -rf "$work/gen/data"; mkdir -p "$work/gen/data"
     head -c "$per" /dev/urandom > "$work/gen/data/random.bin"
-    tar -C "$work/gen" -cf - data | gzip -1 > "$work/gen/layer$i.tar.gz"
+    if [[ -n "$PLAIN" ]]; then tar -C "$work/gen" -cf "$work/gen/layer$i.tar" data
+    else tar -C "$work/gen" -cf - data | gzip -1 > "$work/gen/layer$i.tar.gz"; fi
   done
-  python3 - "$dir" "$work/gen" "$LAYERS" <<'PY'
+  python3 - "$dir" "$work/gen" "$LAYERS" "$PLAIN" <<'PY'
 import hashlib, json, os, shutil, sys, gzip
-d, gen, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+d, gen, n, plain = sys.argv[1], sys.argv[2], int(sys.argv[3]), bool(sys.argv[4])
 def put(path=None, data=None):
     h = hashlib.sha256()
     if data is None:
@@ -85,13 +90,14 @@ def put(path=None, data=None):
     return "sha256:" + h.hexdigest(), size
 layers, diff_ids = [], []
 for i in range(1, n + 1):
-    p = f"{gen}/layer{i}.tar.gz"
+    p = f"{gen}/layer{i}.tar" if plain else f"{gen}/layer{i}.tar.gz"
     u = hashlib.sha256()
-    with gzip.open(p, "rb") as f:
+    with (open if plain else gzip.open)(p, "rb") as f:
         for b in iter(lambda: f.read(1 << 20), b""): u.update(b)
     diff_ids.append("sha256:" + u.hexdigest())
     dg, sz = put(path=p)
-    layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": dg, "size": sz})
+    media = "application/vnd.oci.image.layer.v1.tar" + ("" if plain else "+gzip")
+    layers.append({"mediaType": media, "digest": dg, "size": sz})
 cfg = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {}}).encode()
 cd, cs = put(data=cfg)
 man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -113,6 +119,7 @@ timed() {
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 col() { awk -v c="$2" '{print $c}' "$1"; }
 
+[[ -n "$PLAIN" ]] && echo "Uncompressed layers (PLAIN=1): each push compresses them; $LAYERS layer(s)." && echo
 echo "| image | op | kiln (s) | skopeo (s) | kiln / skopeo | kiln max RSS (MB) |"
 echo "| --- | --- | --- | --- | --- | --- |"
 for mb in $SIZES_MB; do
