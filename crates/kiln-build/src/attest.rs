@@ -61,6 +61,26 @@ pub fn scans_stage(name: &str, default: bool, global_args: &[(String, String)], 
     on
 }
 
+/// The ARG with which BuildKit's SBOM generator also scans the build context.
+pub const SCAN_CONTEXT_ARG: &str = "BUILDKIT_SBOM_SCAN_CONTEXT";
+
+/// kiln's SBOMs read root file systems only: an SBOM build whose global or target-stage ARG
+/// `BUILDKIT_SBOM_SCAN_CONTEXT` is true is refused by name rather than quietly made without the
+/// context's packages.
+pub fn refuse_scan_context<'a>(
+    global_args: &'a [(String, String)],
+    target_args: impl Iterator<Item = &'a (String, String)>,
+) -> Result<(), BuildError> {
+    let last = global_args.iter().chain(target_args).filter(|(k, _)| k == SCAN_CONTEXT_ARG).last();
+    match last.map(|(_, v)| v.trim()) {
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Err(BuildError::SbomUnsupported(format!(
+            "ARG {SCAN_CONTEXT_ARG}=true: kiln's SBOM scans the image's root file system (and stages with \
+             {SCAN_STAGE_ARG}), not the build context; drop the ARG or set it to false"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Makes a build's attestations for the outputs that carry them.
 pub struct Attester {
     spec: Attestations,
@@ -202,6 +222,17 @@ mod tests {
 
     fn args(v: &[(&str, &str)]) -> Vec<(String, String)> {
         v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn scan_context_true_is_refused_by_name_and_false_passes() {
+        let none = args(&[]);
+        let err = refuse_scan_context(&args(&[(SCAN_CONTEXT_ARG, "true")]), none.iter()).unwrap_err().to_string();
+        assert!(err.contains("BUILDKIT_SBOM_SCAN_CONTEXT=true"), "{err}");
+        refuse_scan_context(&args(&[(SCAN_CONTEXT_ARG, "false")]), none.iter()).unwrap();
+        let stage = args(&[(SCAN_CONTEXT_ARG, "0")]);
+        refuse_scan_context(&args(&[(SCAN_CONTEXT_ARG, "1")]), stage.iter()).unwrap();
+        refuse_scan_context(&none, args(&[(SCAN_CONTEXT_ARG, "True")]).iter()).unwrap_err();
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum BuildError {
     Store(#[from] kiln_oci::StoreError),
     #[error("attestations: {0}")]
     Attest(#[from] kiln_attest::LayoutError),
+    /// An SBOM option BuildKit has and kiln does not (refused before anything runs).
+    #[error("{0}")]
+    SbomUnsupported(String),
     #[error("layer {digest}: {source}")]
     Layer {
         digest: String,

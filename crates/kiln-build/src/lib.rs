@@ -279,6 +279,12 @@ fn build_reporting(opts: &BuildOptions, progress: &dyn Progress, transfers: base
         base_config: Some(&base_cfg),
     };
     let resolved = resolve(&typed, &ropts)?;
+    if opts.sbom_stages.is_some() {
+        // A --build-arg counts even when no ARG declares it (BuildKit reads it from the build args).
+        let given: Vec<(String, String)> = opts.build_args.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let target_args = resolved.stages.iter().filter(|s| s.index == resolved.target).flat_map(|s| &s.args);
+        attest::refuse_scan_context(&given, resolved.global_args.iter().chain(target_args))?;
+    }
     for unused in &resolved.unused_build_args {
         progress.warn(&format!("build-arg {unused} is not consumed by any ARG of the stages built"));
     }

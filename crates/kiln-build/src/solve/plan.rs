@@ -216,7 +216,7 @@ fn run_env(step: &Step, state: &ImageState) -> Vec<String> {
 }
 
 /// ARGs that BuildKit keeps out of RUN's environment.
-const NON_ENV_ARGS: [&str; 2] = [crate::attest::SCAN_STAGE_ARG, "BUILDKIT_SBOM_SCAN_CONTEXT"];
+const NON_ENV_ARGS: [&str; 2] = [crate::attest::SCAN_STAGE_ARG, crate::attest::SCAN_CONTEXT_ARG];
 
 /// Resolves COPY's sources and puts their content into the key.
 fn plan_copy<'s>(
