@@ -87,6 +87,16 @@ fn main() -> ExitCode {
     if let Some(code) = kiln_sandbox::init::maybe_run() {
         return code;
     }
+    // Not root: become root of a user namespace of our own (kiln-rootless), which must happen
+    // while this process has one thread. The sandbox's re-executed init is root there already.
+    match kiln_rootless::enter() {
+        Ok(kiln_rootless::Entered::Namespace { note: Some(note) }) => eprintln!("note: {note}"),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    }
     // Before any thread exists, so that every thread inherits the mask (see signals.rs).
     signals::block();
     let cli = Cli::parse();
@@ -140,7 +150,11 @@ fn main() -> ExitCode {
                 }
                 return ExitCode::from(u8::try_from(128 + sig).unwrap_or(1));
             }
-            eprintln!("error: {}", render(&e));
+            let text = render(&e);
+            eprintln!("error: {text}");
+            if let Some(hint) = kiln_rootless::hint_for(&text) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::from(1)
         }
     }
