@@ -7,17 +7,17 @@
 #   RUNS_COLD=3 RUNS_NOOP=5 sudo bench/rootless.sh
 #   KILN=/path/to/kiln sudo bench/rootless.sh  # skip `cargo build --release -p kiln`
 #
-# Cases: bench/build/*/ (multistage, copy-heavy, many-runs, big-run), examples/hello, and three
-# corpus cases of tests/build_diff/ that chown, switch USER and make an opaque dir.
+# Cases: bench/build/*/ (multistage, copy-heavy, many-runs, big-run), examples/hello, two corpus
+# cases of tests/build_diff/ (whiteouts, an opaque dir) and one that chowns and switches USER.
 # Measures, per case and mode:
 #   cold    a build from a fresh --root holding only the imported base (the reset and the import
 #           are hyperfine's untimed --prepare);
 #   no-op   the same build again with every step cached (after one unmeasured warm-up build).
 # The rootless runs are `setpriv --reuid U --regid U --init-groups` to the user kiln's tests use
 # (kiln-rootless-test; created with a 65,536-id range when missing, never removed), with a clean
-# environment and a --root the user owns; the root runs are plain `kiln --root DIR`.
+# environment and a --root the user owns; the root runs go through the same setpriv (to uid 0).
 #
-# Needs root, hyperfine, jq, setpriv, newuidmap (uidmap), GNU tar. Temp dirs are removed on exit.
+# Needs root, hyperfine, jq, python3, setpriv, newuidmap (uidmap), GNU tar. Temp dirs are removed on exit.
 set -euo pipefail
 
 RUNS_COLD=${RUNS_COLD:-5}
@@ -30,7 +30,7 @@ die() { echo "bench/rootless.sh: $*" >&2; exit 1; }
 log() { echo "[bench] $*" >&2; }
 
 [[ $EUID -eq 0 ]] || die "run as root (sudo bench/rootless.sh): it creates the test user and compares with root builds"
-for t in hyperfine jq setpriv newuidmap newgidmap tar useradd; do
+for t in hyperfine jq python3 setpriv newuidmap newgidmap tar useradd; do
   command -v "$t" >/dev/null || die "missing tool: $t (apt-get install hyperfine jq util-linux uidmap tar passwd)"
 done
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -64,14 +64,41 @@ cases=()
 for d in "$here"/bench/build/*/; do
   n=$(basename "$d"); cp -r "$d" "$work/ctx-$n"; cases+=("$n")
 done
+# copy-heavy's tree, made as bench/build.sh makes it: 2000 files of 256 B..4 KiB in 40 dirs, seeded.
+python3 - "$work/ctx-copy-heavy" <<'PY'
+import os, random, sys
+root = sys.argv[1]; rng = random.Random(20261127)
+for i in range(2000):
+    d = os.path.join(root, "tree", f"d{i % 40:02d}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:04d}.dat"), "wb") as f:
+        f.write(rng.randbytes(rng.randint(256, 4096)))
+with open(os.path.join(root, "blob.bin"), "wb") as f:
+    f.write(rng.randbytes(1 << 20))
+PY
 cp -r "$here/examples/hello" "$work/ctx-hello"; cases+=(hello)
-for n in copy_chown_chmod user_workdir whiteout_opaque_dir; do
+for n in whiteout_files whiteout_opaque_dir; do
   cp -r "$here/crates/kiln/tests/build_diff/$n" "$work/ctx-$n"; rm -f "$work/ctx-$n/case.json"; cases+=("$n")
 done
+# The corpus's chown and USER cases name users of kiln-testkit's base; this one is numeric.
+mkdir "$work/ctx-chown-user"
+echo x > "$work/ctx-chown-user/f"
+cat > "$work/ctx-chown-user/Dockerfile" <<'EOF'
+ARG BASE
+FROM ${BASE}
+RUN mkdir -p /own/tree/sub && echo a > /own/tree/sub/a && chown -R 1000:1000 /own/tree && chown 65534:65534 /own
+COPY --chown=1000:1001 f /f
+USER 1000:1001
+RUN touch /tmp/mine && id
+USER root
+RUN rm -rf /own/tree && mkdir /own/tree && echo new > /own/tree/n
+EOF
+cases+=(chown-user)
 chmod -R a+rX "$work"/ctx-*
 
-as_user="setpriv --reuid $uid --regid $gid --init-groups env -i HOME=$home USER=$USER_NAME PATH=/usr/local/bin:/usr/bin:/bin TMPDIR=/tmp BUILDX_NO_DEFAULT_ATTESTATIONS=1"
-declare -A run_prefix=([root]="env BUILDX_NO_DEFAULT_ATTESTATIONS=1" [rootless]="$as_user")
+# Both modes start through the same setpriv and env, so its own cost (NSS for --init-groups) is in both.
+as() { echo "setpriv --reuid $1 --regid $2 --init-groups env -i HOME=$3 PATH=/usr/local/bin:/usr/bin:/bin TMPDIR=/tmp BUILDX_NO_DEFAULT_ATTESTATIONS=1"; }
+declare -A run_prefix=([root]="$(as 0 0 /root)" [rootless]="$(as "$uid" "$gid" "$home")")
 declare -A root_dir=([root]="$work/root-state" [rootless]="$work/user/state")
 
 median() { jq -r '.results[0].median' "$1"; }

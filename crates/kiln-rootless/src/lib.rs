@@ -7,8 +7,9 @@
 //! uid 0: mounts and namespaces are then the namespace's, and a chown to image id N lands on a
 //! host id the user was given for that purpose in `/etc/subuid` (and `/etc/subgid`).
 //!
-//! [`enter`] is called first thing in `main` (after the sandbox's init check), while the process
-//! has one thread: `unshare(CLONE_NEWUSER)` fails in a threaded process. When kiln is already
+//! [`enter`] is called early in `main` (after the sandbox's init check and the parsing of the
+//! command line, for every command that keeps state), while the process has one thread:
+//! `unshare(CLONE_NEWUSER)` fails in a threaded process. When kiln is already
 //! root (the usual case, and also every process the sandbox re-executes inside the namespace) it
 //! does nothing. Otherwise it:
 //!
@@ -349,8 +350,7 @@ fn map_through_helper(plan: &[Plan; 2], who: &str) -> Result<(), Error> {
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     unshared?;
-    if let Some(rest) = verdict.strip_prefix("ok") {
-        debug_assert!(rest.is_empty());
+    if verdict == "ok" {
         return Ok(());
     }
     let (tool, file, message) = match verdict.split_once('\t').and_then(|(t, rest)| Some((t, rest.split_once('\t')?))) {

@@ -87,19 +87,23 @@ fn main() -> ExitCode {
     if let Some(code) = kiln_sandbox::init::maybe_run() {
         return code;
     }
-    // Not root: become root of a user namespace of our own (kiln-rootless), which must happen
-    // while this process has one thread. The sandbox's re-executed init is root there already.
-    match kiln_rootless::enter() {
-        Ok(kiln_rootless::Entered::Namespace { note: Some(note) }) => eprintln!("note: {note}"),
-        Ok(_) => {}
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    }
     // Before any thread exists, so that every thread inherits the mask (see signals.rs).
     signals::block();
     let cli = Cli::parse();
+    // Not root: become root of a user namespace of our own (kiln-rootless), which must happen
+    // while this process has one thread (parsing starts none). After parsing, so that --help,
+    // --version and the commands that touch no state work for a user rootless mode cannot serve.
+    // The sandbox's re-executed init is root in the namespace already and never gets here.
+    if !matches!(cli.command, Command::Dockerfile(_) | Command::CiReport(_) | Command::Login(_)) {
+        match kiln_rootless::enter() {
+            Ok(kiln_rootless::Entered::Namespace { note: Some(note) }) => eprintln!("note: {note}"),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     init_logging(cli.global.verbose);
     let cancel = kiln_build::Cancel::new();
     let mode = match cli.command {
