@@ -19,7 +19,8 @@
 //! below); `metacopy` copies up only the inode of a file that was chmod/chown'd (an empty file
 //! with `trusted.overlay.metacopy`); `index` ties upper inodes to lower ones. kiln mounts with all
 //! three off, whatever the defaults, so a directory rename is a real copy and a chmod copies the
-//! data up. The layer writer refuses an upper dir that still holds a redirect or metacopy xattr
+//! data up. In a user namespace (rootless mode) the mount also carries `userxattr`, and the markers
+//! are `user.overlay.*` xattrs instead of `trusted.overlay.*`. The layer writer refuses an upper dir that still holds a redirect or metacopy xattr
 //! (e.g. a snapshot made by an older kiln): an error, never a wrong layer.
 //!
 //! Every mount is registered while it exists, so a second signal can still unmount what this
@@ -344,15 +345,25 @@ fn mount_faithful(target: &Path, lowers_and_dirs: &str, flags: libc::c_ulong) ->
     };
     Err(BuildError::Snapshot(SnapshotError::Overlay {
         target: target.to_path_buf(),
-        options: FAITHFUL.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+        options: with_options("", &all).trim_start_matches(',').to_string(),
         source: err,
     }))
 }
 
 fn with_options(data: &str, features: &[&str]) -> String {
+    // In a user namespace (kiln rootless, or a rootless container) the kernel lets overlayfs keep
+    // its whiteout and opaque markers only in `user.overlay.*` xattrs (Linux 5.11+); `trusted.*`
+    // needs real root. The layer writer reads both and emits neither. `userxattr` conflicts with
+    // `redirect_dir=off` (which still *follows* redirects by default); `nofollow` creates none
+    // either, and follows none.
+    let userns = kiln_rootless::in_user_namespace();
     let mut out = data.to_string();
     for (k, v) in FAITHFUL.iter().filter(|(k, _)| features.contains(k)) {
+        let v = if userns && *k == "redirect_dir" { "nofollow" } else { v };
         out.push_str(&format!(",{k}={v}"));
+    }
+    if userns {
+        out.push_str(",userxattr");
     }
     out
 }

@@ -285,6 +285,46 @@ fn overlay_upper_dirs_become_whiteouts_and_opaque_markers() {
     assert!(!tar.windows(15).any(|w| w == b"trusted.overlay"), "overlay xattrs must not leak into layers");
 }
 
+/// Rootless mode mounts overlayfs with `userxattr`: its markers are `user.overlay.*` xattrs. An
+/// opaque dir becomes `.wh..wh..opq`, overlay's own xattrs never reach the layer, and the user's
+/// other `user.*` xattrs do.
+#[test]
+fn userxattr_overlay_upper_dirs_become_opaque_markers_without_overlay_xattrs() {
+    if !is_root() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("this test needs root in CI");
+        }
+        eprintln!("skipping: overlay whiteouts (char 0/0 devices) need root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let upper = t.path().join("upper");
+    fs::create_dir_all(upper.join("op/deeper")).unwrap();
+    fs::write(upper.join("op/inner"), b"i").unwrap();
+    fs::create_dir_all(upper.join("plain")).unwrap();
+    fs::write(upper.join("plain/f"), b"p").unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, upper.join("plain/gone"), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::empty(), 0)
+        .unwrap();
+    let set = |p: &str, k: &str, v: &[u8]| rustix::fs::setxattr(upper.join(p).as_path(), k, v, rustix::fs::XattrFlags::empty()).unwrap();
+    set("op", "user.overlay.opaque", b"y");
+    // Bookkeeping overlay may leave on upper objects (copy-up origin, impure dirs): dropped.
+    set("op/inner", "user.overlay.origin", b"\x00\xfb");
+    set("plain", "user.overlay.impure", b"y");
+    set("plain/f", "user.keep", b"mine");
+    let (blob, _) = write_layer_from_overlay_upper(&upper, Vec::new(), &WriteOptions::default()).unwrap();
+    assert_eq!(tar_names(&blob), vec!["op/", "op/.wh..wh..opq", "op/deeper/", "op/inner", "plain/", "plain/.wh.gone", "plain/f"]);
+    let mut tar = Vec::new();
+    decompress(&blob[..]).unwrap().read_to_end(&mut tar).unwrap();
+    assert!(!tar.windows(12).any(|w| w == b"user.overlay"), "user.overlay.* xattrs must not leak into layers");
+    assert!(tar.windows(22).any(|w| w == b"SCHILY.xattr.user.keep"), "other user.* xattrs are kept");
+    // A dir whose opaque marker is not "y" is not opaque.
+    let upper2 = t.path().join("upper2");
+    fs::create_dir_all(upper2.join("d")).unwrap();
+    rustix::fs::setxattr(upper2.join("d").as_path(), "user.overlay.opaque", b"n", rustix::fs::XattrFlags::empty()).unwrap();
+    let (blob, _) = write_layer_from_overlay_upper(&upper2, Vec::new(), &WriteOptions::default()).unwrap();
+    assert_eq!(tar_names(&blob), vec!["d/"]);
+}
+
 #[test]
 fn import_style_tar_recompression_keeps_bytes() {
     let t = tempfile::tempdir().unwrap();

@@ -556,13 +556,14 @@ impl Mounter<'_> {
         }
         sys::mkdirat(d, OsStr::new("pts"), 0o755)?;
         let pts = sys::openat(d, OsStr::new("pts"), libc::O_PATH | libc::O_DIRECTORY, 0)?;
-        sys::mount(
-            Some(Path::new("devpts")),
-            &sys::fd_path(pts.as_fd()),
-            Some("devpts"),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        )?;
+        let devpts = |data: &str| {
+            sys::mount(Some(Path::new("devpts")), &sys::fd_path(pts.as_fd()), Some("devpts"), libc::MS_NOSUID | libc::MS_NOEXEC, Some(data))
+        };
+        match devpts("newinstance,ptmxmode=0666,mode=0620,gid=5") {
+            // gid 5 (tty) is not mapped in a user namespace that maps one id (rootless, no range).
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => devpts("newinstance,ptmxmode=0666,mode=0620")?,
+            other => other?,
+        }
         sys::mkdirat(d, OsStr::new("shm"), 0o1777)?;
         let shm = sys::openat(d, OsStr::new("shm"), libc::O_PATH | libc::O_DIRECTORY, 0)?;
         sys::mount(
@@ -577,7 +578,21 @@ impl Mounter<'_> {
 
     fn make_nodes(d: BorrowedFd<'_>) -> io::Result<()> {
         for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
-            sys::mknod_char(d, OsStr::new(name), 0o666, major, minor)?;
+            match sys::mknod_char(d, OsStr::new(name), 0o666, major, minor) {
+                Ok(()) => {}
+                // Root of a user namespace (kiln rootless) may not make device nodes: bind the
+                // host's over an empty file instead, as rootless Podman does. Our /dev tmpfs is
+                // nodev there anyway; a bind keeps the host mount's own flags.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    drop(sys::openat(d, OsStr::new(name), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o666)?);
+                    let target = sys::openat(d, OsStr::new(name), libc::O_PATH, 0)?;
+                    let host = Path::new("/dev").join(name);
+                    sys::mount(Some(&host), &sys::fd_path(target.as_fd()), None, libc::MS_BIND, None).map_err(|e| {
+                        io::Error::new(e.kind(), format!("bind the host's {} (no mknod in a user namespace): {e}", host.display()))
+                    })?;
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -593,7 +608,14 @@ impl Mounter<'_> {
 
     fn remount_ro(&self, target: &Path, extra: libc::c_ulong) -> io::Result<()> {
         let fd = self.reopen(target)?;
-        sys::mount(None, &sys::fd_path(fd.as_fd()), None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | extra, None)
+        let path = sys::fd_path(fd.as_fd());
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | extra;
+        match sys::mount(None, &path, None, flags, None) {
+            // In a user namespace (kiln rootless) the flags of a mount inherited from the host
+            // (nosuid, nodev, noexec, atime) are locked: a remount must keep them.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => sys::mount(None, &path, None, flags | sys::mount_flags(&path)?, None),
+            other => other,
+        }
     }
 
     fn step_mount(&mut self, index: usize, m: &Mount) -> io::Result<()> {

@@ -24,6 +24,13 @@
 //! BuildKit's default for build steps). When the command exits, the kernel kills whatever it left
 //! running in the namespace, so the call returns as soon as the command is done.
 //!
+//! The same code runs as uid 0 of a user namespace (kiln's rootless mode, `kiln-rootless`), where
+//! the kernel refuses a few things real root may do: device nodes cannot be made, so `/dev`'s are
+//! the host's, bind-mounted over empty files; a fresh sysfs needs a network namespace of our own,
+//! so `/sys` is the host's, bound read-only; the flags of mounts inherited from the host are
+//! locked, so a read-only remount keeps them; with one id mapped, devpts takes no `gid=5` and
+//! setgroups(2) is denied (the groups stay as they are).
+//!
 //! Every link of that chain dies with the one before it: PID 1 has a parent-death signal towards
 //! the outer init, the outer init towards kiln, and the rest of the namespace dies with PID 1.
 //! So a SIGKILLed kiln leaves no step running.

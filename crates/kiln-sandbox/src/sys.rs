@@ -285,6 +285,18 @@ fn open_how_zeroed() -> libc::open_how {
 }
 
 /// openat(2) of one directory entry, never following a symlink in the last component.
+/// The flags of the mount that holds `path` (nosuid, nodev, noexec and the atime ones), as
+/// `MS_*` bits: statvfs's `ST_*` values are the same numbers.
+pub fn mount_flags(path: &Path) -> io::Result<libc::c_ulong> {
+    let p = cstr(path.as_os_str())?;
+    // SAFETY: all-zero is a valid statvfs to be overwritten; live C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: live C string and a valid out pointer.
+    check(unsafe { libc::statvfs(p.as_ptr(), &mut st) })?;
+    let keep = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOATIME | libc::MS_NODIRATIME | libc::MS_RELATIME;
+    Ok(st.f_flag & keep)
+}
+
 pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
     let name = cstr(name)?;
     // SAFETY: live C string; the mode is passed as the variadic argument openat expects.
@@ -419,7 +431,14 @@ pub fn setrlimit(resource: crate::spec::Resource, soft: u64, hard: u64) -> io::R
 pub fn set_identity(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
     let groups: Vec<libc::gid_t> = groups.to_vec();
     // SAFETY: pointer and length describe `groups`.
-    check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+    if let Err(e) = check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) }) {
+        // A user namespace that maps one id (kiln rootless without a subgid range) denies
+        // setgroups(2) for good; the groups cannot be changed there, only kept.
+        let denied = std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
+        if !(e.raw_os_error() == Some(libc::EPERM) && denied) {
+            return Err(e);
+        }
+    }
     // SAFETY: integer arguments.
     check(unsafe { libc::setresgid(gid, gid, gid) })?;
     // SAFETY: integer arguments.

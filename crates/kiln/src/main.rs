@@ -90,6 +90,20 @@ fn main() -> ExitCode {
     // Before any thread exists, so that every thread inherits the mask (see signals.rs).
     signals::block();
     let cli = Cli::parse();
+    // Not root: become root of a user namespace of our own (kiln-rootless), which must happen
+    // while this process has one thread (parsing starts none). After parsing, so that --help,
+    // --version and the commands that touch no state work for a user rootless mode cannot serve.
+    // The sandbox's re-executed init is root in the namespace already and never gets here.
+    if !matches!(cli.command, Command::Dockerfile(_) | Command::CiReport(_) | Command::Login(_)) {
+        match kiln_rootless::enter() {
+            Ok(kiln_rootless::Entered::Namespace { note: Some(note) }) => eprintln!("note: {note}"),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     init_logging(cli.global.verbose);
     let cancel = kiln_build::Cancel::new();
     let mode = match cli.command {
@@ -140,7 +154,11 @@ fn main() -> ExitCode {
                 }
                 return ExitCode::from(u8::try_from(128 + sig).unwrap_or(1));
             }
-            eprintln!("error: {}", render(&e));
+            let text = render(&e);
+            eprintln!("error: {text}");
+            if let Some(hint) = kiln_rootless::hint_for(&text) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::from(1)
         }
     }
