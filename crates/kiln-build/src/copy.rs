@@ -107,7 +107,7 @@ pub(crate) fn make_dirs(rootdir: &RootDir, path: &Path, attrs: Attrs) -> Result<
                 fs::create_dir(&r.host_path).map_err(io_err("create", &r.host_path))?;
                 fs::set_permissions(&r.host_path, fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", &r.host_path))?;
                 if let Some((u, g)) = attrs.chown {
-                    lchown(&r.host_path, Some(u), Some(g)).map_err(io_err("chown", &r.host_path))?;
+                    chown_as_image(&r.host_path, u, g).map_err(io_err("chown", &r.host_path))?;
                 }
             }
         }
@@ -143,13 +143,13 @@ fn put_entry(
                 }
                 None => fs::create_dir(&dst).map_err(io_err("create", &dst))?,
             }
-            lchown(&dst, Some(uid), Some(gid)).map_err(io_err("chown", &dst))?;
+            chown_as_image(&dst, uid, gid).map_err(io_err("chown", &dst))?;
             fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", &dst))?;
         }
         Kind::File { .. } => {
             remove_existing(&dst, existing.as_ref())?;
             fs::copy(host_src, &dst).map_err(io_err("copy into", &dst))?;
-            lchown(&dst, Some(uid), Some(gid)).map_err(io_err("chown", &dst))?;
+            chown_as_image(&dst, uid, gid).map_err(io_err("chown", &dst))?;
             // chown clears setuid bits, so the mode goes last.
             fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", &dst))?;
             copy_mtime(host_src, &dst);
@@ -160,10 +160,21 @@ fn put_entry(
             let _ = in_dir_source;
             remove_existing(&dst, existing.as_ref())?;
             symlink(link, &dst).map_err(io_err("create symlink", &dst))?;
-            lchown(&dst, Some(uid), Some(gid)).map_err(io_err("chown", &dst))?;
+            chown_as_image(&dst, uid, gid).map_err(io_err("chown", &dst))?;
         }
     }
     Ok(())
+}
+
+/// `lchown`, except that an unprivileged kiln (`--isolation none` as an ordinary user, where its
+/// own ids stand for the image's root: see `hostroot`) gives root's files to itself, as it must.
+fn chown_as_image(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    // SAFETY: no arguments.
+    let me = unsafe { (libc::geteuid(), libc::getegid()) };
+    if me.0 != 0 && (uid, gid) == (0, 0) {
+        return lchown(p, Some(me.0), Some(me.1));
+    }
+    lchown(p, Some(uid), Some(gid))
 }
 
 fn remove_existing(dst: &Path, existing: Option<&fs::Metadata>) -> Result<(), BuildError> {
