@@ -11,6 +11,8 @@
 //! case, bind-mounted at the same path so paths need no mapping) and on this machine in kiln's root mode, and compares
 //! the two with the comparator of `build_diff.rs` (`support_diff`).
 //!
+//! With `SOURCE_DATE_EPOCH`, six cases give the root build's image digest byte for byte.
+//!
 //! The same again as `--user 1000 --cap-drop=ALL` (the container's files owned by 1000) for the
 //! cases that need neither a chown nor another user, and a clear error for those that do.
 
@@ -298,4 +300,56 @@ fn refuses_outside_a_container_without_force() {
     let out = Command::new(env!("CARGO_BIN_EXE_kiln")).arg("build").arg(tmp.path()).arg("--force").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--force only goes with --isolation none"), "{err}");
+}
+
+/// The index.json of an OCI layout tarball: its one manifest's digest.
+fn layout_digest(tar: &Path) -> Result<String, String> {
+    let index = run(Command::new("tar").arg("-xOf").arg(tar).arg("index.json"), "read index.json")?;
+    let v: serde_json::Value = serde_json::from_str(&index).map_err(|e| format!("{}: index.json: {e}", tar.display()))?;
+    v["manifests"][0]["digest"].as_str().map(str::to_string).ok_or_else(|| format!("{}: no manifest in index.json", tar.display()))
+}
+
+/// With `SOURCE_DATE_EPOCH`, the same Dockerfile gives the same image digest in both modes (the
+/// same base in the store: one import, its kiln root copied for the container).
+#[test]
+fn same_digest_as_the_root_build_with_source_date_epoch() {
+    let Some(w) = world() else { return };
+    let image = container_image(&w.d, w.tmp.path(), 0);
+    let epoch = "1700000000";
+    let mut differ = Vec::new();
+    for case in ["copy_basic", "hardlinks", "multistage_from_stage", "permissions", "symlinks", "whiteout_files"] {
+        let work = w.tmp.path().join(format!("{case}-digest"));
+        let case_dir = Path::new(CASES_DIR).join(case);
+        let spec = CaseSpec::load(&case_dir).unwrap_or_else(|e| panic!("{e}"));
+        let ctx = work.join("context");
+        prepare_context(&case_dir, &spec, &ctx).unwrap_or_else(|e| panic!("{e}"));
+        let (r1, r2) = (work.join("root-mode-root"), work.join("none-root"));
+        run(kiln(&r1).arg("import").arg(&w.rootfs_tar).args(["-t", KILN_BASE]), "kiln import").unwrap_or_else(|e| panic!("{e}"));
+        run(Command::new("cp").arg("-a").arg(&r1).arg(&r2), "copy the kiln root").unwrap_or_else(|e| panic!("{e}"));
+        let args = |dest: &Path| -> Vec<String> {
+            let mut a = vec!["build".into(), ctx.display().to_string(), "--build-arg".into(), format!("BASE={KILN_BASE}")];
+            for (k, v) in &spec.build_args {
+                a.extend(["--build-arg".into(), format!("{k}={v}")]);
+            }
+            a.extend(["--output".into(), format!("type=oci,dest={}", dest.display())]);
+            a
+        };
+        let (h, c) = (work.join("root-mode.tar"), work.join("none.tar"));
+        run(kiln(&r1).env("SOURCE_DATE_EPOCH", epoch).args(args(&h)), "kiln build (root mode)").unwrap_or_else(|e| panic!("{e}"));
+        let ctr = Container::start(&w.d, &image, w.tmp.path(), false);
+        let mut cmd: Vec<String> = ["exec", "-e", "BUILDX_NO_DEFAULT_ATTESTATIONS=1", "-e"].map(String::from).to_vec();
+        cmd.extend([format!("SOURCE_DATE_EPOCH={epoch}"), ctr.id.clone()]);
+        cmd.extend(["/kiln/lib/ld-linux-x86-64.so.2", "--library-path", "/kiln/lib", "/kiln/kiln", "--root"].map(String::from));
+        cmd.push(r2.display().to_string());
+        cmd.extend(args(&c));
+        cmd.extend(["--isolation", "none", "--ignore-path", "/kiln"].map(String::from));
+        let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        docker(&w.d, &refs, "kiln build --isolation none").unwrap_or_else(|e| panic!("case {case}: {e}"));
+        let (dh, dc) = (layout_digest(&h).unwrap(), layout_digest(&c).unwrap());
+        eprintln!("case {case}: root mode {dh}, --isolation none {dc}");
+        if dh != dc {
+            differ.push(format!("{case}: root mode {dh}, --isolation none {dc}"));
+        }
+    }
+    assert!(differ.is_empty(), "digests differ:\n  {}", differ.join("\n  "));
 }
