@@ -20,8 +20,10 @@
 //!   a link or rename whose destination would give the file rights it lacks where it is, so a
 //!   kiln file cannot be linked out to a directory where it could be removed). These reach kiln's
 //!   files too (inheritance), so that is what a command can still do to them: create new files
-//!   beside them and write into existing ones in place. It cannot remove, rename or (ABI 3 and
-//!   later) truncate them. A blob written over in place is caught when it is read: layers are
+//!   beside them, write into existing ones in place, and remove kiln's *empty* directories
+//!   (`rm -r /root` needs the right to remove a directory in `/`, and that right reaches down;
+//!   kiln makes the directories it needs again before use). It cannot remove, rename or (ABI 3
+//!   and later) truncate kiln's files, so no directory that holds one can go. A blob written over in place is caught when it is read: layers are
 //!   applied with their diff id checked.
 //! * the price, for a command: in a directory it creates directly in `/` (or in another
 //!   directory on the way), it can make and write files, but not remove or rename them, until the

@@ -353,3 +353,43 @@ fn same_digest_as_the_root_build_with_source_date_epoch() {
     }
     assert!(differ.is_empty(), "digests differ:\n  {}", differ.join("\n  "));
 }
+
+/// Landlock (which Docker's default seccomp profile lets through) keeps a RUN from removing
+/// kiln's store: `rm -rf` of kiln's root fails inside the step, the build goes on, and the image
+/// says so.
+#[test]
+fn a_run_step_cannot_remove_kilns_store() {
+    let Some(w) = world() else { return };
+    let image = container_image(&w.d, w.tmp.path(), 0);
+    let ctx = w.tmp.path().join("landlock-ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "ARG BASE\nFROM ${BASE}\nRUN if rm -rf /kiln/root 2>/dev/null; then echo removed; else echo kept; fi > /verdict \
+         && test -d /kiln/root/store && mkdir /made-in-slash && echo x > /made-in-slash/f\n",
+    )
+    .unwrap();
+    open_up(&ctx);
+    let c = Container::start(&w.d, &image, w.tmp.path(), false);
+    c.run(vec!["import".into(), w.rootfs_tar.display().to_string(), "-t".into(), KILN_BASE.into()], "kiln import")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = w.tmp.path().join("landlock-out");
+    mkdir(&out).unwrap();
+    open_up(&out);
+    let log = c
+        .run(
+            vec![
+                "build".into(),
+                ctx.display().to_string(),
+                "--build-arg".into(),
+                format!("BASE={KILN_BASE}"),
+                "-o".into(),
+                format!("type=local,dest={}", out.display()),
+            ],
+            "kiln build",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let verdict = fs::read_to_string(out.join("verdict")).unwrap_or_else(|e| panic!("no /verdict in the image ({e}): {log}"));
+    assert_eq!(verdict.trim(), "kept", "kiln's root could be removed by a RUN step");
+    assert_eq!(fs::read_to_string(out.join("made-in-slash/f")).unwrap(), "x\n", "a new top-level directory is writable");
+}
