@@ -190,7 +190,7 @@ pub(crate) fn make_dirs(rootdir: &RootDir, path: &Path, attrs: Attrs) -> Result<
                 fs::create_dir(&r.host_path).map_err(io_err("create", &r.host_path))?;
                 fs::set_permissions(&r.host_path, fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", &r.host_path))?;
                 if let Some((u, g)) = attrs.chown {
-                    lchown(&r.host_path, Some(u), Some(g)).map_err(io_err("chown", &r.host_path))?;
+                    chown_as_image(&r.host_path, u, g).map_err(io_err("chown", &r.host_path))?;
                 }
             }
         }
@@ -225,7 +225,7 @@ fn put_entry(
                 }
                 None => fs::create_dir(&dst).map_err(io_err("create", &dst))?,
             }
-            lchown(&dst, Some(uid), Some(gid)).map_err(io_err("chown", &dst))?;
+            chown_as_image(&dst, uid, gid).map_err(io_err("chown", &dst))?;
             fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", &dst))?;
         }
         Kind::File { .. } => {
@@ -237,10 +237,27 @@ fn put_entry(
             // copied directory reach here, and they are copied as links.
             remove_existing(&dst, existing.as_ref())?;
             symlink(link, &dst).map_err(io_err("create symlink", &dst))?;
-            lchown(&dst, Some(uid), Some(gid)).map_err(io_err("chown", &dst))?;
+            chown_as_image(&dst, uid, gid).map_err(io_err("chown", &dst))?;
         }
     }
     Ok(())
+}
+
+/// `lchown`, except that an unprivileged kiln (`--isolation none` as an ordinary user, where its
+/// own ids stand for the image's root: see `hostroot`) gives root's files to itself, as it must.
+fn chown_as_image(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    let (u, g) = image_owner(uid, gid);
+    lchown(p, Some(u), Some(g))
+}
+
+/// The ids to give a file the image owns as `uid:gid` (see [`chown_as_image`]).
+fn image_owner(uid: u32, gid: u32) -> (u32, u32) {
+    // SAFETY: no arguments.
+    let me = unsafe { (libc::geteuid(), libc::getegid()) };
+    if me.0 != 0 && (uid, gid) == (0, 0) {
+        return me;
+    }
+    (uid, gid)
 }
 
 fn remove_existing(dst: &Path, existing: Option<&fs::Metadata>) -> Result<(), BuildError> {
@@ -293,6 +310,7 @@ fn copy_file(
     // SAFETY: `fd` was just opened above and nothing else owns it.
     let mut to = unsafe { fs::File::from_raw_fd(fd) };
     io::copy(&mut from, &mut to).map_err(io_err("copy into", dst))?;
+    let (uid, gid) = image_owner(uid, gid);
     std::os::unix::fs::fchown(&to, Some(uid), Some(gid)).map_err(io_err("chown", dst))?;
     // chown clears setuid bits, so the mode goes after it.
     to.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err("chmod", dst))?;

@@ -19,6 +19,9 @@ pub enum BuildError {
     /// A step failed (boxed: a failure carries its typed cause, and most results never fail).
     #[error(transparent)]
     Step(Box<StepError>),
+    /// `--isolation none` cannot build here (not in a container, or its root cannot be reset).
+    #[error(transparent)]
+    HostRoot(#[from] crate::hostroot::HostRootError),
     #[error("cannot read the Dockerfile {}: {source}", path.display())]
     Dockerfile {
         path: PathBuf,

@@ -35,6 +35,7 @@ pub mod engine;
 mod error;
 pub mod export;
 mod glob;
+pub mod hostroot;
 pub mod metadata;
 pub mod named_context;
 mod native;
@@ -128,6 +129,24 @@ pub struct BuildOptions {
     /// over that default, as in BuildKit ([`attest::scans_stage`]); the stages scanned keep their
     /// final layers in the store.
     pub sbom_stages: Option<bool>,
+    // -- options: isolation --
+    /// `--isolation`: the sandbox (namespaces and overlay mounts), or none (see [`hostroot`]).
+    pub isolation: Isolation,
+}
+
+/// `--isolation`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// Each RUN in kiln's sandbox over a snapshot (needs root or, later, a user namespace).
+    #[default]
+    Sandbox,
+    /// Build in the root kiln runs in (`--isolation none`, inside an unprivileged container).
+    None {
+        /// `--force`: go on even where `/` does not look like a container's.
+        force: bool,
+        /// `--ignore-path`: never diffed, removed or written.
+        ignore_paths: Vec<PathBuf>,
+    },
 }
 
 /// `--snapshotter`.
@@ -220,6 +239,9 @@ pub struct Built {
 
 /// Runs a build. The image lands in the local store; [`output`] exports or tags it.
 pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<Built, BuildError> {
+    if let Isolation::None { force, .. } = &opts.isolation {
+        hostroot::refuse_on_a_host(*force)?;
+    }
     // Pulls of base images happen behind the resolver's 'static callback: they send their bytes
     // down a channel, and this thread, scoped to the build, hands them to `progress`.
     let (tx, rx) = std::sync::mpsc::channel::<base::Transfer>();
@@ -414,9 +436,12 @@ fn build_facts(
 /// of what finished are never lost (a cancelled build exports them).
 fn solve_stages(solver: &mut solve::Solver<'_>, resolved: &kiln_dockerfile::instructions::Resolved) -> Result<ImageState, BuildError> {
     for wave in waves(&resolved.stages) {
-        if let [stage] = wave.as_slice() {
-            let st = solver.stage(stage)?;
-            solver.stages.insert(stage.index, st);
+        // `--isolation none` has one root: its stages take turns.
+        if wave.len() == 1 || solver.in_host_root() {
+            for stage in &wave {
+                let st = solver.stage(stage)?;
+                solver.stages.insert(stage.index, st);
+            }
             continue;
         }
         let results: Vec<_> = std::thread::scope(|s| {

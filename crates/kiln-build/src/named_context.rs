@@ -239,6 +239,11 @@ impl LocalContexts {
         let k = match_key(name);
         self.dirs.iter().find(|(n, _)| match_key(n) == k).map(|(n, c)| (n.as_str(), c))
     }
+
+    /// Every directory, for what `--isolation none` leaves alone.
+    pub(crate) fn dirs(&self) -> impl Iterator<Item = &Path> {
+        self.dirs.iter().map(|(_, c)| c.root())
+    }
 }
 
 #[cfg(test)]

@@ -297,6 +297,12 @@ pub struct Mounted {
 }
 
 impl Mounted {
+    /// `/` itself as a step's root (`--isolation none`): nothing mounted; `base`, a temp dir, is
+    /// removed on drop.
+    pub(crate) fn host_root(base: PathBuf) -> Mounted {
+        Mounted { upper: base.join("upper"), base, merged: PathBuf::from("/"), mounted: false, lower: None }
+    }
+
     fn work_dir(&self) -> PathBuf {
         self.base.join("work")
     }

@@ -86,10 +86,13 @@ pub(crate) struct Solver<'a> {
     /// Records to explain misses against (local + imported), loaded on the first miss.
     explain_pool: Option<Vec<Record>>,
     pub collected: Collected,
+    /// `--isolation none`: the state of `/` ([`host`]).
+    host: Option<host::HostRoot>,
 }
 
 mod canon;
 mod copy;
+mod host;
 mod meta;
 mod plan;
 mod run;
@@ -105,6 +108,8 @@ impl<'a> Solver<'a> {
             shared,
             cache: LocalCache::open(&opts.root),
             snaps: match opts.snapshotter {
+                // `--isolation none` mounts nothing: other stages' roots are flat snapshots.
+                _ if opts.isolation != crate::Isolation::Sandbox => Snapshotter::open_native(&opts.root),
                 crate::SnapshotterKind::Native => Snapshotter::open_native(&opts.root),
                 // Auto starts with overlayfs and falls back at the first mount that fails (`layer_step`).
                 crate::SnapshotterKind::Overlay | crate::SnapshotterKind::Auto => Snapshotter::open(&opts.root),
@@ -117,6 +122,7 @@ impl<'a> Solver<'a> {
             stages: HashMap::new(),
             explain_pool: None,
             collected: Collected::default(),
+            host: host::HostRoot::for_build(shared),
         }
     }
 
@@ -133,6 +139,8 @@ impl<'a> Solver<'a> {
             stages: self.stages.clone(),
             explain_pool: None,
             collected: Collected { remote_layers: self.collected.remote_layers.clone(), ..Collected::default() },
+            // Never forked: `solve_stages` runs its stages one after another.
+            host: None,
         }
     }
 
@@ -314,6 +322,13 @@ impl<'a> Solver<'a> {
             self.note_miss(&state.key.clone(), &text, &inputs);
         }
         self.ensure_local(&state.layers)?;
+        if self.host.is_some() {
+            let layer = self.host_step(state, exec)?;
+            let rec = Record::new(key, Some(state.key.clone()), text.clone(), inputs.into_map(), layer);
+            self.put_local(&rec);
+            self.commit_record(rec, state, &text);
+            return Ok(CacheStatus::Miss);
+        }
         let lowers = self.snaps.lowers(self.shared.store, &state.layers)?;
         let mut mounted = match self.snaps.mount(&lowers, true) {
             Ok(m) => m,

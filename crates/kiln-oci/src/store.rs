@@ -459,6 +459,9 @@ impl Store {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        // An empty `ingest/` may have been removed under us (an `--isolation none` RUN step can
+        // remove kiln's empty directories, not its files): make it again, best effort.
+        let _ = fs::create_dir_all(self.dir.join("ingest"));
         self.dir.join("ingest").join(format!("{kind}-{}-{n}-{nanos}.tmp", std::process::id()))
     }
 

@@ -43,9 +43,9 @@ pub fn maybe_run() -> Option<ExitCode> {
     Some(ExitCode::from(outer_main()))
 }
 
-struct Failure {
-    stage: &'static str,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) stage: &'static str,
+    pub(crate) message: String,
 }
 
 fn fail<E: std::fmt::Display>(stage: &'static str) -> impl FnOnce(E) -> Failure {
@@ -340,7 +340,7 @@ fn hosts_with(mut base: Vec<u8>, extra: &[HostEntry]) -> Vec<u8> {
     base
 }
 
-fn read_optional(path: &str) -> Result<Option<String>, Failure> {
+pub(crate) fn read_optional(path: &str) -> Result<Option<String>, Failure> {
     match std::fs::read(path) {
         Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -350,7 +350,7 @@ fn read_optional(path: &str) -> Result<Option<String>, Failure> {
 
 /// Creates missing components of the working dir, each owned by the user, as BuildKit's
 /// executor does (`MkdirAllAndChown`); existing components are left alone.
-fn make_workdir(workdir: &Path, uid: u32, gid: u32) -> Result<(), Failure> {
+pub(crate) fn make_workdir(workdir: &Path, uid: u32, gid: u32) -> Result<(), Failure> {
     let mut cur = PathBuf::from("/");
     for c in workdir.components().skip(1) {
         cur.push(c);
@@ -371,7 +371,7 @@ fn make_workdir(workdir: &Path, uid: u32, gid: u32) -> Result<(), Failure> {
     Ok(())
 }
 
-fn find_executable(program: &str, path_var: &str) -> Result<CString, Failure> {
+pub(crate) fn find_executable(program: &str, path_var: &str) -> Result<CString, Failure> {
     let not_found = |detail: String| Failure { stage: "exec", message: detail };
     let to_c = |p: &Path| CString::new(p.as_os_str().as_bytes()).ok();
     if program.is_empty() {

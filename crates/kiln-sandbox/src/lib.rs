@@ -64,6 +64,12 @@
 //! structured data instead of a runtime's stderr text. The price is this crate's small, audited
 //! `unsafe` surface, all of it in the private `sys` module.
 //!
+//! # Without isolation
+//!
+//! [`direct`] runs a command straight in `/` for `--isolation none` (kiln inside an unprivileged
+//! container, where nothing can be unshared or mounted), confined by Landlock where it can be;
+//! [`host`] tells whether this process is in a container at all.
+//!
 //! # Using it
 //!
 //! The binary that re-executes itself must call [`init::maybe_run`] first thing in `main`.
@@ -80,7 +86,10 @@ mod spec;
 mod sys;
 
 pub mod arch;
+pub mod direct;
+pub mod host;
 pub mod init;
+pub mod landlock;
 pub mod user;
 
 pub use cancel::Cancel;

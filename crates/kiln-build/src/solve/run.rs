@@ -50,10 +50,12 @@ impl Solver<'_> {
         }
         let progress = self.shared.progress;
         let text = step.original.trim().to_string();
-        let outcome = self
-            .sandbox
-            .run(&spec, &mut |_s: Stream, line: &[u8]| progress.output(&text, line))
-            .map_err(|source| BuildError::failed(at(&step.location), StepFailure::Sandbox { text: text.clone(), source }))?;
+        let mut sink = |_s: Stream, line: &[u8]| progress.output(&text, line);
+        let outcome = match self.direct() {
+            Some(direct) => direct.run(&spec, &mut sink),
+            None => self.sandbox.run(&spec, &mut sink),
+        }
+        .map_err(|source| BuildError::failed(at(&step.location), StepFailure::Sandbox { text: text.clone(), source }))?;
         drop(holds);
         if !outcome.success() {
             let kiln_sandbox::Outcome { status, command, tail, .. } = outcome;

@@ -73,6 +73,17 @@ pub struct Args {
     pub snapshotter: SnapshotterArg,
     #[command(flatten)]
     pub net: super::copy::NetArgs,
+    // -- flags: isolation (--isolation none) --
+    /// How RUN steps are isolated: default (kiln's sandbox: namespaces over a snapshot, as root;
+    /// buildah's `oci`), or none (build in the root kiln runs in, inside an unprivileged container).
+    #[arg(long, value_name = "MODE", default_value = "default")]
+    pub isolation: String,
+    /// With --isolation none: go on even where / does not look like a container's.
+    #[arg(long)]
+    pub force: bool,
+    /// With --isolation none: a path the build never diffs, removes or writes (repeatable).
+    #[arg(long = "ignore-path", value_name = "PATH")]
+    pub ignore_paths: Vec<PathBuf>,
     // -- flags: RUN environment (network, hosts, shm, ulimit, secrets, ssh) --
     /// Network of every RUN without its own --network: default (in kiln, the host's network: kiln
     /// has no sandboxed network with outside access), none (only lo), or host.
@@ -311,6 +322,42 @@ fn request(a: &Args, root: &Path, cancel: &kiln_build::Cancel) -> anyhow::Result
         labels: parse_labels(&a.labels)?,
         // -- options: attestations --
         sbom_stages: attest.sbom.as_ref().map(|s| s.scan_stage),
+        // -- options: isolation --
+        isolation: isolation(a, platforms.len())?,
     };
     Ok(BuildRequest { options, platforms, tags, outputs, test: a.test.clone(), attest })
+}
+
+/// `--isolation`, `--force`, `--ignore-path`: buildah's names (`oci`, `chroot`, `rootless`) are
+/// answered by name.
+fn isolation(a: &Args, platforms: usize) -> anyhow::Result<kiln_build::Isolation> {
+    let none = match a.isolation.as_str() {
+        "default" | "oci" => false,
+        "none" => true,
+        "chroot" => anyhow::bail!(
+            "--isolation chroot is not a mode of kiln's: use default (kiln's sandbox, as root) or none (inside an unprivileged container)"
+        ),
+        "rootless" => anyhow::bail!(
+            "--isolation rootless is not a mode of kiln's: use default (kiln's sandbox) or none (inside an unprivileged container)"
+        ),
+        other => anyhow::bail!("--isolation {other:?} is not known: use default or none"),
+    };
+    if !none {
+        if a.force {
+            anyhow::bail!("--force only goes with --isolation none (it allows building in a root that does not look like a container's)");
+        }
+        if !a.ignore_paths.is_empty() {
+            anyhow::bail!("--ignore-path only goes with --isolation none (the sandbox never looks outside the step's root)");
+        }
+        return Ok(kiln_build::Isolation::Sandbox);
+    }
+    if platforms > 1 {
+        anyhow::bail!("--isolation none builds one platform at a time in the one root (asked for {platforms}); run one build per platform");
+    }
+    if a.test.is_some() {
+        anyhow::bail!(
+            "--test runs the image in kiln's sandbox, which --isolation none cannot make; test the image after the build instead"
+        );
+    }
+    Ok(kiln_build::Isolation::None { force: a.force, ignore_paths: a.ignore_paths.clone() })
 }

@@ -9,6 +9,7 @@
 /// Calls macro `$m` with the name of every case under `tests/build_diff/`, so that each test
 /// binary that runs the corpus runs all of it (`every_case_directory_has_a_test` in
 /// `build_diff.rs` checks the list against the directories).
+#[allow(unused_macros)] // isolation_none.rs walks the case directories in one test instead
 macro_rules! for_each_case {
     ($m:ident) => {
         $m! {
@@ -750,6 +751,74 @@ pub fn build_kiln(
     }
     c.arg("--output").arg(format!("type=oci,dest={}", layout.display()));
     run(&mut c, "kiln build")?;
+    // buildx writes `type=oci` as a tarball of the layout unless told `tar=false`; accept both.
+    let layout = if layout.is_file() {
+        let dir = work.join("oci-layout");
+        mkdir(&dir)?;
+        run(Command::new("tar").arg("-C").arg(&dir).arg("-xf").arg(&layout), "untar kiln's OCI output")?;
+        dir
+    } else {
+        layout
+    };
+    read_built(&layout, &work.join("bundle"), &[])
+}
+
+/// How a test runs kiln: on this machine as root ([`HostKiln`]), or elsewhere (in a container).
+pub trait KilnCommand {
+    /// Runs `kiln ARGS…` (paths in `args` are this machine's: a runner elsewhere shares them).
+    fn run(&self, args: Vec<String>, what: &str) -> Result<String, String>;
+}
+
+/// kiln on this machine, with its own root.
+pub struct HostKiln {
+    pub root: PathBuf,
+}
+
+impl KilnCommand for HostKiln {
+    fn run(&self, args: Vec<String>, what: &str) -> Result<String, String> {
+        run(kiln(&self.root).args(args), what)
+    }
+}
+
+/// Imports the busybox base into kiln's store and builds the case, as buildah does it (a base
+/// image first when the case has one), with `--output type=oci`; then unpacks the result.
+/// [`build_kiln`] through a [`KilnCommand`] (a kiln that runs elsewhere, e.g. in a container:
+/// `isolation_none.rs`): arguments as strings, paths this machine's.
+pub fn build_kiln_via(
+    k: &dyn KilnCommand,
+    case: &str,
+    case_dir: &Path,
+    ctx: &Path,
+    spec: &CaseSpec,
+    rootfs_tar: &Path,
+    work: &Path,
+) -> Result<Built, String> {
+    let s = |p: &Path| p.display().to_string();
+    k.run(vec!["import".into(), s(rootfs_tar), "-t".into(), KILN_BASE.into()], "kiln import")?;
+    let mut build_args: Vec<String> = Vec::new();
+    for (key, v) in &spec.build_args {
+        build_args.push("--build-arg".into());
+        build_args.push(format!("{key}={v}"));
+    }
+    let mut base = KILN_BASE.to_owned();
+    if let Some(df) = &spec.base_dockerfile {
+        // A base image in kiln's store (the default output), like the tagged buildah base.
+        let tag = format!("kiln.test/{case}-base:latest");
+        let mut a = vec!["build".into(), s(ctx), "-f".into(), s(&case_dir.join(df)), "-t".into(), tag.clone()];
+        a.extend(["--build-arg".into(), format!("BASE={KILN_BASE}")]);
+        a.extend(build_args.iter().cloned());
+        k.run(a, "kiln build (base image)")?;
+        base = tag;
+    }
+    let layout = work.join("oci");
+    let mut a = vec!["build".into(), s(ctx), "-f".into(), s(&ctx.join("Dockerfile"))];
+    a.extend(["-t".into(), format!("kiln.test/{case}:latest"), "--build-arg".into(), format!("BASE={base}")]);
+    a.extend(build_args);
+    if let Some(t) = &spec.target {
+        a.extend(["--target".into(), t.clone()]);
+    }
+    a.extend(["--output".into(), format!("type=oci,dest={}", layout.display())]);
+    k.run(a, "kiln build")?;
     // buildx writes `type=oci` as a tarball of the layout unless told `tar=false`; accept both.
     let layout = if layout.is_file() {
         let dir = work.join("oci-layout");
