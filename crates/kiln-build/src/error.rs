@@ -311,6 +311,12 @@ pub enum StepFailure {
 /// none has a `source()`; the message is the whole story and says what to do.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Refusal {
+    /// An unprivileged kiln (`--isolation none` as an ordinary user) stands for the image's root
+    /// and cannot give files to other owners: an archive that has some is refused, not flattened.
+    #[error(
+        "{what}: {count} entries belong to owners other than root (first: {first}), and kiln runs without the privilege to give files to other ids; run kiln as root in the container, or use an archive whose files belong to 0:0"
+    )]
+    OwnersLost { what: String, count: u64, first: String },
     /// BuildKit runs `--security=insecure` unconfined; kiln has no such mode, and running the
     /// step confined would not be what was asked.
     #[error(

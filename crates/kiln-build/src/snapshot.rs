@@ -8,7 +8,9 @@
 //!   `trusted.overlay.opaque` xattr) that sits on the snapshot of its parent chain. Every step kiln
 //!   runs leaves one of these behind for free: its upper dir *is* the next step's lower dir.
 //! * `flat`: `fs` is the whole root file system of the chain, every layer applied in order. Used for
-//!   base images and for layers that came from a cache, where no upper dir exists.
+//!   base images and for layers that came from a cache, where no upper dir exists. Made by a kiln
+//!   that is not root (`--isolation none` as an ordinary user), its files are kiln's own, and an
+//!   `owners` file beside `fs` lists the owners other than root the layers give, by path.
 //!
 //! A snapshot appears by rename from a temp dir, so a half-extracted one is never used.
 //!
@@ -38,6 +40,10 @@ use kiln_oci::{Digest, Store};
 
 use crate::error::{BuildError, SnapshotError};
 use crate::state::LayerRef;
+
+/// Beside `fs` in a flat snapshot made without root: the owners its files should have (see
+/// [`Snapshotter::unkept_owners`]).
+const OWNERS_FILE: &str = "owners";
 
 /// Overlay's mount data must fit in one page; past this depth a flat snapshot is made instead.
 const MAX_LOWERS: usize = 32;
@@ -175,16 +181,63 @@ impl Snapshotter {
         let tmp = self.temp_dir("flat")?;
         let fs_dir = tmp.join("fs");
         fs::create_dir(&fs_dir).map_err(io_err("create", &fs_dir))?;
+        // Owners the layers give that an unprivileged kiln could not keep: the last entry for a
+        // path wins, and root owners are what the files get anyway.
+        let mut unkept: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
         for layer in layers {
             let blob = store.open_blob(&layer.descriptor.digest)?;
             let opts = ApplyOptions { expected_diff_id: Some(layer.diff_id.clone()), ..ApplyOptions::default() };
-            if let Err(e) = apply_layer(io::BufReader::with_capacity(1 << 20, blob), &fs_dir, &opts) {
-                remove_tree(&tmp);
-                return Err(BuildError::Layer { digest: layer.descriptor.digest.to_string(), source: e });
+            match apply_layer(io::BufReader::with_capacity(1 << 20, blob), &fs_dir, &opts) {
+                Err(e) => {
+                    remove_tree(&tmp);
+                    return Err(BuildError::Layer { digest: layer.descriptor.digest.to_string(), source: e });
+                }
+                Ok(report) => {
+                    for (path, uid, gid) in report.unkept_owners {
+                        if (uid, gid) == (0, 0) {
+                            unkept.remove(&path);
+                        } else {
+                            unkept.insert(path, (uid, gid));
+                        }
+                    }
+                }
             }
+        }
+        if !unkept.is_empty() {
+            let mut rec = Vec::new();
+            for (path, (uid, gid)) in &unkept {
+                rec.extend_from_slice(format!("{uid} {gid} {path}\0").as_bytes());
+            }
+            fs::write(tmp.join(OWNERS_FILE), rec).map_err(io_err("write", &tmp))?;
         }
         fs::write(tmp.join("kind"), "flat\n").map_err(io_err("write", &tmp))?;
         self.publish(tmp, chain)
+    }
+
+    /// The owners other than root that the layers of the flat snapshot whose `fs` is `fs_dir` give
+    /// and an unprivileged kiln could not keep (its files are kiln's own): layer path → (uid, gid).
+    /// Empty for a snapshot made by root, which keeps them in the files.
+    pub fn unkept_owners(fs_dir: &Path) -> Result<std::collections::HashMap<String, (u64, u64)>, BuildError> {
+        let Some(dir) = fs_dir.parent() else { return Ok(Default::default()) };
+        let file = dir.join(OWNERS_FILE);
+        let data = match fs::read(&file) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Default::default()),
+            Err(e) => return Err(BuildError::Io { action: "read", path: file, source: e }),
+        };
+        let bad = || BuildError::Io {
+            action: "read",
+            path: file.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidData, "not a list of `uid gid path` records"),
+        };
+        let mut out = std::collections::HashMap::new();
+        for rec in data.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+            let rec = std::str::from_utf8(rec).map_err(|_| bad())?;
+            let mut it = rec.splitn(3, ' ');
+            let (Some(u), Some(g), Some(p)) = (it.next(), it.next(), it.next()) else { return Err(bad()) };
+            out.insert(p.to_string(), (u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?));
+        }
+        Ok(out)
     }
 
     /// Keeps `upper` (an overlay upper dir, whose lower is the chain's parent) as the diff snapshot

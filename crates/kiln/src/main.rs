@@ -94,10 +94,21 @@ fn main() -> ExitCode {
     // while this process has one thread (parsing starts none). After parsing, so that --help,
     // --version and the commands that touch no state work for a user rootless mode cannot serve.
     // The sandbox's re-executed init is root in the namespace already and never gets here.
-    if !matches!(cli.command, Command::Dockerfile(_) | Command::CiReport(_) | Command::Login(_)) {
+    // `build --isolation none` runs in the root it is given, as the user it is (an unprivileged
+    // container, where user namespaces are refused): it never enters one. Commands that only read
+    // and write the store go on as this user when no namespace can be had (kiln import in such a
+    // container); builds with the sandbox and `kiln run` cannot, so for them it is an error.
+    let (wanted, needed) = match &cli.command {
+        Command::Dockerfile(_) | Command::CiReport(_) | Command::Login(_) => (false, false),
+        Command::Build(a) => (a.isolation != "none", a.isolation != "none"),
+        Command::Run(_) => (true, true),
+        _ => (true, false),
+    };
+    if wanted {
         match kiln_rootless::enter() {
             Ok(kiln_rootless::Entered::Namespace { note: Some(note) }) => eprintln!("note: {note}"),
             Ok(_) => {}
+            Err(e) if !needed => tracing::debug!(error = %e, "no user namespace: going on as this user"),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(1);

@@ -253,8 +253,9 @@ fn corpus_as_uid_1000_without_capabilities_matches_where_no_privilege_is_needed(
     check_all(&w, &image, &plain, true);
 }
 
-/// A RUN chown, a COPY --chown and a USER switch each fail with a message that names the step
-/// and says why, as uid 1000 without capabilities.
+/// A RUN chown, a COPY --chown, a USER switch and an ADD of a tarball whose files belong to
+/// 1000:1000 each fail with a message that names the step and says why, as uid 1000 without
+/// capabilities.
 #[test]
 fn chown_and_user_switches_fail_clearly_as_uid_1000() {
     let Some(w) = world() else { return };
@@ -263,6 +264,7 @@ fn chown_and_user_switches_fail_clearly_as_uid_1000() {
         ("run_chown_ownership", "Operation not permitted"),
         ("copy_chown_chmod", "--chown"),
         ("user_workdir", "without the right to switch users"),
+        ("add_local_tar", "belong to owners other than root"),
     ] {
         let err = compare(&w, &image, case, true).err().unwrap_or_else(|| panic!("case {case} built as uid 1000"));
         assert!(err.contains("the --isolation none build failed"), "{case}: {err}");

@@ -34,8 +34,11 @@
 //! * **Not as root.** Run as an ordinary user without capabilities (`docker run --user 1000
 //!   --cap-drop=ALL`), kiln's own ids stand for the image's root: files it makes are written to
 //!   layers as owned by 0:0 ([`owner`]), RUN steps run as kiln, and a step that needs another
-//!   owner or user (a `chown`, `COPY --chown`, `USER`) fails, saying so. The base's files are
-//!   extracted as kiln's own too, so a base that owns files by other users is not faithful there.
+//!   owner or user (a `chown`, `COPY --chown`, `USER`, an ADD of a tarball with other owners)
+//!   fails, saying so. The base's files are extracted as kiln's own too; the owners they lose are
+//!   remembered by path, and a layer that holds one changed in place gives it its owner back
+//!   ([`owner`]), so the layers match the root build's. Only what RUN steps see differs: there
+//!   the base's files are kiln's.
 //!
 //! Before anything, [`refuse_on_a_host`] checks that `/` is a container's ([`kiln_sandbox::host`]):
 //! wiping a real machine's root is what this mode would do there, so it needs `--force`.

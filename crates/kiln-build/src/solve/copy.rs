@@ -273,9 +273,13 @@ fn unpack_into(root: &Path, dest: &str, archive: &Path, what: &str) -> Result<()
         fs::create_dir(&r.host_path).map_err(io_err)?;
     }
     let f = fs::File::open(archive).map_err(io_err)?;
-    kiln_oci::layer::apply_layer(std::io::BufReader::new(f), &r.host_path, &kiln_oci::layer::ApplyOptions::default())
-        .map(|_| ())
-        .map_err(|source| StepFailure::Layer { what: what.to_string(), source })
+    let report = kiln_oci::layer::apply_layer(std::io::BufReader::new(f), &r.host_path, &kiln_oci::layer::ApplyOptions::default())
+        .map_err(|source| StepFailure::Layer { what: what.to_string(), source })?;
+    // Not root (only `--isolation none` as an ordinary user gets here): owners were not kept.
+    if let (count, Some(first)) = report.owners_lost() {
+        return Err(StepFailure::Refused(crate::error::Refusal::OwnersLost { what: what.to_string(), count, first }));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The solver's side of `--isolation none` ([`crate::hostroot`]): reset `/` to a step's parent,
 //! run the step there, and make its layer from the tree diff.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use kiln_cache::LayerRecord;
@@ -23,6 +24,9 @@ pub(crate) struct HostRoot {
     origins: sync::Origins,
     /// kiln's ids when it is not root: they stand for the image's root in layers.
     unprivileged: Option<(u32, u32)>,
+    /// Not root: files in `/` that are kiln's but belong to someone else in the image (the
+    /// base's owners, which extraction could not give): layer path → ids ([`owner`]).
+    owners: HashMap<String, (u64, u64)>,
 }
 
 impl HostRoot {
@@ -47,7 +51,14 @@ impl HostRoot {
         }
         // SAFETY: no arguments.
         let ids = unsafe { (libc::geteuid(), libc::getegid()) };
-        Some(HostRoot { skip, direct, live: None, origins: sync::Origins::default(), unprivileged: (ids.0 != 0).then_some(ids) })
+        Some(HostRoot {
+            skip,
+            direct,
+            live: None,
+            origins: sync::Origins::default(),
+            unprivileged: (ids.0 != 0).then_some(ids),
+            owners: HashMap::new(),
+        })
     }
 }
 
@@ -74,6 +85,7 @@ impl Solver<'_> {
             let src = self.snaps.lowers(self.shared.store, &state.layers)?.swap_remove(0);
             let Some(h) = self.host.as_mut() else { return Ok(None) };
             h.live = None;
+            h.owners = if h.unprivileged.is_some() { crate::snapshot::Snapshotter::unkept_owners(&src)? } else { HashMap::new() };
             let r = sync::sync(&src, root, &h.skip, &mut h.origins)?;
             tracing::debug!(copied = r.copied, removed = r.removed, kept = r.kept, "reset / to the step's parent");
             h.live = Some(want.clone());
@@ -105,7 +117,10 @@ impl Solver<'_> {
                 let tmp = self.snaps.temp_dir("owners")?;
                 let plain = tmp.join("layer.tar");
                 let unreadable = owner::readable_for_writing(&entries);
-                let modes: std::collections::HashMap<String, u32> = unreadable.iter().map(|(n, _, m)| (n.clone(), *m)).collect();
+                let fixes = owner::Fixes {
+                    modes: unreadable.iter().map(|(n, _, m)| (n.clone(), *m)).collect(),
+                    owners: base_owners_kept(&mut h.owners, &entries, &before, &after, uid),
+                };
                 let made = std::fs::File::create(&plain)
                     .map_err(|e| kiln_oci::layer::LayerError::Io { op: "create", path: plain.clone(), source: e })
                     .and_then(|f| {
@@ -121,7 +136,7 @@ impl Solver<'_> {
                         let mapped = tmp.join("mapped.tar");
                         let src = std::fs::File::open(&plain).map_err(io("open", &plain))?;
                         let dst = std::fs::File::create(&mapped).map_err(io("create", &mapped))?;
-                        owner::map_to_root(std::io::BufReader::new(src), std::io::BufWriter::new(dst), uid, gid, &modes)
+                        owner::map_to_root(std::io::BufReader::new(src), std::io::BufWriter::new(dst), uid, gid, &fixes)
                             .map_err(io("map the owners of", &plain))?;
                         let tar = std::fs::File::open(&mapped).map_err(io("open", &mapped))?;
                         write_layer_to_store(self.shared.store, |w| {
@@ -140,4 +155,41 @@ impl Solver<'_> {
         }
         Ok(Some(LayerRecord { descriptor: info.descriptor(), diff_id: info.diff_id.clone() }))
     }
+}
+
+/// The remembered base owners (`owners`) of the entries of a step's layer that the step changed in
+/// place (the same inode before and after, still owned by kiln's `uid`); the step's layer gives
+/// those back. What the step made anew, replaced or removed is forgotten: from now on it is
+/// root's, as in the root build.
+fn base_owners_kept(
+    owners: &mut HashMap<String, (u64, u64)>,
+    entries: &[kiln_oci::layer::LayerEntry],
+    before: &tree::Snapshot,
+    after: &tree::Snapshot,
+    uid: u32,
+) -> HashMap<String, (u64, u64)> {
+    let mut kept = HashMap::new();
+    if owners.is_empty() {
+        return kept;
+    }
+    let mut gone: Vec<&str> = Vec::new();
+    for e in entries {
+        let path = e.path.trim_end_matches('/');
+        let in_place = matches!(e.source, kiln_oci::layer::EntrySource::Host(_))
+            && matches!((before.get(path), after.get(path)), (Some(b), Some(a)) if b.ino == a.ino && a.uid == uid);
+        if !in_place {
+            gone.push(path);
+        } else if let Some(ids) = owners.get(path) {
+            kept.insert(path.to_string(), *ids);
+        }
+    }
+    for path in gone {
+        owners.remove(path);
+        // A removed or replaced directory takes what was below it.
+        let below = format!("{path}/");
+        if owners.keys().any(|k| k.starts_with(&below)) {
+            owners.retain(|k, _| !k.starts_with(&below));
+        }
+    }
+    kept
 }

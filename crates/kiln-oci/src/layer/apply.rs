@@ -47,6 +47,21 @@ pub struct ApplyReport {
     /// Entries or attributes that could not be applied here and were skipped, with the reason
     /// (device nodes without root, xattrs the file system refuses, unknown entry types).
     pub skipped: Vec<String>,
+    /// Without [`ApplyOptions::preserve_owner`]: every entry's owner as the archive gives it
+    /// (path as in a layer, `usr/bin/sh`; uid; gid), in archive order, since the files now belong
+    /// to the caller instead. A caller that stands for the image's root keeps these itself, or
+    /// refuses the archive ([`ApplyReport::owners_lost`]). Empty when owners are kept.
+    pub unkept_owners: Vec<(String, u64, u64)>,
+}
+
+impl ApplyReport {
+    /// The entries given to an owner other than 0:0 that an apply without
+    /// [`ApplyOptions::preserve_owner`] could not keep: how many, and the first (`path (uid:gid)`).
+    pub fn owners_lost(&self) -> (u64, Option<String>) {
+        let mut lost = self.unkept_owners.iter().filter(|(_, u, g)| (*u, *g) != (0, 0));
+        let first = lost.next().map(|(p, u, g)| format!("{p} ({u}:{g})"));
+        (first.iter().count() as u64 + lost.count() as u64, first)
+    }
 }
 
 #[derive(Default)]
@@ -70,6 +85,7 @@ struct State<'a> {
     dir_times: Vec<(Vec<OsString>, Timespec)>,
     report_entries: u64,
     skipped: Vec<String>,
+    unkept_owners: Vec<(String, u64, u64)>,
 }
 
 /// Applies a layer (gzip, zstd or plain tar, detected by magic bytes) on top of the directory `root`.
@@ -86,6 +102,7 @@ pub fn apply_layer<R: Read>(layer: R, root: &Path, opts: &ApplyOptions) -> Resul
         dir_times: Vec::new(),
         report_entries: 0,
         skipped: Vec::new(),
+        unkept_owners: Vec::new(),
     };
     {
         let mut archive = tar::Archive::new(&mut vr);
@@ -123,7 +140,7 @@ pub fn apply_layer<R: Read>(layer: R, root: &Path, opts: &ApplyOptions) -> Resul
     io::copy(&mut vr, &mut io::sink()).map_err(digest_or_tar)?;
     let (diff_id, uncompressed_size) = vr.finish().map_err(digest_or_tar)?;
     st.finish_dir_times();
-    Ok(ApplyReport { entries: st.report_entries, diff_id, uncompressed_size, skipped: st.skipped })
+    Ok(ApplyReport { entries: st.report_entries, diff_id, uncompressed_size, skipped: st.skipped, unkept_owners: st.unkept_owners })
 }
 
 fn tar_err(e: io::Error) -> LayerError {
@@ -408,6 +425,7 @@ impl State<'_> {
 
     fn set_owner_mode_fd(&mut self, fd: BorrowedFd<'_>, uid: u64, gid: u64, mode: u32, name: &str) -> Result<(), LayerError> {
         let err = |op: &'static str| move |e: rustix::io::Errno| LayerError::Entry { entry: name.to_string(), op, source: e.into() };
+        self.note_owner(uid, gid, name);
         if self.opts.preserve_owner {
             let (u, g) =
                 ids(uid, gid).ok_or_else(|| LayerError::Hostile { entry: name.to_string(), reason: "uid or gid out of range".into() })?;
@@ -417,7 +435,20 @@ impl State<'_> {
         rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(err("set mode"))
     }
 
+    /// Records an owner that is not kept (see [`ApplyReport::unkept_owners`]).
+    fn note_owner(&mut self, uid: u64, gid: u64, name: &str) {
+        if self.opts.preserve_owner {
+            return;
+        }
+        let path = match normalize_entry_name(name.as_bytes()) {
+            Some(comps) => comps.iter().map(|c| c.to_string_lossy()).collect::<Vec<_>>().join("/"),
+            None => return,
+        };
+        self.unkept_owners.push((path, uid, gid));
+    }
+
     fn set_owner_at(&mut self, dir: BorrowedFd<'_>, fname: &OsStr, uid: u64, gid: u64, name: &str) -> Result<(), LayerError> {
+        self.note_owner(uid, gid, name);
         if !self.opts.preserve_owner {
             return Ok(());
         }

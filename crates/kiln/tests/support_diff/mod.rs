@@ -14,6 +14,7 @@ macro_rules! for_each_case {
     ($m:ident) => {
         $m! {
         add_local_tar,
+        base_owned_dir,
         arg_env_precedence,
         arg_global_scope,
         build_arg_override,
