@@ -12,7 +12,9 @@
 # PLAIN=1: the layers are uncompressed tar in the layout, so each push compresses them (skopeo to
 # gzip, as containers/image does for a registry; kiln with its parallel gzip): compress + push.
 # Every push goes to a freshly started, empty registry, so neither tool finds blobs already there.
-# Prints a Markdown table (median seconds, ratio kiln/skopeo, kiln's max RSS).
+# Prints a Markdown table (median seconds, ratio kiln/skopeo, kiln's max RSS). For a push, also the
+# registry's own floor: `curl -T` of each layer blob in one monolithic PUT, one after another, to a
+# fresh registry (what any client pays at least: the registry receives, hashes and writes every byte).
 set -euo pipefail
 
 SIZES_MB=${SIZES_MB:-"200 1000"}
@@ -116,14 +118,32 @@ timed() {
   cat "$work/time" >> "$out"
 }
 
+# floor_push FILE LAYOUT: one curl PUT per layer blob to the running registry; appends "seconds 0".
+floor_push() {
+  local out=$1 layout=$2 t0 loc code
+  t0=$(date +%s.%N)
+  for blob in $(python3 -c '
+import json, sys
+d = sys.argv[1]
+idx = json.load(open(d + "/index.json"))
+m = json.load(open(d + "/blobs/sha256/" + idx["manifests"][0]["digest"].split(":")[1]))
+print(" ".join(l["digest"] for l in m["layers"]))' "$layout"); do
+    loc=$(curl -s -i -X POST "http://$host/v2/bench/floor/blobs/uploads/" | tr -d '\r' | awk 'tolower($1) == "location:" {print $2}')
+    [[ $loc == http* ]] || loc="http://$host$loc"
+    code=$(curl -s -X PUT -H "Content-Type: application/octet-stream" -T "$layout/blobs/sha256/${blob#sha256:}" "$loc&digest=$blob" -o /dev/null -w "%{http_code}")
+    [[ $code == 201 ]] || { echo "floor: PUT of $blob answered $code" >&2; exit 1; }
+  done
+  echo "$(echo "$(date +%s.%N) - $t0" | bc -l) 0" >> "$out"
+}
+
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 col() { awk -v c="$2" '{print $c}' "$1"; }
 
 [[ -n "$PLAIN" ]] && echo "Uncompressed layers (PLAIN=1): each push compresses them; $LAYERS layer(s)." && echo
-echo "| image | op | kiln (s) | skopeo (s) | kiln / skopeo | kiln max RSS (MB) |"
-echo "| --- | --- | --- | --- | --- | --- |"
+echo "| image | op | kiln (s) | skopeo (s) | kiln / skopeo | kiln max RSS (MB) | registry floor (s) |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
 for mb in $SIZES_MB; do
-  for op in push pull; do : > "$work/$op.kiln"; : > "$work/$op.skopeo"; done
+  for op in push pull; do : > "$work/$op.kiln"; : > "$work/$op.skopeo"; : > "$work/$op.floor"; done
   for run in $(seq "$RUNS"); do
     rm -rf "$work/layout" "$work/root" "$work/skopeo-out"
     make_layout "$work/layout" "$mb"
@@ -132,6 +152,8 @@ for mb in $SIZES_MB; do
     # push: each tool to its own empty registry.
     start_registry
     timed "$work/push.skopeo" skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:t" "docker://$host/bench/img:$run"
+    # The floor means nothing with PLAIN (the tools send gzip, not the plain blobs).
+    if [[ -z "$PLAIN" ]] && command -v curl >/dev/null; then start_registry; floor_push "$work/push.floor" "$work/layout"; fi
     start_registry
     "$KILN" copy "store:bench/img:$run" "store:$host/bench/img:$run" > /dev/null 2>&1
     timed "$work/push.kiln" "$KILN" push "$host/bench/img:$run"
@@ -144,6 +166,7 @@ for mb in $SIZES_MB; do
   for op in push pull; do
     k=$(col "$work/$op.kiln" 1 | median); s=$(col "$work/$op.skopeo" 1 | median)
     rss=$(col "$work/$op.kiln" 2 | sort -n | tail -1)
-    printf "| %s MB | %s | %.2f | %.2f | %.2f | %.0f |\n" "$mb" "$op" "$k" "$s" "$(echo "$k / $s" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+    floor="-"; [[ -s "$work/$op.floor" ]] && floor=$(printf "%.2f" "$(col "$work/$op.floor" 1 | median)")
+    printf "| %s MB | %s | %.2f | %.2f | %.2f | %.0f | %s |\n" "$mb" "$op" "$k" "$s" "$(echo "$k / $s" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "$floor"
   done
 done

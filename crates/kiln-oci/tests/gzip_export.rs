@@ -56,7 +56,7 @@ fn gzip_layer_is_deterministic_remembered_and_recomputed_after_a_prune() {
     assert_eq!(gzip_layer(&store, &plain).unwrap(), gz);
     assert!(store.has_blob(&gz.digest));
     // A torn memo is ignored too.
-    let memo = store.dir().join("gzip-v2/sha256").join(plain.digest.hex());
+    let memo = store.dir().join("gzip-v3/sha256").join(plain.digest.hex());
     fs::write(&memo, "sha256:12").unwrap();
     assert_eq!(gzip_layer(&store, &plain).unwrap(), gz);
 }

@@ -184,7 +184,7 @@ fn a_layer_in_the_memo_is_not_compressed_again() {
         fs::write(&plain_path, saved).unwrap();
     }
     // The default gzip memo lives under the new name, never the old single-stream one.
-    assert!(store.dir().join("gzip-v2").is_dir());
+    assert!(store.dir().join("gzip-v3").is_dir());
     assert!(!store.dir().join("gzip").exists(), "the pre-parallel memo dir is not written");
     // The same layer and threads give the blob gzip_layer_with names.
     assert_eq!(gzip_layer_with(&store, &plain, 1).unwrap(), compress_layer_with(&store, &plain, Codec::DEFAULT, false, 2).unwrap());

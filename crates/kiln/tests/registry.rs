@@ -514,7 +514,7 @@ fn push_from_the_store_gzips_plain_layers_once_and_keeps_their_content() {
     let again = format!("{}/gz/app:2", reg.host());
     k.ok(&["copy", &format!("store:{image}"), &format!("store:{again}")]);
     assert_eq!(digest_of_stdout(&k.ok(&["push", &again])), pushed, "a second push names the same gzip blobs");
-    let memo = std::fs::read_dir(k.store().join("gzip-v2/sha256")).map(|rd| rd.count()).unwrap_or(0);
+    let memo = std::fs::read_dir(k.store().join("gzip-v3/sha256")).map(|rd| rd.count()).unwrap_or(0);
     assert_eq!(memo, 2, "one remembered gzip form per plain layer");
 
     // An independent client sees gzip layers whose uncompressed bytes are the original plain layers.

@@ -9,7 +9,8 @@
 //! deterministic: the same input bytes and codec give the same output bytes whatever the number of
 //! threads ([`super::pgzip`]: gzip in fixed blocks with flate2 + zlib-rs, zstd in its multi-threaded
 //! mode; pinned versions, no names or times), which is what keeps pushed digests reproducible across
-//! machines. (`compressed-v2`: kiln before parallel compression wrote other bytes under `compressed/`.)
+//! machines. (`compressed-v2`: kiln before parallel compression wrote other bytes under `compressed/`;
+//! the gzip memos are `gzip-<level>-s` since incompressible blocks are stored.)
 //!
 //! Without `force`, a layer that is already compressed (a base image's gzip layer, say) is exported
 //! as it is, as BuildKit does: recompressing it would change its digest and cost a download.
@@ -93,7 +94,8 @@ impl Codec {
     /// The memo's directory name: one per codec and level.
     fn memo_name(self) -> String {
         match self {
-            Codec::Gzip { level } => format!("gzip-{level}"),
+            // `-s`: since gzip stores incompressible blocks (other bytes than before).
+            Codec::Gzip { level } => format!("gzip-{level}-s"),
             Codec::Zstd { level } => format!("zstd-{level}"),
             Codec::Uncompressed => "tar".to_string(),
         }

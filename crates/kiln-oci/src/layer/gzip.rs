@@ -4,10 +4,11 @@
 //!
 //! Compression is deterministic (same tar, same gzip bytes: [`super::pgzip`]'s fixed blocks at
 //! [`GZIP_LEVEL`], whatever the thread count, no name, no mtime) and remembered:
-//! `<store>/gzip-v2/<algo>/<hex>` holds the compressed descriptor of a plain layer, so the cache export
+//! `<store>/gzip-v3/<algo>/<hex>` holds the compressed descriptor of a plain layer, so the cache export
 //! and the push of one build, or a later `kiln push`, compress a layer once and name the same blob. A
-//! remembered blob that `kiln prune` collected is compressed again. (`gzip-v2`: kiln before parallel
-//! gzip wrote single-stream bytes under `gzip/`; the new name keeps a store from mixing both forms.)
+//! remembered blob that `kiln prune` collected is compressed again. (`gzip-v3`: kiln before parallel
+//! gzip wrote single-stream bytes under `gzip/`, and before it stored incompressible blocks under
+//! `gzip-v2/`; each new name keeps a store from mixing forms.)
 //! The diff ids (what the config lists) do not change, so a config is shared by both forms; only the
 //! manifests that list the layers do.
 
@@ -37,7 +38,7 @@ pub fn is_plain_layer(layer: &Descriptor) -> bool {
 }
 
 fn memo_path(store: &Store, d: &Digest) -> std::path::PathBuf {
-    store.dir().join("gzip-v2").join(d.algorithm().as_str()).join(d.hex())
+    store.dir().join("gzip-v3").join(d.algorithm().as_str()).join(d.hex())
 }
 
 /// The gzip form of `layer`: the layer itself when it is not plain tar (it may then be absent from

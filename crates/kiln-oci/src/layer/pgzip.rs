@@ -11,6 +11,10 @@
 //! the trailer (CRC-32 of the whole input — the per-block CRCs combined in order — and ISIZE). The
 //! result is ONE standard gzip member: `gzip -d`, Go's `compress/gzip` and flate2 read it as any other.
 //!
+//! A block whose bytes are as good as random (already compressed files, random data: see
+//! [`STORE_THRESHOLD`]) is written as stored deflate blocks instead: deflating it costs most of the
+//! time and saves nothing.
+//!
 //! Bytes out are a pure function of (input, level): block `i`'s deflate output depends only on block
 //! `i` and the 32 KiB before it, each worker resets its compressor between blocks, and blocks are
 //! written in input order. The thread count only decides how many blocks are deflated at once.
@@ -114,9 +118,12 @@ fn deflate_err(e: impl std::fmt::Display) -> io::Error {
 /// state behind (the same block came out 2 bytes different after different predecessors), and the
 /// bytes must depend on the block alone. A new compressor costs about 1% at 128 KiB blocks.
 fn deflate_block(level: u32, data: &[u8], dict: &[u8], last: bool) -> io::Result<Done> {
+    // Incompressible input (already compressed or random data) is stored, not searched for matches
+    // that are not there: zlib at level 6 spends most of its time on such blocks for nothing.
+    let level = if level > 0 && incompressible(data) { 0 } else { level };
     let mut c = new_compress(level);
     let c = &mut c;
-    if !dict.is_empty() {
+    if level > 0 && !dict.is_empty() {
         c.set_dictionary(dict).map_err(deflate_err)?;
     }
     let mut crc = Crc::new();
@@ -140,6 +147,30 @@ fn deflate_block(level: u32, data: &[u8], dict: &[u8], last: bool) -> io::Result
         }
         out.reserve(out.capacity() / 2 + 64);
     }
+}
+
+/// How close to random a block must be to be stored: its collision entropy (Rényi order 2,
+/// `-log2 Σ p²`, in bits per byte) at least 7.99, written as the integer test
+/// `Σ c² × 25423 ≤ n² × 100` (2^7.99 ≈ 254.23) so that no floating point decides what bytes are
+/// written. Huffman coding cannot save more than about 0.1% there, and deflate's matches reach back
+/// only 32 KiB, where data this close to random rarely repeats. Random bytes measure 7.997 over a
+/// 128 KiB block; text, code, binaries and tar headers stay far below.
+const STORE_THRESHOLD: (u128, u128) = (25_423, 100);
+
+/// Whether `data` is stored rather than deflated (see [`STORE_THRESHOLD`]). A pure function of the
+/// block's bytes, so the output stays a function of (input, level). Blocks under 4 KiB are always
+/// deflated: the estimate means little there.
+fn incompressible(data: &[u8]) -> bool {
+    if data.len() < 4096 {
+        return false;
+    }
+    let mut counts = [0u64; 256];
+    for b in data {
+        counts[*b as usize] += 1;
+    }
+    let collisions: u128 = counts.iter().map(|c| u128::from(*c) * u128::from(*c)).sum();
+    let n = data.len() as u128;
+    collisions * STORE_THRESHOLD.0 <= n * n * STORE_THRESHOLD.1
 }
 
 fn new_compress(level: u32) -> Compress {
@@ -377,5 +408,39 @@ mod tests {
             enc.flush().unwrap();
         }
         assert_eq!(enc.finish().unwrap(), gz(&data, 6, 1));
+    }
+
+    /// xorshift bytes: as good as random for deflate.
+    fn noise(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn random_blocks_are_stored_and_text_blocks_deflated() {
+        let random = noise(BLOCK_SIZE, 9);
+        assert!(incompressible(&random));
+        let text: Vec<u8> = (0..BLOCK_SIZE / 8).flat_map(|i| format!("{i:07}\n").into_bytes()).collect();
+        assert!(!incompressible(&text));
+        // Bytes spread evenly over 128 values only: 7 bits of entropy, Huffman saves 1/8.
+        let seven_bits: Vec<u8> = noise(BLOCK_SIZE, 5).iter().map(|b| b & 0x7f).collect();
+        assert!(!incompressible(&seven_bits));
+        assert!(!incompressible(&random[..4000]), "a short block is always deflated");
+        // Stored: 5 bytes of header per 64 KiB at most, plus the gzip frame; round-trips.
+        let mut mixed = text.clone();
+        mixed.extend_from_slice(&random);
+        mixed.extend_from_slice(&text);
+        let out = gz(&mixed, 6, 2);
+        assert_eq!(gunzip(&out), mixed);
+        let stored = gz(&random, 6, 1);
+        assert!(stored.len() <= random.len() + 64, "{} for {}", stored.len(), random.len());
+        assert!(out.len() < random.len() + text.len(), "the text around the random block is still deflated");
+        assert_eq!(gz(&mixed, 6, 1), out);
     }
 }
