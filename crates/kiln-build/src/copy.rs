@@ -144,9 +144,10 @@ fn copy_threads(n: usize) -> usize {
 fn put_leaves(rootdir: &RootDir, leaves: &[Leaf<'_>], attrs: Attrs, threads: usize) -> Result<(), BuildError> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
-    let put = |l: &Leaf<'_>| put_entry(rootdir, &l.target, l.entry, &l.host_src, l.src_root, attrs);
+    let put = |cache: &mut ParentDir, l: &Leaf<'_>| put_leaf(rootdir, cache, l, attrs);
     if threads <= 1 {
-        return leaves.iter().try_for_each(put);
+        let mut cache = ParentDir::default();
+        return leaves.iter().try_for_each(|l| put(&mut cache, l));
     }
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -154,10 +155,11 @@ fn put_leaves(rootdir: &RootDir, leaves: &[Leaf<'_>], attrs: Attrs, threads: usi
     std::thread::scope(|s| {
         for _ in 0..threads.min(leaves.len()) {
             s.spawn(|| {
+                let mut cache = ParentDir::default();
                 while !failed.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(l) = leaves.get(i) else { break };
-                    if let Err(e) = put(l) {
+                    if let Err(e) = put(&mut cache, l) {
                         failed.store(true, Ordering::Relaxed);
                         let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
                         // The error of the earliest entry, as one thread would have reported it.
@@ -243,6 +245,71 @@ fn put_entry(
     Ok(())
 }
 
+/// The directory the last leaf of a thread went into, kept open: the leaves of one source come in
+/// walk order, directory by directory, so the next one most often goes into the same directory,
+/// and the path walk through the root (a `stat` and an `open` per component, through overlayfs)
+/// is done once per directory instead of once per file.
+///
+/// Holding the descriptor is safe for the whole [`put_leaves`]: the leaves' parents are
+/// directories of the source walk, and no leaf can replace one (a leaf's target is never a walk
+/// directory nor above one).
+#[derive(Default)]
+struct ParentDir {
+    /// The leaf target's parent as given (`/app/d00`), its descriptor, and its host path.
+    open: Option<(PathBuf, std::os::fd::OwnedFd, PathBuf)>,
+}
+
+/// Puts one file or symlink (see [`put_leaves`]) into its parent directory by name, the parent
+/// resolved once per directory ([`ParentDir`]). What is in the way is removed first, as
+/// [`put_entry`] does.
+fn put_leaf(rootdir: &RootDir, cache: &mut ParentDir, l: &Leaf<'_>, attrs: Attrs) -> Result<(), BuildError> {
+    let (Some(parent), Some(name)) = (l.target.parent(), l.target.file_name()) else {
+        return put_entry(rootdir, &l.target, l.entry, &l.host_src, l.src_root, attrs);
+    };
+    if cache.open.as_ref().is_none_or(|(p, _, _)| p != parent) {
+        let r = rootdir.resolve(&l.target, false, Missing::Create).map_err(root_err)?;
+        let host_parent = r.host_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if r.name.as_deref() != Some(name) {
+            // `..` or the like at the end: not a plain name in a directory.
+            cache.open = None;
+            return put_entry(rootdir, &l.target, l.entry, &l.host_src, l.src_root, attrs);
+        }
+        cache.open = Some((parent.to_path_buf(), r.dir, host_parent));
+    }
+    let Some((_, dir, host_parent)) = cache.open.as_ref() else { unreachable!("set above") };
+    let dst = host_parent.join(name);
+    let existing = match rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => fs::symlink_metadata(&dst).ok(),
+        Err(_) => None,
+    };
+    let e = l.entry;
+    let (uid, gid) = match attrs.chown {
+        Some(o) => o,
+        None if l.src_root.keep_owner => (e.uid, e.gid),
+        None => (0, 0),
+    };
+    match &e.kind {
+        Kind::File { .. } => {
+            remove_existing(&dst, existing.as_ref())?;
+            copy_file(&l.host_src, dir, Some(name), &dst, (uid, gid), attrs.chmod.unwrap_or(e.mode))
+        }
+        Kind::Symlink { target: link } => {
+            remove_existing(&dst, existing.as_ref())?;
+            rustix::fs::symlinkat(link.as_str(), dir, name).map_err(|e| io_err("create symlink", &dst)(e.into()))?;
+            let (u, g) = image_owner(uid, gid);
+            rustix::fs::chownat(
+                dir,
+                name,
+                Some(rustix::process::Uid::from_raw(u)),
+                Some(rustix::process::Gid::from_raw(g)),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_err("chown", &dst)(e.into()))
+        }
+        Kind::Dir => put_entry(rootdir, &l.target, e, &l.host_src, l.src_root, attrs),
+    }
+}
+
 /// `lchown`, except that an unprivileged kiln (`--isolation none` as an ordinary user, where its
 /// own ids stand for the image's root: see `hostroot`) gives root's files to itself, as it must.
 fn chown_as_image(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
@@ -309,7 +376,7 @@ fn copy_file(
     }
     // SAFETY: `fd` was just opened above and nothing else owns it.
     let mut to = unsafe { fs::File::from_raw_fd(fd) };
-    io::copy(&mut from, &mut to).map_err(io_err("copy into", dst))?;
+    send_all(&mut from, &mut to, src_meta.len()).map_err(io_err("copy into", dst))?;
     let (uid, gid) = image_owner(uid, gid);
     std::os::unix::fs::fchown(&to, Some(uid), Some(gid)).map_err(io_err("chown", dst))?;
     // chown clears setuid bits, so the mode goes after it.
@@ -317,6 +384,29 @@ fn copy_file(
     if let Ok(t) = src_meta.modified() {
         let _ = to.set_modified(t);
     }
+    Ok(())
+}
+
+/// Copies `len` bytes (the whole file) with `sendfile`, one system call for a small file; else
+/// (`sendfile` refused, or the file changed size) the rest with `io::copy`. Not `io::copy` alone:
+/// between two file systems (the context and an overlay mount) it first tries `copy_file_range`,
+/// which fails with EXDEV for every file.
+fn send_all(from: &mut fs::File, to: &mut fs::File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut left = len;
+    while left > 0 {
+        let chunk = left.min(1 << 30) as usize;
+        // SAFETY: both descriptors are open for the duration of the call; a null offset means the
+        // input file's own offset is used and advanced.
+        let n = unsafe { libc::sendfile(to.as_raw_fd(), from.as_raw_fd(), std::ptr::null_mut(), chunk) };
+        if n <= 0 {
+            break;
+        }
+        left -= n as u64;
+    }
+    // Whatever sendfile did not do (EINVAL on some file systems, a file that grew): the offsets
+    // of both files are where sendfile left them.
+    io::copy(from, to)?;
     Ok(())
 }
 

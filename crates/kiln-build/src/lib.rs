@@ -235,6 +235,31 @@ pub struct Built {
     pub inline_cache: Option<Vec<kiln_cache::Record>>,
     /// What the build used, for its attestations.
     pub facts: attest::BuildFacts,
+    /// The `--cache-to` exports other than inline, left for [`orchestrate::build_all`] to run
+    /// beside the image exporters ([`export_pending_caches`]); `None` when the policy forbids
+    /// exporting or they ran already.
+    pub pending_cache: Option<PendingCacheExport>,
+}
+
+/// What a `--cache-to` export needs once the build is over, owned: the records the build used and
+/// the keys its images end at. A registry export ends with a wait (the check that no concurrent
+/// writer dropped its records, see `kiln_cache::registry`), so it runs beside the image push
+/// rather than before it, as BuildKit exports its cache after the image.
+#[derive(Debug, Clone, Default)]
+pub struct PendingCacheExport {
+    pub used: Vec<kiln_cache::Record>,
+    pub results: Vec<Digest>,
+}
+
+/// Runs the pending `--cache-to` exports of a build made with `opts` (see [`PendingCacheExport`]).
+pub fn export_pending_caches(
+    opts: &BuildOptions,
+    store: &Store,
+    pending: &PendingCacheExport,
+    sources: &kiln_cache::LayerSources,
+    progress: &dyn Progress,
+) -> Result<Vec<ExportReport>, BuildError> {
+    export_caches(opts, store, &pending.used, &pending.results, sources, progress, Sinks::NotInline).map(|(r, _)| r)
 }
 
 /// Runs a build. The image lands in the local store; [`output`] exports or tags it.
@@ -367,8 +392,11 @@ fn build_reporting(opts: &BuildOptions, progress: &dyn Progress, transfers: base
     built.layer_sources = sources.clone();
     built.facts = facts;
     if opts.policy.policy.allows_export() {
+        // Inline records go into the image config, so they are made now; the other sinks export
+        // beside the image exporters (see `PendingCacheExport`).
         (built.cache_exports, built.inline_cache) =
-            export_caches(opts, &store, &used, std::slice::from_ref(&final_key), &sources, progress)?;
+            export_caches(opts, &store, &used, std::slice::from_ref(&final_key), &sources, progress, Sinks::Inline)?;
+        built.pending_cache = Some(PendingCacheExport { used, results: vec![final_key] });
     } else if !opts.cache_to.is_empty() {
         progress.warn(&format!("--cache-to skipped: {}", opts.policy));
     }
@@ -510,7 +538,7 @@ fn cancelled(
     let mut kept = vec![format!("{finished} finished layer steps kept in the local cache")];
     if !opts.cache_to.is_empty() && !used.is_empty() {
         if opts.policy.policy.allows_export() {
-            match export_caches(opts, store, &used, &reached, &sources, progress) {
+            match export_caches(opts, store, &used, &reached, &sources, progress, Sinks::All) {
                 Ok((reports, _)) => kept.extend(reports.iter().map(ExportReport::to_string)),
                 Err(e) => kept.push(format!("cache export failed: {e}")),
             }
@@ -555,10 +583,15 @@ fn export_caches(
     results: &[Digest],
     sources: &kiln_cache::LayerSources,
     progress: &dyn Progress,
+    which: Sinks,
 ) -> Result<(Vec<ExportReport>, Option<Vec<kiln_cache::Record>>), BuildError> {
     let mut out = Vec::new();
     let mut inline = None;
     for to in &opts.cache_to {
+        let is_inline = to.get::<kiln_cache::inline::InlineExport>().is_some();
+        if (which == Sinks::Inline && !is_inline) || (which == Sinks::NotInline && is_inline) {
+            continue;
+        }
         let opened = to.open(opts.registry.as_deref());
         if let Some(w) = opened.warning() {
             progress.warn(w);
@@ -578,6 +611,14 @@ fn export_caches(
         inline = sink.inline_records().or(inline);
     }
     Ok((out, inline))
+}
+
+/// Which `--cache-to` sinks an [`export_caches`] call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sinks {
+    All,
+    Inline,
+    NotInline,
 }
 
 /// A stage named like a `--build-context` is that context, as in BuildKit: its instructions are
@@ -719,6 +760,7 @@ fn assemble(store: &Store, state: ImageState, steps: Vec<StepReport>, opts: &Bui
         steps,
         cache_exports: Vec::new(),
         inline_cache: None,
+        pending_cache: None,
         facts: attest::BuildFacts::default(),
         explanations: Vec::new(),
         layer_sources: kiln_cache::LayerSources::new(),

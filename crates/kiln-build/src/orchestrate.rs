@@ -3,7 +3,10 @@
 //!
 //! Nothing is tagged, exported or pushed before every platform's image is built and has passed the
 //! test: the first failure ends the build with the store's untagged images as the only trace, and
-//! the layer blobs a push sent ahead ([`crate::eager`]), which no manifest names.
+//! the layer blobs a push sent ahead ([`crate::eager`]), which no manifest names. The cache is
+//! another matter: what was built is worth keeping whatever the test says, so the `--cache-to`
+//! exports (but inline, which goes into the image) run beside the test gate and the exporters, on
+//! a thread of their own, and the build ends when both are done.
 
 use std::path::Path;
 
@@ -76,23 +79,28 @@ pub fn build_all(req: &BuildRequest, progress: &dyn Progress) -> Result<BuildOut
         .iter()
         .map(|p| BuildOptions { platform: p.clone(), fetch_final, push_ahead: push_ahead.clone(), ..req.options.clone() })
         .collect();
-    let built = build_platforms(&per_platform, progress)?;
+    let mut built = build_platforms(&per_platform, progress)?;
     let attester = crate::attest::Attester::new(req.attest.clone(), &req.options, started, crate::time::now());
-    if let Some(cmd) = &req.test {
-        test_gate(&req.options, &built, cmd, progress)?;
-    }
-
     let store = Store::open(&req.options.root)?;
-    let local = if built.len() == 1 { Artifact::single(&built[0]) } else { Artifact::index(&store, &built)? };
-    let result = BuildResult { images: built, local };
-    let ctx = ExportContext {
-        store: &store,
-        registry: req.options.registry.as_deref(),
-        progress,
-        source_date_epoch: req.options.source_date_epoch,
-        attest: &attester,
-    };
-    let exports = exporters.iter().map(|e| e.export(&result, &ctx)).collect::<Result<Vec<_>, _>>()?;
+    // The cache exports (but inline) run beside the test gate and the exporters: a registry cache
+    // export ends with a wait of its own (see `PendingCacheExport`).
+    let pending: Vec<(usize, crate::PendingCacheExport, kiln_cache::LayerSources)> =
+        built.iter_mut().enumerate().filter_map(|(i, b)| b.pending_cache.take().map(|p| (i, p, b.layer_sources.clone()))).collect();
+    let (done, cache_reports) = std::thread::scope(|s| {
+        let caches = s.spawn(|| {
+            pending
+                .iter()
+                .map(|(i, p, sources)| crate::export_pending_caches(&per_platform[*i], &store, p, sources, progress).map(|r| (*i, r)))
+                .collect::<Result<Vec<_>, BuildError>>()
+        });
+        let done = test_and_export(req, &exporters, built, &store, &attester, progress);
+        let reports = caches.join().unwrap_or_else(|_| Err(BuildError::Panicked { what: "the cache export thread" }));
+        (done, reports)
+    });
+    let (mut result, exports) = done?;
+    for (i, reports) in cache_reports? {
+        result.images[i].cache_exports.extend(reports);
+    }
     // The build reports the form that left the machine first (as BuildKit reports the pushed one),
     // else what it stored.
     let reported = exporters
@@ -104,6 +112,31 @@ pub fn build_all(req: &BuildRequest, progress: &dyn Progress) -> Result<BuildOut
         .clone();
     let metadata = metadata(req, &result, &reported, &exports);
     Ok(BuildOutcome { result, exports, metadata })
+}
+
+/// The test gate, then every exporter in order, over the images built.
+fn test_and_export(
+    req: &BuildRequest,
+    exporters: &[Box<dyn Exporter>],
+    built: Vec<Built>,
+    store: &Store,
+    attester: &crate::attest::Attester,
+    progress: &dyn Progress,
+) -> Result<(BuildResult, Vec<ExportDone>), BuildError> {
+    if let Some(cmd) = &req.test {
+        test_gate(&req.options, &built, cmd, progress)?;
+    }
+    let local = if built.len() == 1 { Artifact::single(&built[0]) } else { Artifact::index(store, &built)? };
+    let result = BuildResult { images: built, local };
+    let ctx = ExportContext {
+        store,
+        registry: req.options.registry.as_deref(),
+        progress,
+        source_date_epoch: req.options.source_date_epoch,
+        attest: attester,
+    };
+    let exports = exporters.iter().map(|e| e.export(&result, &ctx)).collect::<Result<Vec<_>, _>>()?;
+    Ok((result, exports))
 }
 
 /// Each platform is its own build; they share the store, the local cache and the snapshots (all

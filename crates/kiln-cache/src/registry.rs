@@ -246,6 +246,18 @@ fn jitter(lo: Duration, hi: Duration) -> Duration {
     lo + Duration::from_millis(h.finish() % span)
 }
 
+/// How long to wait after our manifest PUT before reading the ref again (see `export`): long
+/// enough for a writer whose pre-PUT check passed just before our PUT to land its own PUT. That
+/// writer's window is one check and one PUT against the same registry, which ours just measured
+/// (`check_and_put`): four times that, jittered, at least 60 ms (a busy machine can stall a
+/// writer between its check and its PUT) and at most 400 ms. On a loopback registry this is
+/// 60-120 ms, not a fixed 150-400 ms on every build's critical path; on a registry 100 ms away
+/// it is the 400 ms cap, as before.
+fn verification_pause(check_and_put: Duration) -> Duration {
+    let lo = (check_and_put * 4).clamp(Duration::from_millis(60), Duration::from_millis(400));
+    jitter(lo, (lo * 2).min(Duration::from_millis(400)).max(lo + Duration::from_millis(1)))
+}
+
 /// What a cache ref holds right now.
 struct Current {
     digest: Digest,
@@ -817,6 +829,7 @@ fn export_inner(
         };
 
         // Optimistic concurrency, part one: write only over what was merged.
+        let check_started = std::time::Instant::now();
         let now_digest = match client.get_manifest(&repo, &tag) {
             Ok(f) => Some(f.digest),
             Err(RegistryError::NotFound { .. }) => None,
@@ -845,7 +858,7 @@ fn export_inner(
 
         // Part two: a writer that read before our PUT and wrote after it has dropped our records.
         // Wait long enough for such a write to land, then check that ours survived.
-        std::thread::sleep(jitter(Duration::from_millis(150), Duration::from_millis(400)));
+        std::thread::sleep(verification_pause(check_started.elapsed()));
         let after = read_current(client, reference)?;
         let survived: BTreeSet<&Digest> = merged.entries.iter().map(|e| e.key()).filter(|k| incoming_keys.contains(*k)).collect();
         match after {
