@@ -12,7 +12,7 @@
 //! result is ONE standard gzip member: `gzip -d`, Go's `compress/gzip` and flate2 read it as any other.
 //!
 //! A block whose bytes are as good as random (already compressed files, random data: see
-//! [`STORE_THRESHOLD`]) is written as stored deflate blocks instead: deflating it costs most of the
+//! `STORE_THRESHOLD`) is written as stored deflate blocks instead: deflating it costs most of the
 //! time and saves nothing.
 //!
 //! Bytes out are a pure function of (input, level): block `i`'s deflate output depends only on block
