@@ -337,11 +337,17 @@ impl Worker {
     fn send(&self, d: &Descriptor, group: &[&Dest]) {
         // A repository that has the blob already is where the others mount it from.
         let mut source: Option<&Repo> = None;
+        // The repositories that answered 404 just now: their upload need not ask again.
+        let mut missing: Vec<&Repo> = Vec::new();
         for Dest { repo, what, .. } in group.iter().copied() {
-            if let Ok(Some(_)) = self.client.blob_exists(repo, &d.digest, &Scopes::push(&repo.name)) {
-                self.count(PushOutcome::Exists, 0);
-                self.progress(what, &d.digest, d.size, d.size);
-                source.get_or_insert(repo);
+            match self.client.blob_exists(repo, &d.digest, &Scopes::push(&repo.name)) {
+                Ok(Some(_)) => {
+                    self.count(PushOutcome::Exists, 0);
+                    self.progress(what, &d.digest, d.size, d.size);
+                    source.get_or_insert(repo);
+                }
+                Ok(None) => missing.push(repo),
+                Err(_) => {}
             }
         }
         for Dest { repo, what, is_cache } in group.iter().copied() {
@@ -367,7 +373,12 @@ impl Worker {
                     total: d.size,
                 }))
             };
-            match self.client.push_blob(repo, &d.digest, d.size, mount_from, &open) {
+            let pushed = if missing.contains(&repo) {
+                self.client.upload_missing_blob(repo, &d.digest, d.size, mount_from, &open)
+            } else {
+                self.client.push_blob(repo, &d.digest, d.size, mount_from, &open)
+            };
+            match pushed {
                 Ok(outcome) => {
                     self.count(outcome, d.size);
                     self.progress(what, &d.digest, d.size, d.size);

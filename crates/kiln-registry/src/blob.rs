@@ -103,12 +103,39 @@ impl Client {
     /// `mount_from` names a repository on the same registry, else uploads it (monolithic up to
     /// `monolithic_limit`, chunked above). `open` gives the content from any offset.
     pub fn push_blob(&self, repo: &Repo, digest: &Digest, size: u64, mount_from: Option<&str>, open: &OpenAt<'_>) -> Result<PushOutcome> {
+        self.push_blob_inner(repo, digest, size, mount_from, open, true)
+    }
+
+    /// [`Client::push_blob`] for a blob the caller has just asked the repository about (a HEAD
+    /// that answered 404): the upload starts without asking again. A caller that checks several
+    /// repositories first, to mount from the one that has the blob, saves one round trip per
+    /// repository and blob.
+    pub fn upload_missing_blob(
+        &self,
+        repo: &Repo,
+        digest: &Digest,
+        size: u64,
+        mount_from: Option<&str>,
+        open: &OpenAt<'_>,
+    ) -> Result<PushOutcome> {
+        self.push_blob_inner(repo, digest, size, mount_from, open, false)
+    }
+
+    fn push_blob_inner(
+        &self,
+        repo: &Repo,
+        digest: &Digest,
+        size: u64,
+        mount_from: Option<&str>,
+        open: &OpenAt<'_>,
+        check_first: bool,
+    ) -> Result<PushOutcome> {
         let reference = format!("{repo}@{digest}");
         let scopes = match mount_from {
             Some(from) if from != repo.name => Scopes::mount(&repo.name, from),
             _ => Scopes::push(&repo.name),
         };
-        if self.blob_exists(repo, digest, &scopes)?.is_some() {
+        if check_first && self.blob_exists(repo, digest, &scopes)?.is_some() {
             return Ok(PushOutcome::Exists);
         }
         let base = self.base_url(&repo.registry);

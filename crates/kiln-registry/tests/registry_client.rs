@@ -195,3 +195,32 @@ fn retry_after_is_honoured_and_attempts_are_bounded() {
     push_bytes(&c2, &repo, &pseudo_random(2000, 10), None).unwrap();
     assert!(ok.faults_of(FaultKind::TooManyRequests) > 0);
 }
+
+/// `upload_missing_blob` is `push_blob` without the HEAD in front: one request fewer for a blob
+/// the caller knows is missing, and the blob arrives whole.
+#[test]
+fn an_upload_known_to_be_missing_asks_one_question_fewer() {
+    if !kiln_testkit::require_tool("docker-registry") {
+        return;
+    }
+    let reg = Registry::start_plain().unwrap();
+    let proxy = FaultProxy::start(&reg.host(), FaultProxyOptions { fault_rate: 0.0, ..Default::default() }).unwrap();
+    let cfg = tempfile::tempdir().unwrap();
+    let c = client(cfg.path(), |_| {});
+    let repo = Repo::new(proxy.host(), "team/ahead");
+    let (one, two) = (pseudo_random(50_000, 5), pseudo_random(50_000, 6));
+    // Warm the client (the registry ping) so that both uploads count only their own requests.
+    assert_eq!(push_bytes(&c, &repo, &pseudo_random(10, 1), None).unwrap(), PushOutcome::Uploaded);
+    let before = proxy.requests();
+    assert_eq!(push_bytes(&c, &repo, &one, None).unwrap(), PushOutcome::Uploaded);
+    let with_head = proxy.requests() - before;
+    let before = proxy.requests();
+    let d = Digest::sha256_of(&two);
+    let open = |off: u64| -> std::io::Result<Box<dyn Read + Send>> { Ok(Box::new(std::io::Cursor::new(two[off as usize..].to_vec()))) };
+    assert_eq!(c.upload_missing_blob(&repo, &d, two.len() as u64, None, &open).unwrap(), PushOutcome::Uploaded);
+    let without = proxy.requests() - before;
+    assert_eq!(without + 1, with_head, "push_blob: {with_head} requests, upload_missing_blob: {without}");
+    let mut got = Vec::new();
+    c.fetch_blob(&Repo::new(reg.host(), "team/ahead"), &d, Some(two.len() as u64), &mut got).unwrap();
+    assert_eq!(got, two);
+}
