@@ -130,7 +130,7 @@ const PARALLEL_FROM: usize = 64;
 /// files spends ~75% of its time there), so a thread per core is what pays: on 2 cores, 2 threads
 /// took a 5,000-file COPY from 0.85-1.3 s to 0.62-0.75 s and 4 or 8 gained nothing more. Order does
 /// not matter for the result (see [`put_leaves`]), so the count changes only the speed.
-fn copy_threads(n: usize) -> usize {
+pub(crate) fn copy_threads(n: usize) -> usize {
     if n < PARALLEL_FROM {
         return 1;
     }
@@ -211,11 +211,7 @@ fn put_entry(
     let r = rootdir.resolve(target, false, Missing::Create).map_err(root_err)?;
     let dst = r.host_path;
     let existing = fs::symlink_metadata(&dst).ok();
-    let (uid, gid) = match attrs.chown {
-        Some(o) => o,
-        None if src_root.keep_owner => (e.uid, e.gid),
-        None => (0, 0),
-    };
+    let (uid, gid) = copied_owner(attrs, e, src_root);
     let mode = attrs.chmod.unwrap_or(e.mode);
     match &e.kind {
         Kind::Dir => {
@@ -231,13 +227,13 @@ fn put_entry(
             fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", &dst))?;
         }
         Kind::File { .. } => {
-            remove_existing(&dst, existing.as_ref())?;
+            remove_existing(&dst, existing.as_ref().map(fs::Metadata::is_dir))?;
             copy_file(host_src, &r.dir, r.name.as_deref(), &dst, (uid, gid), mode)?;
         }
         Kind::Symlink { target: link } => {
             // A top-level symlink source was already followed by the walk; only links inside a
             // copied directory reach here, and they are copied as links.
-            remove_existing(&dst, existing.as_ref())?;
+            remove_existing(&dst, existing.as_ref().map(fs::Metadata::is_dir))?;
             symlink(link, &dst).map_err(io_err("create symlink", &dst))?;
             chown_as_image(&dst, uid, gid).map_err(io_err("chown", &dst))?;
         }
@@ -278,23 +274,18 @@ fn put_leaf(rootdir: &RootDir, cache: &mut ParentDir, l: &Leaf<'_>, attrs: Attrs
     }
     let Some((_, dir, host_parent)) = cache.open.as_ref() else { unreachable!("set above") };
     let dst = host_parent.join(name);
-    let existing = match rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(_) => fs::symlink_metadata(&dst).ok(),
-        Err(_) => None,
-    };
+    let existing = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .ok()
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory);
     let e = l.entry;
-    let (uid, gid) = match attrs.chown {
-        Some(o) => o,
-        None if l.src_root.keep_owner => (e.uid, e.gid),
-        None => (0, 0),
-    };
+    let (uid, gid) = copied_owner(attrs, e, l.src_root);
     match &e.kind {
         Kind::File { .. } => {
-            remove_existing(&dst, existing.as_ref())?;
+            remove_existing(&dst, existing)?;
             copy_file(&l.host_src, dir, Some(name), &dst, (uid, gid), attrs.chmod.unwrap_or(e.mode))
         }
         Kind::Symlink { target: link } => {
-            remove_existing(&dst, existing.as_ref())?;
+            remove_existing(&dst, existing)?;
             rustix::fs::symlinkat(link.as_str(), dir, name).map_err(|e| io_err("create symlink", &dst)(e.into()))?;
             let (u, g) = image_owner(uid, gid);
             rustix::fs::chownat(
@@ -327,11 +318,22 @@ fn image_owner(uid: u32, gid: u32) -> (u32, u32) {
     (uid, gid)
 }
 
-fn remove_existing(dst: &Path, existing: Option<&fs::Metadata>) -> Result<(), BuildError> {
+/// Removes what is at `dst` (`existing`: nothing, or whether it is a directory) to make room.
+fn remove_existing(dst: &Path, existing: Option<bool>) -> Result<(), BuildError> {
     match existing {
-        Some(m) if m.is_dir() => fs::remove_dir_all(dst).map_err(io_err("replace", dst)),
-        Some(_) => fs::remove_file(dst).map_err(io_err("replace", dst)),
+        Some(true) => fs::remove_dir_all(dst).map_err(io_err("replace", dst)),
+        Some(false) => fs::remove_file(dst).map_err(io_err("replace", dst)),
         None => Ok(()),
+    }
+}
+
+/// The owner a copied entry gets: `--chown`'s, else its own when the source keeps owners
+/// (`COPY --from`), else root.
+fn copied_owner(attrs: Attrs, e: &Entry, src_root: &SourceRoot<'_>) -> (u32, u32) {
+    match attrs.chown {
+        Some(o) => o,
+        None if src_root.keep_owner => (e.uid, e.gid),
+        None => (0, 0),
     }
 }
 
@@ -387,10 +389,10 @@ fn copy_file(
     Ok(())
 }
 
-/// Copies `len` bytes (the whole file) with `sendfile`, one system call for a small file; else
-/// (`sendfile` refused, or the file changed size) the rest with `io::copy`. Not `io::copy` alone:
-/// between two file systems (the context and an overlay mount) it first tries `copy_file_range`,
-/// which fails with EXDEV for every file.
+/// Copies the file (`len` bytes, its size when opened) with `sendfile`, one system call for a small
+/// file, and falls back to `io::copy` where `sendfile` is refused. Not `io::copy` alone: between two
+/// file systems (the context and an overlay mount) it first tries `copy_file_range`, which fails
+/// with EXDEV for every file. A file that shrank meanwhile ends where its data ends.
 fn send_all(from: &mut fs::File, to: &mut fs::File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut left = len;
@@ -399,14 +401,13 @@ fn send_all(from: &mut fs::File, to: &mut fs::File, len: u64) -> io::Result<()> 
         // SAFETY: both descriptors are open for the duration of the call; a null offset means the
         // input file's own offset is used and advanced.
         let n = unsafe { libc::sendfile(to.as_raw_fd(), from.as_raw_fd(), std::ptr::null_mut(), chunk) };
-        if n <= 0 {
-            break;
+        match n {
+            // Both offsets are where sendfile left them: the rest goes the ordinary way.
+            n if n < 0 => return io::copy(from, to).map(drop),
+            0 => break,
+            n => left -= n as u64,
         }
-        left -= n as u64;
     }
-    // Whatever sendfile did not do (EINVAL on some file systems, a file that grew): the offsets
-    // of both files are where sendfile left them.
-    io::copy(from, to)?;
     Ok(())
 }
 

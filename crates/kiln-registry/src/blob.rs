@@ -103,7 +103,10 @@ impl Client {
     /// `mount_from` names a repository on the same registry, else uploads it (monolithic up to
     /// `monolithic_limit`, chunked above). `open` gives the content from any offset.
     pub fn push_blob(&self, repo: &Repo, digest: &Digest, size: u64, mount_from: Option<&str>, open: &OpenAt<'_>) -> Result<PushOutcome> {
-        self.push_blob_inner(repo, digest, size, mount_from, open, true)
+        if self.blob_exists(repo, digest, &upload_scopes(repo, mount_from))?.is_some() {
+            return Ok(PushOutcome::Exists);
+        }
+        self.upload_missing_blob(repo, digest, size, mount_from, open)
     }
 
     /// [`Client::push_blob`] for a blob the caller has just asked the repository about (a HEAD
@@ -118,26 +121,8 @@ impl Client {
         mount_from: Option<&str>,
         open: &OpenAt<'_>,
     ) -> Result<PushOutcome> {
-        self.push_blob_inner(repo, digest, size, mount_from, open, false)
-    }
-
-    fn push_blob_inner(
-        &self,
-        repo: &Repo,
-        digest: &Digest,
-        size: u64,
-        mount_from: Option<&str>,
-        open: &OpenAt<'_>,
-        check_first: bool,
-    ) -> Result<PushOutcome> {
         let reference = format!("{repo}@{digest}");
-        let scopes = match mount_from {
-            Some(from) if from != repo.name => Scopes::mount(&repo.name, from),
-            _ => Scopes::push(&repo.name),
-        };
-        if check_first && self.blob_exists(repo, digest, &scopes)?.is_some() {
-            return Ok(PushOutcome::Exists);
-        }
+        let scopes = upload_scopes(repo, mount_from);
         let base = self.base_url(&repo.registry);
         let mut attempt = 0;
         // A whole-upload retry loop: a session that broke half-way cannot always be resumed (the
@@ -308,6 +293,14 @@ impl Client {
             r.header("range").and_then(|v| v.rsplit('-').next()).and_then(|e| e.trim().parse::<u64>().ok()).map(|end| end + 1).unwrap_or(0);
         drain(r);
         Ok(Some(held))
+    }
+}
+
+/// What an upload to `repo` asks the token server for: push, plus pull on `mount_from` for a mount.
+fn upload_scopes(repo: &Repo, mount_from: Option<&str>) -> Scopes {
+    match mount_from {
+        Some(from) if from != repo.name => Scopes::mount(&repo.name, from),
+        _ => Scopes::push(&repo.name),
     }
 }
 

@@ -313,10 +313,8 @@ fn listing_digest(files: &dyn ContextFiles, entries: &[Entry]) -> Result<Digest,
     Ok(Digest::sha256_of(s.as_bytes()))
 }
 
-/// Below this many files one thread hashes them: starting threads would cost more than it saves.
-const PARALLEL_HASH_FROM: usize = 64;
-
-/// Hashes the files among `entries` on one thread per core (2 to 8) ahead of [`listing_digest`],
+/// Hashes the files among `entries` on as many threads as COPY puts files with
+/// ([`crate::copy::copy_threads`]: one per core, one below 64 files) ahead of [`listing_digest`],
 /// which then finds each digest remembered ([`ContextFiles::file_digest`] keeps them): a context of
 /// thousands of small files is mostly `open`, `read` and `close`, which side by side go faster.
 /// Errors are left for the in-order pass to report, so the first one is the one a single thread
@@ -324,10 +322,10 @@ const PARALLEL_HASH_FROM: usize = 64;
 fn prefetch_digests(files: &dyn ContextFiles, entries: &[Entry]) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let todo: Vec<&str> = entries.iter().filter(|e| matches!(e.kind, Kind::File { .. })).map(|e| e.rel.as_str()).collect();
-    if todo.len() < PARALLEL_HASH_FROM {
+    let threads = crate::copy::copy_threads(todo.len());
+    if threads <= 1 {
         return;
     }
-    let threads = std::thread::available_parallelism().map_or(2, |c| c.get()).clamp(2, 8);
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..threads {
